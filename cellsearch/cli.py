@@ -1,0 +1,111 @@
+"""The ``cellsearch`` command line: a thin layer that parses options and calls one library function.
+
+Heavy libraries are imported inside the commands, so ``cellsearch --help`` stays instant. Bad input
+raises ``UserError`` anywhere below; ``main`` turns it into one line on stderr and exit status 2
+(``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from cellsearch.errors import UserError
+
+app = typer.Typer(
+    name="cellsearch",
+    help="Search recurrent architectures (LSTM, peephole, CIFG, GRU per layer) for a sequence CSV.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _DEBUG["on"] = debug
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+@app.command()
+def bench(
+    hidden: str = typer.Option("64,256", help="Comma-separated hidden sizes."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: int = typer.Option(2, help="torch threads on the CPU."),
+    repeats: int = typer.Option(7, help="Timed repeats (median reported)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Speed of each cell variant (forward + backward) against torch's nn.LSTM on this machine."""
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, got {device!r}")
+    sizes = _ints(hidden, "--hidden")
+    import torch
+
+    from cellsearch import bench as bench_mod
+    from cellsearch import kernels
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    rows = bench_mod.run_bench(hidden=sizes, device=device, threads=threads, repeats=repeats)
+    if as_json:
+        print(json.dumps({"device": device, "threads": threads, "kernel": kernels.status(),
+                          "torch": torch.__version__, "rows": bench_mod.rows_to_json(rows)}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fwd+bwd, batch 64, 100 steps, 16 inputs, {device}, {threads} threads "
+                        f"(custom kernel: {kernels.status()})")
+    for col in ("variant", "hidden", "ms", "vs nn.LSTM"):
+        table.add_column(col, justify="right" if col != "variant" else "left")
+    for r in rows:
+        ref = "vs nn.LSTM(2 layers)" if r.variant.startswith("stack") else ""
+        table.add_row(r.variant, str(r.hidden), f"{r.ms:.1f}", f"{r.ratio:.2f}x {ref}".strip())
+    Console().print(table)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: run the app, turning bad input into one line on stderr and exit status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="cellsearch", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"cellsearch: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("cellsearch: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        # Typer's (vendored) click exceptions: usage errors, Exit and Abort, recognised by shape.
+        name = type(exc).__name__
+        if name == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        if name == "Abort":
+            print("cellsearch: interrupted", file=sys.stderr)
+            sys.exit(130)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code") and not debug:
+            print(f"cellsearch: error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(2)
+        raise
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,270 @@
+// Fused CPU time loop for the custom members of the LSTM family (peephole, CIFG).
+//
+// The input projection of every step is computed outside (one matmul over the whole sequence); this
+// file owns only the recurrence: per step one GEMM (h_{t-1} @ R^T) plus one vectorised pointwise pass
+// over the gates. The backward pass walks time in reverse with one GEMM per step and leaves the
+// weight gradients (dR, peepholes) to a few large reductions at the end.
+//
+// Layout (time-major, row-major): xp (T, B, G*H), gates in the order [i, f, g, o] (G = 4) or, when
+// the input gate is coupled (i = 1 - f), [f, g, o] (G = 3).
+#include <ATen/core/Tensor.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros_like.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kW = Vec::size();
+
+inline Vec vsigmoid(const Vec& x) {
+  const Vec one(1.f);
+  return one / (one + x.neg().exp_u20());
+}
+
+struct Ptrs {
+  const float* p_i;  // peephole weights, or nullptr
+  const float* p_f;
+  const float* p_o;
+};
+
+// Gate offsets inside one row of G*H.
+template <bool COUPLED>
+struct Layout {
+  static constexpr int G = COUPLED ? 3 : 4;
+  static int64_t i(int64_t) { return 0; }
+  static int64_t f(int64_t H) { return COUPLED ? 0 : H; }
+  static int64_t g(int64_t H) { return COUPLED ? H : 2 * H; }
+  static int64_t o(int64_t H) { return COUPLED ? 2 * H : 3 * H; }
+};
+
+// One forward step for rows [b0, b1): gates holds pre-activations on entry, activations on exit.
+template <bool PEEP, bool COUPLED>
+void forward_rows(int64_t b0, int64_t b1, int64_t H, float* gates, const float* c_prev, float* c_out,
+                  float* tc_out, float* h_out, const Ptrs& p) {
+  using L = Layout<COUPLED>;
+  const int64_t GH = L::G * H;
+  const Vec one(1.f);
+  for (int64_t b = b0; b < b1; ++b) {
+    float* gr = gates + b * GH;
+    const float* cp = c_prev + b * H;
+    float* co = c_out + b * H;
+    float* tco = tc_out + b * H;
+    float* ho = h_out + b * H;
+    for (int64_t j = 0; j < H; j += kW) {
+      const int64_t n = std::min<int64_t>(kW, H - j);
+      const Vec c = Vec::loadu(cp + j, n);
+      Vec af = Vec::loadu(gr + L::f(H) + j, n);
+      if constexpr (PEEP) af = at::vec::fmadd(Vec::loadu(p.p_f + j, n), c, af);
+      const Vec f = vsigmoid(af);
+      Vec i;
+      if constexpr (COUPLED) {
+        i = one - f;
+      } else {
+        Vec ai = Vec::loadu(gr + L::i(H) + j, n);
+        if constexpr (PEEP) ai = at::vec::fmadd(Vec::loadu(p.p_i + j, n), c, ai);
+        i = vsigmoid(ai);
+        i.store(gr + L::i(H) + j, n);
+      }
+      const Vec g = Vec::loadu(gr + L::g(H) + j, n).tanh();
+      const Vec cn = at::vec::fmadd(f, c, i * g);
+      Vec ao = Vec::loadu(gr + L::o(H) + j, n);
+      if constexpr (PEEP) ao = at::vec::fmadd(Vec::loadu(p.p_o + j, n), cn, ao);
+      const Vec o = vsigmoid(ao);
+      const Vec tc = cn.tanh();
+      f.store(gr + L::f(H) + j, n);
+      g.store(gr + L::g(H) + j, n);
+      o.store(gr + L::o(H) + j, n);
+      cn.store(co + j, n);
+      tc.store(tco + j, n);
+      (o * tc).store(ho + j, n);
+    }
+  }
+}
+
+// One backward step for rows [b0, b1). dh = dy_t + dh_rec; writes the pre-activation gradients into
+// dgates and the carried cell gradient into dc (in place: dc holds dc_t on entry, dc_{t-1} on exit).
+template <bool PEEP, bool COUPLED>
+void backward_rows(int64_t b0, int64_t b1, int64_t H, const float* gates, const float* c_prev,
+                   const float* tc, const float* dy, const float* dh_rec, float* dc, float* dgates,
+                   const Ptrs& p) {
+  using L = Layout<COUPLED>;
+  const int64_t GH = L::G * H;
+  const Vec one(1.f);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* gr = gates + b * GH;
+    float* dgr = dgates + b * GH;
+    const float* cp = c_prev + b * H;
+    const float* tcr = tc + b * H;
+    const float* dyr = dy + b * H;
+    const float* dhr = dh_rec + b * H;
+    float* dcr = dc + b * H;
+    for (int64_t j = 0; j < H; j += kW) {
+      const int64_t n = std::min<int64_t>(kW, H - j);
+      const Vec dh = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
+      const Vec f = Vec::loadu(gr + L::f(H) + j, n);
+      const Vec g = Vec::loadu(gr + L::g(H) + j, n);
+      const Vec o = Vec::loadu(gr + L::o(H) + j, n);
+      const Vec t = Vec::loadu(tcr + j, n);
+      const Vec c = Vec::loadu(cp + j, n);
+      const Vec dao = dh * t * o * (one - o);
+      Vec dct = at::vec::fmadd(dh * o, one - t * t, Vec::loadu(dcr + j, n));
+      if constexpr (PEEP) dct = at::vec::fmadd(dao, Vec::loadu(p.p_o + j, n), dct);
+      Vec daf, dag, dcp;
+      if constexpr (COUPLED) {
+        daf = dct * (c - g) * f * (one - f);
+        dag = dct * (one - f) * (one - g * g);
+      } else {
+        const Vec i = Vec::loadu(gr + L::i(H) + j, n);
+        const Vec dai = dct * g * i * (one - i);
+        daf = dct * c * f * (one - f);
+        dag = dct * i * (one - g * g);
+        dai.store(dgr + L::i(H) + j, n);
+        if constexpr (PEEP) dcp = dai * Vec::loadu(p.p_i + j, n);
+      }
+      Vec dc_prev = dct * f;
+      if constexpr (PEEP) {
+        dc_prev = at::vec::fmadd(daf, Vec::loadu(p.p_f + j, n), dc_prev);
+        if constexpr (!COUPLED) dc_prev = dc_prev + dcp;
+      }
+      daf.store(dgr + L::f(H) + j, n);
+      dag.store(dgr + L::g(H) + j, n);
+      dao.store(dgr + L::o(H) + j, n);
+      dc_prev.store(dcr + j, n);
+    }
+  }
+}
+
+inline int64_t grain(int64_t H) {
+  // Rows per task: keep each task at a few thousand elements so tiny layers stay single-threaded.
+  return std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1));
+}
+
+Ptrs peep_ptrs(const at::Tensor& peep, int64_t H) {
+  if (!peep.defined() || peep.numel() == 0) return {nullptr, nullptr, nullptr};
+  const float* base = peep.data_ptr<float>();
+  return {base, base + H, base + 2 * H};
+}
+
+void check(const at::Tensor& xp, const at::Tensor& R, int64_t G) {
+  TORCH_CHECK(xp.dim() == 3 && xp.scalar_type() == at::kFloat && xp.is_contiguous(),
+              "xp must be a contiguous float (T, B, G*H) tensor");
+  TORCH_CHECK(R.dim() == 2 && R.size(0) == G * R.size(1) && xp.size(2) == R.size(0),
+              "R must be (G*H, H) and match xp");
+}
+
+// Returns (y, c, tanh(c), activated gates), all time-major.
+template <bool PEEP, bool COUPLED>
+std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, const at::Tensor& peep) {
+  constexpr int G = Layout<COUPLED>::G;
+  check(xp, R, G);
+  const int64_t T = xp.size(0), B = xp.size(1), H = R.size(1);
+  at::Tensor gates = xp.clone();
+  at::Tensor y = at::empty({T, B, H}, xp.options());
+  at::Tensor c = at::empty({T, B, H}, xp.options());
+  at::Tensor tc = at::empty({T, B, H}, xp.options());
+  at::Tensor zero = at::zeros({B, H}, xp.options());
+  at::Tensor Rt = R.t();
+  const Ptrs p = peep_ptrs(peep, H);
+  float* gp = gates.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  float* cp = c.data_ptr<float>();
+  float* tcp = tc.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    at::Tensor g_t = gates.select(0, t);
+    if (t > 0) g_t.addmm_(y.select(0, t - 1), Rt);
+    const float* c_prev = t > 0 ? cp + (t - 1) * B * H : zero.data_ptr<float>();
+    float* gt = gp + t * B * G * H;
+    float* ct = cp + t * B * H;
+    float* tct = tcp + t * B * H;
+    float* yt = yp + t * B * H;
+    at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+      forward_rows<PEEP, COUPLED>(b0, b1, H, gt, c_prev, ct, tct, yt, p);
+    });
+  }
+  return {y, c, tc, gates};
+}
+
+// Returns (dxp, dR, dpeep).
+template <bool PEEP, bool COUPLED>
+std::vector<at::Tensor> bwd_impl(const at::Tensor& dy_in, const at::Tensor& y, const at::Tensor& c,
+                                 const at::Tensor& tc, const at::Tensor& gates, const at::Tensor& R,
+                                 const at::Tensor& peep) {
+  constexpr int G = Layout<COUPLED>::G;
+  const int64_t T = y.size(0), B = y.size(1), H = R.size(1);
+  at::Tensor dy = dy_in.contiguous();
+  at::Tensor dgates = at::empty_like(gates);
+  at::Tensor dh = at::zeros({B, H}, y.options());
+  at::Tensor dc = at::zeros({B, H}, y.options());
+  at::Tensor zero = at::zeros({B, H}, y.options());
+  const Ptrs p = peep_ptrs(peep, H);
+  const float* gp = gates.data_ptr<float>();
+  const float* cp = c.data_ptr<float>();
+  const float* tcp = tc.data_ptr<float>();
+  const float* dyp = dy.data_ptr<float>();
+  float* dgp = dgates.data_ptr<float>();
+  float* dcp = dc.data_ptr<float>();
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const float* c_prev = t > 0 ? cp + (t - 1) * B * H : zero.data_ptr<float>();
+    const float* dhp = dh.data_ptr<float>();
+    at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+      backward_rows<PEEP, COUPLED>(b0, b1, H, gp + t * B * G * H, c_prev, tcp + t * B * H,
+                                   dyp + t * B * H, dhp, dcp, dgp + t * B * G * H, p);
+    });
+    if (t > 0) at::mm_out(dh, dgates.select(0, t), R);
+  }
+  // Weight gradients in a few large operations.
+  at::Tensor h_prev = y.narrow(0, 0, T - 1).reshape({(T - 1) * B, H});
+  at::Tensor dg_rest = dgates.narrow(0, 1, T - 1).reshape({(T - 1) * B, G * H});
+  at::Tensor dR = T > 1 ? at::mm(dg_rest.t(), h_prev) : at::zeros_like(R);
+  at::Tensor dpeep;
+  if constexpr (PEEP) {
+    // p_i and p_f see c_{t-1}; p_o sees c_t.
+    at::Tensor c_prev_all = at::cat({zero.unsqueeze(0), c.narrow(0, 0, T - 1)}, 0);
+    auto L_f = Layout<COUPLED>::f(H), L_o = Layout<COUPLED>::o(H);
+    at::Tensor dpf = dgates.narrow(2, L_f, H).mul(c_prev_all).sum({0, 1});
+    at::Tensor dpo = dgates.narrow(2, L_o, H).mul(c).sum({0, 1});
+    at::Tensor dpi = COUPLED ? at::zeros_like(dpf)
+                             : dgates.narrow(2, 0, H).mul(c_prev_all).sum({0, 1});
+    dpeep = at::stack({dpi, dpf, dpo}, 0);
+  } else {
+    dpeep = at::zeros_like(peep);
+  }
+  return {dgates, dR, dpeep};
+}
+
+std::vector<at::Tensor> forward(const at::Tensor& xp, const at::Tensor& R, const at::Tensor& peep,
+                                bool use_peep, bool coupled) {
+  if (use_peep) return coupled ? fwd_impl<true, true>(xp, R, peep) : fwd_impl<true, false>(xp, R, peep);
+  return coupled ? fwd_impl<false, true>(xp, R, peep) : fwd_impl<false, false>(xp, R, peep);
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& y, const at::Tensor& c,
+                                 const at::Tensor& tc, const at::Tensor& gates, const at::Tensor& R,
+                                 const at::Tensor& peep, bool use_peep, bool coupled) {
+  if (use_peep)
+    return coupled ? bwd_impl<true, true>(dy, y, c, tc, gates, R, peep)
+                   : bwd_impl<true, false>(dy, y, c, tc, gates, R, peep);
+  return coupled ? bwd_impl<false, true>(dy, y, c, tc, gates, R, peep)
+                 : bwd_impl<false, false>(dy, y, c, tc, gates, R, peep);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(cellsearch_kernels, m) {
+  m.def("lstm_family_forward(Tensor xp, Tensor R, Tensor peep, bool use_peep, bool coupled) -> Tensor[]",
+        &forward);
+  m.def("lstm_family_backward(Tensor dy, Tensor y, Tensor c, Tensor tc, Tensor gates, Tensor R, "
+        "Tensor peep, bool use_peep, bool coupled) -> Tensor[]",
+        &backward);
+}

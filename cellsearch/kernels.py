@@ -1,0 +1,139 @@
+"""The compiled time loop for the custom LSTM-family cells, with a pure-PyTorch fallback.
+
+The C++ source in ``csrc/lstm_family.cpp`` is built once per machine and CPU capability with
+``torch.utils.cpp_extension`` (about 10 s, cached under torch's extension directory) the first time a
+custom cell runs on the CPU. Where no compiler is available, or ``CELLSEARCH_NO_EXT=1`` is set, the
+cells use a pure-PyTorch step loop with the same equations: slower, never different.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).parent / "csrc" / "lstm_family.cpp"
+_state: dict[str, Any] = {"tried": False, "ok": False, "error": None}
+
+_CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+
+def _build() -> None:
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-std=c++17"]
+    if capability in _CAPABILITY_FLAGS:
+        flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
+        flags += _CAPABILITY_FLAGS[capability]
+    digest = hashlib.sha1(_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:10]
+    name = f"cellsearch_lstm_{capability.lower()}_{digest}"
+    cpp_extension.load(
+        name=name,
+        sources=[str(_SOURCE)],
+        extra_cflags=flags,
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def available() -> bool:
+    """Whether the compiled loop can be used, building it on first call (cached per machine)."""
+    if not _state["tried"]:
+        _state["tried"] = True
+        if os.environ.get("CELLSEARCH_NO_EXT") == "1":
+            _state["error"] = "disabled by CELLSEARCH_NO_EXT=1"
+        else:
+            try:
+                _build()
+                _state["ok"] = True
+            except Exception as exc:  # no compiler, no ninja, odd platform: fall back, say why
+                _state["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}"
+                log.warning("cellsearch: compiled cell loop unavailable (%s); using PyTorch fallback",
+                            _state["error"])
+    return bool(_state["ok"])
+
+
+def status() -> str:
+    """A one-line description of the kernel in use, for `cellsearch bench` and bug reports."""
+    if available():
+        return f"compiled ({torch.backends.cpu.get_cpu_capability()})"
+    return f"pure PyTorch fallback ({_state['error']})"
+
+
+class LSTMFamilyFunction(torch.autograd.Function):
+    """Recurrence of the LSTM family over precomputed input projections, with a hand-written backward.
+
+    Inputs: ``xp`` (T, B, G*H) input projections plus biases, ``R`` (G*H, H) recurrent weights,
+    ``peep`` (3, H) peephole weights (ignored unless ``use_peep``). Output: ``y`` (T, B, H).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
+                use_peep: bool, coupled: bool) -> torch.Tensor:
+        y, c, tc, gates = torch.ops.cellsearch_kernels.lstm_family_forward(
+            xp.contiguous(), R.contiguous(), peep.contiguous(), use_peep, coupled)
+        ctx.save_for_backward(y, c, tc, gates, R, peep)
+        ctx.flags = (use_peep, coupled)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        y, c, tc, gates, R, peep = ctx.saved_tensors  # noqa: N806
+        dxp, dR, dpeep = torch.ops.cellsearch_kernels.lstm_family_backward(  # noqa: N806
+            dy.contiguous(), y, c, tc, gates, R.contiguous(), peep.contiguous(), *ctx.flags)
+        return dxp, dR, dpeep, None, None
+
+
+def lstm_family_steps(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
+                      use_peep: bool, coupled: bool,
+                      record: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The same recurrence as ``LSTMFamilyFunction`` as a plain autograd step loop.
+
+    It is the fallback (no compiler, GPUs, export) and, with ``record=True``, the gate tracer used
+    for the gate-activation plots. Returns ``y`` (T, B, H) and, when recording, each gate's
+    activations over time (``i``, ``f``, ``g``, ``o``, ``c``), each (T, B, H).
+    """
+    B, H = xp.shape[1], R.shape[1]  # noqa: N806
+    h = xp.new_zeros(B, H)
+    c = xp.new_zeros(B, H)
+    p_i, p_f, p_o = peep.unbind(0) if use_peep else (None, None, None)
+    outs: list[torch.Tensor] = []
+    trace: dict[str, list[torch.Tensor]] = {k: [] for k in "ifgoc"} if record else {}
+    for x_t in xp.unbind(0):
+        a = x_t + h @ R.t()
+        if coupled:
+            a_f, a_g, a_o = a.chunk(3, dim=1)
+        else:
+            a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
+        f = torch.sigmoid(a_f + p_f * c if use_peep else a_f)
+        if coupled:
+            i = 1.0 - f
+        else:
+            i = torch.sigmoid(a_i + p_i * c if use_peep else a_i)
+        g = torch.tanh(a_g)
+        c = f * c + i * g
+        o = torch.sigmoid(a_o + p_o * c if use_peep else a_o)
+        h = o * torch.tanh(c)
+        outs.append(h)
+        for k, v in zip("ifgoc", (i, f, g, o, c)) if record else ():
+            trace[k].append(v)
+    return torch.stack(outs, 0), {k: torch.stack(v, 0) for k, v in trace.items()}
+
+
+def lstm_family(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
+                use_peep: bool, coupled: bool) -> torch.Tensor:
+    """Run the recurrence with the fastest path this tensor's device and dtype allow."""
+    if (xp.device.type == "cpu" and xp.dtype == torch.float32 and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export() and available()):
+        return LSTMFamilyFunction.apply(xp, R, peep, use_peep, coupled)
+    return lstm_family_steps(xp, R, peep, use_peep, coupled)[0]

@@ -1,0 +1,42 @@
+"""The command line's contract: instant help, one-line errors with exit 2, and the bench command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cellsearch.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys; from cellsearch.cli import app; "
+            "heavy = [m for m in ('torch', 'pytorch_lightning', 'mlflow', 'optuna', 'pandas') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    res = run_cli("--help")
+    assert res.returncode == 0 and "bench" in res.stdout
+
+
+def test_usage_errors_are_one_line_with_status_2():
+    for args in (["bench", "--no-such-option"], ["no-such-command"], ["bench", "--hidden", "x"],
+                 ["bench", "--device", "tpu"]):
+        res = run_cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("cellsearch: error:"), res.stderr
+        assert "Traceback" not in res.stderr
+
+
+def test_bench_json_reports_every_variant():
+    res = run_cli("bench", "--hidden", "8", "--repeats", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert {"lstm", "peephole", "cifg", "gru", "stack lstm x2"} <= set(rows)
+    for r in rows.values():
+        assert r["hidden"] == 8 and r["ms"] > 0 and r["ratio"] > 0
