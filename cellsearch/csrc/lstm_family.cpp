@@ -19,6 +19,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -31,6 +32,54 @@ inline Vec vsigmoid(const Vec& x) {
   const Vec one(1.f);
   return one / (one + x.neg().exp_u20());
 }
+
+// tanh(x) = 2 sigmoid(2x) - 1: one fast exponential instead of a library call; the absolute error
+// (a few 1e-8) is far inside the 1e-5 parity tolerance.
+inline Vec vtanh(const Vec& x) {
+  const Vec two(2.f);
+  return two * vsigmoid(two * x) - Vec(1.f);
+}
+
+// MKL's packed GEMM, when the torch build links MKL (weak: null elsewhere, and we fall back to ATen).
+// Packing R once per call saves re-packing the recurrent weights at every step.
+extern "C" {
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
+}
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162, kPacked = 151;
+
+// C (m x n, row-major) = A (m x k) @ op(W) + beta * C, with op(W) packed once up front.
+class PackedRight {
+ public:
+  PackedRight(const at::Tensor& W, bool transpose, int64_t n, int64_t k, int64_t m) : W_(W), t_(transpose) {
+    use_mkl_ = cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
+    if (use_mkl_) {
+      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, m, n, k);
+      buf_ = at::empty({static_cast<int64_t>(bytes / sizeof(float) + 16)}, W.options());
+      cblas_sgemm_pack(kRowMajor, kBMatrix, t_ ? kTrans : kNoTrans, m, n, k, 1.f,
+                       W.data_ptr<float>(), W.size(1), buf_.data_ptr<float>());
+    }
+    n_ = n; k_ = k; Wop_ = t_ ? W.t() : W;
+  }
+  void run(const at::Tensor& A, at::Tensor C, float beta) const {
+    if (use_mkl_) {
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, A.size(0), n_, k_, A.data_ptr<float>(), k_,
+                          buf_.data_ptr<float>(), n_, beta, C.data_ptr<float>(), n_);
+    } else if (beta == 0.f) {
+      at::mm_out(C, A, Wop_);
+    } else {
+      C.addmm_(A, Wop_);
+    }
+  }
+ private:
+  at::Tensor W_, Wop_, buf_;
+  bool t_, use_mkl_ = false;
+  int64_t n_ = 0, k_ = 0;
+};
 
 struct Ptrs {
   const float* p_i;  // peephole weights, or nullptr
@@ -76,12 +125,12 @@ void forward_rows(int64_t b0, int64_t b1, int64_t H, float* gates, const float* 
         i = vsigmoid(ai);
         i.store(gr + L::i(H) + j, n);
       }
-      const Vec g = Vec::loadu(gr + L::g(H) + j, n).tanh();
+      const Vec g = vtanh(Vec::loadu(gr + L::g(H) + j, n));
       const Vec cn = at::vec::fmadd(f, c, i * g);
       Vec ao = Vec::loadu(gr + L::o(H) + j, n);
       if constexpr (PEEP) ao = at::vec::fmadd(Vec::loadu(p.p_o + j, n), cn, ao);
       const Vec o = vsigmoid(ao);
-      const Vec tc = cn.tanh();
+      const Vec tc = vtanh(cn);
       f.store(gr + L::f(H) + j, n);
       g.store(gr + L::g(H) + j, n);
       o.store(gr + L::o(H) + j, n);
@@ -96,8 +145,8 @@ void forward_rows(int64_t b0, int64_t b1, int64_t H, float* gates, const float* 
 // dgates and the carried cell gradient into dc (in place: dc holds dc_t on entry, dc_{t-1} on exit).
 template <bool PEEP, bool COUPLED>
 void backward_rows(int64_t b0, int64_t b1, int64_t H, const float* gates, const float* c_prev,
-                   const float* tc, const float* dy, const float* dh_rec, float* dc, float* dgates,
-                   const Ptrs& p) {
+                   const float* c_new, const float* tc, const float* dy, const float* dh_rec, float* dc,
+                   float* dgates, const Ptrs& p, float* dpeep) {
   using L = Layout<COUPLED>;
   const int64_t GH = L::G * H;
   const Vec one(1.f);
@@ -130,12 +179,20 @@ void backward_rows(int64_t b0, int64_t b1, int64_t H, const float* gates, const 
         daf = dct * c * f * (one - f);
         dag = dct * i * (one - g * g);
         dai.store(dgr + L::i(H) + j, n);
-        if constexpr (PEEP) dcp = dai * Vec::loadu(p.p_i + j, n);
+        if constexpr (PEEP) {
+          dcp = dai * Vec::loadu(p.p_i + j, n);
+          at::vec::fmadd(dai, c, Vec::loadu(dpeep + j, n)).store(dpeep + j, n);
+        }
       }
       Vec dc_prev = dct * f;
       if constexpr (PEEP) {
         dc_prev = at::vec::fmadd(daf, Vec::loadu(p.p_f + j, n), dc_prev);
         if constexpr (!COUPLED) dc_prev = dc_prev + dcp;
+        // Peephole gradients: p_i and p_f see c_{t-1}, p_o sees c_t.
+        float* dpf = dpeep + H;
+        float* dpo = dpeep + 2 * H;
+        at::vec::fmadd(daf, c, Vec::loadu(dpf + j, n)).store(dpf + j, n);
+        at::vec::fmadd(dao, Vec::loadu(c_new + b * H + j, n), Vec::loadu(dpo + j, n)).store(dpo + j, n);
       }
       daf.store(dgr + L::f(H) + j, n);
       dag.store(dgr + L::g(H) + j, n);
@@ -147,7 +204,7 @@ void backward_rows(int64_t b0, int64_t b1, int64_t H, const float* gates, const 
 
 inline int64_t grain(int64_t H) {
   // Rows per task: keep each task at a few thousand elements so tiny layers stay single-threaded.
-  return std::max<int64_t>(1, 4096 / std::max<int64_t>(H, 1));
+  return std::max<int64_t>(1, 1024 / std::max<int64_t>(H, 1));
 }
 
 Ptrs peep_ptrs(const at::Tensor& peep, int64_t H) {
@@ -174,7 +231,7 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, cons
   at::Tensor c = at::empty({T, B, H}, xp.options());
   at::Tensor tc = at::empty({T, B, H}, xp.options());
   at::Tensor zero = at::zeros({B, H}, xp.options());
-  at::Tensor Rt = R.t();
+  const PackedRight rec(R, /*transpose=*/true, G * H, H, B);
   const Ptrs p = peep_ptrs(peep, H);
   float* gp = gates.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -182,7 +239,7 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, cons
   float* tcp = tc.data_ptr<float>();
   for (int64_t t = 0; t < T; ++t) {
     at::Tensor g_t = gates.select(0, t);
-    if (t > 0) g_t.addmm_(y.select(0, t - 1), Rt);
+    if (t > 0) rec.run(y.select(0, t - 1), g_t, 1.f);
     const float* c_prev = t > 0 ? cp + (t - 1) * B * H : zero.data_ptr<float>();
     float* gt = gp + t * B * G * H;
     float* ct = cp + t * B * H;
@@ -214,32 +271,25 @@ std::vector<at::Tensor> bwd_impl(const at::Tensor& dy_in, const at::Tensor& y, c
   const float* dyp = dy.data_ptr<float>();
   float* dgp = dgates.data_ptr<float>();
   float* dcp = dc.data_ptr<float>();
+  const PackedRight rec(R, /*transpose=*/false, H, G * H, B);
+  // One peephole-gradient accumulator per thread, summed at the end.
+  at::Tensor dpeep_acc = at::zeros({at::get_num_threads(), 3, H}, y.options());
+  float* dpa = dpeep_acc.data_ptr<float>();
   for (int64_t t = T - 1; t >= 0; --t) {
     const float* c_prev = t > 0 ? cp + (t - 1) * B * H : zero.data_ptr<float>();
     const float* dhp = dh.data_ptr<float>();
     at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-      backward_rows<PEEP, COUPLED>(b0, b1, H, gp + t * B * G * H, c_prev, tcp + t * B * H,
-                                   dyp + t * B * H, dhp, dcp, dgp + t * B * G * H, p);
+      backward_rows<PEEP, COUPLED>(b0, b1, H, gp + t * B * G * H, c_prev, cp + t * B * H,
+                                   tcp + t * B * H, dyp + t * B * H, dhp, dcp, dgp + t * B * G * H, p,
+                                   dpa + at::get_thread_num() * 3 * H);
     });
-    if (t > 0) at::mm_out(dh, dgates.select(0, t), R);
+    if (t > 0) rec.run(dgates.select(0, t), dh, 0.f);
   }
   // Weight gradients in a few large operations.
   at::Tensor h_prev = y.narrow(0, 0, T - 1).reshape({(T - 1) * B, H});
   at::Tensor dg_rest = dgates.narrow(0, 1, T - 1).reshape({(T - 1) * B, G * H});
   at::Tensor dR = T > 1 ? at::mm(dg_rest.t(), h_prev) : at::zeros_like(R);
-  at::Tensor dpeep;
-  if constexpr (PEEP) {
-    // p_i and p_f see c_{t-1}; p_o sees c_t.
-    at::Tensor c_prev_all = at::cat({zero.unsqueeze(0), c.narrow(0, 0, T - 1)}, 0);
-    auto L_f = Layout<COUPLED>::f(H), L_o = Layout<COUPLED>::o(H);
-    at::Tensor dpf = dgates.narrow(2, L_f, H).mul(c_prev_all).sum({0, 1});
-    at::Tensor dpo = dgates.narrow(2, L_o, H).mul(c).sum({0, 1});
-    at::Tensor dpi = COUPLED ? at::zeros_like(dpf)
-                             : dgates.narrow(2, 0, H).mul(c_prev_all).sum({0, 1});
-    dpeep = at::stack({dpi, dpf, dpo}, 0);
-  } else {
-    dpeep = at::zeros_like(peep);
-  }
+  at::Tensor dpeep = PEEP ? dpeep_acc.sum(0) : at::zeros_like(peep);
   return {dgates, dR, dpeep};
 }
 
@@ -259,9 +309,15 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& y, cons
                  : bwd_impl<false, false>(dy, y, c, tc, gates, R, peep);
 }
 
+std::string info() {
+  const bool mkl = cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
+  return std::string(mkl ? "mkl-packed-gemm" : "aten-gemm") + "," + std::to_string(kW * 32) + "-bit";
+}
+
 }  // namespace
 
 TORCH_LIBRARY(cellsearch_kernels, m) {
+  m.def("info() -> str", &info);
   m.def("lstm_family_forward(Tensor xp, Tensor R, Tensor peep, bool use_peep, bool coupled) -> Tensor[]",
         &forward);
   m.def("lstm_family_backward(Tensor dy, Tensor y, Tensor c, Tensor tc, Tensor gates, Tensor R, "
