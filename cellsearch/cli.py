@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 
@@ -79,7 +78,7 @@ def bench(
     Console().print(table)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning bad input into one line on stderr and exit status 2."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
