@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -39,6 +41,44 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise UserError(f"{what} must be positive integers, got {text!r}")
     return values
+
+
+# Data options shared by every command that reads a CSV (one definition, reused).
+LAYOUT = typer.Option(None, "--layout", help="long, wide or series (detected by default).")
+TARGET = typer.Option(None, "--target", help="Target column (detected by default).")
+ID_COL = typer.Option(None, "--id-col", help="Column grouping rows into sequences or series.")
+TIME_COL = typer.Option(None, "--time-col", help="Column ordering rows within a sequence.")
+TASK = typer.Option(None, "--task", help="classification, regression or forecasting.")
+WINDOW = typer.Option(None, "--window", help="Forecasting: past steps per input window.")
+HORIZON = typer.Option(None, "--horizon", help="Forecasting: future steps to predict (default 1).")
+FILL = typer.Option(None, "--fill", help="Fill missing feature values: ffill or zero (default: refuse).")
+SEED = typer.Option(0, "--seed", help="Seed for splits, sampling and training.")
+
+
+def _data_kwargs(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="The CSV file."),
+    layout: str | None = LAYOUT, target: str | None = TARGET, id_col: str | None = ID_COL,
+    time_col: str | None = TIME_COL, task: str | None = TASK, window: int | None = WINDOW,
+    horizon: int | None = HORIZON, fill: str | None = FILL, seed: int = SEED,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """What cellsearch understood of a CSV: layout, task, columns, sequences and the split."""
+    from cellsearch.data import inspect as inspect_file
+
+    info = inspect_file(file, **_data_kwargs(layout=layout, target=target, id_col=id_col,
+                                             time_col=time_col, task=task, window=window,
+                                             horizon=horizon, fill=fill, seed=seed))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    from cellsearch.report import print_inspect
+
+    print_inspect(info)
 
 
 @app.command()
@@ -100,10 +140,14 @@ def main(argv: list[str] | None = None) -> None:
         if name == "Abort":
             print("cellsearch: interrupted", file=sys.stderr)
             sys.exit(130)
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code") and not debug:
+        if debug:
+            raise
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             print(f"cellsearch: error: {exc.format_message()}", file=sys.stderr)
             sys.exit(2)
-        raise
+        print(f"cellsearch: internal error: {type(exc).__name__}: {exc} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

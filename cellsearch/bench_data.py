@@ -1,0 +1,77 @@
+"""Loader speed and memory on a large long-layout CSV (``python -m cellsearch.bench_data``).
+
+Makes a file of ``sequences x steps`` rows (default 10,000 x 100 = 1,000,000 rows, 8 features and a
+label), then times ``read_dataset`` (read, validate, split, scale, pad) in a fresh process and reads
+that process's peak resident memory. Goal: at most 10 s and at most 4x the file's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def make_file(path: Path, sequences: int = 10_000, steps: int = 100, features: int = 8, seed: int = 0) -> None:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = sequences * steps
+    df = pd.DataFrame(rng.normal(size=(n, features)).astype(np.float32).round(4),
+                      columns=[f"f{j}" for j in range(features)])
+    df.insert(0, "t", np.tile(np.arange(steps), sequences))
+    df.insert(0, "id", np.repeat(np.arange(sequences), steps))
+    df["label"] = np.repeat(rng.integers(0, 5, size=sequences), steps)
+    df.to_csv(path, index=False)
+
+
+_MEASURE = """
+import json, resource, sys, time
+t0 = time.perf_counter()
+import numpy, pandas, pyarrow.csv
+t1 = time.perf_counter()
+from cellsearch.data import read_dataset
+ds = read_dataset(sys.argv[1])
+t2 = time.perf_counter()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "peak_bytes": peak,
+                  "n_sequences": ds.info["n_sequences"], "shape": list(ds.splits["train"].x.shape)}))
+"""
+
+
+def measure(path: Path) -> dict:
+    """Time ``read_dataset`` in a fresh interpreter; peak RSS includes the interpreter itself."""
+    base = subprocess.run([sys.executable, "-c", "import resource, numpy, pandas, pyarrow.csv, json;"
+                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
+                          capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout)
+    size = path.stat().st_size
+    res.update(file_bytes=size, baseline_bytes=int(base.stdout), ratio=res["peak_bytes"] / size,
+               ratio_above_baseline=(res["peak_bytes"] - int(base.stdout)) / size)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sequences", type=int, default=10_000)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--file", type=Path, help="use (or create) this CSV instead of a temporary one")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.file or Path(tmp) / "long.csv"
+        if not path.exists():
+            make_file(path, args.sequences, args.steps)
+        res = measure(path)
+    print(json.dumps(res, indent=2))
+    print(f"{res['n_sequences']} sequences, {res['file_bytes'] / 1e6:.0f} MB: load {res['load_s']:.2f} s, "
+          f"peak memory {res['peak_bytes'] / 1e6:.0f} MB = {res['ratio']:.2f}x the file "
+          f"({res['ratio_above_baseline']:.2f}x above the interpreter's own {res['baseline_bytes'] / 1e6:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

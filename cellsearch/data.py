@@ -1,0 +1,873 @@
+"""Read a sequence CSV in any of the three layouts into padded tensors, with fitted preprocessing.
+
+Layouts (see DESIGN.md): **long** (one row per step, an id column groups sequences, the target is
+constant within a sequence), **wide** (one row per sequence; ordered numeric columns such as
+``x0..x99`` are the steps; several prefixes with the same suffixes, ``a0..a9, b0..b9``, give several
+features per step) and **series** (one or several time series, forecasting ``horizon`` values from a
+``window`` of past steps). Every guess can be overridden.
+
+Design choices, documented in the README:
+
+* Text feature columns with at most ``MAX_CATEGORIES`` distinct values are one-hot encoded (the
+  categories seen in the training split; an unseen value encodes as all zeros); text columns with
+  more distinct values are refused with a clear message.
+* Missing or infinite feature values are refused (column and count) unless ``fill`` is ``ffill``
+  (forward fill within each sequence, then zero) or ``zero``.
+* Scalers are fitted on the training split only. For forecasting, each series is normalised by the
+  mean and standard deviation of its own training part, so scores are scale-free across series.
+
+Everything is vectorised (Arrow's CSV reader, NumPy grouping and scatter), never a loop over rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellsearch.errors import UserError
+
+LAYOUTS = ("long", "wide", "series")
+TASKS = ("classification", "regression", "forecasting")
+FILLS = ("ffill", "zero")
+SPLITS = ("train", "val", "test")
+MAX_CATEGORIES = 32
+MAX_CLASSES = 20
+
+_ID_NAMES = ("id", "seq", "seq_id", "sequence", "sequence_id", "series", "series_id", "unique_id",
+             "sample", "sample_id", "subject", "item_id", "group")
+_TIME_NAMES = ("time", "t", "step", "timestep", "time_step", "timestamp", "date", "datetime", "ds",
+               "order", "frame", "index", "idx", "month", "year", "day", "period")
+_TARGET_NAMES = ("label", "target", "y", "class", "category", "outcome")
+_SERIES_TARGET_NAMES = ("value", "y", "target", "sales", "demand", "load")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How to read a file; every field left ``None`` is detected."""
+
+    layout: str | None = None
+    target: str | None = None
+    id_col: str | None = None
+    time_col: str | None = None
+    task: str | None = None
+    window: int | None = None
+    horizon: int | None = None
+    fill: str | None = None
+    seed: int = 0
+    val_size: float = 0.15
+    test_size: float = 0.15
+
+    def validate(self) -> None:
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.task is not None and self.task not in TASKS:
+            raise UserError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.fill is not None and self.fill not in FILLS:
+            raise UserError(f"--fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
+        for name in ("window", "horizon"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise UserError(f"--{name} must be at least 1, got {v}")
+        if not (0 <= self.val_size < 1 and 0 <= self.test_size < 1 and self.val_size + self.test_size < 1):
+            raise UserError("validation and test fractions must be in [0, 1) and sum below 1")
+
+
+@dataclass
+class SplitTensors:
+    """One split: padded inputs (N, T, F) float32, lengths (N,), targets, and sequence keys."""
+
+    x: np.ndarray
+    lengths: np.ndarray
+    y: np.ndarray
+    keys: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+@dataclass
+class Dataset:
+    """What ``read_dataset`` returns: tensors per split, the fitted preprocessing and a summary."""
+
+    splits: dict[str, SplitTensors]
+    preprocessing: dict[str, Any]
+    info: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.preprocessing["task"]
+
+    @property
+    def n_features(self) -> int:
+        return len(self.preprocessing["inputs"])
+
+    @property
+    def n_outputs(self) -> int:
+        """Classes for classification, 1 for regression, the horizon for forecasting."""
+        p = self.preprocessing
+        if p["task"] == "classification":
+            return len(p["classes"])
+        return p["horizon"] if p["task"] == "forecasting" else 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+def _check_text_file(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a CSV file")
+    with path.open("rb") as fh:
+        head = fh.read(65536)
+    if not head.strip():
+        raise UserError(f"{path}: file is empty")
+    if b"\x00" in head:
+        raise UserError(f"{path}: not a text CSV file (binary content)")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # a multi-byte character cut at the end is fine
+            raise UserError(f"{path}: not a UTF-8 text CSV file (byte {exc.start})") from None
+
+
+def _ragged_row(path: Path) -> tuple[int, int, int] | None:
+    """On a parse error only: find the first line whose field count differs from the header's."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        for lineno, row in enumerate(reader, start=2):
+            if row and len(row) != len(header):
+                return lineno, len(row), len(header)
+    return None
+
+
+def _read_table(path: Path) -> Any:
+    """Arrow table of the file, float columns as float32 (the models train in float32).
+
+    Streams the file in blocks (bounded parser memory); the float columns are learnt from the first
+    megabyte. If a later block disagrees with those types (an integer column turning float), the
+    file is read again in one piece with full type inference.
+    """
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    pool = pa.system_memory_pool()  # freed memory can go back to the OS
+
+    def convert(types: dict[str, Any]) -> Any:
+        return pacsv.ConvertOptions(strings_can_be_null=True, column_types=types)
+
+    probe = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 20),
+                           convert_options=convert({}), memory_pool=pool)
+    types = {f.name: pa.float32() for f in probe.schema if pa.types.is_floating(f.type)}
+    probe.close()
+    try:
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=4 << 20),
+                                convert_options=convert(types), memory_pool=pool)
+        return pa.Table.from_batches(list(reader), schema=reader.schema)
+    except pa.ArrowInvalid as exc:
+        if "conversion error" not in str(exc):
+            raise
+    table = pacsv.read_csv(path, convert_options=convert({}), memory_pool=pool)
+    return table.cast(pa.schema([pa.field(f.name, pa.float32()) if pa.types.is_floating(f.type) else f
+                                 for f in table.schema]))
+
+
+def _release_freed_memory() -> None:
+    """Ask glibc to hand freed heap pages back to the OS after the parse (a no-op elsewhere)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a CSV with Arrow's multi-threaded reader; every problem becomes one ``UserError``."""
+    import pyarrow as pa
+
+    path = Path(path)
+    _check_text_file(path)
+    try:
+        table = _read_table(path)
+    except pa.ArrowInvalid as exc:
+        bad = _ragged_row(path)
+        if bad:
+            raise UserError(f"{path}: line {bad[0]} has {bad[1]} fields, the header has {bad[2]}") from None
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{path}: cannot parse as CSV ({first})") from None
+    if table.num_columns == 0:
+        raise UserError(f"{path}: no columns")
+    if table.num_rows == 0:
+        raise UserError(f"{path}: has a header but no data rows")
+    # Converting with self_destruct frees each Arrow column as soon as pandas has it.
+    df = table.to_pandas(self_destruct=True, split_blocks=True)
+    del table
+    _release_freed_memory()
+    df.columns = [str(c).strip() for c in df.columns]
+    if len(set(df.columns)) != len(df.columns):
+        dup = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+        raise UserError(f"{path}: duplicate column names: {', '.join(dup)}")
+    return df
+
+
+# --------------------------------------------------------------------------------------------------
+# Detection
+# --------------------------------------------------------------------------------------------------
+
+def _find(columns: list[str], names: tuple[str, ...], exclude: set[str]) -> str | None:
+    lower = {c.lower(): c for c in columns if c not in exclude}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    return None
+
+
+def _need_column(df: pd.DataFrame, name: str, flag: str, path: Path) -> str:
+    if name not in df.columns:
+        raise UserError(f"{path}: {flag} column {name!r} not found; columns are: {', '.join(df.columns)}")
+    return name
+
+
+def _id_from_time(df: pd.DataFrame, time_col: str, candidates: list[str]) -> str | None:
+    """The column that, together with the time column, identifies rows uniquely: text columns
+    first, then integer columns, fewest distinct values first."""
+    n = len(df)
+    scored = []
+    for c in candidates:
+        s = df[c]
+        if pd.api.types.is_float_dtype(s):
+            continue
+        k = s.nunique(dropna=False)
+        if 1 < k <= n // 2:
+            scored.append((_is_numeric(s), k, c))
+    for _, _, c in sorted(scored):
+        if not df.duplicated([c, time_col]).any():
+            return c
+    return None
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+
+
+_SUFFIX = re.compile(r"^(.*?)(\d+)$")
+
+
+def _wide_groups(columns: list[str]) -> tuple[list[str], list[list[str]]] | None:
+    """Columns that look like ordered steps: ``x0..xN`` (one or more prefixes sharing suffixes)."""
+    groups: dict[str, dict[int, str]] = {}
+    for c in columns:
+        m = _SUFFIX.match(c)
+        if m:
+            groups.setdefault(m.group(1), {})[int(m.group(2))] = c
+    groups = {p: g for p, g in groups.items() if len(g) >= 3}
+    if not groups:
+        return None
+    sizes = sorted({len(g) for g in groups.values()}, reverse=True)
+    best = [p for p, g in groups.items() if len(g) == sizes[0]]
+    suffixes = sorted(groups[best[0]])
+    prefixes = [p for p in best if sorted(groups[p]) == suffixes]
+    steps = [[groups[p][s] for p in prefixes] for s in suffixes]
+    return prefixes, steps
+
+
+def _integral(values: np.ndarray) -> bool:
+    v = values[np.isfinite(values)]
+    return bool(len(v)) and bool(np.all(np.mod(v, 1) == 0))
+
+
+def _detect_task(target: pd.Series) -> str:
+    if not _is_numeric(target):
+        return "classification"
+    v = target.to_numpy(dtype=float, na_value=np.nan)
+    if _integral(v) and len(np.unique(v[np.isfinite(v)])) <= MAX_CLASSES:
+        return "classification"
+    return "regression"
+
+
+@dataclass
+class _Schema:
+    layout: str
+    task: str
+    target: str
+    id_col: str | None
+    time_col: str | None
+    split_col: str | None
+    features: list[str]
+    wide_steps: list[list[str]] | None = None
+
+
+def detect(df: pd.DataFrame, opts: DataOptions, path: Path) -> tuple[_Schema, list[str]]:
+    """Decide layout, columns and task from the frame and the overrides."""
+    warnings: list[str] = []
+    cols = list(df.columns)
+    split_col = next((c for c in cols if c.lower() == "split"), None)
+    used: set[str] = {split_col} if split_col else set()
+    target = _need_column(df, opts.target, "--target", path) if opts.target else None
+    id_col = _need_column(df, opts.id_col, "--id-col", path) if opts.id_col else None
+    time_col = _need_column(df, opts.time_col, "--time-col", path) if opts.time_col else None
+    if target:
+        used.add(target)
+    if id_col is None:
+        id_col = _find(cols, _ID_NAMES, used | {time_col} if time_col else used)
+        if id_col is None:
+            id_col = next((c for c in cols if c not in used and c != time_col
+                           and c.lower().endswith(("_id", "id")) and c.lower() != "id"
+                           and not _SUFFIX.match(c)), None)
+    if id_col:
+        used.add(id_col)
+    if time_col is None:
+        time_col = _find(cols, _TIME_NAMES, used)
+    if time_col:
+        used.add(time_col)
+    if id_col is None and time_col and df[time_col].duplicated().any():
+        # Repeated time values: some other column must tell the sequences apart (e.g. "store").
+        id_col = _id_from_time(df, time_col, [c for c in cols if c not in used])
+        if id_col:
+            used.add(id_col)
+
+    layout = opts.layout
+    if id_col and df[id_col].nunique(dropna=False) == len(df) and layout is None:
+        # Unique ids: one row per sequence. The id is a key, not a grouping.
+        layout = "wide" if _wide_groups([c for c in cols if c not in used]) else None
+    if layout is None:
+        if id_col and df[id_col].nunique(dropna=False) < len(df):
+            rest = [c for c in cols if c not in used]
+            tgt = target or _find(cols, _TARGET_NAMES, used) or (rest[-1] if rest else None)
+            if tgt and opts.task != "forecasting":
+                varying = (df.groupby(id_col, sort=False)[tgt].nunique(dropna=False) > 1).mean()
+                layout = "series" if (varying > 0.5 and _is_numeric(df[tgt])) else "long"
+            else:
+                layout = "series"
+        elif opts.task == "forecasting" or time_col:
+            layout = "series"
+        elif _wide_groups([c for c in cols if c not in used]):
+            layout = "wide"
+        else:
+            layout = "series"
+    if opts.task == "forecasting" and layout != "series":
+        raise UserError("--task forecasting needs the series layout (or --layout series)")
+    if layout == "series" and opts.task not in (None, "forecasting"):
+        raise UserError(f"the series layout is for forecasting; --task {opts.task} needs long or wide data")
+
+    if layout != "long" and layout != "series" and id_col and df[id_col].nunique() < len(df):
+        raise UserError(f"{path}: the wide layout has one row per sequence, but id column {id_col!r} repeats")
+
+    if target is None:
+        names = _SERIES_TARGET_NAMES if layout == "series" else _TARGET_NAMES
+        target = _find(cols, names, used)
+        if target is None:
+            rest = [c for c in cols if c not in used]
+            if layout == "series":
+                numeric = [c for c in rest if _is_numeric(df[c])]
+                target = numeric[-1] if numeric else None
+            elif rest:
+                target = rest[-1]
+            if target is None:
+                raise UserError(f"{path}: no target column found; pass --target (columns: {', '.join(cols)})")
+            warnings.append(f"target column guessed as {target!r} (override with --target)")
+        used.add(target)
+    if layout == "long" and not id_col:
+        raise UserError(f"{path}: the long layout needs an id column; pass --id-col (columns: {', '.join(cols)})")
+
+    task = opts.task or ("forecasting" if layout == "series" else _detect_task(df[target]))
+    if task == "forecasting" and not _is_numeric(df[target]):
+        raise UserError(f"{path}: forecasting needs a numeric target; column {target!r} is text")
+    if task == "regression" and not _is_numeric(df[target]):
+        raise UserError(f"{path}: regression needs a numeric target; column {target!r} is text")
+
+    wide_steps = None
+    if layout == "wide":
+        found = _wide_groups([c for c in cols if c not in used])
+        if not found:
+            raise UserError(f"{path}: the wide layout needs ordered step columns such as x0, x1, x2, ...")
+        prefixes, wide_steps = found
+        features = [p or "value" for p in prefixes]
+        step_cols = {c for row in wide_steps for c in row}
+        ignored = [c for c in cols if c not in used and c not in step_cols]
+        if ignored:
+            warnings.append(f"wide layout: columns not used as steps are ignored: {', '.join(ignored)}")
+    else:
+        features = [c for c in cols if c not in used]
+        if layout == "series" and target not in features:
+            features = [target] + features
+    schema = _Schema(layout, task, target, id_col, time_col, split_col, features, wide_steps)
+    return schema, warnings
+
+
+# --------------------------------------------------------------------------------------------------
+# Grouping into sequences
+# --------------------------------------------------------------------------------------------------
+
+def _group_order(df: pd.DataFrame, id_col: str | None, time_col: str | None, path: Path
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row order grouped by sequence (first appearance) and sorted by time within each.
+
+    Returns (order, codes_sorted, starts, keys): ``order`` permutes rows, ``codes_sorted[k]`` is the
+    sequence index of sorted row k, ``starts`` the first sorted row of each sequence, ``keys`` the ids.
+    """
+    n = len(df)
+    if id_col:
+        codes, keys = pd.factorize(df[id_col], use_na_sentinel=False)
+    else:
+        codes, keys = np.zeros(n, dtype=np.int64), np.array(["series"], dtype=object)
+    codes = np.asarray(codes, dtype=np.int64)
+    if time_col:
+        t = df[time_col]
+        if t.isna().any():
+            raise UserError(f"{path}: time column {time_col!r} has {int(t.isna().sum())} missing values")
+        if not _is_numeric(t):
+            parsed = pd.to_datetime(t, errors="coerce", format="mixed")
+            if parsed.isna().any():
+                codes_t, _ = pd.factorize(t, sort=True)
+                tv = codes_t.astype(np.int64)
+            else:
+                tv = parsed.to_numpy().astype("datetime64[ns]").astype(np.int64)
+        else:
+            tv = t.to_numpy()
+        order = np.lexsort((tv, codes))
+        ts = tv[order]
+        cs = codes[order]
+        dup = (cs[1:] == cs[:-1]) & (ts[1:] == ts[:-1])
+        if dup.any():
+            k = int(np.argmax(dup))
+            row = int(order[k + 1]) + 2  # 1-based line number with the header
+            raise UserError(f"{path}: duplicate time value {_py(t.iloc[order[k + 1]])!r} in sequence "
+                            f"{_py(keys[cs[k]])!r} (column {time_col!r}, line {row})")
+    else:
+        order = np.argsort(codes, kind="stable")
+        cs = codes[order]
+    starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+    return order, cs, starts, np.asarray(keys)
+
+
+def _pad(values: np.ndarray, codes: np.ndarray, starts: np.ndarray, n_seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scatter sorted rows (n, F) into a zero-padded (n_seq, T_max, F) array."""
+    lengths = np.diff(np.r_[starts, len(codes)])
+    pos = np.arange(len(codes)) - starts[codes]
+    out = np.zeros((n_seq, int(lengths.max()), values.shape[1]), dtype=np.float32)
+    out[codes, pos] = values
+    return out, lengths
+
+
+# --------------------------------------------------------------------------------------------------
+# Features, missing values, scaling
+# --------------------------------------------------------------------------------------------------
+
+def _encode_features(df: pd.DataFrame, features: list[str], train_rows: np.ndarray, path: Path,
+                     categories: dict[str, list[str]] | None = None
+                     ) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
+    """Numeric columns as they are, booleans as 0/1, low-cardinality text one-hot encoded."""
+    blocks, names = [], []
+    cats = {} if categories is None else categories
+    for c in features:
+        s = df[c]
+        if pd.api.types.is_bool_dtype(s):
+            blocks.append(s.to_numpy(dtype=np.float32, na_value=np.nan)[:, None])
+            names.append(c)
+        elif _is_numeric(s):
+            blocks.append(s.to_numpy(dtype=np.float32, na_value=np.nan)[:, None])
+            names.append(c)
+        else:
+            if categories is None:
+                seen = pd.unique(s[train_rows].dropna().astype(str))
+                if len(seen) > MAX_CATEGORIES:
+                    raise UserError(f"{path}: text column {c!r} has {len(seen)} distinct values; cellsearch "
+                                    f"one-hot encodes at most {MAX_CATEGORIES} (drop it or make it numeric)")
+                cats[c] = sorted(seen.tolist())
+            levels = cats[c]
+            codes = pd.Categorical(s.astype("string"), categories=levels).codes
+            onehot = np.zeros((len(s), len(levels)), dtype=np.float32)
+            hit = codes >= 0
+            onehot[np.flatnonzero(hit), codes[hit]] = 1.0
+            blocks.append(onehot)
+            names.extend(f"{c}={v}" for v in levels)
+    if not blocks:
+        raise UserError(f"{path}: no numeric feature column (columns: {', '.join(df.columns)})")
+    return np.concatenate(blocks, axis=1), names, cats
+
+
+def _handle_missing(values: np.ndarray, names: list[str], codes: np.ndarray, starts: np.ndarray,
+                    fill: str | None, path: Path) -> np.ndarray:
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return values
+    if fill is None:
+        counts = bad.sum(axis=0)
+        worst = [f"{names[j]!r} ({int(counts[j])})" for j in np.flatnonzero(counts)]
+        raise UserError(f"{path}: missing or infinite values in feature column(s) {', '.join(worst)}; "
+                        "pass --fill ffill or --fill zero")
+    values = values.copy()
+    values[np.isinf(values)] = np.nan
+    if fill == "ffill":
+        # Forward fill within each sequence: index of the last finite row at or before each row.
+        n = len(values)
+        idx = np.where(np.isfinite(values), np.arange(n)[:, None], -1)
+        np.maximum.accumulate(idx, axis=0, out=idx)
+        seq_start = starts[codes][:, None]
+        ok = idx >= seq_start
+        filled = values[np.where(ok, idx, 0), np.arange(values.shape[1])[None, :]]
+        values = np.where(ok, filled, np.nan)
+    return np.nan_to_num(values, nan=0.0)
+
+
+def _fit_scaler(values: np.ndarray, rows: np.ndarray, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of ``values[rows]`` in float64, in chunks (no full-size copies)."""
+    idx = np.flatnonzero(rows) if rows.dtype == bool else rows
+    n, f = len(idx), values.shape[1]
+    if n == 0:
+        return np.zeros(f), np.ones(f)
+    s1, s2 = np.zeros(f), np.zeros(f)
+    shift = values[idx[0]].astype(np.float64)  # shifted sums keep the variance accurate
+    for k in range(0, n, chunk):
+        block = values[idx[k:k + chunk]].astype(np.float64) - shift
+        s1 += block.sum(axis=0)
+        s2 += np.square(block).sum(axis=0)
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
+    return mean + shift, np.where(std > 1e-12, std, 1.0)
+
+
+def _standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """In place, float32: (values - mean) / std."""
+    values -= mean.astype(np.float32)
+    values /= std.astype(np.float32)
+    return values
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------------
+
+def _split_from_column(df: pd.DataFrame, split_col: str, path: Path) -> np.ndarray:
+    s = df[split_col].astype("string").str.strip().str.lower()
+    s = s.replace({"validation": "val", "valid": "val", "dev": "val"})
+    bad = ~s.isin(SPLITS) | s.isna()
+    if bad.any():
+        values = sorted(set(df[split_col][bad].astype(str).unique()))[:5]
+        raise UserError(f"{path}: column {split_col!r} has values other than train/val/test: "
+                        f"{', '.join(values)} (line {int(np.flatnonzero(bad.to_numpy())[0]) + 2})")
+    return s.to_numpy(dtype=object)
+
+
+def _assign_sequences(n: int, labels: np.ndarray | None, opts: DataOptions) -> np.ndarray:
+    """Random (stratified where possible) train/val/test assignment of whole sequences."""
+    rng = np.random.default_rng(opts.seed)
+    out = np.empty(n, dtype=object)
+    groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    for idx in groups:
+        idx = rng.permutation(idx)
+        n_test = int(round(len(idx) * opts.test_size))
+        n_val = int(round(len(idx) * opts.val_size))
+        if len(idx) >= 3:
+            n_test = max(n_test, 1 if opts.test_size > 0 else 0)
+            n_val = max(n_val, 1 if opts.val_size > 0 else 0)
+        out[idx[:n_test]] = "test"
+        out[idx[n_test:n_test + n_val]] = "val"
+        out[idx[n_test + n_val:]] = "train"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Building each layout
+# --------------------------------------------------------------------------------------------------
+
+def _sequence_targets(df: pd.DataFrame, schema: _Schema, order: np.ndarray, starts: np.ndarray,
+                      codes: np.ndarray, keys: np.ndarray, path: Path) -> pd.Series:
+    """The one target value per sequence; refuses sequences whose target changes."""
+    tgt = df[schema.target].iloc[order].reset_index(drop=True)
+    if tgt.isna().any():
+        raise UserError(f"{path}: target column {schema.target!r} has {int(tgt.isna().sum())} missing values")
+    first = tgt.iloc[starts].reset_index(drop=True)
+    differs = tgt.to_numpy() != first.to_numpy()[codes]
+    if differs.any():
+        k = int(np.flatnonzero(differs)[0])
+        seq = _py(keys[codes[k]])
+        raise UserError(f"{path}: sequence {seq!r} has more than one target value in {schema.target!r} "
+                        f"({first.iloc[codes[k]]!r} and {tgt.iloc[k]!r}, line {int(order[k]) + 2})")
+    return first
+
+
+def _encode_target(first: pd.Series, task: str, train: np.ndarray, path: Path, target: str
+                   ) -> tuple[np.ndarray, dict[str, Any]]:
+    if task == "classification":
+        labels = first.astype(str).to_numpy() if not _is_numeric(first) else first.to_numpy()
+        classes = np.unique(labels)
+        if len(classes) < 2:
+            raise UserError(f"{path}: target {target!r} has only one class ({classes[0]!r}); "
+                            "classification needs at least two")
+        y = np.searchsorted(classes, labels).astype(np.int64)
+        counts = {str(_py(c)): int((labels == c).sum()) for c in classes}
+        return y, {"classes": [_py(c) for c in classes], "class_counts": counts}
+    v = first.to_numpy(dtype=np.float64)
+    if not np.isfinite(v).all():
+        raise UserError(f"{path}: target {target!r} has non-finite values")
+    mean, std = float(v[train].mean()), float(v[train].std())
+    if std < 1e-12:
+        raise UserError(f"{path}: target {target!r} is constant; nothing to learn")
+    return ((v - mean) / std).astype(np.float32), {"target_mean": mean, "target_std": std}
+
+
+def _py(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
+                ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
+    order, codes, starts, keys = _group_order(df, schema.id_col, schema.time_col, path)
+    n_seq = len(starts)
+    first = _sequence_targets(df, schema, order, starts, codes, keys, path)
+    if schema.split_col:
+        split_rows = _split_from_column(df, schema.split_col, path)[order]
+        if (split_rows != split_rows[starts][codes]).any():
+            k = int(np.flatnonzero(split_rows != split_rows[starts][codes])[0])
+            raise UserError(f"{path}: sequence {_py(keys[codes[k]])!r} is split across sets in column "
+                            f"{schema.split_col!r}; one sequence belongs to one set")
+        assign = split_rows[starts]
+    else:
+        strat = first.astype(str).to_numpy() if schema.task == "classification" else None
+        assign = _assign_sequences(n_seq, strat, opts)
+    train_seq = assign == "train"
+    if not train_seq.any():
+        raise UserError(f"{path}: the training split is empty")
+    y, target_info = _encode_target(first, schema.task, train_seq, path, schema.target)
+    # Features are encoded in file order and reordered once (never a copy of the whole frame).
+    train_rows_file = np.empty(len(order), dtype=bool)
+    train_rows_file[order] = train_seq[codes]
+    values, names, cats = _encode_features(df, schema.features, train_rows_file, path)
+    values = values[order]
+    values = _handle_missing(values, names, codes, starts, opts.fill, path)
+    mean, std = _fit_scaler(values, train_seq[codes])
+    values = _standardise(values, mean, std)
+    # Renumber sequences split by split, so each split is a contiguous view of one padded array.
+    seq_order = np.concatenate([np.flatnonzero(assign == s_) for s_ in SPLITS])
+    new_code = np.empty(n_seq, dtype=np.int64)
+    new_code[seq_order] = np.arange(n_seq)
+    lengths = np.diff(np.r_[starts, len(codes)])
+    x = np.zeros((n_seq, int(lengths.max()), values.shape[1]), dtype=np.float32)
+    x[new_code[codes], np.arange(len(codes)) - starts[codes]] = values
+    del values
+    bounds = np.cumsum([0] + [int((assign == s_).sum()) for s_ in SPLITS])
+    splits = {s_: SplitTensors(x[bounds[k]:bounds[k + 1]], lengths[seq_order][bounds[k]:bounds[k + 1]],
+                               y[seq_order][bounds[k]:bounds[k + 1]], keys[seq_order][bounds[k]:bounds[k + 1]])
+              for k, s_ in enumerate(SPLITS)}
+    prep = {"inputs": names, "categories": cats, "scaler": {"mean": mean.tolist(), "std": std.tolist()},
+            **target_info}
+    return splits, prep
+
+
+def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
+                ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
+    steps = schema.wide_steps or []
+    n, T, F = len(df), len(steps), len(steps[0])  # noqa: N806
+    flat = [c for row in steps for c in row]
+    for c in flat:
+        if not _is_numeric(df[c]):
+            raise UserError(f"{path}: step column {c!r} is not numeric")
+    raw = df[flat].to_numpy(dtype=np.float32, na_value=np.nan).reshape(n, T, F)
+    if np.isinf(raw).any() and opts.fill is None:
+        raise UserError(f"{path}: infinite values in step columns ({int(np.isinf(raw).sum())}); pass --fill")
+    # Trailing missing steps shorten a sequence; missing values before its last step are gaps.
+    present = np.isfinite(raw).any(axis=2)
+    lengths = np.where(present.any(axis=1), T - np.argmax(present[:, ::-1], axis=1), 0)
+    if (lengths == 0).any():
+        raise UserError(f"{path}: line {int(np.argmax(lengths == 0)) + 2} has no step values")
+    inside = np.arange(T)[None, :] < lengths[:, None]
+    gaps = ~np.isfinite(raw) & inside[:, :, None]
+    if gaps.any():
+        if opts.fill is None:
+            raise UserError(f"{path}: {int(gaps.sum())} missing or infinite step values inside sequences; "
+                            "pass --fill ffill or --fill zero")
+        codes = np.repeat(np.arange(n), T)
+        starts = np.arange(n) * T
+        raw = _handle_missing(raw.reshape(n * T, F), schema.features, codes, starts, opts.fill,
+                              path).reshape(n, T, F)
+    keys = df[schema.id_col].to_numpy() if schema.id_col else np.arange(n)
+    first = df[schema.target]
+    if first.isna().any():
+        raise UserError(f"{path}: target column {schema.target!r} has {int(first.isna().sum())} missing values")
+    if schema.split_col:
+        assign = _split_from_column(df, schema.split_col, path)
+    else:
+        strat = first.astype(str).to_numpy() if schema.task == "classification" else None
+        assign = _assign_sequences(n, strat, opts)
+    train = assign == "train"
+    if not train.any():
+        raise UserError(f"{path}: the training split is empty")
+    y, target_info = _encode_target(first.reset_index(drop=True), schema.task, train, path, schema.target)
+    raw = np.where(inside[:, :, None], np.nan_to_num(raw), 0.0)
+    fit = raw[train][inside[train]]
+    mean, std = _fit_scaler(fit, np.ones(len(fit), dtype=bool))
+    x = np.where(inside[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
+    splits = {s: SplitTensors(x[assign == s], lengths[assign == s], y[assign == s], keys[assign == s])
+              for s in SPLITS}
+    prep = {"inputs": schema.features, "categories": {}, "step_columns": steps,
+            "scaler": {"mean": mean.tolist(), "std": std.tolist()}, **target_info}
+    return splits, prep
+
+
+def default_window(lengths: np.ndarray, horizon: int) -> int:
+    """A window that the data can afford: about a sixth of the median series, 4..48 steps, and
+    short enough that the median series still yields training, validation and test windows."""
+    med = float(np.median(lengths))
+    w = max(4, 2 * horizon, int(round(med / 6)))
+    cap = int(med - 3 * horizon)
+    return max(2, min(48, w, max(2, cap)))
+
+
+def _build_series(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
+                  ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
+    order, codes, starts, keys = _group_order(df, schema.id_col, schema.time_col, path)
+    sorted_df = df.iloc[order].reset_index(drop=True)
+    lengths = np.diff(np.r_[starts, len(codes)])
+    horizon = opts.horizon or 1
+    window = opts.window or default_window(lengths, horizon)
+    tgt = sorted_df[schema.target].to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.isfinite(tgt).all() and opts.fill is None:
+        raise UserError(f"{path}: target column {schema.target!r} has {int((~np.isfinite(tgt)).sum())} "
+                        "missing or infinite values; pass --fill ffill or --fill zero")
+    need = window + horizon
+    short = lengths < need
+    if short.all():
+        k = int(np.argmax(short))
+        raise UserError(f"{path}: series {_py(keys[k])!r} has {int(lengths[k])} rows, shorter than "
+                        f"window {window} + horizon {horizon}; use a smaller --window or --horizon")
+    if short.any():
+        warnings.append(f"{int(short.sum())} series shorter than window {window} + horizon {horizon} "
+                        f"skipped: {', '.join(str(_py(k)) for k in keys[short][:5])}"
+                        f"{' ...' if short.sum() > 5 else ''}")
+    pos = np.arange(len(codes)) - starts[codes]
+    L = lengths[codes]  # noqa: N806
+    # Split points per series, by time: the last part of each series is validation, then test.
+    if schema.split_col:
+        row_split = _split_from_column(sorted_df, schema.split_col, path)
+    else:
+        n_test = np.maximum(horizon, np.round(lengths * opts.test_size).astype(int)) if opts.test_size else 0 * lengths
+        n_val = np.maximum(horizon, np.round(lengths * opts.val_size).astype(int)) if opts.val_size else 0 * lengths
+        test_start = (lengths - n_test)[codes]
+        val_start = (lengths - n_test - n_val)[codes]
+        row_split = np.where(pos >= test_start, "test", np.where(pos >= val_start, "val", "train")).astype(object)
+    train_rows = (row_split == "train") & ~short[codes]
+    if not train_rows.any():
+        raise UserError(f"{path}: no training rows left after the time split")
+    values, names, cats = _encode_features(sorted_df, schema.features, train_rows, path)
+    values = _handle_missing(values, names, codes, starts, opts.fill, path)
+    # Per-series normalisation of the target (fit on each series' training rows), global for covariates.
+    t_idx = names.index(schema.target)
+    tv = values[:, t_idx].astype(np.float64)
+    n_seq = len(starts)
+    cnt = np.bincount(codes, weights=train_rows, minlength=n_seq)
+    s1 = np.bincount(codes, weights=np.where(train_rows, tv, 0), minlength=n_seq)
+    s2 = np.bincount(codes, weights=np.where(train_rows, tv * tv, 0), minlength=n_seq)
+    s_mean = np.divide(s1, cnt, out=np.zeros(n_seq), where=cnt > 0)
+    s_var = np.divide(s2, cnt, out=np.ones(n_seq), where=cnt > 0) - s_mean ** 2
+    s_std = np.sqrt(np.maximum(s_var, 0))
+    s_std = np.where(s_std > 1e-9 * np.maximum(1, np.abs(s_mean)), s_std, np.maximum(np.abs(s_mean), 1.0))
+    mean, std = _fit_scaler(values, train_rows)
+    mean[t_idx], std[t_idx] = 0.0, 1.0
+    scaled = (values - mean) / std
+    scaled[:, t_idx] = (tv - s_mean[codes]) / s_std[codes]
+    scaled = scaled.astype(np.float32)
+    # Windows: forecast start s (position of the first predicted step) for every valid s.
+    valid = (pos >= window) & (pos + horizon <= L) & ~short[codes]
+    first_rows = np.flatnonzero(valid)
+    # A window belongs to the split of its last forecast step; it must not reach into a later split.
+    rank = {"train": 0, "val": 1, "test": 2}
+    rs = np.vectorize(rank.get, otypes=[np.int64])(row_split) if len(row_split) else np.zeros(0, int)
+    first_rank = rs[first_rows]
+    last_rank = rs[first_rows + horizon - 1]
+    keep = first_rank == last_rank
+    first_rows = first_rows[keep]
+    win_split = np.array(SPLITS, dtype=object)[last_rank[keep]]
+    xi = first_rows[:, None] + np.arange(-window, 0)[None, :]
+    yi = first_rows[:, None] + np.arange(horizon)[None, :]
+    x = scaled[xi]
+    y = scaled[yi, t_idx]
+    win_keys = keys[codes[first_rows]]
+    splits = {}
+    for s in SPLITS:
+        m = win_split == s
+        splits[s] = SplitTensors(x[m], np.full(int(m.sum()), window, dtype=np.int64), y[m], win_keys[m])
+    if len(splits["train"]) == 0:
+        raise UserError(f"{path}: no training window fits (window {window}, horizon {horizon}); "
+                        "use a smaller --window or --horizon")
+    stats = {str(_py(k)): [float(m_), float(s_)] for k, m_, s_ in zip(keys, s_mean, s_std)}
+    prep = {"inputs": names, "categories": cats, "scaler": {"mean": mean.tolist(), "std": std.tolist()},
+            "window": window, "horizon": horizon, "target_index": t_idx, "series_stats": stats,
+            "n_series": int(n_seq - short.sum())}
+    return splits, prep
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------------
+
+def read_dataset(path: str | Path, **options: Any) -> Dataset:
+    """Read, validate and tensorise a sequence CSV.
+
+    Args:
+        path: the CSV file.
+        **options: fields of ``DataOptions`` (``layout``, ``target``, ``id_col``, ``time_col``,
+            ``task``, ``window``, ``horizon``, ``fill``, ``seed``, ``val_size``, ``test_size``).
+
+    Raises:
+        UserError: on any problem with the file, with one line naming it.
+
+    Example:
+        >>> ds = read_dataset("examples/digits.csv")          # doctest: +SKIP
+        >>> ds.info["layout"], ds.task, len(ds.splits["train"])  # doctest: +SKIP
+        ('long', 'classification', 1257)
+    """
+    opts = DataOptions(**{k: v for k, v in options.items() if v is not None})
+    opts.validate()
+    path = Path(path)
+    df = read_csv(path)
+    schema, warnings = detect(df, opts, path)
+    builder = {"long": _build_long, "wide": _build_wide, "series": _build_series}[schema.layout]
+    splits, prep = builder(df, schema, opts, path, warnings)
+    if schema.task != "forecasting" and len(splits["val"]) == 0:
+        warnings.append("the validation split is empty; scores will use the training split")
+    prep.update(layout=schema.layout, task=schema.task, target=schema.target, id_col=schema.id_col,
+                time_col=schema.time_col, features=schema.features, split_col=schema.split_col,
+                options=asdict(opts))
+    all_lengths = np.concatenate([s.lengths for s in splits.values()])
+    info = {
+        "file": str(path),
+        "layout": schema.layout,
+        "task": schema.task,
+        "target": schema.target,
+        "id_col": schema.id_col,
+        "time_col": schema.time_col,
+        "features": schema.features,
+        "inputs": prep["inputs"],
+        "n_rows": len(df),
+        "n_sequences": int(len(all_lengths)),
+        "splits": {s: len(splits[s]) for s in SPLITS},
+        "length": {"min": int(all_lengths.min()), "median": float(np.median(all_lengths)),
+                   "max": int(all_lengths.max())},
+        "split_source": f"column {schema.split_col!r}" if schema.split_col else
+                        ("by time (last part of each series)" if schema.task == "forecasting"
+                         else "by sequence" + (", stratified" if schema.task == "classification" else "")),
+        "warnings": warnings,
+    }
+    if schema.task == "classification":
+        info["classes"] = prep["class_counts"]
+    if schema.task == "forecasting":
+        info.update(window=prep["window"], horizon=prep["horizon"], n_series=prep["n_series"])
+    return Dataset(splits=splits, preprocessing=prep, info=info, warnings=warnings)
+
+
+def inspect(path: str | Path, **options: Any) -> dict[str, Any]:
+    """What cellsearch understood of a file (the ``cellsearch inspect --json`` document)."""
+    return read_dataset(path, **options).info
+

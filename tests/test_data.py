@@ -1,0 +1,192 @@
+"""The loader: layout detection, splits without leakage, scaling on train only, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellsearch.data import read_dataset
+from cellsearch.errors import UserError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def long_frame(n_seq: int = 60, steps: int = 5, seed: int = 0, n_classes: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, steps + 1, size=n_seq)
+    ids = np.repeat(np.arange(n_seq), lengths)
+    t = np.concatenate([np.arange(n) for n in lengths])
+    labels = np.array(["cat", "dog", "emu", "fox"][:n_classes])[rng.integers(0, n_classes, n_seq)]
+    df = pd.DataFrame({"id": ids, "time": t, "a": rng.normal(size=len(ids)),
+                       "b": rng.normal(5, 2, size=len(ids)), "label": labels[ids]})
+    return df.sample(frac=1.0, random_state=seed)  # shuffled rows: order comes from the time column
+
+
+def write(tmp_path: Path, df: pd.DataFrame, name: str = "data.csv") -> Path:
+    p = tmp_path / name
+    df.to_csv(p, index=False)
+    return p
+
+
+def test_long_layout_detected_and_padded(tmp_path):
+    df = long_frame()
+    ds = read_dataset(write(tmp_path, df))
+    info = ds.info
+    assert (info["layout"], info["task"], info["target"], info["id_col"], info["time_col"]) == \
+        ("long", "classification", "label", "id", "time")
+    assert info["features"] == ["a", "b"]
+    assert info["n_sequences"] == 60 and sum(info["splits"].values()) == 60
+    assert set(info["classes"]) == {"cat", "dog", "emu"}
+    # A sequence's rows are in time order, padding is zero, lengths match the file.
+    sizes = df.groupby("id").size()
+    for split in ds.splits.values():
+        for x, n, key in zip(split.x, split.lengths, split.keys):
+            assert n == sizes[key]
+            assert np.all(x[n:] == 0)
+    # Values come back in time order once un-scaled.
+    mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
+    tr = ds.splits["train"]
+    key, n = tr.keys[0], tr.lengths[0]
+    raw = df[df.id == key].sort_values("time")[["a", "b"]].to_numpy()
+    assert np.allclose(tr.x[0, :n] * std + mean, raw, atol=1e-4)
+
+
+def test_splits_never_share_a_sequence_and_are_stratified(tmp_path):
+    ds = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=3)
+    keys = [set(s.keys.tolist()) for s in ds.splits.values()]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    assert sum(len(k) for k in keys) == 200
+    for name in ("val", "test"):  # every class appears in every split
+        assert len(np.unique(ds.splits[name].y)) == 3
+    again = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=3)
+    assert np.array_equal(again.splits["test"].keys, ds.splits["test"].keys)
+    other = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=4)
+    assert not np.array_equal(other.splits["test"].keys, ds.splits["test"].keys)
+
+
+def test_scaler_sees_only_training_data(tmp_path):
+    df = long_frame(n_seq=100)
+    ds = read_dataset(write(tmp_path, df))
+    train_rows = df[df.id.isin(ds.splits["train"].keys)]
+    mean = np.array(ds.preprocessing["scaler"]["mean"])
+    std = np.array(ds.preprocessing["scaler"]["std"])
+    assert np.allclose(mean, train_rows[["a", "b"]].mean().to_numpy(), atol=1e-5)
+    assert np.allclose(std, train_rows[["a", "b"]].std(ddof=0).to_numpy(), atol=1e-4)
+    assert not np.allclose(mean, df[["a", "b"]].mean().to_numpy(), atol=1e-5)
+
+
+def test_split_column_is_honoured(tmp_path):
+    df = long_frame(n_seq=30)
+    split_of = {i: ("train" if i < 20 else "val" if i < 25 else "test") for i in range(30)}
+    df["split"] = df.id.map(split_of)
+    ds = read_dataset(write(tmp_path, df))
+    assert sorted(ds.splits["test"].keys.tolist()) == list(range(25, 30))
+    assert ds.info["features"] == ["a", "b"]
+
+
+def test_regression_and_wide_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 12))
+    df = pd.DataFrame(x, columns=[f"x{j}" for j in range(12)])
+    df["y"] = x.sum(axis=1) + 0.1
+    df.loc[:9, ["x10", "x11"]] = np.nan  # trailing gaps: shorter sequences
+    ds = read_dataset(write(tmp_path, df))
+    assert (ds.info["layout"], ds.info["task"]) == ("wide", "regression")
+    assert ds.info["length"] == {"min": 10, "median": 12.0, "max": 12}
+    assert ds.n_features == 1
+    tr = ds.splits["train"]
+    assert tr.x.shape[1:] == (12, 1) and tr.y.dtype == np.float32
+
+
+def test_series_layout_splits_by_time(tmp_path):
+    rows = []
+    for k, n in enumerate([60, 80]):
+        rows.append(pd.DataFrame({"store": f"s{k}", "day": np.arange(n),
+                                  "sales": 100 * (k + 1) + np.sin(np.arange(n)) * 10}))
+    df = pd.concat(rows)
+    ds = read_dataset(write(tmp_path, df), window=8, horizon=3)
+    info = ds.info
+    assert (info["layout"], info["task"], info["window"], info["horizon"]) == ("series", "forecasting", 8, 3)
+    assert ds.splits["train"].x.shape[1:] == (8, 1) and ds.splits["train"].y.shape[1] == 3
+    # Per-series normalisation: fitted on each series' training part only (first 70%).
+    stats = ds.preprocessing["series_stats"]
+    s0 = df[df.store == "s0"].sales.to_numpy()
+    n_train = 60 - 2 * round(60 * 0.15)
+    assert np.isclose(stats["s0"][0], s0[:n_train].mean(), atol=1e-3)
+    # Every validation target lies after every training target of its series (no look-ahead).
+    assert len(ds.splits["val"]) > 0 and len(ds.splits["test"]) > 0
+
+
+def test_text_features_one_hot_and_fill(tmp_path):
+    df = long_frame(n_seq=40)
+    df["color"] = np.where(df.a > 0, "red", "blue")
+    df.loc[df.index[:5], "b"] = np.nan
+    with pytest.raises(UserError, match=r"'b' \(5\).*--fill"):
+        read_dataset(write(tmp_path, df))
+    ds = read_dataset(write(tmp_path, df), fill="ffill")
+    assert ds.preprocessing["inputs"] == ["a", "b", "color=blue", "color=red"]
+    assert np.isfinite(ds.splits["train"].x).all()
+
+
+# ---- bad input: one line on stderr, exit 2, no traceback ----------------------------------------
+
+def _bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
+    out: dict[str, tuple[Path, list[str], str]] = {}
+
+    def put(name: str, content: str | bytes, args: list[str], expect: str) -> None:
+        p = tmp / f"{name}.csv"
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+        out[name] = (p, args, expect)
+
+    out["missing"] = (tmp / "no_such_file.csv", [], "not found")
+    put("empty", "", [], "empty")
+    put("header_only", "id,t,a,label\n", [], "no data rows")
+    put("no_numeric", "id,name,label\n1,ab,x\n1,cd,x\n2,ef,y\n2,gh,y\n" + "".join(
+        f"{i},n{i}{j},{'xy'[i % 2]}\n" for i in range(3, 60) for j in range(2)), [], "one-hot encodes at most")
+    put("target_missing", "id,t,a,label\n1,0,1.0,x\n", ["--target", "nope"], "columns are: id, t, a, label")
+    put("one_class", "id,t,a,label\n" + "".join(f"{i},{j},{i + j}.5,same\n" for i in range(6) for j in range(2)),
+        [], "only one class")
+    put("nan", "id,t,a,label\n" + "".join(f"{i},{j},{'nan' if i == 2 and j else i},{'xy'[i % 2]}\n"
+                                          for i in range(8) for j in range(3)), [], "'a' (2)")
+    put("inf", "id,t,a,label\n" + "".join(f"{i},{j},{'inf' if i == 2 and j else i},{'xy'[i % 2]}\n"
+                                          for i in range(8) for j in range(3)), [], "infinite")
+    put("two_targets", "id,t,a,label\n" + "".join(f"{i},{j},{j}.5,{'xy'[i % 2] if (i, j) != (3, 1) else 'z'}\n"
+                                                  for i in range(8) for j in range(3)), [], "more than one target")
+    put("dup_time", "id,t,a,label\n" + "".join(f"{i},{min(j, 1) if i == 4 else j},{j}.5,{'xy'[i % 2]}\n"
+                                               for i in range(8) for j in range(3)), [], "duplicate time")
+    put("bad_split", "id,t,a,label,split\n" + "".join(f"{i},{j},{j}.5,{'xy'[i % 2]},{'holdout' if i == 5 else 'train'}\n"
+                                                      for i in range(8) for j in range(3)), [], "holdout")
+    put("short_series", "t,value\n" + "".join(f"{j},{j * 1.5}\n" for j in range(6)),
+        ["--window", "5", "--horizon", "3"], "shorter than window 5 + horizon 3")
+    put("binary", b"PK\x03\x04\x00\x00binary\x00zip", [], "not a text CSV")
+    put("ragged", "id,t,a,label\n1,0,1.0,x\n1,1,2.0,x,extra\n", [], "line 3 has 5 fields")
+    return out
+
+
+def test_every_bad_input_is_one_line_exit_2(tmp_path):
+    cases = _bad_files(tmp_path)
+    for name, (path, args, expect) in cases.items():
+        res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "inspect", str(path), *args],
+                             capture_output=True, text=True, timeout=120)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2, (name, res.stdout, res.stderr)
+        assert len(lines) == 1 and "Traceback" not in res.stderr, (name, res.stderr)
+        assert expect in lines[0], (name, lines[0])
+
+
+def test_inspect_json_document():
+    res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "inspect", str(EXAMPLES / "digits.csv"),
+                          "--json"], capture_output=True, text=True, timeout=120, check=True)
+    info = json.loads(res.stdout)
+    for key in ("layout", "task", "target", "id_col", "time_col", "features", "n_sequences", "splits",
+                "length", "classes", "warnings"):
+        assert key in info, key
+    assert info["layout"] == "long" and info["task"] == "classification" and info["n_sequences"] == 1797
+    assert set(info["length"]) == {"min", "median", "max"}
+    assert sum(info["classes"].values()) == 1797
