@@ -451,15 +451,6 @@ def _group_order(df: pd.DataFrame, id_col: str | None, time_col: str | None, pat
     return order, cs, starts, np.asarray(keys)
 
 
-def _pad(values: np.ndarray, codes: np.ndarray, starts: np.ndarray, n_seq: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scatter sorted rows (n, F) into a zero-padded (n_seq, T_max, F) array."""
-    lengths = np.diff(np.r_[starts, len(codes)])
-    pos = np.arange(len(codes)) - starts[codes]
-    out = np.zeros((n_seq, int(lengths.max()), values.shape[1]), dtype=np.float32)
-    out[codes, pos] = values
-    return out, lengths
-
-
 # --------------------------------------------------------------------------------------------------
 # Features, missing values, scaling
 # --------------------------------------------------------------------------------------------------
