@@ -82,6 +82,53 @@ def inspect(
 
 
 @app.command()
+def tune(
+    file: Path = typer.Argument(..., help="The CSV file."),
+    layout: str | None = LAYOUT, target: str | None = TARGET, id_col: str | None = ID_COL,
+    time_col: str | None = TIME_COL, task: str | None = TASK, window: int | None = WINDOW,
+    horizon: int | None = HORIZON, fill: str | None = FILL, seed: int = SEED,
+    space: str = typer.Option("default", "--space", help="Search space: a shipped name (quick, default, greff) "
+                              "or a YAML path."),
+    trials: int = typer.Option(20, "--trials", help="Finished trials the study should hold (resumes count)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Seconds for the whole search, final "
+                                            "steps included."),
+    objective: str = typer.Option("pareto", "--objective", help="pareto (score and cost) or score (with pruning)."),
+    cost: str = typer.Option("macs", "--cost", help="macs, params or latency."),
+    pick: str = typer.Option("knee", "--pick", help="Which front member to choose: knee, best or smallest."),
+    study: str | None = typer.Option(None, "--study", help="Study name (default: the file's name)."),
+    run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="Where the study and runs live."),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (e.g. postgresql://...)."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
+    no_track: bool = typer.Option(False, "--no-track", help="Do not record in MLflow."),
+    max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override the space's max epochs."),
+    trial_timeout: float | None = typer.Option(None, "--trial-timeout", help="Seconds per trial at most."),
+    no_prune: bool = typer.Option(False, "--no-prune", help="Never stop trials early."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    verbose: bool = typer.Option(False, "--verbose", help="Lightning's own progress and notices."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Search per-layer cells, depth and width for a CSV; show the Pareto front and the chosen model."""
+    from cellsearch.search import tune as run_tune
+
+    result = run_tune(file, **_data_kwargs(layout=layout, target=target, id_col=id_col, time_col=time_col,
+                                           task=task, window=window, horizon=horizon, fill=fill),
+                      seed=seed, space=space, trials=trials, timeout=timeout, objective=objective, cost=cost,
+                      pick=pick, study=study, run_dir=run_dir, storage=storage, tracking_uri=tracking_uri,
+                      track=not no_track, max_epochs=max_epochs, trial_timeout=trial_timeout, prune=not no_prune,
+                      verbose=verbose, device=device)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        from cellsearch.report import print_result
+
+        print_result(result, tracked=not no_track, run_dir=run_dir)
+    if result.interrupted:
+        print("cellsearch: interrupted; the study is saved, run the same command again to continue",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+@app.command()
 def bench(
     hidden: str = typer.Option("64,256", help="Comma-separated hidden sizes."),
     device: str = typer.Option("cpu", help="cpu or cuda."),

@@ -35,3 +35,45 @@ def print_inspect(info: dict[str, Any]) -> None:
     console.print(table)
     for w in info["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")
+
+
+def _fmt_int(v: Any) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.0f}"
+
+
+def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
+    """The end of a search: the Pareto front, the chosen model with its test score, what next."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
+    name = result.study.study_name
+    table = Table(title=f"Pareto front of study '{name}' ({counts})", title_justify="left")
+    for col in ("trial", "architecture", f"val {result.metric}", f"test {result.metric}", "MACs/seq", "params",
+                "chosen"):
+        table.add_column(col, justify="left" if col == "architecture" else "right")
+    chosen = result.chosen["trial"] if result.chosen else None
+    for p in result.front:
+        test = p.get("test_score")
+        table.add_row(str(p["trial"]), p["arch"], f"{p['score']:.4g}", "-" if test is None else f"{test:.4g}",
+                      _fmt_int(p.get("macs")), _fmt_int(p.get("params")), "<- knee" if p["trial"] == chosen else "")
+    console.print(table)
+    if result.chosen:
+        c = result.chosen
+        test = c.get("test_score")
+        console.print(f"chosen: trial {c['trial']} [bold]{c['arch']}[/bold], validation {result.metric} "
+                      f"{c['score']:.4g}, test {result.metric} {'-' if test is None else f'{test:.4g}'}, "
+                      f"{_fmt_int(c.get('params'))} parameters")
+    else:
+        console.print("[yellow]no trial finished[/yellow]")
+    console.print("next:")
+    if tracked:
+        console.print(f"  cellsearch ui --run-dir {run_dir}            # the MLflow dashboard")
+    console.print(f"  cellsearch export --run-dir {run_dir} --study {name} --out model/   # the chosen model")

@@ -1,0 +1,184 @@
+"""The pictures that explain a search: Pareto front, parameter importance, which cell where, gates.
+
+All are PNG (matplotlib, headless Agg backend) plus JSON of the numbers behind them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, Any]],
+                chosen: dict[str, Any] | None, metric: str, cost: str) -> Path:
+    """Score against cost for every finished trial; the front highlighted and labelled."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    ax.scatter([p["cost"] for p in points], [p["score"] for p in points], s=18, c="#9aa5b1",
+               label="trials", zorder=2)
+    fr = sorted(front, key=lambda p: p["cost"])
+    ax.plot([p["cost"] for p in fr], [p["score"] for p in fr], "-o", color="#d1495b", ms=6,
+            label="Pareto front", zorder=3)
+    for p in fr:
+        ax.annotate(p["arch"], (p["cost"], p["score"]), textcoords="offset points", xytext=(5, 5), fontsize=7)
+    if chosen:
+        ax.scatter([chosen["cost"]], [chosen["score"]], s=160, facecolors="none", edgecolors="#2e86ab",
+                   linewidths=2, label=f"chosen: {chosen['arch']}", zorder=4)
+    if points and min(p["cost"] for p in points) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel({"macs": "multiply-accumulates per sequence", "params": "parameters",
+                   "latency": "latency (ms, batch 1)"}.get(cost, cost))
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title("Accuracy against compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def cell_by_slot(points: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean validation score (and count) per cell variant for each layer slot."""
+    acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        arch = p.get("params_", {})
+        for k in range(8):
+            cell = arch.get(f"l{k}_cell", arch.get("cell") if f"l{k}_hidden" in arch else None)
+            if cell is None:
+                continue
+            acc[f"layer {k}"][cell].append(p["score"])
+    return {slot: {c: {"mean": sum(v) / len(v), "n": len(v)} for c, v in cells.items()}
+            for slot, cells in acc.items()}
+
+
+def cell_plot(path: Path, table: dict[str, dict[str, dict[str, float]]], metric: str) -> Path:
+    from cellsearch.cells import CELLS
+
+    plt = _plt()
+    slots = sorted(table)
+    cells = list(CELLS)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.3 * max(1, len(cells)), 1.2 + 0.6 * max(1, len(slots))), dpi=110)
+    grid = [[table[s].get(c, {}).get("mean", math.nan) for c in cells] for s in slots] or [[math.nan] * len(cells)]
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for i, s in enumerate(slots):
+        for j, c in enumerate(cells):
+            e = table[s].get(c)
+            if e:
+                ax.text(j, i, f"{e['mean']:.3g}\n(n={e['n']})", ha="center", va="center", fontsize=7, color="w")
+    ax.set_xticks(range(len(cells)), cells)
+    ax.set_yticks(range(len(slots)), slots or ["-"])
+    ax.set_title(f"Which cell where: mean validation {metric}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def importance(study: Any) -> dict[str, float]:
+    """fANOVA importance of each parameter for the validation score (empty if too few trials)."""
+    import optuna
+
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(done) < 3:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+            target=lambda t: t.values[0]))
+    except Exception:  # too few distinct values, a single parameter, ...
+        return {}
+
+
+def importance_plot(path: Path, imp: dict[str, float], metric: str) -> Path:
+    plt = _plt()
+    items = sorted(imp.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 0.9 + 0.35 * max(1, len(items))), dpi=110)
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#2e86ab")
+    ax.set_xlabel(f"fANOVA importance for validation {metric}")
+    ax.set_title("Parameter importance")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def gates_plot(path: Path, checkpoint: str, dataset: Any, n_sequences: int = 3) -> Path | None:
+    """Gate activations over time of the chosen model on a few validation sequences."""
+    import torch
+
+    from cellsearch.model import load_checkpoint
+
+    split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["train"]
+    if not len(split) or not Path(checkpoint).exists():
+        return None
+    model, _ = load_checkpoint(checkpoint)
+    k = min(n_sequences, len(split))
+    x = torch.from_numpy(split.x[:k])
+    lengths = torch.from_numpy(split.lengths[:k].astype("int64"))
+    traces = model.stack.trace(x, lengths)
+    plt = _plt()
+    n_cols = max(len(t) for t in traces)
+    fig, axes = plt.subplots(len(traces) * k, n_cols, figsize=(2.4 * n_cols, 1.7 * len(traces) * k), dpi=100,
+                             squeeze=False)
+    for s in range(k):
+        n = int(lengths[s])
+        for li, (trace, spec) in enumerate(zip(traces, model.spec.layers)):
+            row = s * len(traces) + li
+            for j in range(n_cols):
+                ax = axes[row][j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j >= len(trace):
+                    ax.axis("off")
+                    continue
+                name = list(trace)[j]
+                vals = trace[name][s, :n].T.numpy()
+                lo, hi = (0, 1) if name in ("i", "f", "o", "r", "z") else (-1, 1)
+                ax.imshow(vals, aspect="auto", cmap="magma" if lo == 0 else "coolwarm", vmin=lo, vmax=hi,
+                          interpolation="nearest")
+                if row == 0 or s == 0 and li == 0:
+                    ax.set_title(name, fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(f"seq {s}\nL{li} {spec.cell}", fontsize=7)
+    fig.suptitle("Gate activations of the chosen model (units x time)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def study_plots(out: Path, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]], dataset: Any,
+                chosen: dict[str, Any] | None, meta: dict[str, Any]) -> list[Path]:
+    """Write every study picture (and its numbers) into ``out``; returns the files."""
+    metric, cost = meta.get("metric", "score"), meta.get("cost", "macs")
+    files = []
+    if points:
+        files.append(pareto_plot(out / "pareto_front.png", points, front, chosen, metric, cost))
+        table = cell_by_slot(points)
+        (out / "cell_by_slot.json").write_text(json.dumps(table, indent=2))
+        files += [cell_plot(out / "cell_by_slot.png", table, metric), out / "cell_by_slot.json"]
+        (out / "pareto_front.json").write_text(json.dumps(front, indent=2, default=str))
+        files.append(out / "pareto_front.json")
+    imp = importance(study)
+    if imp:
+        (out / "param_importance.json").write_text(json.dumps(imp, indent=2))
+        files += [importance_plot(out / "param_importance.png", imp, metric), out / "param_importance.json"]
+    if chosen and chosen.get("checkpoint"):
+        g = gates_plot(out / "gates_chosen.png", chosen["checkpoint"], dataset)
+        if g:
+            files.append(g)
+    return files

@@ -1,0 +1,45 @@
+"""The one live display of a search: trials done, elapsed time, best score so far, front size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SearchProgress:
+    """A rich progress bar on stderr (disabled: a no-op), updated after every trial."""
+
+    def __init__(self, *, total: int, done: int, metric: str, direction: str, enabled: bool = True) -> None:
+        self.total = total
+        self.done = done
+        self.metric = metric
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> SearchProgress:
+        if not self.enabled:
+            return self
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("trials"),
+            TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+            console=Console(stderr=True), transient=False, refresh_per_second=4)
+        self._progress.__enter__()
+        self._task = self._progress.add_task("search", total=self.total, completed=min(self.done, self.total),
+                                             status=self._status(None, 0))
+        return self
+
+    def _status(self, best: float | None, front: int) -> str:
+        if best is None:
+            return f"best {self.metric} -"
+        return f"best {self.metric} {best:.4g} | Pareto front {front}"
+
+    def update(self, done: int, best: float | None, front: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=min(done, self.total), status=self._status(best, front))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)

@@ -1,0 +1,470 @@
+"""The search: Optuna over per-layer cells, depth and width; every trial trained with Lightning.
+
+``tune`` is the library entry point behind ``cellsearch tune``. Objectives: the validation score and
+a compute cost (a Pareto front, the default), or the score alone (``objective="score"``, with an
+Optuna pruner). In multi-objective studies, where Optuna's pruners do not apply, a median-stopping
+rule of our own ends hopeless trials: after ``warmup`` epochs, a trial whose best score so far is worse
+than the median of the finished trials' best-so-far at the same epoch is pruned.
+
+The chosen model is the *knee* of the Pareto front: with score and log-cost each scaled to [0, 1]
+over the front, the front point farthest from the straight line between the front's two ends
+(the point where giving up compute starts to cost real accuracy). ``pick="best"`` takes the best
+score and ``pick="smallest"`` the cheapest front member.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellsearch.errors import UserError
+
+COSTS = ("macs", "params", "latency")
+OBJECTIVES = ("pareto", "score")
+PICKS = ("knee", "best", "smallest")
+
+
+@dataclass
+class TuneResult:
+    """What ``tune`` returns: the Optuna study and a summary of the front and the chosen trial."""
+
+    study: Any
+    metric: str
+    direction: str
+    cost: str
+    front: list[dict[str, Any]]
+    chosen: dict[str, Any] | None
+    run_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study.study_name, "metric": self.metric, "direction": self.direction,
+                "cost": self.cost, "front": self.front, "chosen": self.chosen, "counts": self.counts,
+                "run_dir": str(self.run_dir), "interrupted": self.interrupted}
+
+
+# --------------------------------------------------------------------------------------------------
+# Storage, study, paths
+# --------------------------------------------------------------------------------------------------
+
+def study_dir(run_dir: Path, study_name: str) -> Path:
+    return run_dir / "studies" / study_name
+
+
+def default_storage(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+
+
+def open_storage(url: str) -> Any:
+    """Optuna's RDB storage with heartbeats, so a trial of a killed process ends failed."""
+    import optuna
+
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
+                                          failed_trial_callback=None, **kwargs)
+    except Exception as exc:  # unreachable server, bad URL, missing driver
+        raise UserError(f"cannot open the study storage {url.split('@')[-1]}: "
+                        f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def make_sampler(kind: str, seed: int, multi: bool) -> Any:
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5 if multi else 5, multivariate=True,
+                                      group=True, constant_liar=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pareto front and the knee
+# --------------------------------------------------------------------------------------------------
+
+def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    """Non-dominated points on (score, cost); ``cost`` is always minimised."""
+    sign = 1.0 if direction == "maximize" else -1.0
+
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        sa, sb = sign * a["score"], sign * b["score"]
+        return sa >= sb and a["cost"] <= b["cost"] and (sa > sb or a["cost"] < b["cost"])
+
+    front = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
+    return sorted(front, key=lambda p: p["cost"])
+
+
+def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee") -> dict[str, Any] | None:
+    """Choose from the front by ``rule``: knee (default), best or smallest. See the module doc."""
+    if not front:
+        return None
+    sign = 1.0 if direction == "maximize" else -1.0
+    best = max(front, key=lambda p: (sign * p["score"], -p["cost"]))
+    if rule == "best" or len(front) <= 2 and rule == "knee":
+        return best
+    if rule == "smallest":
+        return min(front, key=lambda p: (p["cost"], -sign * p["score"]))
+    s = [sign * p["score"] for p in front]
+    c = [math.log10(max(p["cost"], 1e-12)) for p in front]
+    s_lo, s_hi, c_lo, c_hi = min(s), max(s), min(c), max(c)
+    if s_hi - s_lo < 1e-12 or c_hi - c_lo < 1e-12:
+        return best
+    xs = [(ci - c_lo) / (c_hi - c_lo) for ci in c]  # 0 = cheapest
+    ys = [(si - s_lo) / (s_hi - s_lo) for si in s]  # 1 = best score
+    # Distance above the chord from the cheapest front point to the best-scoring one.
+    x0, y0, x1, y1 = xs[0], ys[0], xs[-1], ys[-1]
+    norm = math.hypot(x1 - x0, y1 - y0) or 1.0
+    dist = [((x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)) / norm for x, y in zip(xs, ys)]
+    k = max(range(len(front)), key=lambda i: dist[i])
+    return front[k] if dist[k] > 1e-9 else best
+
+
+# --------------------------------------------------------------------------------------------------
+# Median stopping for multi-objective studies
+# --------------------------------------------------------------------------------------------------
+
+class MedianStopper:
+    """Prune a trial whose best-so-far score at epoch k is worse than the median of the finished
+    trials' best-so-far at k (after ``warmup`` epochs, once ``min_trials`` curves reach k)."""
+
+    def __init__(self, curves: list[list[float]], direction: str, warmup: int = 2, min_trials: int = 4) -> None:
+        self.direction = direction
+        self.warmup = warmup
+        self.min_trials = min_trials
+        better = max if direction == "maximize" else min
+        self.best_so_far = []
+        for curve in curves:
+            acc, run = [], None
+            for v in curve:
+                run = v if run is None else better(run, v)
+                acc.append(run)
+            self.best_so_far.append(acc)
+        self.mine: float | None = None
+
+    def should_stop(self, epoch: int, score: float) -> bool:
+        better = max if self.direction == "maximize" else min
+        self.mine = score if self.mine is None else better(self.mine, score)
+        if epoch < self.warmup:
+            return False
+        at_k = [c[epoch] for c in self.best_so_far if len(c) > epoch]
+        if len(at_k) < self.min_trials:
+            return False
+        at_k.sort()
+        median = at_k[len(at_k) // 2] if len(at_k) % 2 else 0.5 * (at_k[len(at_k) // 2 - 1] + at_k[len(at_k) // 2])
+        return self.mine < median if self.direction == "maximize" else self.mine > median
+
+
+# --------------------------------------------------------------------------------------------------
+# The objective
+# --------------------------------------------------------------------------------------------------
+
+def _finished_curves(study: Any) -> list[list[float]]:
+    import optuna
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        curve = t.user_attrs.get("curve")
+        if curve:
+            out.append(curve)
+    return out
+
+
+def _cost_of(kind: str, macs: int, params: int, latency: float) -> float:
+    return float({"macs": macs, "params": params, "latency": latency}[kind])
+
+
+class Objective:
+    """Define-by-run objective: reads the space, builds a model, trains it, records everything."""
+
+    def __init__(self, *, dataset: Any, space: Any, objective: str, cost: str, seed: int, sdir: Path,
+                 max_epochs: int | None, trial_timeout: float | None, deadline: float | None,
+                 tracker: Any, verbose: bool, accelerator: str, prune_multi: bool = True) -> None:
+        self.dataset = dataset
+        self.space = space
+        self.objective = objective
+        self.cost = cost
+        self.seed = seed
+        self.sdir = sdir
+        self.max_epochs = max_epochs
+        self.trial_timeout = trial_timeout
+        self.deadline = deadline
+        self.tracker = tracker
+        self.verbose = verbose
+        self.accelerator = accelerator
+        self.prune_multi = prune_multi
+        self.epochs_trained = 0
+
+    def __call__(self, trial: Any) -> Any:
+        import optuna
+
+        from cellsearch.model import ModelSpec, build, measure_latency, save_checkpoint
+        from cellsearch.stack import LayerSpec
+        from cellsearch.train import NonFiniteLoss, fit, metric_of
+
+        ds = self.dataset
+        metric, direction = metric_of(ds.task)
+        cfg = self.space.suggest(trial)
+        spec = ModelSpec(input_size=ds.n_features, layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]),
+                         n_outputs=ds.n_outputs, task=ds.task, dropout=float(cfg["dropout"]))
+        seed = self.seed + trial.number
+        import torch
+
+        torch.manual_seed(seed)
+        model = build(spec)
+        median_len = int(ds.info["length"]["median"])
+        macs = model.macs_per_sequence(median_len)
+        n_params = model.n_params()
+        latency = measure_latency(model, spec.input_size, median_len) if self.cost == "latency" else float("nan")
+        trial.set_user_attr("arch", spec.arch)
+        trial.set_user_attr("spec", spec.to_dict())
+        trial.set_user_attr("macs", macs)
+        trial.set_user_attr("params", n_params)
+        run = self.tracker.start_trial(trial.number, spec, cfg)
+        stopper = MedianStopper(_finished_curves(trial.study), direction) if (
+            self.objective == "pareto" and self.prune_multi) else None
+        curve: list[float] = []
+
+        def on_epoch(epoch: int, m: dict[str, float]) -> None:
+            curve.append(m["val_score"])
+            self.epochs_trained += 1
+            run.log_epoch(epoch, m)
+            if self.objective == "score":
+                trial.report(m["val_score"], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned by Optuna's pruner at epoch {epoch}")
+            elif stopper is not None and stopper.should_stop(epoch, m["val_score"]):
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}: best {metric} so far is worse than the "
+                                         "median of finished trials at this epoch")
+
+        budget = self.trial_timeout
+        if self.deadline is not None:
+            left = self.deadline - time.time()
+            budget = left if budget is None else min(budget, left)
+            if budget <= 1:
+                raise optuna.TrialPruned("no time left in --timeout")
+        try:
+            res = fit(model, ds, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
+                      max_epochs=self.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
+                      weight_decay=float(cfg["weight_decay"]), seed=seed, max_seconds=budget,
+                      on_epoch=on_epoch, verbose=self.verbose, accelerator=self.accelerator)
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("curve", curve)
+            trial.set_user_attr("reason", str(exc))
+            run.finish("PRUNED", reason=str(exc), curve=curve)
+            raise
+        except NonFiniteLoss as exc:
+            trial.set_user_attr("curve", curve)
+            trial.set_user_attr("reason", str(exc))
+            run.finish("PRUNED", reason=str(exc), curve=curve)
+            raise optuna.TrialPruned(str(exc)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("reason", "interrupted (Ctrl-C)")
+            run.finish("FAILED", reason="interrupted (Ctrl-C)", curve=curve)
+            raise
+        except Exception as exc:
+            trial.set_user_attr("reason", f"{type(exc).__name__}: {exc}")
+            run.finish("FAILED", reason=f"{type(exc).__name__}: {exc}", curve=curve)
+            raise
+        if self.cost == "latency":
+            latency = measure_latency(res.model, spec.input_size, median_len)
+        ckpt = self.sdir / "trials" / f"{trial.number}.pt"
+        save_checkpoint(ckpt, res.model, trial=trial.number, val_score=res.best_score, epoch=res.best_epoch)
+        attrs = {"curve": curve, "val_score": res.best_score, "best_epoch": res.best_epoch, "epochs": res.epochs,
+                 "train_seconds": res.train_seconds, "stopped_by": res.stopped_by, "latency_ms": latency,
+                 "checkpoint": str(ckpt)}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        run.finish("FINISHED", score=res.best_score, macs=macs, params=n_params, latency=latency,
+                   train_seconds=res.train_seconds, epochs=res.epochs, curve=curve)
+        if self.objective == "score":
+            return res.best_score
+        return res.best_score, _cost_of(self.cost, macs, n_params, latency)
+
+
+# --------------------------------------------------------------------------------------------------
+# tune
+# --------------------------------------------------------------------------------------------------
+
+def _points(study: Any, cost: str) -> list[dict[str, Any]]:
+    import optuna
+
+    pts = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "val_score" not in a:
+            continue
+        pts.append({"trial": t.number, "arch": a.get("arch", ""), "score": float(a["val_score"]),
+                    "cost": _cost_of(cost, a.get("macs", 0), a.get("params", 0), a.get("latency_ms", float("nan"))),
+                    "macs": a.get("macs"), "params": a.get("params"), "latency_ms": a.get("latency_ms"),
+                    "epochs": a.get("epochs"), "train_seconds": a.get("train_seconds"),
+                    "checkpoint": a.get("checkpoint"), "params_": dict(t.params)})
+    return pts
+
+
+def _counts(study: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
+    return out
+
+
+def _finished(study: Any) -> int:
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _score_test(dataset: Any, entries: list[dict[str, Any]]) -> None:
+    """Test scores for the finalists only (selection never sees the test split)."""
+    from cellsearch.model import load_checkpoint
+    from cellsearch.train import evaluate
+
+    test = dataset.splits["test"]
+    std = float(dataset.preprocessing.get("target_std", 1.0))
+    for e in entries:
+        if len(test) and e.get("checkpoint") and Path(e["checkpoint"]).exists():
+            model, _ = load_checkpoint(e["checkpoint"])
+            e["test_score"] = evaluate(model, test, dataset.task, std)
+        else:
+            e["test_score"] = None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def tune(data: str | Path, *, target: str | None = None, layout: str | None = None, id_col: str | None = None,
+         time_col: str | None = None, task: str | None = None, window: int | None = None,
+         horizon: int | None = None, fill: str | None = None, space: str | Path = "default", trials: int = 20,
+         timeout: float | None = None, seed: int = 0, objective: str = "pareto", cost: str = "macs",
+         pick: str = "knee", study: str | None = None, run_dir: str | Path = "cellsearch-runs",
+         storage: str | None = None, tracking_uri: str | None = None, track: bool = True,
+         max_epochs: int | None = None, trial_timeout: float | None = None, prune: bool = True,
+         verbose: bool = False, progress: bool = True, device: str = "cpu") -> TuneResult:
+    """Search architectures for a sequence CSV; returns the study with its Pareto front and choice.
+
+    ``trials`` is the number of finished (complete or pruned) trials the study should hold: running
+    ``tune`` again on the same study continues it up to that count.
+
+    Example:
+        >>> result = tune("examples/digits.csv", space="quick", trials=6)   # doctest: +SKIP
+        >>> result.chosen["arch"], result.chosen["test_score"]              # doctest: +SKIP
+        ('peephole48', 0.96)
+    """
+    import optuna
+
+    from cellsearch.data import read_dataset
+    from cellsearch.space import load_space
+    from cellsearch.train import metric_of, quiet_lightning
+
+    t_start = time.time()
+    if objective not in OBJECTIVES:
+        raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if cost not in COSTS:
+        raise UserError(f"--cost must be one of {', '.join(COSTS)}, got {cost!r}")
+    if pick not in PICKS:
+        raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1, got {trials}")
+    if device not in ("cpu", "cuda", "auto"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+    spc = load_space(space)
+    dataset = read_dataset(data, layout=layout, target=target, id_col=id_col, time_col=time_col, task=task,
+                           window=window, horizon=horizon, fill=fill, seed=seed)
+    import torch
+
+    accelerator = "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    quiet_lightning()
+    optuna.logging.set_verbosity(optuna.logging.WARNING if not verbose else optuna.logging.INFO)
+    metric, direction = metric_of(dataset.task)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    study_name = study or Path(data).stem
+    storage_obj = open_storage(storage or default_storage(run_dir))
+    directions = [direction] if objective == "score" else [direction, "minimize"]
+    finished_before = 0
+    try:
+        existing = optuna.load_study(study_name=study_name, storage=storage_obj)
+        finished_before = len(existing.trials)
+        if len(existing.directions) != len(directions) or [d.name.lower() for d in existing.directions] != directions:
+            raise UserError(f"study {study_name!r} exists with other objectives; use another --study name")
+    except KeyError:
+        pass
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2) if objective == "score" and prune \
+        else optuna.pruners.NopPruner()
+    sampler = make_sampler(spc.sampler, seed + finished_before, objective == "pareto")
+    st = optuna.create_study(study_name=study_name, storage=storage_obj, directions=directions, sampler=sampler,
+                             pruner=pruner, load_if_exists=True)
+    meta = {"data": str(Path(data).resolve()), "task": dataset.task, "metric": metric, "direction": direction,
+            "objective": objective, "cost": cost, "space": spc.name}
+    for k, v in meta.items():
+        st.set_user_attr(k, v)
+    sdir = study_dir(run_dir, study_name)
+    _write_json(sdir / "preprocessing.json", dataset.preprocessing)
+    _write_json(sdir / "dataset.json", dataset.info)
+
+    from cellsearch.tracking import make_tracker
+
+    tracker = make_tracker(track, tracking_uri=tracking_uri, run_dir=run_dir, study_name=study_name,
+                           data=str(data), meta=meta, argv=sys.argv)
+    # Honour --timeout including the final steps: keep a reserve for test scoring and reporting.
+    deadline = None if timeout is None else t_start + timeout - min(15.0, 0.1 * timeout)
+    obj = Objective(dataset=dataset, space=spc, objective=objective, cost=cost, seed=seed, sdir=sdir,
+                    max_epochs=max_epochs, trial_timeout=trial_timeout, deadline=deadline, tracker=tracker,
+                    verbose=verbose, accelerator=accelerator, prune_multi=prune)
+    from cellsearch.progress import SearchProgress
+
+    interrupted = False
+    target_count = trials
+    with SearchProgress(total=target_count, done=_finished(st), metric=metric, direction=direction,
+                        enabled=progress and not verbose) as bar:
+
+        def after_trial(study_: Any, trial_: Any) -> None:
+            pts = _points(study_, cost)
+            front = pareto_front(pts, direction)
+            best = pick_trial(front, direction, "best")
+            bar.update(_finished(study_), best["score"] if best else None, len(front))
+            tracker.update_study(study_, pts, front, dataset)
+            if _finished(study_) >= target_count:
+                study_.stop()
+
+        try:
+            while _finished(st) < target_count:
+                if deadline is not None and time.time() >= deadline:
+                    break
+                left = target_count - _finished(st)
+                st.optimize(obj, n_trials=left, timeout=None if deadline is None else max(1.0, deadline - time.time()),
+                            callbacks=[after_trial], catch=(RuntimeError, ValueError), gc_after_trial=False,
+                            show_progress_bar=False)
+                failures = _counts(st).get("fail", 0)
+                if failures >= max(3, target_count):
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+    pts = _points(st, cost)
+    front = pareto_front(pts, direction)
+    chosen = pick_trial(front, direction, pick)
+    _score_test(dataset, front)
+    result = TuneResult(study=st, metric=metric, direction=direction, cost=cost, front=front,
+                        chosen=chosen, run_dir=run_dir, counts=_counts(st), interrupted=interrupted)
+    _write_json(sdir / "result.json", result.to_dict())
+    tracker.finish(st, result, dataset)
+    return result

@@ -1,0 +1,177 @@
+"""Search spaces: YAML files whose keys map one to one onto Optuna's ``suggest_*`` calls.
+
+A value is either a constant or a distribution (Ludwig-style dicts)::
+
+    {type: int, low: 16, high: 256, log: true}       # trial.suggest_int
+    {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+    {type: categorical, choices: [lstm, gru]}
+
+Top-level keys: ``description``, ``sampler`` (tpe, random or nsga2), ``same_cell`` (one cell type for
+the whole stack, as in Greff et al.), ``layers`` (``depth``, ``cell``, ``hidden``, ``bidirectional``),
+``dropout``, ``lr``, ``batch_size``, ``weight_decay``, ``max_epochs``, ``patience``. Layers are fixed
+slots: parameters ``n_layers``, ``l0_cell``, ``l0_hidden``, ``l1_cell``, ... so that importance
+analysis sees each slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cellsearch.errors import UserError
+
+TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
+            "max_epochs", "patience"}
+LAYER_KEYS = {"depth", "cell", "hidden", "bidirectional"}
+SAMPLERS = ("tpe", "random", "nsga2")
+DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
+                            "weight_decay": 0.0, "max_epochs": 20, "patience": 4}
+LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
+
+
+def space_dir() -> Path:
+    """Where the shipped spaces live: inside the installed package, or at the top of a checkout."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "search_spaces", here.parent / "search_spaces"):
+        if cand.is_dir():
+            return cand
+    return here / "search_spaces"
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in space_dir().glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space; ``suggest`` draws one configuration from an Optuna trial."""
+
+    name: str
+    config: dict[str, Any]
+
+    @property
+    def sampler(self) -> str:
+        return self.config["sampler"]
+
+    @property
+    def max_depth(self) -> int:
+        depth = self.config["layers"]["depth"]
+        return int(depth["high"] if isinstance(depth, dict) and depth["type"] == "int"
+                   else max(depth["choices"]) if isinstance(depth, dict) else depth)
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Draw ``{"layers": [(cell, hidden, bidirectional), ...], "dropout", "lr", ...}``."""
+        cfg = self.config
+        lay = cfg["layers"]
+        depth = int(_draw(trial, "n_layers", lay["depth"]))
+        layers = []
+        shared_cell = _draw(trial, "cell", lay["cell"]) if cfg["same_cell"] else None
+        for k in range(depth):
+            cell = shared_cell if shared_cell is not None else _draw(trial, f"l{k}_cell", lay["cell"])
+            hidden = int(_draw(trial, f"l{k}_hidden", lay["hidden"]))
+            bidir = bool(_draw(trial, f"l{k}_bidirectional", lay["bidirectional"]))
+            layers.append((str(cell), hidden, bidir))
+        out = {"layers": layers}
+        for key in ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience"):
+            out[key] = _draw(trial, key, cfg[key])
+        out["batch_size"] = int(out["batch_size"])
+        out["max_epochs"] = int(out["max_epochs"])
+        out["patience"] = int(out["patience"])
+        return out
+
+
+def _draw(trial: Any, name: str, spec: Any) -> Any:
+    if not isinstance(spec, dict):
+        return spec
+    kind = spec["type"]
+    if kind == "int":
+        return trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False),
+                                 step=spec.get("step", 1))
+    if kind == "float":
+        return trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False),
+                                   step=spec.get("step"))
+    return trial.suggest_categorical(name, spec["choices"])
+
+
+def _check_dist(where: str, name: str, spec: Any, allowed: tuple[Any, ...] | None = None) -> None:
+    from cellsearch.cells import CELLS
+
+    if not isinstance(spec, dict):
+        if allowed is not None and spec not in allowed:
+            raise UserError(f"{where}: {name}: unknown value {spec!r}; choose from {', '.join(map(str, allowed))}")
+        return
+    kind = spec.get("type")
+    if kind not in ("int", "float", "categorical"):
+        raise UserError(f"{where}: {name}: 'type' must be int, float or categorical, got {kind!r}")
+    keys = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
+    unknown = set(spec) - keys
+    if unknown:
+        raise UserError(f"{where}: {name}: unknown key(s) {', '.join(sorted(unknown))} for type {kind}")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UserError(f"{where}: {name}: 'choices' must be a non-empty list")
+        bad = [c for c in choices if allowed is not None and c not in allowed]
+        if bad:
+            raise UserError(f"{where}: {name}: unknown choice(s) {', '.join(map(str, bad))}; "
+                            f"known: {', '.join(map(str, allowed or CELLS))}")
+        return
+    if "low" not in spec or "high" not in spec:
+        raise UserError(f"{where}: {name}: {kind} needs 'low' and 'high'")
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise UserError(f"{where}: {name}: 'low' and 'high' must be numbers")
+    if low > high:
+        raise UserError(f"{where}: {name}: low ({low}) > high ({high})")
+    if spec.get("log") and low <= 0:
+        raise UserError(f"{where}: {name}: a log scale needs low > 0, got {low}")
+
+
+def validate(config: Any, where: str) -> dict[str, Any]:
+    """Check a loaded YAML document and fill in defaults; raises ``UserError`` naming the problem."""
+    from cellsearch.cells import CELLS
+
+    if not isinstance(config, dict):
+        raise UserError(f"{where}: a search space is a mapping of keys to values")
+    unknown = set(config) - TOP_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TOP_KEYS))}")
+    cfg = {**DEFAULTS, **config}
+    layers = cfg.get("layers") or {}
+    if not isinstance(layers, dict):
+        raise UserError(f"{where}: 'layers' must be a mapping with depth, cell, hidden")
+    unknown = set(layers) - LAYER_KEYS
+    if unknown:
+        raise UserError(f"{where}: layers: unknown key(s) {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(sorted(LAYER_KEYS))}")
+    cfg["layers"] = {**LAYER_DEFAULTS, **layers}
+    if cfg["sampler"] not in SAMPLERS:
+        raise UserError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {cfg['sampler']!r}")
+    _check_dist(where, "layers.cell", cfg["layers"]["cell"], tuple(CELLS))
+    for key in ("depth", "hidden"):
+        _check_dist(where, f"layers.{key}", cfg["layers"][key])
+    _check_dist(where, "layers.bidirectional", cfg["layers"]["bidirectional"], (True, False))
+    for key in ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience"):
+        _check_dist(where, key, cfg[key])
+    return cfg
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """A shipped space by name (``quick``) or any YAML file by path."""
+    import yaml
+
+    text = str(name_or_path)
+    path = Path(text)
+    if not path.suffix and not path.exists():
+        path = space_dir() / f"{text}.yaml"
+        if not path.exists():
+            raise UserError(f"unknown search space {text!r}; shipped spaces: {', '.join(available_spaces())} "
+                            "(or give a path to a YAML file)")
+    if not path.exists():
+        raise UserError(f"{path}: search space file not found")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return SearchSpace(name=path.stem, config=validate(config, str(path)))

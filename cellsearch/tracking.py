@@ -1,0 +1,179 @@
+"""MLflow tracking: one experiment per study, one parent run per ``tune`` process, one nested run per trial.
+
+The store lives under the run directory by default (``mlflow.db``, a SQLite backend, and
+``mlartifacts/``); ``--tracking-uri`` points at a server instead. Runs are written with
+``MlflowClient`` directly (no global active-run state), one batched call per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import cellsearch
+
+PLOT_EVERY_S = 30.0
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class _NullRun:
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def finish(self, state: str, **kw: Any) -> None:
+        pass
+
+
+class NullTracker:
+    """``--no-track``: records nothing."""
+
+    def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> _NullRun:
+        return _NullRun()
+
+    def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
+                     dataset: Any) -> None:
+        pass
+
+    def finish(self, study: Any, result: Any, dataset: Any) -> None:
+        pass
+
+
+class _TrialRun:
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()
+                                                    if _finite(v)])
+
+    def finish(self, state: str, reason: str | None = None, curve: list[float] | None = None,
+               **final: Any) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        ts = int(time.time() * 1000)
+        names = {"score": "val_score_best", "macs": "macs", "params": "params", "latency": "latency_ms",
+                 "train_seconds": "train_seconds", "epochs": "epochs"}
+        metrics = [Metric(names.get(k, k), float(v), ts, 0) for k, v in final.items() if _finite(v)]
+        tags = [RunTag("state", {"FINISHED": "COMPLETE"}.get(state, state))]
+        if reason:
+            tags.append(RunTag("reason", reason[:4000]))
+        self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+        status = {"FINISHED": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        self.client.set_terminated(self.run_id, status=status)
+
+
+class MLflowTracker:
+    """Writes the search into MLflow as it goes (see the module doc)."""
+
+    def __init__(self, *, tracking_uri: str, run_dir: Path, study_name: str, data: str, meta: dict[str, Any],
+                 argv: list[str]) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        from cellsearch.errors import UserError
+
+        self.run_dir = run_dir
+        self.study_name = study_name
+        self.meta = meta
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        try:
+            exp = self.client.get_experiment_by_name(study_name)
+            if exp is None:
+                artifacts = None if not tracking_uri.startswith("sqlite") else (run_dir / "mlartifacts").resolve().as_uri()
+                exp_id = self.client.create_experiment(study_name, artifact_location=artifacts)
+            else:
+                exp_id = exp.experiment_id
+        except Exception as exc:
+            raise UserError(f"cannot reach the MLflow tracking store {tracking_uri}: "
+                            f"{str(exc).strip().splitlines()[0][:200]}") from None
+        self.experiment_id = exp_id
+        tags = {"data": data, "study": study_name, "command": " ".join(argv)[:4000],
+                "cellsearch_version": cellsearch.__version__, "role": "search",
+                **{f"search.{k}": str(v) for k, v in meta.items()}}
+        self.parent = self.client.create_run(exp_id, tags=tags, run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.parent_id = self.parent.info.run_id
+        self._last_plot = 0.0
+
+    def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> _TrialRun:
+        from mlflow.entities import Param
+
+        tags = {"mlflow.parentRunId": self.parent_id, "trial_number": str(number), "arch": spec.arch,
+                "study": self.study_name, "state": "RUNNING"}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number}-{spec.arch}")
+        params = {"n_layers": len(spec.layers), "dropout": cfg["dropout"], "lr": cfg["lr"],
+                  "batch_size": cfg["batch_size"], "weight_decay": cfg["weight_decay"],
+                  "max_epochs": cfg["max_epochs"], "arch": spec.arch}
+        for k, layer in enumerate(spec.layers):
+            params[f"l{k}_cell"] = layer.cell
+            params[f"l{k}_hidden"] = layer.hidden
+            if layer.bidirectional:
+                params[f"l{k}_bidirectional"] = True
+        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return _TrialRun(self.client, run.info.run_id)
+
+    def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
+                     dataset: Any) -> None:
+        now = time.time()
+        if now - self._last_plot < PLOT_EVERY_S:
+            return
+        self._last_plot = now
+        self._log_plots(study, points, front, dataset, chosen=None)
+
+    def _log_plots(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]], dataset: Any,
+                   chosen: dict[str, Any] | None) -> None:
+        import tempfile
+
+        from cellsearch import plots
+
+        with tempfile.TemporaryDirectory() as tmp:
+            files = plots.study_plots(Path(tmp), study, points, front, dataset, chosen, self.meta)
+            for f in files:
+                self.client.log_artifact(self.parent_id, str(f), artifact_path="plots")
+
+    def finish(self, study: Any, result: Any, dataset: Any) -> None:
+        import json
+        import tempfile
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = [Metric(f"trials_{k}", float(v), ts, 0) for k, v in result.counts.items()]
+        metrics.append(Metric("pareto_front_size", float(len(result.front)), ts, 0))
+        if result.chosen:
+            for k in ("score", "test_score", "macs", "params"):
+                if _finite(result.chosen.get(k)):
+                    metrics.append(Metric(f"chosen_{k}", float(result.chosen[k]), ts, 0))
+            self.client.set_tag(self.parent_id, "chosen_trial", str(result.chosen["trial"]))
+            self.client.set_tag(self.parent_id, "chosen_arch", result.chosen["arch"])
+        self.client.log_batch(self.parent_id, metrics=metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "result.json"
+            p.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+            self.client.log_artifact(self.parent_id, str(p))
+        from cellsearch.search import _points
+
+        self._log_plots(study, _points(study, result.cost), result.front, dataset, result.chosen)
+        self.client.set_terminated(self.parent_id, status="KILLED" if result.interrupted else "FINISHED")
+
+
+def make_tracker(track: bool, *, tracking_uri: str | None, run_dir: Path, study_name: str, data: str,
+                 meta: dict[str, Any], argv: list[str]) -> NullTracker | MLflowTracker:
+    """The tracker for a search: MLflow (default store under ``run_dir``) or nothing."""
+    if not track:
+        return NullTracker()
+    return MLflowTracker(tracking_uri=tracking_uri or default_tracking_uri(run_dir), run_dir=run_dir,
+                         study_name=study_name, data=data, meta=meta, argv=argv)

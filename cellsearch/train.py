@@ -1,0 +1,271 @@
+"""Training one candidate with PyTorch Lightning: the DataModule, the LightningModule, the callbacks.
+
+The plain ``SequenceModel`` (``cellsearch.model``) stays separate from the ``SequenceTask``
+LightningModule that trains it. Scores: accuracy for classification; RMSE for regression (in the
+target's units) and for forecasting (in each series' normalised units, so scale-free across series).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.nn import functional as F
+
+from cellsearch.data import Dataset, SplitTensors
+from cellsearch.model import SequenceModel
+
+
+def quiet_lightning() -> None:
+    """One live display on the console: Lightning's notices and warnings go to --verbose only."""
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")
+
+
+def metric_of(task: str) -> tuple[str, str]:
+    """(metric name, optimisation direction) of a task."""
+    return ("accuracy", "maximize") if task == "classification" else ("rmse", "minimize")
+
+
+class _Batches(torch.utils.data.Dataset):
+    """A split indexed by whole batches (a list of indices), trimmed to the batch's longest sequence."""
+
+    def __init__(self, split: SplitTensors, task: str) -> None:
+        self.x = torch.from_numpy(np.ascontiguousarray(split.x))
+        self.lengths = torch.from_numpy(split.lengths.astype(np.int64))
+        y = torch.from_numpy(np.asarray(split.y))
+        self.y = y.long() if task == "classification" else y.float().reshape(len(split), -1)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx_t = torch.as_tensor(idx)
+        lengths = self.lengths[idx_t]
+        return self.x[idx_t, : int(lengths.max())], lengths, self.y[idx_t]
+
+
+class SequenceDataModule(pl.LightningDataModule):
+    """Batches of one ``Dataset``'s splits; the splits themselves are made by the loader."""
+
+    def __init__(self, dataset: Dataset, batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.parts: dict[str, _Batches] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.parts:
+            self.parts = {k: _Batches(v, self.dataset.task) for k, v in self.dataset.splits.items()}
+
+    def _loader(self, split: str, shuffle: bool) -> torch.utils.data.DataLoader:
+        from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+        part = self.parts[split]
+        gen = torch.Generator().manual_seed(self.seed)
+        base = RandomSampler(part, generator=gen) if shuffle else SequentialSampler(part)
+        return torch.utils.data.DataLoader(part, batch_size=None,
+                                           sampler=BatchSampler(base, self.batch_size, drop_last=False))
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        # An empty validation split falls back to the training data (the loader warned).
+        return self._loader("val" if len(self.parts["val"]) else "train", False)
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("test", False)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class SequenceTask(pl.LightningModule):
+    """Trains a ``SequenceModel``: cross-entropy or mean squared error, Adam, per-epoch metrics."""
+
+    def __init__(self, model: SequenceModel, task: str, lr: float = 3e-3, weight_decay: float = 0.0,
+                 target_std: float = 1.0) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.target_std = target_std
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._train_loss: list[float] = []
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model(x, lengths)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y) if self.task == "classification" else F.mse_loss(out, y)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, lengths, y = batch
+        loss = self._loss(self(x, lengths), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.current_epoch}")
+        self._train_loss.append(float(loss.detach()))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, lengths, y = batch
+        self._val.append((self(x, lengths).detach(), y))
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_loss:
+            self.log("train_loss", float(np.mean(self._train_loss)), prog_bar=False)
+        self._train_loss.clear()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        out = torch.cat([o for o, _ in self._val])
+        y = torch.cat([t for _, t in self._val])
+        self._val.clear()
+        self.log("val_loss", float(self._loss(out, y)))
+        self.log("val_score", score_outputs(out, y, self.task, self.target_std), prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def score_outputs(out: torch.Tensor, y: torch.Tensor, task: str, target_std: float = 1.0) -> float:
+    """Accuracy, or RMSE (regression: in target units; forecasting: normalised units)."""
+    if task == "classification":
+        return float((out.argmax(dim=1) == y).float().mean())
+    rmse = float(torch.sqrt(F.mse_loss(out, y)))
+    return rmse * (target_std if task == "regression" else 1.0)
+
+
+@torch.no_grad()
+def evaluate(model: SequenceModel, split: SplitTensors, task: str, target_std: float = 1.0,
+             batch_size: int = 512) -> float:
+    """Score a model on one split (eval mode, batched)."""
+    model.eval()
+    part = _Batches(split, task)
+    outs = []
+    for k in range(0, len(part), batch_size):
+        x, lengths, _ = part[list(range(k, min(k + batch_size, len(part))))]
+        outs.append(model(x, lengths))
+    return score_outputs(torch.cat(outs), part.y, task, target_std)
+
+
+class EpochHistory(pl.Callback):
+    """Per-epoch metrics, the best validation score and a copy of the best weights."""
+
+    def __init__(self, direction: str, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.direction = direction
+        self.on_epoch = on_epoch
+        self.history: list[dict[str, float]] = []
+        self.best_score = -math.inf if direction == "maximize" else math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.direction == "maximize" else a < b
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_score", "val_loss", "train_loss")}
+        if "val_score" not in m:
+            return
+        epoch = trainer.current_epoch
+        self.history.append({"epoch": epoch, **m})
+        if self.better(m["val_score"], self.best_score):
+            self.best_score, self.best_epoch = m["val_score"], epoch
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.model.state_dict().items()})
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, m)
+
+
+@dataclass
+class FitResult:
+    """What training one candidate produced."""
+
+    model: SequenceModel
+    best_score: float
+    best_epoch: int
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    stopped_by: str = "max_epochs"
+
+
+def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, max_epochs: int,
+        patience: int, weight_decay: float = 0.0, seed: int = 0, max_seconds: float | None = None,
+        callbacks: list[pl.Callback] | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        verbose: bool = False, accelerator: str = "cpu") -> FitResult:
+    """Train with early stopping on the validation score; returns the best epoch's weights.
+
+    ``on_epoch(epoch, metrics)`` runs after each validation and may raise (e.g. ``optuna.TrialPruned``)
+    to stop the trial. A KeyboardInterrupt stays a KeyboardInterrupt (Lightning would turn it into an
+    exit and ignore further Ctrl-C).
+    """
+    import signal
+
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    quiet_lightning()
+    pl.seed_everything(seed, workers=False, verbose=False)
+    if accelerator == "cpu":
+        torch.set_flush_denormal(True)  # denormal floats can slow a CPU trial tenfold
+    metric, direction = metric_of(dataset.task)
+    target_std = float(dataset.preprocessing.get("target_std", 1.0))
+    task = SequenceTask(model, dataset.task, lr=lr, weight_decay=weight_decay, target_std=target_std)
+    history = EpochHistory(direction, on_epoch)
+    mode = "max" if direction == "maximize" else "min"
+    early = EarlyStopping(monitor="val_score", mode=mode, patience=patience, check_finite=False)
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        max_time=timedelta(seconds=max_seconds) if max_seconds else None,
+        accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=verbose, enable_model_summary=verbose, num_sanity_val_steps=0,
+        callbacks=[history, early, *(callbacks or [])], deterministic=False,
+    )
+    dm = SequenceDataModule(dataset, batch_size=batch_size, seed=seed)
+    sigint = signal.getsignal(signal.SIGINT)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            trainer.fit(task, datamodule=dm)
+    except SystemExit:
+        # Lightning answers Ctrl-C with exit(1) after ignoring SIGINT: restore and re-raise as such.
+        signal.signal(signal.SIGINT, sigint)
+        raise KeyboardInterrupt from None
+    finally:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, sigint)
+    seconds = time.perf_counter() - t0
+    if isinstance(trainer.callback_metrics, dict) and trainer.interrupted:
+        raise KeyboardInterrupt
+    if history.best_state is None:
+        raise NonFiniteLoss("no finite validation score")
+    model.load_state_dict(history.best_state)
+    model.eval()
+    stopped = ("early_stopping" if early.stopped_epoch else
+               "time_limit" if trainer.current_epoch + 1 < max_epochs else "max_epochs")
+    return FitResult(model, history.best_score, history.best_epoch, len(history.history),
+                     history.history, seconds, stopped)
