@@ -28,6 +28,9 @@ from cellsearch.errors import UserError
 COSTS = ("macs", "params", "latency")
 OBJECTIVES = ("pareto", "score")
 PICKS = ("knee", "best", "smallest")
+#: A running trial beats every HEARTBEAT_S seconds; one silent for GRACE_S is failed (its process died).
+HEARTBEAT_S = 2
+GRACE_S = 8
 
 
 @dataclass
@@ -72,7 +75,7 @@ def open_storage(url: str) -> Any:
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30,
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                           failed_trial_callback=None, **kwargs)
     except Exception as exc:  # unreachable server, bad URL, missing driver
         raise UserError(f"cannot open the study storage {url.split('@')[-1]}: "
@@ -393,7 +396,7 @@ def tune(data: str | Path, *, target: str | None = None, layout: str | None = No
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     quiet_lightning()
-    optuna.logging.set_verbosity(optuna.logging.WARNING if not verbose else optuna.logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.ERROR if not verbose else optuna.logging.INFO)
     metric, direction = metric_of(dataset.task)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -413,6 +416,8 @@ def tune(data: str | Path, *, target: str | None = None, layout: str | None = No
     sampler = make_sampler(spc.sampler, seed + finished_before, objective == "pareto")
     st = optuna.create_study(study_name=study_name, storage=storage_obj, directions=directions, sampler=sampler,
                              pruner=pruner, load_if_exists=True)
+    # Trials left running by a killed process end failed now (their heartbeat stopped).
+    optuna.storages.fail_stale_trials(st)
     meta = {"data": str(Path(data).resolve()), "task": dataset.task, "metric": metric, "direction": direction,
             "objective": objective, "cost": cost, "space": spc.name}
     for k, v in meta.items():

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny data sets and one small search reused by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def make_classification_csv(path: Path, n_seq: int = 90, seed: int = 0) -> Path:
+    """Sequences whose class is the sign pattern of a drifting signal: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_seq):
+        label = i % 3
+        n = int(rng.integers(4, 9))
+        drift = (label - 1) * 0.8
+        x = np.cumsum(rng.normal(drift, 0.3, size=n))
+        rows.append(pd.DataFrame({"id": i, "t": np.arange(n), "x": x.round(4),
+                                  "z": rng.normal(size=n).round(4), "label": f"c{label}"}))
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    return make_classification_csv(tmp_path_factory.mktemp("data") / "tiny.csv")
+
+
+@pytest.fixture(scope="session")
+def tiny_space(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("space") / "tiny.yaml"
+    p.write_text(
+        "sampler: tpe\n"
+        "layers:\n"
+        "  depth: {type: int, low: 1, high: 2}\n"
+        "  cell: {type: categorical, choices: [lstm, peephole, cifg, gru]}\n"
+        "  hidden: {type: int, low: 4, high: 12}\n"
+        "lr: {type: float, low: 0.005, high: 0.03, log: true}\n"
+        "batch_size: 32\n"
+        "max_epochs: 4\n"
+        "patience: 2\n"
+    )
+    return p
+
+
+@pytest.fixture(scope="session")
+def tuned(tiny_csv, tiny_space, tmp_path_factory):
+    """One tracked search of 4 trials, shared by the search and tracking tests."""
+    from cellsearch.search import tune
+
+    run_dir = tmp_path_factory.mktemp("runs")
+    result = tune(tiny_csv, space=str(tiny_space), trials=4, run_dir=run_dir, progress=False, seed=1)
+    return result

@@ -1,0 +1,197 @@
+"""The search: spaces, objectives, the front and its knee, resume, crash recovery, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cellsearch.errors import UserError
+from cellsearch.search import MedianStopper, pareto_front, pick_trial, tune
+from cellsearch.space import available_spaces, load_space
+
+# ---- spaces --------------------------------------------------------------------------------------
+
+
+def test_shipped_spaces_load_and_suggest_fixed_slots():
+    assert {"default", "quick", "greff"} <= set(available_spaces())
+    space = load_space("default")
+    trial = optuna.trial.FixedTrial({"n_layers": 2, "l0_cell": "peephole", "l0_hidden": 64, "l1_cell": "gru",
+                                     "l1_hidden": 32, "dropout": 0.1, "lr": 1e-3, "batch_size": 64})
+    cfg = space.suggest(trial)
+    assert cfg["layers"] == [("peephole", 64, False), ("gru", 32, False)]
+    greff = load_space("greff")
+    cfg = greff.suggest(optuna.trial.FixedTrial({"cell": "cifg", "l0_hidden": 50, "lr": 1e-3}))
+    assert cfg["layers"] == [("cifg", 50, False)] and greff.sampler == "random"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("layers: {depth: 1}\nfoo: 1\n", "unknown key(s) foo"),
+    ("layers: {cell: {type: categorical, choices: [lstm, transformer]}}\n", "unknown choice(s) transformer"),
+    ("layers: {hidden: {type: int, low: 64, high: 16}}\n", "low (64) > high (16)"),
+    ("layers: {cell: {type: categorical, choices: []}}\n", "non-empty list"),
+    ("lr: {type: float, low: 0, high: 1, log: true}\n", "log scale needs low > 0"),
+    ("layers: {cell: peephole, width: 3}\n", "layers: unknown key(s) width"),
+])
+def test_bad_space_gets_a_clear_error(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_space(p)
+    assert message in str(err.value) and str(p) in str(err.value)
+
+
+def test_unknown_space_name_lists_the_shipped_ones():
+    with pytest.raises(UserError, match="quick"):
+        load_space("nope")
+
+
+# ---- front, knee, median stopping ----------------------------------------------------------------
+
+def _pt(trial, score, cost):
+    return {"trial": trial, "score": score, "cost": cost, "arch": f"a{trial}"}
+
+
+def test_pareto_front_and_knee():
+    pts = [_pt(0, 0.80, 1e3), _pt(1, 0.95, 1e4), _pt(2, 0.96, 1e6), _pt(3, 0.90, 1e5), _pt(4, 0.70, 2e3)]
+    front = pareto_front(pts, "maximize")
+    assert [p["trial"] for p in front] == [0, 1, 2]
+    # Knee: 0.95 at 1e4 gives almost all the accuracy for a hundredth of the best one's cost.
+    assert pick_trial(front, "maximize", "knee")["trial"] == 1
+    assert pick_trial(front, "maximize", "best")["trial"] == 2
+    assert pick_trial(front, "maximize", "smallest")["trial"] == 0
+    # Minimised scores (RMSE) flip the sense.
+    rm = [_pt(0, 1.0, 1e3), _pt(1, 0.5, 1e4), _pt(2, 0.45, 1e6)]
+    assert pick_trial(pareto_front(rm, "minimize"), "minimize", "knee")["trial"] == 1
+
+
+def test_median_stopper():
+    curves = [[0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.7, 0.75], [0.5, 0.7, 0.8, 0.85], [0.3, 0.5, 0.6, 0.7]]
+    stop = MedianStopper(curves, "maximize", warmup=2, min_trials=4)
+    assert not stop.should_stop(0, 0.1) and not stop.should_stop(1, 0.1)  # warm-up
+    assert stop.should_stop(2, 0.2)  # median of best-so-far at epoch 2 is 0.7
+    good = MedianStopper(curves, "maximize", warmup=2, min_trials=4)
+    assert not any(good.should_stop(k, v) for k, v in enumerate([0.6, 0.7, 0.8]))
+    few = MedianStopper(curves[:2], "maximize", warmup=0, min_trials=4)
+    assert not few.should_stop(3, 0.0)
+
+
+# ---- tune ----------------------------------------------------------------------------------------
+
+def test_tune_result_front_and_checkpoints(tuned):
+    r = tuned
+    assert r.metric == "accuracy" and r.cost == "macs"
+    assert r.counts.get("complete", 0) + r.counts.get("pruned", 0) == 4
+    assert r.front and r.chosen in r.front
+    for p in r.front:
+        assert Path(p["checkpoint"]).exists()
+        assert 0.0 <= p["test_score"] <= 1.0
+    # The front is non-dominated among all completed trials.
+    trials = r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    for t in trials:
+        s, c = t.values
+        assert not any(p["score"] < s and p["cost"] > c for p in r.front)
+    saved = json.loads((r.run_dir / "studies" / r.study.study_name / "result.json").read_text())
+    assert saved["chosen"]["trial"] == r.chosen["trial"]
+
+
+def test_macs_cost_is_the_analytic_count(tuned):
+    from cellsearch.cells import CELLS
+    from cellsearch.model import ModelSpec
+
+    t = tuned.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    spec = ModelSpec.from_dict(t.user_attrs["spec"])
+    sizes = [spec.input_size] + [layer.hidden for layer in spec.layers]
+    per_step = sum(CELLS[layer.cell].macs(sizes[k], layer.hidden) for k, layer in enumerate(spec.layers))
+    median_len = 6  # tiny.csv lengths 4..8
+    assert abs(t.values[1] - (per_step * median_len + spec.layers[-1].hidden * 3)) <= per_step
+
+
+def test_resume_continues_to_the_requested_count(tiny_csv, tiny_space, tmp_path):
+    kw = dict(space=str(tiny_space), run_dir=tmp_path, progress=False, track=False, max_epochs=2)
+    r1 = tune(tiny_csv, trials=2, **kw)
+    assert len(r1.study.trials) == 2
+    r2 = tune(tiny_csv, trials=3, **kw)
+    numbers = [t.number for t in r2.study.trials]
+    assert numbers == [0, 1, 2]
+    r3 = tune(tiny_csv, trials=3, **kw)  # already there: nothing more to run
+    assert len(r3.study.trials) == 3
+
+
+def test_single_objective_reports_epochs_for_pruning(tiny_csv, tiny_space, tmp_path):
+    r = tune(tiny_csv, trials=3, space=str(tiny_space), run_dir=tmp_path, progress=False, track=False,
+             objective="score", study="single")
+    assert len(r.study.directions) == 1
+    t = r.study.trials[0]
+    assert t.intermediate_values, "per-epoch scores are reported to the pruner"
+
+
+def _spawn_tune(csv: Path, space: Path, run_dir: Path, trials: int, extra: list[str] = ()) -> subprocess.Popen:
+    """A search whose first trial runs long (no early stopping) so it can be killed mid-trial."""
+    slow = run_dir / "slow.yaml"
+    slow.write_text(space.read_text().replace("patience: 2", "patience: 1000"))
+    return subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "tune", str(csv), "--space", str(slow),
+                             "--trials", str(trials), "--run-dir", str(run_dir), "--no-track", "--max-epochs",
+                             "200", "--study", "crash", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_running(run_dir: Path, timeout: float = 120) -> None:
+    storage = f"sqlite:///{run_dir / 'optuna.db'}"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            st = optuna.load_study(study_name="crash", storage=storage)
+            if any(t.state == optuna.trial.TrialState.RUNNING for t in st.trials):
+                time.sleep(1.0)
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("no trial started")
+
+
+def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tiny_space, tmp_path):
+    from cellsearch.search import GRACE_S
+
+    proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 2)
+    _wait_running(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(GRACE_S + 1)
+    r = tune(tiny_csv, trials=2, space=str(tiny_space), run_dir=tmp_path, progress=False, track=False,
+             study="crash", max_epochs=2)
+    states = [t.state for t in r.study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL
+    finished = [s for s in states if s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 2
+
+
+def test_ctrl_c_stops_cleanly_and_marks_the_trial(tiny_csv, tiny_space, tmp_path):
+    proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 3)
+    _wait_running(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    st = optuna.load_study(study_name="crash", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in st.trials)
+    assert any(t.state == optuna.trial.TrialState.FAIL for t in st.trials)
+
+
+def test_tune_cli_prints_front_and_next_steps(tiny_csv, tiny_space, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(tiny_csv), "--space", str(tiny_space),
+                          "--trials", "2", "--run-dir", str(tmp_path), "--no-track", "--max-epochs", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Pareto front" in res.stdout and "chosen: trial" in res.stdout and "cellsearch export" in res.stdout
+    bad = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(tiny_csv), "--space", "nope",
+                          "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
