@@ -214,7 +214,7 @@ class Objective:
 
         from cellsearch.model import ModelSpec, build, measure_latency, save_checkpoint
         from cellsearch.stack import LayerSpec
-        from cellsearch.train import NonFiniteLoss, fit, metric_of
+        from cellsearch.train import NonFiniteLossError, fit, metric_of
 
         ds = self.dataset
         metric, direction = metric_of(ds.task)
@@ -267,7 +267,7 @@ class Objective:
             trial.set_user_attr("reason", str(exc))
             run.finish("PRUNED", reason=str(exc), curve=curve)
             raise
-        except NonFiniteLoss as exc:
+        except NonFiniteLossError as exc:
             trial.set_user_attr("curve", curve)
             trial.set_user_attr("reason", str(exc))
             run.finish("PRUNED", reason=str(exc), curve=curve)

@@ -93,7 +93,8 @@ class MLflowTracker:
         try:
             exp = self.client.get_experiment_by_name(study_name)
             if exp is None:
-                artifacts = None if not tracking_uri.startswith("sqlite") else (run_dir / "mlartifacts").resolve().as_uri()
+                local = tracking_uri.startswith("sqlite")
+                artifacts = (run_dir / "mlartifacts").resolve().as_uri() if local else None
                 exp_id = self.client.create_experiment(study_name, artifact_location=artifacts)
             else:
                 exp_id = exp.experiment_id

@@ -97,7 +97,7 @@ class SequenceDataModule(pl.LightningDataModule):
         return self._loader("test", False)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
@@ -125,7 +125,7 @@ class SequenceTask(pl.LightningModule):
         x, lengths, y = batch
         loss = self._loss(self(x, lengths), y)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"training loss became {loss.item()} at epoch {self.current_epoch}")
+            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}")
         self._train_loss.append(float(loss.detach()))
         return loss
 
@@ -264,7 +264,7 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
     if isinstance(trainer.callback_metrics, dict) and trainer.interrupted:
         raise KeyboardInterrupt
     if history.best_state is None:
-        raise NonFiniteLoss("no finite validation score")
+        raise NonFiniteLossError("no finite validation score")
     model.load_state_dict(history.best_state)
     model.eval()
     stopped = ("early_stopping" if early.stopped_epoch else

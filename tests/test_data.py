@@ -160,8 +160,9 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
                                                   for i in range(8) for j in range(3)), [], "more than one target")
     put("dup_time", "id,t,a,label\n" + "".join(f"{i},{min(j, 1) if i == 4 else j},{j}.5,{'xy'[i % 2]}\n"
                                                for i in range(8) for j in range(3)), [], "duplicate time")
-    put("bad_split", "id,t,a,label,split\n" + "".join(f"{i},{j},{j}.5,{'xy'[i % 2]},{'holdout' if i == 5 else 'train'}\n"
-                                                      for i in range(8) for j in range(3)), [], "holdout")
+    put("bad_split", "id,t,a,label,split\n" + "".join(
+        f"{i},{j},{j}.5,{'xy'[i % 2]},{'holdout' if i == 5 else 'train'}\n" for i in range(8) for j in range(3)),
+        [], "holdout")
     put("short_series", "t,value\n" + "".join(f"{j},{j * 1.5}\n" for j in range(6)),
         ["--window", "5", "--horizon", "3"], "shorter than window 5 + horizon 3")
     put("binary", b"PK\x03\x04\x00\x00binary\x00zip", [], "not a text CSV")
