@@ -129,6 +129,29 @@ def tune(
 
 
 @app.command()
+def ui(
+    run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="The run directory of the searches."),
+    port: int = typer.Option(5000, "--port", help="Port for the dashboard."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+) -> None:
+    """The MLflow dashboard over the run directory's store."""
+    import subprocess
+
+    from cellsearch.tracking import default_tracking_uri
+
+    if not (run_dir / "mlflow.db").exists():
+        raise UserError(f"{run_dir}: no MLflow store here (mlflow.db); run `cellsearch tune` first or pass --run-dir")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", default_tracking_uri(run_dir),
+           "--default-artifact-root", (run_dir / "mlartifacts").resolve().as_uri(), "--host", host,
+           "--port", str(port)]
+    print(f"MLflow dashboard on http://{host}:{port}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    try:
+        sys.exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@app.command()
 def bench(
     hidden: str = typer.Option("64,256", help="Comma-separated hidden sizes."),
     device: str = typer.Option("cpu", help="cpu or cuda."),

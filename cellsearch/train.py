@@ -192,7 +192,7 @@ class EpochHistory(pl.Callback):
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_score", "val_loss", "train_loss")}
         if "val_score" not in m:
             return
-        epoch = trainer.current_epoch
+        epoch = len(self.history)  # validation epochs counted here, independent of Lightning's counter
         self.history.append({"epoch": epoch, **m})
         if self.better(m["val_score"], self.best_score):
             self.best_score, self.best_epoch = m["val_score"], epoch

@@ -1,0 +1,121 @@
+"""MLflow records: read back through MLflow's own client, and through a real server's REST API."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+from mlflow import MlflowClient
+from PIL import Image
+
+from cellsearch.tracking import default_tracking_uri
+
+
+def _client(tuned) -> MlflowClient:
+    return MlflowClient(tracking_uri=default_tracking_uri(tuned.run_dir))
+
+
+def test_experiment_parent_and_child_runs(tuned):
+    client = _client(tuned)
+    exp = client.get_experiment_by_name(tuned.study.study_name)
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1
+    p = parents[0]
+    for tag in ("data", "study", "command", "cellsearch_version"):
+        assert p.data.tags.get(tag), tag
+    assert p.info.status == "FINISHED" and p.data.tags["chosen_trial"] == str(tuned.chosen["trial"])
+    trials = tuned.study.trials
+    assert len(children) == len(trials)
+    by_number = {int(r.data.tags["trial_number"]): r for r in children}
+    for t in trials:
+        r = by_number[t.number]
+        spec = t.user_attrs["spec"]
+        assert r.data.params["n_layers"] == str(len(spec["layers"]))
+        for k, layer in enumerate(spec["layers"]):
+            assert r.data.params[f"l{k}_cell"] == layer["cell"]
+            assert r.data.params[f"l{k}_hidden"] == str(layer["hidden"])
+        assert r.data.tags["arch"] == t.user_attrs["arch"]
+        assert {"lr", "dropout", "batch_size"} <= set(r.data.params)
+        state = {optuna.trial.TrialState.COMPLETE: "COMPLETE", optuna.trial.TrialState.PRUNED: "PRUNED"}[t.state]
+        assert r.data.tags["state"] == state
+        history = client.get_metric_history(r.info.run_id, "val_score")
+        assert [m.step for m in history] == list(range(len(t.user_attrs["curve"])))
+        assert [round(m.value, 6) for m in history] == [round(v, 6) for v in t.user_attrs["curve"]]
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert abs(r.data.metrics["val_score_best"] - t.values[0]) < 1e-9
+            assert r.data.metrics["macs"] == t.user_attrs["macs"]
+            assert r.data.metrics["params"] == t.user_attrs["params"]
+            assert r.data.metrics["train_seconds"] > 0
+            assert len(client.get_metric_history(r.info.run_id, "train_loss")) == len(history)
+
+
+def test_study_rebuilt_from_mlflow_alone(tuned):
+    """The front can be recomputed from MLflow's records without the Optuna database."""
+    from cellsearch.search import pareto_front
+
+    client = _client(tuned)
+    exp = client.get_experiment_by_name(tuned.study.study_name)
+    runs = client.search_runs([exp.experiment_id], "tags.state = 'COMPLETE'")
+    pts = [{"trial": int(r.data.tags["trial_number"]), "score": r.data.metrics["val_score_best"],
+            "cost": r.data.metrics["macs"], "arch": ""} for r in runs]
+    assert sorted(p["trial"] for p in pareto_front(pts, "maximize")) == sorted(p["trial"] for p in tuned.front)
+
+
+def test_plots_are_valid_images(tuned, tmp_path):
+    client = _client(tuned)
+    exp = client.get_experiment_by_name(tuned.study.study_name)
+    parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    for png in ("plots/pareto_front.png", "plots/cell_by_slot.png", "plots/gates_chosen.png"):
+        assert png in names, names
+        local = client.download_artifacts(parent.info.run_id, png, str(tmp_path))
+        with Image.open(local) as im:
+            im.verify()
+            assert im.size[0] > 200 and im.size[1] > 100
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "plots/cell_by_slot.json",
+                                                      str(tmp_path))).read())
+    assert "layer 0" in table
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_mlflow_server_lists_the_runs(tuned):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "ui", "--run-dir", str(tuned.run_dir),
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name="
+                                            f"{tuned.study.study_name}", timeout=5) as resp:
+                    exp = json.loads(resp.read())["experiment"]
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(1)
+        body = json.dumps({"experiment_ids": [exp["experiment_id"]], "max_results": 100}).encode()
+        req = urllib.request.Request(f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            runs = json.loads(resp.read())["runs"]
+        assert len(runs) == len(tuned.study.trials) + 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
