@@ -80,10 +80,15 @@ class MLflowTracker:
 
     def __init__(self, *, tracking_uri: str, run_dir: Path, study_name: str, data: str, meta: dict[str, Any],
                  argv: list[str]) -> None:
+        import logging
+
         import mlflow
         from mlflow import MlflowClient
 
         from cellsearch.errors import UserError
+
+        for name in ("mlflow", "alembic"):  # mlflow resets its logger level when imported
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.run_dir = run_dir
         self.study_name = study_name
