@@ -48,16 +48,30 @@ class NullTracker:
 
 
 class _TrialRun:
+    """One trial's nested run. Epoch metrics are buffered and written in one batch at most every
+    ``FLUSH_S`` seconds (and at the end), so tracking costs a handful of store calls per trial."""
+
+    FLUSH_S = 5.0
+
     def __init__(self, client: Any, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
+        self._pending: list[Any] = []
+        self._last_flush = time.time()
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, epoch) for k, v in metrics.items()
-                                                    if _finite(v)])
+        self._pending += [Metric(k, float(v), ts, epoch) for k, v in metrics.items() if _finite(v)]
+        if time.time() - self._last_flush >= self.FLUSH_S:
+            self._flush()
+
+    def _flush(self, extra: list[Any] = (), tags: list[Any] = ()) -> None:
+        metrics, self._pending = [*self._pending, *extra], []
+        for k in range(0, max(len(metrics), 1), 900):  # MLflow accepts up to 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[k:k + 900], tags=list(tags) if k == 0 else [])
+        self._last_flush = time.time()
 
     def finish(self, state: str, reason: str | None = None, curve: list[float] | None = None,
                **final: Any) -> None:
@@ -70,7 +84,7 @@ class _TrialRun:
         tags = [RunTag("state", {"FINISHED": "COMPLETE"}.get(state, state))]
         if reason:
             tags.append(RunTag("reason", reason[:4000]))
-        self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+        self._flush(metrics, tags)
         status = {"FINISHED": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(self.run_id, status=status)
 

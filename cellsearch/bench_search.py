@@ -1,0 +1,58 @@
+"""What stopping hopeless trials saves (``python -m cellsearch.bench_search``).
+
+Runs the same search (same data, space, seed and trial count) with and without early stopping of
+trials, for both modes: ``--objective score`` (Optuna's median pruner via our Lightning callback)
+and the default Pareto search (cellsearch's own median-stopping rule). Reports the total epochs
+trained and the best validation score of each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def _epochs(study) -> int:
+    return sum(len(t.user_attrs.get("curve", [])) for t in study.trials)
+
+
+def run(data: str, space: str, trials: int, seed: int) -> list[dict]:
+    from cellsearch.search import tune
+
+    rows = []
+    for objective in ("score", "pareto"):
+        for prune in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                r = tune(data, space=space, trials=trials, seed=seed, objective=objective, prune=prune,
+                         run_dir=Path(tmp), track=False, progress=False)
+                best = max if r.direction == "maximize" else min
+                scores = [t.user_attrs["val_score"] for t in r.study.trials if "val_score" in t.user_attrs]
+                rows.append({"objective": objective, "prune": prune, "epochs": _epochs(r.study),
+                             "best_score": best(scores) if scores else None, "seconds": time.perf_counter() - t0,
+                             "pruned": r.counts.get("pruned", 0), "metric": r.metric})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="examples/digits.csv")
+    ap.add_argument("--space", default="quick")
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    rows = run(args.data, args.space, args.trials, args.seed)
+    print(json.dumps(rows, indent=2))
+    for objective in ("score", "pareto"):
+        off, on = (r for r in rows if r["objective"] == objective)
+        cut = 1 - on["epochs"] / max(off["epochs"], 1)
+        print(f"{objective}: epochs {off['epochs']} -> {on['epochs']} ({cut:.0%} fewer), best {on['metric']} "
+              f"{off['best_score']:.4f} -> {on['best_score']:.4f}, {on['pruned']} trials pruned, "
+              f"{off['seconds']:.0f} s -> {on['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
