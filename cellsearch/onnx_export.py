@@ -1,0 +1,138 @@
+"""ONNX export built from ONNX's own recurrent operators, for every cell variant.
+
+ONNX's ``LSTM`` operator has a peephole input ``P`` and an ``input_forget`` attribute (i = 1 - f), and
+``GRU`` has ``linear_before_reset`` (torch's GRU), so each layer maps onto one fused operator with
+dynamic batch and sequence length and per-sequence ``sequence_lens``. The graph is written directly
+with ``onnx.helper`` (no tracing): inputs ``x`` (batch, time, features) float32 and ``lengths``
+(batch,) int64; output ``output`` (logits or scaled values) and, for classification,
+``probabilities``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OPSET = 17
+
+
+def _blocks(t: Any, order: list[int], n: int) -> np.ndarray:
+    """Reorder the gate blocks (first axis) of a torch weight or bias into ONNX's order."""
+    a = t.detach().cpu().numpy().astype(np.float32)
+    h = a.shape[0] // n
+    return np.concatenate([a[k * h:(k + 1) * h] for k in order], axis=0)
+
+
+def _lstm_family_weights(cell: Any) -> dict[str, np.ndarray]:
+    """W, R, B (and P) of one direction in ONNX's gate order i, o, f, c."""
+    from cellsearch.cells import LSTMCell
+
+    H = cell.hidden_size  # noqa: N806
+    if isinstance(cell, LSTMCell):
+        r = cell.rnn
+        W, R = _blocks(r.weight_ih_l0, [0, 3, 1, 2], 4), _blocks(r.weight_hh_l0, [0, 3, 1, 2], 4)  # noqa: N806
+        B = np.concatenate([_blocks(r.bias_ih_l0, [0, 3, 1, 2], 4), _blocks(r.bias_hh_l0, [0, 3, 1, 2], 4)])  # noqa: N806
+        return {"W": W, "R": R, "B": B}
+    if cell.coupled:
+        # onnxruntime's input_forget computes i from the input-gate block and sets f = 1 - i. Ours is
+        # f = sigmoid(a_f), i = 1 - f = sigmoid(-a_f): so ONNX's i block holds -(f weights), f's block 0.
+        def cifg(t: Any, zeros: np.ndarray) -> np.ndarray:
+            f, g, o = np.split(t.detach().cpu().numpy().astype(np.float32), 3, axis=0)
+            return np.concatenate([-f, o, zeros, g])
+
+        W = cifg(cell.weight_ih, np.zeros((H, cell.input_size), np.float32))  # noqa: N806
+        R = cifg(cell.weight_hh, np.zeros((H, H), np.float32))  # noqa: N806
+        b = cifg(cell.bias, np.zeros(H, np.float32))
+    else:
+        W, R = _blocks(cell.weight_ih, [0, 3, 1, 2], 4), _blocks(cell.weight_hh, [0, 3, 1, 2], 4)  # noqa: N806
+        b = _blocks(cell.bias, [0, 3, 1, 2], 4)
+    out = {"W": W, "R": R, "B": np.concatenate([b, np.zeros_like(b)])}
+    if cell.peephole:  # (a coupled cell with peepholes would need P_i = -p_f; none is registered)
+        p = cell.peep.detach().cpu().numpy().astype(np.float32)
+        out["P"] = np.concatenate([p[0], p[2], p[1]])  # ONNX order i, o, f
+    return out
+
+
+def _gru_weights(cell: Any) -> dict[str, np.ndarray]:
+    """W, R, B of one direction in ONNX's gate order z, r, h (torch: r, z, n)."""
+    r = cell.rnn
+    return {"W": _blocks(r.weight_ih_l0, [1, 0, 2], 3), "R": _blocks(r.weight_hh_l0, [1, 0, 2], 3),
+            "B": np.concatenate([_blocks(r.bias_ih_l0, [1, 0, 2], 3), _blocks(r.bias_hh_l0, [1, 0, 2], 3)])}
+
+
+def build_onnx(model: Any) -> Any:
+    """The ONNX ``ModelProto`` of a ``SequenceModel`` (eval-mode semantics: dropout off)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from cellsearch.cells import GRUCell
+
+    spec = model.spec
+    nodes, inits = [], []
+
+    def const(name: str, arr: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    nodes.append(helper.make_node("Transpose", ["x"], ["x_tbf"], perm=[1, 0, 2]))
+    nodes.append(helper.make_node("Cast", ["lengths"], ["seq_lens"], to=TensorProto.INT32))
+    current = "x_tbf"
+    last_h = ""
+    for k, (layer, ls) in enumerate(zip(model.stack.layers, spec.layers)):
+        cells = [layer.fwd] + ([layer.bwd] if layer.bwd is not None else [])
+        is_gru = isinstance(layer.fwd, GRUCell)
+        parts = [(_gru_weights(c) if is_gru else _lstm_family_weights(c)) for c in cells]
+        names = {key: const(f"l{k}_{key}", np.stack([p[key] for p in parts]))
+                 for key in parts[0]}
+        direction = "bidirectional" if len(cells) == 2 else "forward"
+        y, y_h = f"l{k}_Y", f"l{k}_Yh"
+        if is_gru:
+            nodes.append(helper.make_node("GRU", [current, names["W"], names["R"], names["B"], "seq_lens"],
+                                          [y, y_h], hidden_size=ls.hidden, direction=direction,
+                                          linear_before_reset=1))
+        else:
+            inputs = [current, names["W"], names["R"], names["B"], "seq_lens", "", "", names.get("P", "")]
+            while inputs[-1] == "":
+                inputs.pop()
+            attrs = {"hidden_size": ls.hidden, "direction": direction}
+            if getattr(layer.fwd, "coupled", False):
+                attrs["input_forget"] = 1
+            nodes.append(helper.make_node("LSTM", inputs, [y, y_h, f"l{k}_Yc"], **attrs))
+        # (T, D, B, H) -> (T, B, D*H): directions side by side, as the stack concatenates them.
+        nodes.append(helper.make_node("Transpose", [y], [f"l{k}_Yt"], perm=[0, 2, 1, 3]))
+        shape = const(f"l{k}_shape", np.array([0, 0, -1], dtype=np.int64))
+        nodes.append(helper.make_node("Reshape", [f"l{k}_Yt", shape], [f"l{k}_out"]))
+        current = f"l{k}_out"
+        last_h = y_h
+    # The head reads the forward direction's last real step (and the backward one's first step): Y_h.
+    nodes.append(helper.make_node("Transpose", [last_h], ["h_bdh"], perm=[1, 0, 2]))
+    nodes.append(helper.make_node("Reshape", ["h_bdh", const("h_shape", np.array([0, -1], dtype=np.int64))],
+                                  ["features"]))
+    w = model.head.weight.detach().cpu().numpy().astype(np.float32)
+    b = model.head.bias.detach().cpu().numpy().astype(np.float32)
+    nodes.append(helper.make_node("Gemm", ["features", const("head_W", w), const("head_b", b)], ["output"],
+                                  transB=1))
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", spec.n_outputs])]
+    if spec.task == "classification":
+        nodes.append(helper.make_node("Softmax", ["output"], ["probabilities"], axis=1))
+        outputs.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", spec.n_outputs]))
+    graph = helper.make_graph(
+        nodes, "cellsearch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", spec.input_size]),
+         helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
+        outputs, initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellsearch")
+    proto.ir_version = min(proto.ir_version, 9)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def export_onnx(model: Any, path: str | Path) -> Path:
+    """Write ``model.onnx``; returns its path."""
+    import onnx
+
+    path = Path(path)
+    onnx.save(build_onnx(model), str(path))
+    return path
