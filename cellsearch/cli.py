@@ -129,6 +129,50 @@ def tune(
 
 
 @app.command()
+def export(
+    out: Path = typer.Option(..., "--out", help="Folder to write the bundle to."),
+    run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="The run directory of the search."),
+    study: str | None = typer.Option(None, "--study", help="Study name (needed when the run holds several)."),
+    trial: int | None = typer.Option(None, "--trial", help="Export this trial instead of picking from the front."),
+    pick: str = typer.Option("knee", "--pick", help="knee, best or smallest member of the Pareto front."),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default: the run's SQLite)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx (dynamic batch and length)."),
+    register: str | None = typer.Option(None, "--register", help="Also register in the MLflow model registry."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for --register."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing, non-empty --out folder."),
+) -> None:
+    """Export the chosen model (the knee of the Pareto front by default) as a bundle."""
+    from cellsearch.export import export as run_export
+
+    path = run_export(out=out, run_dir=run_dir, study=study, trial=trial, pick=pick, storage=storage, onnx=onnx,
+                      register=register, tracking_uri=tracking_uri, force=force)
+    print(f"exported to {path}  (cellsearch predict {path} data.csv)")
+
+
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., help="A bundle written by `cellsearch export`."),
+    file: Path = typer.Argument(..., help="CSV in the training layout (the target column may be absent)."),
+    out: Path | None = typer.Option(None, "--out", help="Write predictions to this CSV (default: stdout)."),
+) -> None:
+    """Predict from a CSV in the training layout, preprocessing included."""
+    from cellsearch.data import read_csv
+    from cellsearch.export import load
+
+    predictor = load(model_dir)
+    preds = predictor.predict(read_csv(file), where=str(file))
+    if out is None:
+        preds.to_csv(sys.stdout, index=False)
+        return
+    import os
+
+    tmp = out.with_name(out.name + ".tmp")
+    preds.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    print(f"{len(preds)} predictions written to {out}", file=sys.stderr)
+
+
+@app.command()
 def ui(
     run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="The run directory of the searches."),
     port: int = typer.Option(5000, "--port", help="Port for the dashboard."),

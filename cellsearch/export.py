@@ -1,0 +1,267 @@
+"""Export a trial as a self-contained bundle, and load it back (``cellsearch.load``).
+
+A bundle is an MLflow pyfunc model folder (``MLmodel``, signature, input example, requirements; the
+model is defined by code, ``cellsearch_pyfunc.py``, so nothing is pickled) that also holds:
+
+* ``weights.pt`` — the state dict only (loads with ``torch.load(weights_only=True)``);
+* ``spec.json`` — the ``ModelSpec``; ``preprocessing.json`` — columns, scalers, classes, window...;
+* ``README.md`` — the model card; ``metrics.json``; ``model.onnx`` with ``--onnx``.
+
+It is written to a temporary folder beside the destination and renamed into place: never
+half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cellsearch.errors import UserError
+
+PYFUNC_CODE = '''"""MLflow pyfunc entry point of a cellsearch bundle (models-from-code: nothing pickled)."""
+from pathlib import Path
+
+import mlflow
+
+from cellsearch.pyfunc import PyfuncModel
+
+mlflow.models.set_model(PyfuncModel(Path(__file__).resolve().parent))
+'''
+
+
+def load(path: str | Path) -> Any:
+    """Load a bundle written by ``export`` (or ``cellsearch export``) as a ``Predictor``.
+
+    Example:
+        >>> model = cellsearch.load("model/")              # doctest: +SKIP
+        >>> model.predict(pd.read_csv("new.csv"))          # doctest: +SKIP
+    """
+    import torch
+
+    from cellsearch.model import ModelSpec, build
+    from cellsearch.predict import Predictor
+
+    path = Path(path)
+    if not (path / "spec.json").exists() or not (path / "weights.pt").exists():
+        raise UserError(f"{path}: not a cellsearch model bundle (spec.json and weights.pt expected)")
+    spec = ModelSpec.from_dict(json.loads((path / "spec.json").read_text()))
+    model = build(spec)
+    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    model.eval()
+    prep = json.loads((path / "preprocessing.json").read_text())
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    return Predictor(model, prep, metrics)
+
+
+def _select_trial(study: Any, cost: str, direction: str, trial: int | None, pick: str) -> Any:
+    import optuna
+
+    from cellsearch.search import _points, pareto_front, pick_trial
+
+    complete = {t.number: t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    if not complete:
+        raise UserError(f"study {study.study_name!r} has no finished trial to export")
+    if trial is not None:
+        if trial not in complete:
+            raise UserError(f"trial {trial} of study {study.study_name!r} did not complete; finished trials: "
+                            f"{', '.join(map(str, sorted(complete)))}")
+        return complete[trial]
+    chosen = pick_trial(pareto_front(_points(study, cost), direction), direction, pick)
+    return complete[chosen["trial"]]
+
+
+def _input_example(data: str, prep: dict[str, Any]) -> Any:
+    """A few raw rows of the training file in its own layout (one or two sequences or series)."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(data)
+    except Exception:
+        return None
+    keep = [c for c in df.columns if c not in (prep["target"], prep.get("split_col")) or
+            (prep["layout"] == "series" and c == prep["target"])]
+    df = df[keep]
+    id_col = prep.get("id_col")
+    if prep["layout"] == "wide":
+        return df.head(2)
+    if id_col:
+        ids = df[id_col].drop_duplicates().head(2 if prep["layout"] == "long" else 1)
+        df = df[df[id_col].isin(ids)]
+    if prep["layout"] == "series":
+        df = df.tail(int(prep["window"]) + 2)
+    return df.reset_index(drop=True)
+
+
+def _card(spec: Any, prep: dict[str, Any], info: dict[str, Any], metrics: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    note = "(RMSE in each series' normalised units)" if prep["task"] == "forecasting" else ""
+    layers = "\n".join(f"| {k} | {layer.cell} | {layer.hidden} | {'yes' if layer.bidirectional else 'no'} |"
+                       for k, layer in enumerate(spec.layers))
+    return f"""# cellsearch model: {spec.arch}
+
+Exported from study `{metrics['study']}`, trial {metrics['trial']}.
+
+**Weights: the trial's best checkpoint** (the epoch with the best validation score), not retrained
+on train + validation.
+
+## Data
+- file: `{info.get('file', 'n/a')}` ({info.get('n_rows', 'n/a')} rows, layout `{prep['layout']}`)
+- task: {prep['task']}; target `{prep['target']}`; inputs: {', '.join(prep['inputs'])}
+- split: {json.dumps(info.get('splits', {}))} ({info.get('split_source', 'n/a')})
+{f"- window {prep['window']}, horizon {prep['horizon']}" if prep['task'] == 'forecasting' else ''}
+
+## Architecture
+| layer | cell | width | bidirectional |
+| --- | --- | --- | --- |
+{layers}
+
+Dropout {spec.dropout}; a linear head on each sequence's last real step ({spec.n_outputs} outputs).
+
+## Scores
+- validation {metrics['metric']}: {fmt(metrics.get('val_score'))}
+- test {metrics['metric']}: {fmt(metrics.get('test_score'))}
+  {note}
+
+## Cost
+- multiply-accumulates per sequence (median length): {metrics['macs']:,}
+- parameters: {metrics['params']:,}
+
+## Use
+```python
+import cellsearch, pandas as pd
+model = cellsearch.load("THIS_FOLDER")
+model.predict(pd.read_csv("new.csv"))      # same CSV layout as training
+```
+`cellsearch predict THIS_FOLDER new.csv`, or serve with
+`mlflow models serve -m THIS_FOLDER --env-manager local`.
+"""
+
+
+def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: str | None = None,
+           trial: int | None = None, pick: str = "knee", storage: str | None = None, onnx: bool = False,
+           register: str | None = None, tracking_uri: str | None = None, force: bool = False) -> Path:
+    """Write the bundle of one trial (by number, or picked from the Pareto front) to ``out``."""
+    import optuna
+    import torch
+
+    from cellsearch.data import read_dataset
+    from cellsearch.model import load_checkpoint
+    from cellsearch.search import PICKS, default_storage, open_storage, study_dir
+    from cellsearch.train import evaluate, quiet_lightning
+
+    quiet_lightning()
+    if pick not in PICKS:
+        raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out}: exists and is not empty (use --force to replace it)")
+    url = storage or default_storage(run_dir)
+    if storage is None and not (run_dir / "optuna.db").exists():
+        raise UserError(f"{run_dir}: no studies here; run `cellsearch tune` first or pass --run-dir")
+    st_obj = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st_obj, include_best_trial=False)]
+    if study is None:
+        if len(names) != 1:
+            raise UserError(f"{run_dir}: {len(names)} studies ({', '.join(names) or 'none'}); choose one with --study")
+        study = names[0]
+    if study not in names:
+        raise UserError(f"no study {study!r} in {run_dir}; studies: {', '.join(names) or 'none'}")
+    st = optuna.load_study(study_name=study, storage=st_obj)
+    attrs = st.user_attrs
+    t = _select_trial(st, attrs.get("cost", "macs"), attrs.get("direction", "maximize"), trial, pick)
+    model, _ = load_checkpoint(t.user_attrs["checkpoint"])
+    sdir = study_dir(run_dir, study)
+    prep = json.loads((sdir / "preprocessing.json").read_text())
+    info = json.loads((sdir / "dataset.json").read_text()) if (sdir / "dataset.json").exists() else {}
+    test_score = None
+    data = attrs.get("data", "")
+    if data and Path(data).exists():
+        ds = read_dataset(data, **{k: v for k, v in prep["options"].items() if v is not None})
+        if len(ds.splits["test"]):
+            test_score = evaluate(model, ds.splits["test"], ds.task, float(prep.get("target_std", 1.0)))
+    metrics = {"study": study, "trial": t.number, "arch": model.spec.arch, "metric": attrs.get("metric"),
+               "val_score": t.user_attrs.get("val_score"), "test_score": test_score,
+               "macs": int(t.user_attrs.get("macs", 0)), "params": int(t.user_attrs.get("params", 0)),
+               "weights": "best checkpoint of the trial (not retrained)"}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        bundle = staging / "bundle"
+        _write_mlflow_model(bundle, model, prep, data)
+        torch.save(model.state_dict(), bundle / "weights.pt")
+        (bundle / "spec.json").write_text(json.dumps(model.spec.to_dict(), indent=2))
+        (bundle / "preprocessing.json").write_text(json.dumps(prep, indent=2))
+        (bundle / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (bundle / "README.md").write_text(_card(model.spec, prep, info, metrics))
+        if onnx:
+            from cellsearch.onnx_export import export_onnx
+
+            export_onnx(model, bundle / "model.onnx")
+        if out.exists():
+            old = staging / "old"
+            os.replace(out, old)
+        os.replace(bundle, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if register:
+        _register(out, register, tracking_uri or _default_tracking(run_dir), study)
+    return out
+
+
+def _default_tracking(run_dir: Path) -> str:
+    from cellsearch.tracking import default_tracking_uri
+
+    return default_tracking_uri(run_dir)
+
+
+def _write_mlflow_model(path: Path, model: Any, prep: dict[str, Any], data: str) -> None:
+    import logging
+    import warnings
+
+    import mlflow.pyfunc
+    import torch
+    from mlflow.models import infer_signature
+
+    import cellsearch
+    from cellsearch.predict import Predictor
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="mlflow")
+    example = _input_example(data, prep)
+    signature = None
+    if example is not None:
+        try:
+            signature = infer_signature(example, Predictor(model, prep).predict(example))
+        except UserError:
+            example = None
+    code = Path(tempfile.mkdtemp()) / "cellsearch_pyfunc.py"
+    code.write_text(PYFUNC_CODE)
+    try:
+        mlflow.pyfunc.save_model(
+            path=str(path), python_model=str(code), signature=signature, input_example=example,
+            pip_requirements=[f"cellsearch=={cellsearch.__version__}", f"torch>={torch.__version__.split('+')[0]}",
+                              "pandas", "numpy", "pyarrow"])
+    finally:
+        shutil.rmtree(code.parent, ignore_errors=True)
+
+
+def _register(out: Path, name: str, tracking_uri: str, study: str) -> None:
+    """Log the bundle to a run of the study's experiment and register it under ``name``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    exp_id = exp.experiment_id if exp else client.create_experiment(study)
+    run = client.create_run(exp_id, tags={"role": "export"}, run_name=f"export-{out.name}")
+    client.log_artifacts(run.info.run_id, str(out), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    mlflow.register_model(f"runs:/{run.info.run_id}/model", name)

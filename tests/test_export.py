@@ -1,0 +1,209 @@
+"""Export bundles, ONNX parity for every variant, predict from raw CSVs, serving, and the round trip."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cellsearch
+from cellsearch.export import export
+from cellsearch.model import ModelSpec, build
+from cellsearch.stack import LayerSpec
+
+
+@pytest.fixture(scope="module")
+def bundle(tuned, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "model"
+    return export(out=out, run_dir=tuned.run_dir, onnx=True, register="tiny-model")
+
+
+def test_bundle_contents(bundle, tuned):
+    for name in ("MLmodel", "weights.pt", "spec.json", "preprocessing.json", "README.md", "model.onnx",
+                 "input_example.json", "requirements.txt", "metrics.json"):
+        assert (bundle / name).exists(), name
+    state = torch.load(bundle / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    assert metrics["trial"] == tuned.chosen["trial"]
+    card = (bundle / "README.md").read_text()
+    assert "best checkpoint" in card and "not retrained" in card and tuned.chosen["arch"] in card
+    prep = json.loads((bundle / "preprocessing.json").read_text())
+    assert prep["classes"] == ["c0", "c1", "c2"] and len(prep["scaler"]["mean"]) == 2
+    assert not list(bundle.parent.glob(".model.*")), "no staging folder left behind"
+
+
+def test_registered_in_mlflow_registry(bundle, tuned):
+    from mlflow import MlflowClient
+
+    from cellsearch.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(tuned.run_dir))
+    versions = client.search_model_versions("name='tiny-model'")
+    assert len(versions) == 1
+
+
+def test_existing_out_is_refused_without_force(bundle, tuned):
+    from cellsearch.errors import UserError
+
+    with pytest.raises(UserError, match="--force"):
+        export(out=bundle, run_dir=tuned.run_dir)
+    export(out=bundle, run_dir=tuned.run_dir, force=True, onnx=True)
+    assert (bundle / "MLmodel").exists()
+
+
+def test_round_trip_in_a_fresh_process(bundle, tuned, tiny_csv, tmp_path):
+    """Predictions on the test split from a fresh process equal the in-memory model's."""
+    from cellsearch.data import read_dataset
+    from cellsearch.model import load_checkpoint
+
+    prep = json.loads((bundle / "preprocessing.json").read_text())
+    ds = read_dataset(tiny_csv, **{k: v for k, v in prep["options"].items() if v is not None})
+    test_keys = set(ds.splits["test"].keys.tolist())
+    df = pd.read_csv(tiny_csv)
+    test_df = df[df.id.isin(test_keys)].drop(columns=["label"])
+    test_csv = tmp_path / "test.csv"
+    test_df.to_csv(test_csv, index=False)
+    out_csv = tmp_path / "preds.csv"
+    res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "predict", str(bundle), str(test_csv),
+                          "--out", str(out_csv)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    fresh = pd.read_csv(out_csv).set_index("id").sort_index()
+    model, _ = load_checkpoint(tuned.chosen["checkpoint"])
+    with torch.no_grad():
+        split = ds.splits["test"]
+        logits = model(torch.from_numpy(split.x), torch.from_numpy(split.lengths))
+    probs = torch.softmax(logits, 1).numpy()
+    order = np.argsort(split.keys)
+    assert fresh.index.tolist() == sorted(test_keys)
+    assert np.allclose(fresh[[f"prob_c{k}" for k in range(3)]].to_numpy(), probs[order], atol=1e-5)
+    assert fresh["prediction"].tolist() == [f"c{k}" for k in probs[order].argmax(1)]
+
+
+def test_load_predict_with_and_without_target(bundle, tiny_csv):
+    model = cellsearch.load(bundle)
+    df = pd.read_csv(tiny_csv)
+    with_target = model.predict(df)
+    without = model.predict(df.drop(columns=["label"]))
+    assert len(with_target) == df.id.nunique()
+    pd.testing.assert_frame_equal(with_target, without)
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda d: d.drop(columns=["z"]), "missing column(s) z"),
+    (lambda d: d.assign(extra=1.0), "unexpected column(s) extra"),
+    (lambda d: d.assign(x=d.x.astype(str).where(d.index != 3, "abc")), "should be numeric"),
+])
+def test_predict_bad_input_is_one_line_exit_2(bundle, tiny_csv, tmp_path, mutate, expect):
+    bad = tmp_path / "bad.csv"
+    mutate(pd.read_csv(tiny_csv)).to_csv(bad, index=False)
+    res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "predict", str(bundle), str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], res.stderr
+
+
+def test_unseen_category_is_refused(tmp_path):
+    from cellsearch.errors import UserError
+    from cellsearch.predict import transform
+
+    prep = {"layout": "long", "task": "classification", "target": "label", "id_col": "id", "time_col": None,
+            "features": ["a", "color"], "inputs": ["a", "color=red", "color=blue"],
+            "categories": {"color": ["blue", "red"]}, "scaler": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+            "options": {}, "split_col": None}
+    df = pd.DataFrame({"id": [1, 1], "a": [0.5, 0.2], "color": ["red", "green"]})
+    with pytest.raises(UserError, match="unseen in training: green"):
+        transform(df, prep)
+
+
+@pytest.mark.parametrize("layers", [
+    [("lstm", 6)], [("peephole", 5)], [("cifg", 7)], [("gru", 4)],
+    [("peephole", 5, True), ("cifg", 6), ("gru", 3, True), ("lstm", 4, True)],
+])
+@pytest.mark.parametrize("task,n_out", [("classification", 3), ("forecasting", 2)])
+def test_onnx_matches_pytorch_on_variable_lengths(layers, task, n_out):
+    import onnxruntime as ort
+
+    from cellsearch.onnx_export import build_onnx
+
+    torch.manual_seed(0)
+    model = build(ModelSpec(3, tuple(LayerSpec(*layer) for layer in layers), n_out, task, 0.2)).eval()
+    sess = ort.InferenceSession(build_onnx(model).SerializeToString())
+    for batch, time_, lengths in [(5, 9, [9, 3, 1, 7, 5]), (2, 4, [4, 2]), (1, 13, [13])]:
+        x = torch.randn(batch, time_, 3)
+        lens = torch.tensor(lengths)
+        ref = model(x, lens).detach().numpy()
+        out = sess.run(None, {"x": x.numpy(), "lengths": lens.numpy()})
+        assert np.abs(out[0] - ref).max() < 1e-4
+        if task == "classification":
+            assert np.allclose(out[1], torch.softmax(torch.from_numpy(ref), 1).numpy(), atol=1e-5)
+
+
+def test_forecasting_predicts_the_next_values_after_each_series(tmp_path):
+    from cellsearch.search import tune
+
+    rows = []
+    for k, (scale, n) in enumerate([(10.0, 70), (1000.0, 60)]):
+        t = np.arange(n)
+        rows.append(pd.DataFrame({"shop": f"s{k}", "day": t, "sales": scale * (2 + np.sin(2 * np.pi * t / 7))}))
+    csv = tmp_path / "sales.csv"
+    pd.concat(rows).to_csv(csv, index=False)
+    space = tmp_path / "s.yaml"
+    space.write_text("layers: {depth: 1, cell: peephole, hidden: 8}\nlr: 0.01\nmax_epochs: 3\npatience: 3\n")
+    tune(csv, space=str(space), trials=1, window=14, horizon=3, run_dir=tmp_path / "runs", track=False,
+         progress=False)
+    out = export(out=tmp_path / "m", run_dir=tmp_path / "runs")
+    preds = cellsearch.load(out).predict(pd.read_csv(csv))
+    assert list(preds.columns) == ["shop", "step", "prediction"]
+    assert preds.shape[0] == 6 and preds.step.tolist() == [1, 2, 3, 1, 2, 3]
+    s1 = preds[preds.shop == "s1"].prediction
+    assert s1.between(0, 5000).all() and s1.mean() > 100  # back in the series' own units
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers(bundle, tiny_csv):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(bundle),
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        df = pd.read_csv(tiny_csv).drop(columns=["label"])
+        df = df[df.id.isin([0, 1, 2])]
+        body = json.dumps({"dataframe_split": df.to_dict(orient="split")}, default=float).encode()
+        deadline = time.time() + 120
+        while True:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    answer = json.loads(resp.read())
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(1)
+        preds = pd.DataFrame(answer["predictions"])
+        expected = cellsearch.load(bundle).predict(df)
+        assert preds["prediction"].tolist() == expected["prediction"].tolist()
+        assert np.allclose(preds["prob_c0"], expected["prob_c0"], atol=1e-6)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
