@@ -103,6 +103,7 @@ def tune(
     max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override the space's max epochs."),
     trial_timeout: float | None = typer.Option(None, "--trial-timeout", help="Seconds per trial at most."),
     no_prune: bool = typer.Option(False, "--no-prune", help="Never stop trials early."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     verbose: bool = typer.Option(False, "--verbose", help="Lightning's own progress and notices."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -115,7 +116,7 @@ def tune(
                       seed=seed, space=space, trials=trials, timeout=timeout, objective=objective, cost=cost,
                       pick=pick, study=study, run_dir=run_dir, storage=storage, tracking_uri=tracking_uri,
                       track=not no_track, max_epochs=max_epochs, trial_timeout=trial_timeout, prune=not no_prune,
-                      verbose=verbose, device=device)
+                      workers=workers, verbose=verbose, device=device)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:

@@ -188,6 +188,20 @@ def _cost_of(kind: str, macs: int, params: int, latency: float) -> float:
     return float({"macs": macs, "params": params, "latency": latency}[kind])
 
 
+class SurplusTrialError(RuntimeError):
+    """Another process took the study's last slot at the same moment; this trial does not run."""
+
+
+def _claims_slot(trial: Any, target_count: int) -> bool:
+    """True when fewer than ``target_count`` earlier trials are finished or running: trial numbers
+    are handed out atomically by the storage, so concurrent processes never overshoot the count."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+    return len(earlier) < target_count
+
+
 class Objective:
     """Define-by-run objective: reads the space, builds a model, trains it, records everything."""
 
@@ -208,6 +222,7 @@ class Objective:
         self.accelerator = accelerator
         self.prune_multi = prune_multi
         self.epochs_trained = 0
+        self.target_count: int | None = None
 
     def __call__(self, trial: Any) -> Any:
         import optuna
@@ -217,6 +232,9 @@ class Objective:
         from cellsearch.train import NonFiniteLossError, fit, metric_of
 
         ds = self.dataset
+        if self.target_count is not None and not _claims_slot(trial, self.target_count):
+            trial.set_user_attr("reason", "surplus: the study was already full")
+            raise SurplusTrialError("the study already holds the requested number of trials")
         metric, direction = metric_of(ds.task)
         cfg = self.space.suggest(trial)
         spec = ModelSpec(input_size=ds.n_features, layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]),
@@ -352,31 +370,29 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def tune(data: str | Path, *, target: str | None = None, layout: str | None = None, id_col: str | None = None,
-         time_col: str | None = None, task: str | None = None, window: int | None = None,
-         horizon: int | None = None, fill: str | None = None, space: str | Path = "default", trials: int = 20,
-         timeout: float | None = None, seed: int = 0, objective: str = "pareto", cost: str = "macs",
-         pick: str = "knee", study: str | None = None, run_dir: str | Path = "cellsearch-runs",
-         storage: str | None = None, tracking_uri: str | None = None, track: bool = True,
-         max_epochs: int | None = None, trial_timeout: float | None = None, prune: bool = True,
-         verbose: bool = False, progress: bool = True, device: str = "cpu") -> TuneResult:
-    """Search architectures for a sequence CSV; returns the study with its Pareto front and choice.
+@dataclass
+class _Context:
+    """Everything a search process needs, built the same way by ``tune`` and by its workers."""
 
-    ``trials`` is the number of finished (complete or pruned) trials the study should hold: running
-    ``tune`` again on the same study continues it up to that count.
+    dataset: Any
+    space: Any
+    study: Any
+    storage_url: str
+    sdir: Path
+    meta: dict[str, Any]
+    metric: str
+    direction: str
+    accelerator: str
 
-    Example:
-        >>> result = tune("examples/digits.csv", space="quick", trials=6)   # doctest: +SKIP
-        >>> result.chosen["arch"], result.chosen["test_score"]              # doctest: +SKIP
-        ('peephole48', 0.96)
-    """
+
+def _prepare(data: str | Path, opts: dict[str, Any], *, create: bool) -> _Context:
     import optuna
 
     from cellsearch.data import read_dataset
     from cellsearch.space import load_space
     from cellsearch.train import metric_of, quiet_lightning
 
-    t_start = time.time()
+    objective, cost, pick, trials = opts["objective"], opts["cost"], opts["pick"], opts["trials"]
     if objective not in OBJECTIVES:
         raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if cost not in COSTS:
@@ -385,91 +401,184 @@ def tune(data: str | Path, *, target: str | None = None, layout: str | None = No
         raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
     if trials < 1:
         raise UserError(f"--trials must be at least 1, got {trials}")
-    if device not in ("cpu", "cuda", "auto"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
-    spc = load_space(space)
-    dataset = read_dataset(data, layout=layout, target=target, id_col=id_col, time_col=time_col, task=task,
-                           window=window, horizon=horizon, fill=fill, seed=seed)
+    if opts["workers"] < 1:
+        raise UserError(f"--workers must be at least 1, got {opts['workers']}")
+    if opts["device"] not in ("cpu", "cuda", "auto"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {opts['device']!r}")
+    spc = load_space(opts["space"])
+    dataset = read_dataset(data, **{k: opts.get(k) for k in DATA_KEYS}, seed=opts["seed"])
     import torch
 
+    device = opts["device"]
     accelerator = "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     quiet_lightning()
-    optuna.logging.set_verbosity(optuna.logging.ERROR if not verbose else optuna.logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.ERROR if not opts["verbose"] else optuna.logging.INFO)
     metric, direction = metric_of(dataset.task)
-    run_dir = Path(run_dir)
+    run_dir = Path(opts["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    study_name = study or Path(data).stem
-    storage_obj = open_storage(storage or default_storage(run_dir))
+    study_name = opts["study"] or Path(data).stem
+    url = opts["storage"] or default_storage(run_dir)
+    storage_obj = open_storage(url)
     directions = [direction] if objective == "score" else [direction, "minimize"]
-    finished_before = 0
+    n_before = 0
     try:
         existing = optuna.load_study(study_name=study_name, storage=storage_obj)
-        finished_before = len(existing.trials)
-        if len(existing.directions) != len(directions) or [d.name.lower() for d in existing.directions] != directions:
+        n_before = len(existing.trials)
+        if [d.name.lower() for d in existing.directions] != directions:
             raise UserError(f"study {study_name!r} exists with other objectives; use another --study name")
     except KeyError:
         pass
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2) if objective == "score" and prune \
-        else optuna.pruners.NopPruner()
-    sampler = make_sampler(spc.sampler, seed + finished_before, objective == "pareto")
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
+              if objective == "score" and opts["prune"] else optuna.pruners.NopPruner())
+    # Seeded, and different for every process and resume, so workers never repeat each other.
+    sampler = make_sampler(spc.sampler, opts["seed"] + n_before + 7919 * opts.get("worker_index", 0),
+                           objective == "pareto")
     st = optuna.create_study(study_name=study_name, storage=storage_obj, directions=directions, sampler=sampler,
                              pruner=pruner, load_if_exists=True)
-    # Trials left running by a killed process end failed now (their heartbeat stopped).
-    optuna.storages.fail_stale_trials(st)
     meta = {"data": str(Path(data).resolve()), "task": dataset.task, "metric": metric, "direction": direction,
             "objective": objective, "cost": cost, "space": spc.name}
-    for k, v in meta.items():
-        st.set_user_attr(k, v)
     sdir = study_dir(run_dir, study_name)
-    _write_json(sdir / "preprocessing.json", dataset.preprocessing)
-    _write_json(sdir / "dataset.json", dataset.info)
+    if create:
+        # Trials left running by a killed process end failed now (their heartbeat stopped).
+        optuna.storages.fail_stale_trials(st)
+        for k, v in meta.items():
+            st.set_user_attr(k, v)
+        _write_json(sdir / "preprocessing.json", dataset.preprocessing)
+        _write_json(sdir / "dataset.json", dataset.info)
+    return _Context(dataset, spc, st, url, sdir, meta, metric, direction, accelerator)
+
+
+DATA_KEYS = ("layout", "target", "id_col", "time_col", "task", "window", "horizon", "fill")
+#: Storage errors a worker waits out (a database restarting, a dropped connection) before giving up.
+RETRY_S = 60.0
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    import optuna
+    import sqlalchemy.exc
+
+    return (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, optuna.exceptions.StorageInternalError)
+
+
+def run_trials(ctx: _Context, obj: Objective, target_count: int, deadline: float | None,
+               on_trial: Any = None) -> None:
+    """Run trials until the study holds ``target_count`` finished ones (or the deadline passes).
+
+    A lost database connection is retried with back-off for up to ``RETRY_S`` seconds rather than
+    ending the process; a trial cut off by it is failed later through its stale heartbeat.
+    """
+    import optuna
+
+    running_state = optuna.trial.TrialState.RUNNING
+    obj.target_count = target_count
+    st = ctx.study
+    fails_at_start = _counts(st).get("fail", 0)
+    outage_since: float | None = None
+    pause = 0.5
+
+    def after_trial(study_: Any, trial_: Any) -> None:
+        if on_trial is not None:
+            on_trial(study_)
+
+    while True:
+        try:
+            if _finished(st) >= target_count or (deadline is not None and time.time() >= deadline):
+                return
+            if _counts(st).get("fail", 0) - fails_at_start >= max(3, target_count):
+                return  # something is systematically wrong; do not loop forever
+            running = len(st.get_trials(deepcopy=False, states=(running_state,)))
+            if _finished(st) + running >= target_count:
+                # Other processes hold the remaining slots: wait for them, taking over a slot whose
+                # process died (its trial fails once its heartbeat is stale).
+                time.sleep(1.0)
+                optuna.storages.fail_stale_trials(st)
+                continue
+            outage_since, pause = None, 0.5
+            st.optimize(obj, n_trials=1, timeout=None if deadline is None else max(1.0, deadline - time.time()),
+                        callbacks=[after_trial], catch=(RuntimeError, ValueError, SurplusTrialError),
+                        gc_after_trial=False, show_progress_bar=False)
+        except _storage_errors() as exc:
+            outage_since = outage_since or time.time()
+            if time.time() - outage_since > RETRY_S:
+                raise UserError(f"lost the study storage for over {RETRY_S:.0f} s: "
+                                f"{str(exc).strip().splitlines()[0][:200]}") from None
+            print(f"cellsearch: storage unavailable ({type(exc).__name__}); retrying in {pause:.1f} s",
+                  file=sys.stderr, flush=True)
+            time.sleep(pause)
+            pause = min(pause * 2, 8.0)
+            try:
+                st = optuna.load_study(study_name=st.study_name, storage=open_storage(ctx.storage_url),
+                                       sampler=st.sampler, pruner=st.pruner)
+                ctx.study = st
+            except Exception:
+                pass
+
+
+def tune(data: str | Path, *, target: str | None = None, layout: str | None = None, id_col: str | None = None,
+         time_col: str | None = None, task: str | None = None, window: int | None = None,
+         horizon: int | None = None, fill: str | None = None, space: str | Path = "default", trials: int = 20,
+         timeout: float | None = None, seed: int = 0, objective: str = "pareto", cost: str = "macs",
+         pick: str = "knee", study: str | None = None, run_dir: str | Path = "cellsearch-runs",
+         storage: str | None = None, tracking_uri: str | None = None, track: bool = True,
+         max_epochs: int | None = None, trial_timeout: float | None = None, prune: bool = True,
+         workers: int = 1, verbose: bool = False, progress: bool = True, device: str = "cpu") -> TuneResult:
+    """Search architectures for a sequence CSV; returns the study with its Pareto front and choice.
+
+    ``trials`` is the number of finished (complete or pruned) trials the study should hold: running
+    ``tune`` again on the same study continues it up to that count. ``workers`` > 1 runs that many
+    worker processes on this machine over the same study, each with its share of the CPU threads.
+
+    Example:
+        >>> result = tune("examples/digits.csv", space="quick", trials=6)   # doctest: +SKIP
+        >>> result.chosen["arch"], result.chosen["test_score"]              # doctest: +SKIP
+        ('peephole48', 0.96)
+    """
+    t_start = time.time()
+    opts = {k: v for k, v in locals().items() if k not in ("data", "t_start")}
+    ctx = _prepare(data, opts, create=True)
+    st, dataset, direction = ctx.study, ctx.dataset, ctx.direction
+    run_dir = Path(run_dir)
 
     from cellsearch.tracking import make_tracker
 
-    tracker = make_tracker(track, tracking_uri=tracking_uri, run_dir=run_dir, study_name=study_name,
-                           data=str(data), meta=meta, argv=sys.argv)
+    tracker = make_tracker(track, tracking_uri=tracking_uri, run_dir=run_dir, study_name=st.study_name,
+                           data=str(data), meta=ctx.meta, argv=sys.argv)
     # Honour --timeout including the final steps: keep a reserve for test scoring and reporting.
     deadline = None if timeout is None else t_start + timeout - min(15.0, 0.1 * timeout)
-    obj = Objective(dataset=dataset, space=spc, objective=objective, cost=cost, seed=seed, sdir=sdir,
-                    max_epochs=max_epochs, trial_timeout=trial_timeout, deadline=deadline, tracker=tracker,
-                    verbose=verbose, accelerator=accelerator, prune_multi=prune)
     from cellsearch.progress import SearchProgress
 
     interrupted = False
-    target_count = trials
-    with SearchProgress(total=target_count, done=_finished(st), metric=metric, direction=direction,
+    with SearchProgress(total=trials, done=_finished(st), metric=ctx.metric, direction=direction,
                         enabled=progress and not verbose) as bar:
 
-        def after_trial(study_: Any, trial_: Any) -> None:
+        def on_trial(study_: Any) -> None:
             pts = _points(study_, cost)
             front = pareto_front(pts, direction)
             best = pick_trial(front, direction, "best")
             bar.update(_finished(study_), best["score"] if best else None, len(front))
             tracker.update_study(study_, pts, front, dataset)
-            if _finished(study_) >= target_count:
-                study_.stop()
 
         try:
-            while _finished(st) < target_count:
-                if deadline is not None and time.time() >= deadline:
-                    break
-                left = target_count - _finished(st)
-                st.optimize(obj, n_trials=left, timeout=None if deadline is None else max(1.0, deadline - time.time()),
-                            callbacks=[after_trial], catch=(RuntimeError, ValueError), gc_after_trial=False,
-                            show_progress_bar=False)
-                failures = _counts(st).get("fail", 0)
-                if failures >= max(3, target_count):
-                    break
+            if workers > 1:
+                from cellsearch.workers import run_workers
+
+                run_workers(data, opts, workers, deadline, getattr(tracker, "parent_id", None), on_trial, ctx)
+            else:
+                obj = Objective(dataset=dataset, space=ctx.space, objective=objective, cost=cost, seed=seed,
+                                sdir=ctx.sdir, max_epochs=max_epochs, trial_timeout=trial_timeout, deadline=deadline,
+                                tracker=tracker, verbose=verbose, accelerator=ctx.accelerator, prune_multi=prune)
+                run_trials(ctx, obj, trials, deadline, on_trial)
         except KeyboardInterrupt:
             interrupted = True
+    st = ctx.study
     pts = _points(st, cost)
     front = pareto_front(pts, direction)
     chosen = pick_trial(front, direction, pick)
     _score_test(dataset, front)
-    result = TuneResult(study=st, metric=metric, direction=direction, cost=cost, front=front,
+    result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,
                         chosen=chosen, run_dir=run_dir, counts=_counts(st), interrupted=interrupted)
-    _write_json(sdir / "result.json", result.to_dict())
+    _write_json(ctx.sdir / "result.json", result.to_dict())
     tracker.finish(st, result, dataset)
     return result

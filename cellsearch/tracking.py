@@ -93,7 +93,7 @@ class MLflowTracker:
     """Writes the search into MLflow as it goes (see the module doc)."""
 
     def __init__(self, *, tracking_uri: str, run_dir: Path, study_name: str, data: str, meta: dict[str, Any],
-                 argv: list[str]) -> None:
+                 argv: list[str], parent_id: str | None = None) -> None:
         import logging
 
         import mlflow
@@ -124,8 +124,10 @@ class MLflowTracker:
         tags = {"data": data, "study": study_name, "command": " ".join(argv)[:4000],
                 "cellsearch_version": cellsearch.__version__, "role": "search",
                 **{f"search.{k}": str(v) for k, v in meta.items()}}
-        self.parent = self.client.create_run(exp_id, tags=tags, run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}")
-        self.parent_id = self.parent.info.run_id
+        if parent_id is None:  # a worker attaches its trials to its tune process's parent run
+            parent = self.client.create_run(exp_id, tags=tags, run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}")
+            parent_id = parent.info.run_id
+        self.parent_id = parent_id
         self._last_plot = 0.0
 
     def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> _TrialRun:

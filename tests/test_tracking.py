@@ -25,7 +25,7 @@ def test_experiment_parent_and_child_runs(tuned):
     exp = client.get_experiment_by_name(tuned.study.study_name)
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get("role") == "search"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1
     p = parents[0]
@@ -72,7 +72,7 @@ def test_study_rebuilt_from_mlflow_alone(tuned):
 def test_plots_are_valid_images(tuned, tmp_path):
     client = _client(tuned)
     exp = client.get_experiment_by_name(tuned.study.study_name)
-    parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("role") == "search"][0]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     for png in ("plots/pareto_front.png", "plots/cell_by_slot.png", "plots/gates_chosen.png"):
         assert png in names, names
@@ -112,7 +112,11 @@ def test_real_mlflow_server_lists_the_runs(tuned):
         req = urllib.request.Request(f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             runs = json.loads(resp.read())["runs"]
-        assert len(runs) == len(tuned.study.trials) + 1
+        searches = [r for r in runs if any(t["key"] == "role" and t["value"] == "search"
+                                           for t in r["data"].get("tags", []))]
+        assert len(searches) == 1
+        trial_runs = [r for r in runs if any(t["key"] == "trial_number" for t in r["data"].get("tags", []))]
+        assert len(trial_runs) == len(tuned.study.trials)
     finally:
         proc.terminate()
         try:

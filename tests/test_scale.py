@@ -1,0 +1,160 @@
+"""Scale out: workers sharing a study, a real PostgreSQL server, and surviving faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cellsearch.search import tune
+
+PG = os.environ.get("CELLSEARCH_TEST_PG")
+PG_CTL = os.environ.get("CELLSEARCH_TEST_PG_CTL")
+needs_pg = pytest.mark.skipif(not PG and not os.environ.get("CI"), reason="no PostgreSQL (CI starts one)")
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cellsearch.cli", "tune", *args]
+
+
+def _slow_space(tmp: Path, tiny_space: Path, patience: int = 1000) -> Path:
+    p = tmp / "slow.yaml"
+    p.write_text(tiny_space.read_text().replace("patience: 2", f"patience: {patience}")
+                 .replace("max_epochs: 4", "max_epochs: 60"))
+    return p
+
+
+@needs_pg
+def test_three_workers_on_postgres_give_exactly_12_trials(tiny_csv, tiny_space, tmp_path):
+    """Three `tune` processes (as on three machines) join one PostgreSQL study: 12 trials exactly."""
+    assert PG, "CI must provide CELLSEARCH_TEST_PG"
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    procs = [subprocess.Popen(_cli(str(tiny_csv), "--space", str(tiny_space), "--trials", "12", "--storage", PG,
+                                   "--study", study, "--run-dir", str(tmp_path / f"m{k}"), "--seed", str(k),
+                                   "--max-epochs", "2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    st = optuna.load_study(study_name=study, storage=PG)
+    finished = [t for t in st.trials if t.state in FINISHED]
+    assert len(finished) == 12
+    assert len({t.number for t in st.trials}) == len(st.trials)
+    # Each finished trial has its MLflow child run, in the store of the process that ran it.
+    from mlflow import MlflowClient
+
+    from cellsearch.tracking import default_tracking_uri
+
+    seen = set()
+    for k in range(3):
+        client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path / f"m{k}"))
+        exp = client.get_experiment_by_name(study)
+        for r in client.search_runs([exp.experiment_id], "tags.state != 'RUNNING'", max_results=200):
+            if "trial_number" in r.data.tags:
+                seen.add(int(r.data.tags["trial_number"]))
+    assert {t.number for t in finished} <= seen
+
+
+def test_workers_share_one_study_with_one_parent_run(tiny_csv, tiny_space, tmp_path):
+    r = tune(tiny_csv, space=str(tiny_space), trials=5, workers=2, run_dir=tmp_path, progress=False, max_epochs=2)
+    finished = [t for t in r.study.trials if t.state in FINISHED]
+    assert len(finished) == 5
+    from mlflow import MlflowClient
+
+    from cellsearch.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path))
+    exp = client.get_experiment_by_name(r.study.study_name)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
+    children = [x for x in runs if "mlflow.parentRunId" in x.data.tags]
+    assert len(parents) == 1
+    assert {x.data.tags["mlflow.parentRunId"] for x in children} == {parents[0].info.run_id}
+    assert {int(x.data.tags["trial_number"]) for x in children if x.data.tags["state"] != "FAILED"} >= \
+        {t.number for t in finished}
+
+
+def _worker_pids(run_dir: Path) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "cellsearch.workers" in cmd and str(run_dir) in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+def _wait(cond, timeout: float = 120, what: str = "condition") -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running(storage: str, study: str) -> list[int]:
+    try:
+        st = optuna.load_study(study_name=study, storage=storage)
+    except Exception:
+        return []
+    return [t.number for t in st.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_kill_9_one_worker_and_the_others_finish(tiny_csv, tiny_space, tmp_path):
+    space = _slow_space(tmp_path, tiny_space, patience=3)
+    proc = subprocess.Popen(_cli(str(tiny_csv), "--space", str(space), "--trials", "4", "--workers", "2",
+                                 "--run-dir", str(tmp_path), "--no-track", "--study", "kill"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    _wait(lambda: len(_running(storage, "kill")) == 2 and len(_worker_pids(tmp_path)) == 2, what="two trials")
+    os.kill(_worker_pids(tmp_path)[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    st = optuna.load_study(study_name="kill", storage=storage)
+    states = [t.state for t in st.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) >= 1  # the killed trial, via its heartbeat
+    assert sum(s in FINISHED for s in states) == 4
+
+
+def test_nan_loss_ends_the_trial_with_a_reason_and_the_search_goes_on(tiny_csv, tmp_path):
+    space = tmp_path / "explode.yaml"
+    space.write_text("layers: {depth: 1, cell: lstm, hidden: 8}\nlr: 1.0e+12\nmax_epochs: 6\npatience: 6\n")
+    r = tune(tiny_csv, space=str(space), trials=2, run_dir=tmp_path, progress=False, track=False)
+    assert len(r.study.trials) == 2
+    for t in r.study.trials:
+        assert t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE)
+    bad = [t for t in r.study.trials if t.state != optuna.trial.TrialState.COMPLETE]
+    assert bad and all("loss became" in t.user_attrs.get("reason", "") or "finite" in t.user_attrs.get("reason", "")
+                       for t in bad)
+
+
+@needs_pg
+@pytest.mark.skipif(not PG_CTL, reason="needs CELLSEARCH_TEST_PG_CTL to restart the server")
+def test_worker_survives_a_database_outage(tiny_csv, tiny_space, tmp_path):
+    study = f"outage-{uuid.uuid4().hex[:8]}"
+    space = _slow_space(tmp_path, tiny_space, patience=3)
+    proc = subprocess.Popen(_cli(str(tiny_csv), "--space", str(space), "--trials", "3", "--storage", PG,
+                                 "--study", study, "--run-dir", str(tmp_path), "--no-track"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait(lambda: bool(_running(PG, study)), what="a running trial")
+    subprocess.run(f"{PG_CTL} stop -m fast", shell=True, check=True)
+    time.sleep(4)
+    subprocess.run(f"{PG_CTL} start", shell=True, check=True)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "retrying" in err
+    st = optuna.load_study(study_name=study, storage=PG)
+    assert sum(t.state in FINISHED for t in st.trials) == 3
