@@ -131,7 +131,12 @@ def build_onnx(model: Any) -> Any:
 
 def export_onnx(model: Any, path: str | Path) -> Path:
     """Write ``model.onnx``; returns its path."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        from cellsearch.errors import UserError
+
+        raise UserError("--onnx needs the onnx package: pip install 'cellsearch[onnx]'") from None
 
     path = Path(path)
     onnx.save(build_onnx(model), str(path))

@@ -65,21 +65,40 @@ def default_storage(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
 
 
+def _pg_driver(url: str) -> str:
+    """``postgresql://`` with whichever driver is installed (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def open_storage(url: str) -> Any:
     """Optuna's RDB storage with heartbeats, so a trial of a killed process ends failed."""
     import optuna
 
+    url = _pg_driver(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          failed_trial_callback=None, **kwargs)
-    except Exception as exc:  # unreachable server, bad URL, missing driver
-        raise UserError(f"cannot open the study storage {url.split('@')[-1]}: "
-                        f"{str(exc).strip().splitlines()[0]}") from None
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                              failed_trial_callback=None, **kwargs)
+        except Exception as exc:  # unreachable server, bad URL, missing driver
+            text = str(exc)
+            # Several processes creating the schema of a fresh database at once: the losers retry.
+            if attempt < 5 and ("already exists" in text or "duplicate key" in text or "UniqueViolation" in text):
+                time.sleep(0.5 + attempt)
+                continue
+            raise UserError(f"cannot open the study storage {url.split('@')[-1]}: "
+                            f"{text.strip().splitlines()[0]}") from None
+    raise AssertionError("unreachable")
 
 
 def make_sampler(kind: str, seed: int, multi: bool) -> Any:
@@ -462,6 +481,14 @@ def _storage_errors() -> tuple[type[BaseException], ...]:
     return (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, optuna.exceptions.StorageInternalError)
 
 
+def _storage_ok(st: Any) -> bool:
+    try:
+        _finished(st)
+        return True
+    except Exception:
+        return False
+
+
 def run_trials(ctx: _Context, obj: Objective, target_count: int, deadline: float | None,
                on_trial: Any = None) -> None:
     """Run trials until the study holds ``target_count`` finished ones (or the deadline passes).
@@ -499,7 +526,13 @@ def run_trials(ctx: _Context, obj: Objective, target_count: int, deadline: float
             st.optimize(obj, n_trials=1, timeout=None if deadline is None else max(1.0, deadline - time.time()),
                         callbacks=[after_trial], catch=(RuntimeError, ValueError, SurplusTrialError),
                         gc_after_trial=False, show_progress_bar=False)
-        except _storage_errors() as exc:
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            # Storage errors surface as themselves or, from inside Optuna's bookkeeping, as other
+            # errors: whatever the type, an unreachable storage means an outage to wait out.
+            if not isinstance(exc, _storage_errors()) and _storage_ok(st):
+                raise
             outage_since = outage_since or time.time()
             if time.time() - outage_since > RETRY_S:
                 raise UserError(f"lost the study storage for over {RETRY_S:.0f} s: "
