@@ -19,11 +19,11 @@ def _epochs(study) -> int:
     return sum(len(t.user_attrs.get("curve", [])) for t in study.trials)
 
 
-def run(data: str, space: str, trials: int, seed: int) -> list[dict]:
+def run(data: str, space: str, trials: int, seed: int, objectives: tuple[str, ...] = ("score", "pareto")) -> list[dict]:
     from cellsearch.search import tune
 
     rows = []
-    for objective in ("score", "pareto"):
+    for objective in objectives:
         for prune in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
@@ -43,10 +43,12 @@ def main() -> None:
     ap.add_argument("--space", default="quick")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--objective", choices=["score", "pareto", "both"], default="both")
     args = ap.parse_args()
-    rows = run(args.data, args.space, args.trials, args.seed)
+    objectives = ("score", "pareto") if args.objective == "both" else (args.objective,)
+    rows = run(args.data, args.space, args.trials, args.seed, objectives)
     print(json.dumps(rows, indent=2))
-    for objective in ("score", "pareto"):
+    for objective in objectives:
         off, on = (r for r in rows if r["objective"] == objective)
         cut = 1 - on["epochs"] / max(off["epochs"], 1)
         print(f"{objective}: epochs {off['epochs']} -> {on['epochs']} ({cut:.0%} fewer), best {on['metric']} "

@@ -175,10 +175,15 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     st = optuna.load_study(study_name=study, storage=st_obj)
     attrs = st.user_attrs
     t = _select_trial(st, attrs.get("cost", "macs"), attrs.get("direction", "maximize"), trial, pick)
-    model, _ = load_checkpoint(t.user_attrs["checkpoint"])
+    model, _ = load_checkpoint(_local_checkpoint(t, tracking_uri or _default_tracking(run_dir)))
     sdir = study_dir(run_dir, study)
-    prep = json.loads((sdir / "preprocessing.json").read_text())
-    info = json.loads((sdir / "dataset.json").read_text()) if (sdir / "dataset.json").exists() else {}
+    if (sdir / "preprocessing.json").exists():
+        prep = json.loads((sdir / "preprocessing.json").read_text())
+        info = json.loads((sdir / "dataset.json").read_text()) if (sdir / "dataset.json").exists() else {}
+    elif "preprocessing" in attrs:  # exported on another machine than the one that started the study
+        prep, info = attrs["preprocessing"], attrs.get("dataset_info", {})
+    else:
+        raise UserError(f"{sdir}: the study's preprocessing is missing")
     test_score = None
     data = attrs.get("data", "")
     if data and Path(data).exists():
@@ -213,6 +218,24 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     if register:
         _register(out, register, tracking_uri or _default_tracking(run_dir), study)
     return out
+
+
+def _local_checkpoint(trial: Any, tracking_uri: str) -> str:
+    """The trial's checkpoint file: local where it was trained, else fetched from its MLflow run."""
+    path = trial.user_attrs.get("checkpoint")
+    if path and Path(path).exists():
+        return path
+    uri = trial.user_attrs.get("checkpoint_uri")
+    if not uri:
+        raise UserError(f"trial {trial.number}: checkpoint {path} is not on this machine and was not tracked; "
+                        "export on the machine that ran it")
+    import mlflow.artifacts
+
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
+    except Exception as exc:
+        raise UserError(f"trial {trial.number}: cannot fetch its checkpoint from MLflow ({uri}) at {tracking_uri}: "
+                        f"{str(exc).strip().splitlines()[0][:200]}") from None
 
 
 def _default_tracking(run_dir: Path) -> str:

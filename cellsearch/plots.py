@@ -50,6 +50,54 @@ def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
     return path
 
 
+def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, Any]],
+                chosen: dict[str, Any] | None, metric: str, cost: str) -> Path:
+    """The Pareto plot as one self-contained HTML page (inline SVG): hover a point for its trial,
+    architecture, score and cost. No JavaScript library, opens anywhere (MLflow shows it inline)."""
+    import html
+
+    w, h, m = 820, 520, 60
+    costs = [max(p["cost"], 1e-12) for p in points] or [1.0]
+    scores = [p["score"] for p in points] or [0.0]
+    lx = math.log10
+    c_lo, c_hi = lx(min(costs)), lx(max(costs))
+    s_lo, s_hi = min(scores), max(scores)
+    c_hi, s_hi = (c_hi + 1e-9 if c_hi == c_lo else c_hi), (s_hi + 1e-9 if s_hi == s_lo else s_hi)
+
+    def xy(p: dict[str, Any]) -> tuple[float, float]:
+        x = m + (lx(max(p["cost"], 1e-12)) - c_lo) / (c_hi - c_lo) * (w - 2 * m)
+        y = h - m - (p["score"] - s_lo) / (s_hi - s_lo) * (h - 2 * m)
+        return x, y
+
+    on_front = {p["trial"] for p in front}
+    items = []
+    fr = sorted(front, key=lambda p: p["cost"])
+    if fr:
+        items.append('<polyline fill="none" stroke="#d1495b" stroke-width="2" points="'
+                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in map(xy, fr)) + '"/>')
+    for p in points:
+        x, y = xy(p)
+        tip = html.escape(f"trial {p['trial']}: {p['arch']}\n{metric} {p['score']:.4g}\n{cost} {p['cost']:.4g}")
+        color = "#d1495b" if p["trial"] in on_front else "#9aa5b1"
+        ring = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="11" fill="none" stroke="#2e86ab" stroke-width="2"/>'
+                if chosen and p["trial"] == chosen["trial"] else "")
+        label = (f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" font-size="11">{html.escape(p["arch"])}</text>'
+                 if p["trial"] in on_front else "")
+        items.append(f'<g><title>{tip}</title>{ring}<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"/>'
+                     f"{label}</g>")
+    axes = (f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="#333"/>'
+            f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="#333"/>'
+            f'<text x="{w / 2}" y="{h - 15}" text-anchor="middle">{html.escape(cost)} (log scale, '
+            f"{10 ** c_lo:.3g} to {10 ** c_hi:.3g})</text>"
+            f'<text x="15" y="{h / 2}" transform="rotate(-90 15 {h / 2})" text-anchor="middle">validation '
+            f"{html.escape(metric)} ({s_lo:.4g} to {s_hi:.4g})</text>")
+    page = (f"<!doctype html><meta charset='utf-8'><title>Pareto front</title><h3 style='font-family:sans-serif'>"
+            f"Accuracy against compute — hover a point</h3><svg xmlns='http://www.w3.org/2000/svg' width='{w}' "
+            f"height='{h}' font-family='sans-serif'>{axes}{''.join(items)}</svg>")
+    path.write_text(page)
+    return path
+
+
 def cell_by_slot(points: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean validation score (and count) per cell variant for each layer slot."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -168,6 +216,7 @@ def study_plots(out: Path, study: Any, points: list[dict[str, Any]], front: list
     files = []
     if points:
         files.append(pareto_plot(out / "pareto_front.png", points, front, chosen, metric, cost))
+        files.append(pareto_html(out / "pareto_front.html", points, front, chosen, metric, cost))
         table = cell_by_slot(points)
         (out / "cell_by_slot.json").write_text(json.dumps(table, indent=2))
         files += [cell_plot(out / "cell_by_slot.png", table, metric), out / "cell_by_slot.json"]

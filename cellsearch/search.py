@@ -321,7 +321,9 @@ class Objective:
             latency = measure_latency(res.model, spec.input_size, median_len)
         ckpt = self.sdir / "trials" / f"{trial.number}.pt"
         save_checkpoint(ckpt, res.model, trial=trial.number, val_score=res.best_score, epoch=res.best_epoch)
-        attrs = {"curve": curve, "val_score": res.best_score, "best_epoch": res.best_epoch, "epochs": res.epochs,
+        ckpt_uri = run.log_file(ckpt, "checkpoint")
+        attrs = {"curve": curve, "val_score": res.best_score, "checkpoint_uri": ckpt_uri,
+                 "best_epoch": res.best_epoch, "epochs": res.epochs,
                  "train_seconds": res.train_seconds, "stopped_by": res.stopped_by, "latency_ms": latency,
                  "checkpoint": str(ckpt)}
         for k, v in attrs.items():
@@ -449,7 +451,7 @@ def _prepare(data: str | Path, opts: dict[str, Any], *, create: bool) -> _Contex
             raise UserError(f"study {study_name!r} exists with other objectives; use another --study name")
     except KeyError:
         pass
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
               if objective == "score" and opts["prune"] else optuna.pruners.NopPruner())
     # Seeded, and different for every process and resume, so workers never repeat each other.
     sampler = make_sampler(spc.sampler, opts["seed"] + n_before + 7919 * opts.get("worker_index", 0),
@@ -464,6 +466,9 @@ def _prepare(data: str | Path, opts: dict[str, Any], *, create: bool) -> _Contex
         optuna.storages.fail_stale_trials(st)
         for k, v in meta.items():
             st.set_user_attr(k, v)
+        # The preprocessing travels with the study, so a machine other than this one can export.
+        st.set_user_attr("preprocessing", dataset.preprocessing)
+        st.set_user_attr("dataset_info", {k: v for k, v in dataset.info.items() if k != "warnings"})
         _write_json(sdir / "preprocessing.json", dataset.preprocessing)
         _write_json(sdir / "dataset.json", dataset.info)
     return _Context(dataset, spc, st, url, sdir, meta, metric, direction, accelerator)

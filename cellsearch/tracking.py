@@ -29,6 +29,9 @@ class _NullRun:
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
+    def log_file(self, path: Path, artifact_path: str) -> str | None:
+        return None
+
     def finish(self, state: str, **kw: Any) -> None:
         pass
 
@@ -66,6 +69,11 @@ class _TrialRun:
         self._pending += [Metric(k, float(v), ts, epoch) for k, v in metrics.items() if _finite(v)]
         if time.time() - self._last_flush >= self.FLUSH_S:
             self._flush()
+
+    def log_file(self, path: Path, artifact_path: str) -> str | None:
+        """Store a file with the run (e.g. the checkpoint, so any machine can export the trial)."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+        return f"runs:/{self.run_id}/{artifact_path}/{Path(path).name}"
 
     def _flush(self, extra: list[Any] = (), tags: list[Any] = ()) -> None:
         metrics, self._pending = [*self._pending, *extra], []

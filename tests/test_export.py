@@ -207,3 +207,18 @@ def test_mlflow_models_serve_answers(bundle, tiny_csv):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_export_from_another_machine_uses_mlflow_and_the_study(tiny_csv, tiny_space, tmp_path):
+    """With the local checkpoints and preprocessing gone (another machine), export fetches the
+    checkpoint from the trial's MLflow run and the preprocessing from the study."""
+    import shutil
+
+    from cellsearch.search import tune
+
+    r = tune(tiny_csv, space=str(tiny_space), trials=2, run_dir=tmp_path, progress=False, max_epochs=2)
+    shutil.rmtree(tmp_path / "studies")
+    out = export(out=tmp_path / "m", run_dir=tmp_path)
+    assert json.loads((out / "metrics.json").read_text())["trial"] == r.chosen["trial"]
+    preds = cellsearch.load(out).predict(pd.read_csv(tiny_csv))
+    assert len(preds) == pd.read_csv(tiny_csv).id.nunique()

@@ -80,6 +80,8 @@ def test_plots_are_valid_images(tuned, tmp_path):
         with Image.open(local) as im:
             im.verify()
             assert im.size[0] > 200 and im.size[1] > 100
+    page = open(client.download_artifacts(parent.info.run_id, "plots/pareto_front.html", str(tmp_path))).read()
+    assert "<svg" in page and page.count("<circle") >= len(tuned.front)
     table = json.loads(open(client.download_artifacts(parent.info.run_id, "plots/cell_by_slot.json",
                                                       str(tmp_path))).read())
     assert "layer 0" in table
