@@ -657,32 +657,40 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     return splits, prep
 
 
-def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
-                ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
-    steps = schema.wide_steps or []
+def wide_steps(df: pd.DataFrame, steps: list[list[str]], features: list[str], fill: str | None, path: Path
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The step columns of a wide frame as (N, T, F) float32, each row's length and its mask.
+
+    Trailing missing steps shorten a sequence; missing values before its last step are gaps, refused
+    without ``fill``. Used for training and for prediction alike.
+    """
     n, T, F = len(df), len(steps), len(steps[0])  # noqa: N806
     flat = [c for row in steps for c in row]
     for c in flat:
         if not _is_numeric(df[c]):
             raise UserError(f"{path}: step column {c!r} is not numeric")
     raw = df[flat].to_numpy(dtype=np.float32, na_value=np.nan).reshape(n, T, F)
-    if np.isinf(raw).any() and opts.fill is None:
+    if np.isinf(raw).any() and fill is None:
         raise UserError(f"{path}: infinite values in step columns ({int(np.isinf(raw).sum())}); pass --fill")
-    # Trailing missing steps shorten a sequence; missing values before its last step are gaps.
     present = np.isfinite(raw).any(axis=2)
     lengths = np.where(present.any(axis=1), T - np.argmax(present[:, ::-1], axis=1), 0)
     if (lengths == 0).any():
-        raise UserError(f"{path}: line {int(np.argmax(lengths == 0)) + 2} has no step values")
+        raise UserError(f"{path}: data row {int(np.argmax(lengths == 0)) + 1} has no step values")
     inside = np.arange(T)[None, :] < lengths[:, None]
     gaps = ~np.isfinite(raw) & inside[:, :, None]
     if gaps.any():
-        if opts.fill is None:
+        if fill is None:
             raise UserError(f"{path}: {int(gaps.sum())} missing or infinite step values inside sequences; "
                             "pass --fill ffill or --fill zero")
-        codes = np.repeat(np.arange(n), T)
-        starts = np.arange(n) * T
-        raw = _handle_missing(raw.reshape(n * T, F), schema.features, codes, starts, opts.fill,
-                              path).reshape(n, T, F)
+        raw = _handle_missing(raw.reshape(n * T, F), features, np.repeat(np.arange(n), T), np.arange(n) * T,
+                              fill, path).reshape(n, T, F)
+    return raw, lengths.astype(np.int64), inside
+
+
+def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
+                ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
+    raw, lengths, inside = wide_steps(df, schema.wide_steps or [], schema.features, opts.fill, path)
+    n = len(df)
     keys = df[schema.id_col].to_numpy() if schema.id_col else np.arange(n)
     first = df[schema.target]
     if first.isna().any():
@@ -702,7 +710,7 @@ def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     x = np.where(inside[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
     splits = {s: SplitTensors(x[assign == s], lengths[assign == s], y[assign == s], keys[assign == s])
               for s in SPLITS}
-    prep = {"inputs": schema.features, "categories": {}, "step_columns": steps,
+    prep = {"inputs": schema.features, "categories": {}, "step_columns": schema.wide_steps,
             "scaler": {"mean": mean.tolist(), "std": std.tolist()}, **target_info}
     return splits, prep
 

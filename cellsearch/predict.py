@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellsearch.data import _encode_features, _group_order, _handle_missing, _is_numeric, _py, _standardise
+from cellsearch.data import (
+    _encode_features,
+    _group_order,
+    _handle_missing,
+    _is_numeric,
+    _py,
+    _standardise,
+    wide_steps,
+)
 from cellsearch.errors import UserError
 
 
@@ -73,23 +81,11 @@ def transform(df: pd.DataFrame, prep: dict[str, Any], where: str = "input"
     mean = np.asarray(prep["scaler"]["mean"])
     std = np.asarray(prep["scaler"]["std"])
     if prep["layout"] == "wide":
-        steps = prep["step_columns"]
-        n, T, F = len(df), len(steps), len(steps[0])  # noqa: N806
-        raw = df[[c for row in steps for c in row]].to_numpy(dtype=np.float32, na_value=np.nan).reshape(n, T, F)
-        present = np.isfinite(raw).any(axis=2)
-        lengths = np.where(present.any(axis=1), T - np.argmax(present[:, ::-1], axis=1), 0)
-        if (lengths == 0).any():
-            raise UserError(f"{where}: row {int(np.argmax(lengths == 0)) + 1} has no step values")
-        inside = np.arange(T)[None, :] < lengths[:, None]
-        gaps = ~np.isfinite(raw) & inside[:, :, None]
-        if gaps.any():
-            if fill is None:
-                raise UserError(f"{where}: {int(gaps.sum())} missing step values inside sequences")
-            raw = _handle_missing(raw.reshape(n * T, F), prep["features"], np.repeat(np.arange(n), T),
-                                  np.arange(n) * T, fill, path).reshape(n, T, F)
+        raw, lengths, inside = wide_steps(df, prep["step_columns"], prep["features"], fill, path)
+        n = len(df)
         x = np.where(inside[:, :, None], (np.nan_to_num(raw) - mean) / std, 0.0).astype(np.float32)
         keys = df[prep["id_col"]].to_numpy() if prep.get("id_col") else np.arange(n)
-        return x, lengths.astype(np.int64), keys, {}
+        return x, lengths, keys, {}
     order, codes, starts, keys = _group_order(df, prep.get("id_col"), prep.get("time_col"), path)
     values, _, _ = _encode_features(df, prep["features"], np.ones(len(df), dtype=bool), path,
                                     categories=prep.get("categories", {}))

@@ -102,6 +102,12 @@ def test_regression_and_wide_layout(tmp_path):
     assert ds.n_features == 1
     tr = ds.splits["train"]
     assert tr.x.shape[1:] == (12, 1) and tr.y.dtype == np.float32
+    # Prediction-time preprocessing of the same rows gives the training tensors exactly.
+    from cellsearch.predict import transform
+
+    x, lengths, keys, _ = transform(df.drop(columns=["y"]), ds.preprocessing)
+    rows = tr.keys.astype(int)
+    assert np.array_equal(lengths[rows], tr.lengths) and np.allclose(x[rows], tr.x, atol=1e-6)
 
 
 def test_series_layout_splits_by_time(tmp_path):
