@@ -9,6 +9,15 @@ import pandas as pd
 import pytest
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for servers started by tests."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def make_classification_csv(path: Path, n_seq: int = 90, seed: int = 0) -> Path:
     """Sequences whose class is the sign pattern of a drifting signal: learnable in a few epochs."""
     rng = np.random.default_rng(seed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import cellsearch
 from cellsearch.export import export
 from cellsearch.model import ModelSpec, build
 from cellsearch.stack import LayerSpec
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
@@ -170,14 +170,8 @@ def test_forecasting_predicts_the_next_values_after_each_series(tmp_path):
     assert s1.between(0, 5000).all() and s1.mean() > 100  # back in the series' own units
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers(bundle, tiny_csv):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(bundle),
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from cellsearch.tracking import default_tracking_uri
+from tests.conftest import free_port
 
 
 def _client(tuned) -> MlflowClient:
@@ -87,14 +87,8 @@ def test_plots_are_valid_images(tuned, tmp_path):
     assert "layer 0" in table
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_mlflow_server_lists_the_runs(tuned):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "ui", "--run-dir", str(tuned.run_dir),
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
