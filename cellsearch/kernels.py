@@ -94,6 +94,30 @@ class LSTMFamilyFunction(torch.autograd.Function):
         return dxp, dR, dpeep, None, None
 
 
+class GRUFunction(torch.autograd.Function):
+    """torch's GRU recurrence over precomputed input projections, with a hand-written backward.
+
+    Inputs: ``xp`` (T, B, 3H) = x W_ih^T + b_ih (blocks r, z, n), ``R`` = W_hh (3H, H), ``bh`` = b_hh.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xp: torch.Tensor, R: torch.Tensor, bh: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        y, gates, hn = torch.ops.cellsearch_kernels.gru_forward(xp.contiguous(), R.contiguous(), bh.contiguous())
+        ctx.save_for_backward(y, gates, hn, R)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y, gates, hn, R = ctx.saved_tensors  # noqa: N806
+        return tuple(torch.ops.cellsearch_kernels.gru_backward(dy.contiguous(), y, gates, hn, R.contiguous()))
+
+
+def fused_cpu_ok(x: torch.Tensor) -> bool:
+    """Whether the compiled CPU loop applies to this tensor (else torch's own path is used)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export() and available())
+
+
 def lstm_family_steps(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
                       use_peep: bool, coupled: bool,
                       record: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -133,7 +157,6 @@ def lstm_family_steps(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # 
 def lstm_family(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
                 use_peep: bool, coupled: bool) -> torch.Tensor:
     """Run the recurrence with the fastest path this tensor's device and dtype allow."""
-    if (xp.device.type == "cpu" and xp.dtype == torch.float32 and not torch.jit.is_scripting()
-            and not torch.onnx.is_in_onnx_export() and available()):
+    if fused_cpu_ok(xp):
         return LSTMFamilyFunction.apply(xp, R, peep, use_peep, coupled)
     return lstm_family_steps(xp, R, peep, use_peep, coupled)[0]

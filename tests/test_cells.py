@@ -220,3 +220,16 @@ def test_param_counts(name):
     expected = blocks * 6 * (3 + 6) + blocks * 6 * (2 if name in ("lstm", "gru") else 1)
     expected += 3 * 6 if name == "peephole" else 0
     assert cls.n_params(3, 6) == expected
+
+
+@pytest.mark.parametrize("hidden", [7, 33])
+def test_gru_loop_matches_torch_gru_outputs_and_gradients(hidden, kernel_path):
+    """The compiled GRU loop (CPU) against torch's own nn.GRU holding the same parameters."""
+    torch.manual_seed(9)
+    cell = CELLS["gru"](5, hidden)
+    x = torch.randn(9, 4, 5)
+    y, grads = _grads(cell, x, cell)
+    y_ref, grads_ref = _grads(cell, x, lambda xx: cell.rnn(xx)[0])
+    assert torch.allclose(y, y_ref, atol=TOL)
+    for g, g_ref in zip(grads, grads_ref):
+        assert torch.allclose(g, g_ref, atol=TOL), (g - g_ref).abs().max()

@@ -314,9 +314,131 @@ std::string info() {
   return std::string(mkl ? "mkl-packed-gemm" : "aten-gemm") + "," + std::to_string(kW * 32) + "-bit";
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// GRU (torch's nn.GRU semantics: the reset gate multiplies the recurrent product incl. its bias).
+// xp (T, B, 3H) = x W_ih^T + b_ih, blocks [r, z, n]; R = W_hh (3H, H); bh = b_hh (3H).
+// ---------------------------------------------------------------------------------------------------
+
+void gru_forward_rows(int64_t b0, int64_t b1, int64_t H, const float* xp, const float* hp, const float* bh,
+                      const float* h_prev, float* gates, float* hn_out, float* h_out) {
+  const Vec one(1.f);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* xr = xp + b * 3 * H;
+    const float* hr = hp + b * 3 * H;
+    float* g = gates + b * 3 * H;
+    for (int64_t j = 0; j < H; j += kW) {
+      const int64_t n = std::min<int64_t>(kW, H - j);
+      const Vec r = vsigmoid(Vec::loadu(xr + j, n) + Vec::loadu(hr + j, n) + Vec::loadu(bh + j, n));
+      const Vec z = vsigmoid(Vec::loadu(xr + H + j, n) + Vec::loadu(hr + H + j, n) + Vec::loadu(bh + H + j, n));
+      const Vec hn = Vec::loadu(hr + 2 * H + j, n) + Vec::loadu(bh + 2 * H + j, n);
+      const Vec nn = vtanh(at::vec::fmadd(r, hn, Vec::loadu(xr + 2 * H + j, n)));
+      const Vec hp_ = Vec::loadu(h_prev + b * H + j, n);
+      const Vec h = at::vec::fmadd(z, hp_ - nn, nn);  // (1 - z) n + z h
+      r.store(g + j, n);
+      z.store(g + H + j, n);
+      nn.store(g + 2 * H + j, n);
+      hn.store(hn_out + b * H + j, n);
+      h.store(h_out + b * H + j, n);
+    }
+  }
+}
+
+void gru_backward_rows(int64_t b0, int64_t b1, int64_t H, const float* gates, const float* hn_all,
+                       const float* h_prev, const float* dy, const float* dh_rec, float* dxp, float* dhp,
+                       float* dh_carry) {
+  const Vec one(1.f);
+  for (int64_t b = b0; b < b1; ++b) {
+    const float* g = gates + b * 3 * H;
+    float* dx = dxp + b * 3 * H;
+    float* dr_ = dhp + b * 3 * H;
+    for (int64_t j = 0; j < H; j += kW) {
+      const int64_t n = std::min<int64_t>(kW, H - j);
+      const Vec dh = Vec::loadu(dy + b * H + j, n) + Vec::loadu(dh_rec + b * H + j, n);
+      const Vec r = Vec::loadu(g + j, n);
+      const Vec z = Vec::loadu(g + H + j, n);
+      const Vec nn = Vec::loadu(g + 2 * H + j, n);
+      const Vec hn = Vec::loadu(hn_all + b * H + j, n);
+      const Vec hp_ = Vec::loadu(h_prev + b * H + j, n);
+      const Vec dan = dh * (one - z) * (one - nn * nn);
+      const Vec daz = dh * (hp_ - nn) * z * (one - z);
+      const Vec dar = dan * hn * r * (one - r);
+      dar.store(dx + j, n);
+      daz.store(dx + H + j, n);
+      dan.store(dx + 2 * H + j, n);
+      dar.store(dr_ + j, n);
+      daz.store(dr_ + H + j, n);
+      (dan * r).store(dr_ + 2 * H + j, n);
+      (dh * z).store(dh_carry + b * H + j, n);
+    }
+  }
+}
+
+// Returns (y, gates [r, z, n], hn = W_hn h + b_hn), time-major.
+std::vector<at::Tensor> gru_forward(const at::Tensor& xp, const at::Tensor& R, const at::Tensor& bh) {
+  check(xp, R, 3);
+  const int64_t T = xp.size(0), B = xp.size(1), H = R.size(1);
+  at::Tensor y = at::empty({T, B, H}, xp.options());
+  at::Tensor gates = at::empty({T, B, 3 * H}, xp.options());
+  at::Tensor hn = at::empty({T, B, H}, xp.options());
+  at::Tensor hp = at::zeros({B, 3 * H}, xp.options());
+  at::Tensor zero = at::zeros({B, H}, xp.options());
+  const PackedRight rec(R, /*transpose=*/true, 3 * H, H, B);
+  const float* bp = bh.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    if (t > 0) rec.run(y.select(0, t - 1), hp, 0.f);
+    const float* h_prev = t > 0 ? y.data_ptr<float>() + (t - 1) * B * H : zero.data_ptr<float>();
+    const float* xpt = xp.data_ptr<float>() + t * B * 3 * H;
+    float* gt = gates.data_ptr<float>() + t * B * 3 * H;
+    float* hnt = hn.data_ptr<float>() + t * B * H;
+    float* yt = y.data_ptr<float>() + t * B * H;
+    const float* hpp = hp.data_ptr<float>();
+    at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+      gru_forward_rows(b0, b1, H, xpt, hpp, bp, h_prev, gt, hnt, yt);
+    });
+  }
+  return {y, gates, hn};
+}
+
+// Returns (dxp, dR, dbh).
+std::vector<at::Tensor> gru_backward(const at::Tensor& dy_in, const at::Tensor& y, const at::Tensor& gates,
+                                     const at::Tensor& hn, const at::Tensor& R) {
+  const int64_t T = y.size(0), B = y.size(1), H = R.size(1);
+  at::Tensor dy = dy_in.contiguous();
+  at::Tensor dxp = at::empty_like(gates);
+  at::Tensor dhp = at::empty_like(gates);
+  at::Tensor dh = at::zeros({B, H}, y.options());
+  at::Tensor carry = at::empty({B, H}, y.options());
+  at::Tensor zero = at::zeros({B, H}, y.options());
+  const PackedRight rec(R, /*transpose=*/false, H, 3 * H, B);
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const float* h_prev = t > 0 ? y.data_ptr<float>() + (t - 1) * B * H : zero.data_ptr<float>();
+    const float* gt = gates.data_ptr<float>() + t * B * 3 * H;
+    const float* hnt = hn.data_ptr<float>() + t * B * H;
+    const float* dyt = dy.data_ptr<float>() + t * B * H;
+    const float* dhr = dh.data_ptr<float>();
+    float* dxt = dxp.data_ptr<float>() + t * B * 3 * H;
+    float* dht = dhp.data_ptr<float>() + t * B * 3 * H;
+    float* cp = carry.data_ptr<float>();
+    at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+      gru_backward_rows(b0, b1, H, gt, hnt, h_prev, dyt, dhr, dxt, dht, cp);
+    });
+    // dh_{t-1} = dh * z + d(hp) @ R
+    rec.run(dhp.select(0, t), carry, 1.f);
+    std::swap(dh, carry);
+  }
+  at::Tensor dR = T > 1 ? at::mm(dhp.narrow(0, 1, T - 1).reshape({(T - 1) * B, 3 * H}).t(),
+                                 y.narrow(0, 0, T - 1).reshape({(T - 1) * B, H}))
+                        : at::zeros_like(R);
+  at::Tensor dbh = dhp.sum({0, 1});
+  return {dxp, dR, dbh};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(cellsearch_kernels, m) {
+  m.def("gru_forward(Tensor xp, Tensor R, Tensor bh) -> Tensor[]", &gru_forward);
+  m.def("gru_backward(Tensor dy, Tensor y, Tensor gates, Tensor hn, Tensor R) -> Tensor[]", &gru_backward);
   m.def("info() -> str", &info);
   m.def("lstm_family_forward(Tensor xp, Tensor R, Tensor peep, bool use_peep, bool coupled) -> Tensor[]",
         &forward);
