@@ -1,8 +1,10 @@
 """Speed of each cell variant against torch's own fused ``nn.LSTM`` (``cellsearch bench``).
 
-The protocol matches ``shared/checks/cell_speed.py``: one layer, batch 64, 100 steps, 16 inputs,
-forward + backward of ``out.sum()``, 3 warm-up calls and the median of 7, the reference ``nn.LSTM``
-of the same hidden size timed in the same process. A last row times a stack of native layers
+The protocol follows ``shared/checks/cell_speed.py``: one layer, batch 64, 100 steps, 16 inputs,
+forward + backward of ``out.sum()``, 3 warm-up calls, 7 timed repeats, against an ``nn.LSTM`` of the
+same hidden size in the same process; the timings are interleaved (reference, then each variant, in
+every repeat) and the ratio is the median of the per-repeat ratios, which keeps it steady on a busy
+machine. A last row times a stack of native layers
 against torch's multi-layer module of the same shape.
 """
 
@@ -71,18 +73,25 @@ def run_bench(*, hidden: tuple[int, ...] = (64, 256), device: str = "cpu", threa
 
     for h in hidden:
         x = torch.randn(batch, steps, inputs, device=device)
-        ref_mod = torch.nn.LSTM(inputs, h, batch_first=True).to(device)
-        ref = _median_seconds(fwd_bwd(ref_mod, x), device, repeats=repeats)
-        for name in names:
-            mod = CellStack(input_size=inputs, layers=[(name, h)]).to(device)
-            t = _median_seconds(fwd_bwd(mod, x), device, repeats=repeats)
-            rows.append(BenchRow(name, h, t * 1e3, t / ref, ref * 1e3))
-        # A stack of native layers against torch's own multi-layer module.
-        ref2 = torch.nn.LSTM(inputs, h, num_layers=2, batch_first=True).to(device)
-        t_ref2 = _median_seconds(fwd_bwd(ref2, x), device, repeats=repeats)
-        stack = CellStack(input_size=inputs, layers=[("lstm", h), ("lstm", h)]).to(device)
-        t_stack = _median_seconds(fwd_bwd(stack, x), device, repeats=repeats)
-        rows.append(BenchRow("stack lstm x2", h, t_stack * 1e3, t_stack / t_ref2, t_ref2 * 1e3))
+        ref = fwd_bwd(torch.nn.LSTM(inputs, h, batch_first=True).to(device), x)
+        cands = {name: fwd_bwd(CellStack(input_size=inputs, layers=[(name, h)]).to(device), x) for name in names}
+        cands["stack lstm x2"] = fwd_bwd(CellStack(input_size=inputs, layers=[("lstm", h), ("lstm", h)]).to(device), x)
+        ref2 = fwd_bwd(torch.nn.LSTM(inputs, h, num_layers=2, batch_first=True).to(device), x)
+        # Interleaved: each repeat times the reference and then every candidate, so a noisy machine
+        # disturbs both sides of a ratio alike; the ratio reported is the median of per-repeat ratios.
+        times: dict[str, list[float]] = {k: [] for k in [*cands, "ref", "ref2"]}
+        for step in [ref, ref2, *cands.values()]:
+            for _ in range(3):
+                step()
+        for _ in range(repeats):
+            times["ref"].append(_median_seconds(ref, device, warmup=0, repeats=1))
+            times["ref2"].append(_median_seconds(ref2, device, warmup=0, repeats=1))
+            for k, step in cands.items():
+                times[k].append(_median_seconds(step, device, warmup=0, repeats=1))
+        for k in cands:
+            base = times["ref2" if k.startswith("stack") else "ref"]
+            ratio = statistics.median(a / b for a, b in zip(times[k], base))
+            rows.append(BenchRow(k, h, statistics.median(times[k]) * 1e3, ratio, statistics.median(base) * 1e3))
     return rows
 
 
