@@ -155,6 +155,8 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
     put("header_only", "id,t,a,label\n", [], "no data rows")
     put("no_numeric", "id,name,label\n1,ab,x\n1,cd,x\n2,ef,y\n2,gh,y\n" + "".join(
         f"{i},n{i}{j},{'xy'[i % 2]}\n" for i in range(3, 60) for j in range(2)), [], "one-hot encodes at most")
+    put("no_feature_at_all", "id,t,label\n" + "".join(f"{i},{j},{'xy'[i % 2]}\n" for i in range(6) for j in range(2)),
+        [], "no numeric feature column")
     put("target_missing", "id,t,a,label\n1,0,1.0,x\n", ["--target", "nope"], "columns are: id, t, a, label")
     put("one_class", "id,t,a,label\n" + "".join(f"{i},{j},{i + j}.5,same\n" for i in range(6) for j in range(2)),
         [], "only one class")
