@@ -18,6 +18,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_json(url: str, body: dict | None = None, timeout: float = 10) -> dict:
+    """GET (or POST ``body`` as JSON) and decode the JSON answer."""
+    import json
+    import urllib.request
+
+    data = None if body is None else json.dumps(body, default=float).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for_server(call, proc, timeout: float = 120):
+    """Retry ``call()`` until a server started as ``proc`` answers; fail if it exits or times out."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return call()
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(1)
+
+
+def stop_process(proc) -> None:
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def make_classification_csv(path: Path, n_seq: int = 90, seed: int = 0) -> Path:
     """Sequences whose class is the sign pattern of a drifting signal: learnable in a few epochs."""
     rng = np.random.default_rng(seed)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import cellsearch
 from cellsearch.export import export
 from cellsearch.model import ModelSpec, build
 from cellsearch.stack import LayerSpec
-from tests.conftest import free_port
+from tests.conftest import free_port, http_json, stop_process, wait_for_server
 
 
 @pytest.fixture(scope="module")
@@ -178,29 +176,14 @@ def test_mlflow_models_serve_answers(bundle, tiny_csv):
     try:
         df = pd.read_csv(tiny_csv).drop(columns=["label"])
         df = df[df.id.isin([0, 1, 2])]
-        body = json.dumps({"dataframe_split": df.to_dict(orient="split")}, default=float).encode()
-        deadline = time.time() + 120
-        while True:
-            try:
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                             headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    answer = json.loads(resp.read())
-                break
-            except Exception:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(1)
+        body = {"dataframe_split": df.to_dict(orient="split")}
+        answer = wait_for_server(lambda: http_json(f"http://127.0.0.1:{port}/invocations", body), proc)
         preds = pd.DataFrame(answer["predictions"])
         expected = cellsearch.load(bundle).predict(df)
         assert preds["prediction"].tolist() == expected["prediction"].tolist()
         assert np.allclose(preds["prob_c0"], expected["prob_c0"], atol=1e-6)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_export_from_another_machine_uses_mlflow_and_the_study(tiny_csv, tiny_space, tmp_path):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-import urllib.request
 
 import optuna
 from mlflow import MlflowClient
 from PIL import Image
 
 from cellsearch.tracking import default_tracking_uri
-from tests.conftest import free_port
+from tests.conftest import free_port, http_json, stop_process, wait_for_server
 
 
 def _client(tuned) -> MlflowClient:
@@ -93,29 +91,13 @@ def test_real_mlflow_server_lists_the_runs(tuned):
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name="
-                                            f"{tuned.study.study_name}", timeout=5) as resp:
-                    exp = json.loads(resp.read())["experiment"]
-                break
-            except Exception:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(1)
-        body = json.dumps({"experiment_ids": [exp["experiment_id"]], "max_results": 100}).encode()
-        req = urllib.request.Request(f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            runs = json.loads(resp.read())["runs"]
+        exp = wait_for_server(lambda: http_json(f"{base}/experiments/get-by-name?experiment_name="
+                                                f"{tuned.study.study_name}"), proc)["experiment"]
+        runs = http_json(f"{base}/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
         searches = [r for r in runs if any(t["key"] == "role" and t["value"] == "search"
                                            for t in r["data"].get("tags", []))]
         assert len(searches) == 1
         trial_runs = [r for r in runs if any(t["key"] == "trial_number" for t in r["data"].get("tags", []))]
         assert len(trial_runs) == len(tuned.study.trials)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
