@@ -116,7 +116,8 @@ def tune(
     result = run_tune(file, **_data_kwargs(layout=layout, target=target, id_col=id_col, time_col=time_col,
                                            task=task, window=window, horizon=horizon, fill=fill),
                       seed=seed, space=space, trials=trials,
-                      timeout=None if timeout is None else max(1.0, timeout - (time.time() - _STARTED)), objective=objective, cost=cost,
+                      timeout=None if timeout is None else max(1.0, timeout - (time.time() - _STARTED)),
+                      objective=objective, cost=cost,
                       pick=pick, study=study, run_dir=run_dir, storage=storage, tracking_uri=tracking_uri,
                       track=not no_track, max_epochs=max_epochs, trial_timeout=trial_timeout, prune=not no_prune,
                       workers=workers, verbose=verbose, device=device)
