@@ -177,6 +177,10 @@ def predict(
     print(f"{len(preds)} predictions written to {out}", file=sys.stderr)
 
 
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command()
 def ui(
     run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="The run directory of the searches."),
@@ -193,11 +197,26 @@ def ui(
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", default_tracking_uri(run_dir),
            "--default-artifact-root", (run_dir / "mlartifacts").resolve().as_uri(), "--host", host,
            "--port", str(port)]
+    import os
+    import signal
+
     print(f"MLflow dashboard on http://{host}:{port}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    # MLflow's server forks workers that outlive their parent: run it in its own session and end
+    # the whole session when we are interrupted or terminated.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        sys.exit(subprocess.call(cmd))
+        code = proc.wait()
     except KeyboardInterrupt:
-        sys.exit(0)
+        code = 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+    sys.exit(code)
 
 
 @app.command()

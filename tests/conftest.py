@@ -43,14 +43,31 @@ def wait_for_server(call, proc, timeout: float = 120):
             time.sleep(1)
 
 
-def stop_process(proc) -> None:
+def start_server(cmd: list[str]):
+    """Start a server in its own session, so that ``stop_process`` can end it with all its children
+    (MLflow's servers fork uvicorn workers and job consumers that outlive their parent otherwise)."""
     import subprocess
 
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_process(proc) -> None:
+    """End a process started by ``start_server`` and every process of its session."""
+    import os
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            os.killpg(proc.pid, signal.SIGKILL)  # children left in the group
+        except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
+            continue
+        return
 
 
 def make_classification_csv(path: Path, n_seq: int = 90, seed: int = 0) -> Path:

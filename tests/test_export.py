@@ -16,7 +16,7 @@ import cellsearch
 from cellsearch.export import export
 from cellsearch.model import ModelSpec, build
 from cellsearch.stack import LayerSpec
-from tests.conftest import free_port, http_json, stop_process, wait_for_server
+from tests.conftest import free_port, http_json, start_server, stop_process, wait_for_server
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +170,8 @@ def test_forecasting_predicts_the_next_values_after_each_series(tmp_path):
 
 def test_mlflow_models_serve_answers(bundle, tiny_csv):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(bundle),
-                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_server([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(bundle),
+                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
     try:
         df = pd.read_csv(tiny_csv).drop(columns=["label"])
         df = df[df.id.isin([0, 1, 2])]

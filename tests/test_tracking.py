@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import optuna
@@ -11,7 +10,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from cellsearch.tracking import default_tracking_uri
-from tests.conftest import free_port, http_json, stop_process, wait_for_server
+from tests.conftest import free_port, http_json, start_server, stop_process, wait_for_server
 
 
 def _client(tuned) -> MlflowClient:
@@ -87,8 +86,8 @@ def test_plots_are_valid_images(tuned, tmp_path):
 
 def test_real_mlflow_server_lists_the_runs(tuned):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "ui", "--run-dir", str(tuned.run_dir),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_server([sys.executable, "-m", "cellsearch.cli", "ui", "--run-dir", str(tuned.run_dir),
+                         "--port", str(port)])
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
         exp = wait_for_server(lambda: http_json(f"{base}/experiments/get-by-name?experiment_name="
