@@ -463,10 +463,7 @@ def _encode_features(df: pd.DataFrame, features: list[str], train_rows: np.ndarr
     cats = {} if categories is None else categories
     for c in features:
         s = df[c]
-        if pd.api.types.is_bool_dtype(s):
-            blocks.append(s.to_numpy(dtype=np.float32, na_value=np.nan)[:, None])
-            names.append(c)
-        elif _is_numeric(s):
+        if pd.api.types.is_bool_dtype(s) or _is_numeric(s):
             blocks.append(s.to_numpy(dtype=np.float32, na_value=np.nan)[:, None])
             names.append(c)
         else:
@@ -569,6 +566,18 @@ def _assign_sequences(n: int, labels: np.ndarray | None, opts: DataOptions) -> n
     return out
 
 
+def _sequence_splits(given: np.ndarray | None, first: pd.Series, task: str, opts: DataOptions,
+                     path: Path) -> np.ndarray:
+    """One set per sequence: as the split column gives it, else random (stratified by class for
+    classification); the training set must not be empty."""
+    if given is None:
+        strat = first.astype(str).to_numpy() if task == "classification" else None
+        given = _assign_sequences(len(first), strat, opts)
+    if not (given == "train").any():
+        raise UserError(f"{path}: the training split is empty")
+    return given
+
+
 # --------------------------------------------------------------------------------------------------
 # Building each layout
 # --------------------------------------------------------------------------------------------------
@@ -624,13 +633,10 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
             k = int(np.flatnonzero(split_rows != split_rows[starts][codes])[0])
             raise UserError(f"{path}: sequence {_py(keys[codes[k]])!r} is split across sets in column "
                             f"{schema.split_col!r}; one sequence belongs to one set")
-        assign = split_rows[starts]
+        assign = _sequence_splits(split_rows[starts], first, schema.task, opts, path)
     else:
-        strat = first.astype(str).to_numpy() if schema.task == "classification" else None
-        assign = _assign_sequences(n_seq, strat, opts)
+        assign = _sequence_splits(None, first, schema.task, opts, path)
     train_seq = assign == "train"
-    if not train_seq.any():
-        raise UserError(f"{path}: the training split is empty")
     y, target_info = _encode_target(first, schema.task, train_seq, path, schema.target)
     # Features are encoded in file order and reordered once (never a copy of the whole frame).
     train_rows_file = np.empty(len(order), dtype=bool)
@@ -695,14 +701,9 @@ def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     first = df[schema.target]
     if first.isna().any():
         raise UserError(f"{path}: target column {schema.target!r} has {int(first.isna().sum())} missing values")
-    if schema.split_col:
-        assign = _split_from_column(df, schema.split_col, path)
-    else:
-        strat = first.astype(str).to_numpy() if schema.task == "classification" else None
-        assign = _assign_sequences(n, strat, opts)
+    given = _split_from_column(df, schema.split_col, path) if schema.split_col else None
+    assign = _sequence_splits(given, first, schema.task, opts, path)
     train = assign == "train"
-    if not train.any():
-        raise UserError(f"{path}: the training split is empty")
     y, target_info = _encode_target(first.reset_index(drop=True), schema.task, train, path, schema.target)
     raw = np.where(inside[:, :, None], np.nan_to_num(raw), 0.0)
     fit = raw[train][inside[train]]

@@ -101,14 +101,14 @@ def open_storage(url: str) -> Any:
     raise AssertionError("unreachable")
 
 
-def make_sampler(kind: str, seed: int, multi: bool) -> Any:
+def make_sampler(kind: str, seed: int) -> Any:
     import optuna
 
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5 if multi else 5, multivariate=True,
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True,
                                       group=True, constant_liar=True)
 
 
@@ -240,11 +240,11 @@ class Objective:
         self.verbose = verbose
         self.accelerator = accelerator
         self.prune_multi = prune_multi
-        self.epochs_trained = 0
         self.target_count: int | None = None
 
     def __call__(self, trial: Any) -> Any:
         import optuna
+        import torch
 
         from cellsearch.model import ModelSpec, build, measure_latency, save_checkpoint
         from cellsearch.stack import LayerSpec
@@ -259,8 +259,6 @@ class Objective:
         spec = ModelSpec(input_size=ds.n_features, layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]),
                          n_outputs=ds.n_outputs, task=ds.task, dropout=float(cfg["dropout"]))
         seed = self.seed + trial.number
-        import torch
-
         torch.manual_seed(seed)
         model = build(spec)
         median_len = int(ds.info["length"]["median"])
@@ -278,7 +276,6 @@ class Objective:
 
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
             curve.append(m["val_score"])
-            self.epochs_trained += 1
             run.log_epoch(epoch, m)
             if self.objective == "score":
                 trial.report(m["val_score"], epoch)
@@ -454,8 +451,7 @@ def _prepare(data: str | Path, opts: dict[str, Any], *, create: bool) -> _Contex
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
               if objective == "score" and opts["prune"] else optuna.pruners.NopPruner())
     # Seeded, and different for every process and resume, so workers never repeat each other.
-    sampler = make_sampler(spc.sampler, opts["seed"] + n_before + 7919 * opts.get("worker_index", 0),
-                           objective == "pareto")
+    sampler = make_sampler(spc.sampler, opts["seed"] + n_before + 7919 * opts.get("worker_index", 0))
     st = optuna.create_study(study_name=study_name, storage=storage_obj, directions=directions, sampler=sampler,
                              pruner=pruner, load_if_exists=True)
     meta = {"data": str(Path(data).resolve()), "task": dataset.task, "metric": metric, "direction": direction,

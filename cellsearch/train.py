@@ -261,7 +261,7 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             signal.signal(signal.SIGINT, sigint)
     seconds = time.perf_counter() - t0
-    if isinstance(trainer.callback_metrics, dict) and trainer.interrupted:
+    if trainer.interrupted:
         raise KeyboardInterrupt
     if history.best_state is None:
         raise NonFiniteLossError("no finite validation score")
