@@ -150,35 +150,104 @@ def _ragged_row(path: Path) -> tuple[int, int, int] | None:
     return None
 
 
-def _read_table(path: Path) -> Any:
-    """Arrow table of the file, float columns as float32 (the models train in float32).
+_BLOCK = 1 << 18  # bytes per parse block: Arrow queues up to 32 blocks ahead, so small keeps that small
 
-    Streams the file in blocks (bounded parser memory); the float columns are learnt from the first
-    megabyte. If a later block disagrees with those types (an integer column turning float), the
-    file is read again in one piece with full type inference.
+
+def _read_columns(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The file's column names and columns, float columns as float32 (the models train in float32).
+
+    Streams the file in small blocks into preallocated NumPy columns, so peak memory is about the
+    final columns plus a few MB; the float columns are learnt from the first megabyte. If a later
+    block disagrees with those types (an integer column turning float), the file is read again in
+    one piece with full type inference.
     """
     import pyarrow as pa
     from pyarrow import csv as pacsv
 
-    pool = pa.system_memory_pool()  # freed memory can go back to the OS
+    # Arrow's default allocator (mimalloc) keeps freed blocks: the system one gives them back.
+    pa.set_memory_pool(pa.system_memory_pool())
 
     def convert(types: dict[str, Any]) -> Any:
         return pacsv.ConvertOptions(strings_can_be_null=True, column_types=types)
 
-    probe = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 20),
-                           convert_options=convert({}), memory_pool=pool)
-    types = {f.name: pa.float32() for f in probe.schema if pa.types.is_floating(f.type)}
-    probe.close()
+    size = path.stat().st_size
+    with path.open("rb") as fh:  # the first megabyte, cut at a line end, for the column types
+        head = fh.read(1 << 20)
+    if len(head) < size and b"\n" in head:
+        head = head[:head.rindex(b"\n") + 1]
+    probe = pacsv.read_csv(pa.py_buffer(head), convert_options=convert({})).schema
+    names = list(probe.names)
+    types = {f.name: pa.float32() for f in probe if pa.types.is_floating(f.type)}
+    if len(set(names)) < len(names):  # before any column is keyed by name
+        return names, {}
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=4 << 20),
-                                convert_options=convert(types), memory_pool=pool)
-        return pa.Table.from_batches(list(reader), schema=reader.schema)
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=_BLOCK),
+                                convert_options=convert(types))
+        return names, _collect(reader, reader.schema, lambda b: 1.25 * size * b.num_rows / min(_BLOCK, size))
     except pa.ArrowInvalid as exc:
         if "conversion error" not in str(exc):
             raise
-    table = pacsv.read_csv(path, convert_options=convert({}), memory_pool=pool)
-    return table.cast(pa.schema([pa.field(f.name, pa.float32()) if pa.types.is_floating(f.type) else f
-                                 for f in table.schema]))
+    table = pacsv.read_csv(path, convert_options=convert({}))
+    table = table.cast(pa.schema([pa.field(f.name, pa.float32()) if pa.types.is_floating(f.type) else f
+                                  for f in table.schema]))
+    return names, _collect(table.to_batches(), table.schema, lambda b: table.num_rows)
+
+
+class _NumericColumn:
+    """A numeric column filled batch by batch into one preallocated NumPy array.
+
+    Pages of ``np.empty`` that are never written are never resident, so a generous capacity costs
+    nothing; the array grows (one copy) only if the estimate was short. Nulls become NaN: float
+    columns carry them in place, integer columns turn float64 at the end (as pandas would).
+    """
+
+    def __init__(self, dtype: np.dtype, capacity: int) -> None:
+        self.data = np.empty(capacity, dtype=dtype)
+        self.n = 0
+        self.null_rows: list[np.ndarray] = []
+
+    def append(self, arr: Any) -> None:
+        m = len(arr)
+        if self.n + m > len(self.data):
+            grown = np.empty(max(2 * len(self.data), self.n + m), dtype=self.data.dtype)
+            grown[:self.n] = self.data[:self.n]
+            self.data = grown
+        if arr.null_count and self.data.dtype.kind != "f":
+            self.null_rows.append(self.n + np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False)))
+            arr = arr.fill_null(0)
+        self.data[self.n:self.n + m] = arr.to_numpy(zero_copy_only=False)
+        self.n += m
+
+    def finish(self) -> np.ndarray:
+        out = self.data[:self.n]
+        if self.null_rows:
+            out = out.astype(np.float64)
+            out[np.concatenate(self.null_rows)] = np.nan
+        return out
+
+
+def _collect(batches: Any, schema: Any, rows_hint: Any) -> dict[str, Any]:
+    """Columns of a stream of Arrow record batches: numeric ones as NumPy arrays written in place
+    (no per-batch copies kept), others (text, booleans, dates) as pandas columns via Arrow.
+
+    ``rows_hint(first_batch)`` estimates the total number of rows, to size the numeric arrays.
+    """
+    import pyarrow as pa
+
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in schema]
+    cols: list[Any] | None = None
+    for batch in batches:
+        if cols is None:
+            capacity = max(int(rows_hint(batch)), batch.num_rows)
+            cols = [_NumericColumn(f.type.to_pandas_dtype(), capacity) if k else []
+                    for f, k in zip(schema, numeric)]
+        for j, arr in enumerate(batch.columns):
+            cols[j].append(arr)
+        del batch
+    if cols is None:
+        return {f.name: pa.chunked_array([], type=f.type).to_pandas() for f in schema}
+    return {f.name: c.finish() if isinstance(c, _NumericColumn) else pa.chunked_array(c, type=f.type).to_pandas()
+            for f, c in zip(schema, cols)}
 
 
 def _release_freed_memory() -> None:
@@ -192,31 +261,29 @@ def _release_freed_memory() -> None:
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSV with Arrow's multi-threaded reader; every problem becomes one ``UserError``."""
+    """Read a CSV with Arrow's streaming reader; every problem becomes one ``UserError``."""
     import pyarrow as pa
 
     path = Path(path)
     _check_text_file(path)
     try:
-        table = _read_table(path)
+        names, columns = _read_columns(path)
     except pa.ArrowInvalid as exc:
         bad = _ragged_row(path)
         if bad:
             raise UserError(f"{path}: line {bad[0]} has {bad[1]} fields, the header has {bad[2]}") from None
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"{path}: cannot parse as CSV ({first})") from None
-    if table.num_columns == 0:
-        raise UserError(f"{path}: no columns")
-    if table.num_rows == 0:
-        raise UserError(f"{path}: has a header but no data rows")
-    # Converting with self_destruct frees each Arrow column as soon as pandas has it.
-    df = table.to_pandas(self_destruct=True, split_blocks=True)
-    del table
     _release_freed_memory()
-    df.columns = [str(c).strip() for c in df.columns]
-    if len(set(df.columns)) != len(df.columns):
-        dup = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    stripped = [str(c).strip() for c in names]
+    if not stripped:
+        raise UserError(f"{path}: no columns")
+    if len(set(stripped)) != len(stripped):
+        dup = sorted({c for c in stripped if stripped.count(c) > 1})
         raise UserError(f"{path}: duplicate column names: {', '.join(dup)}")
+    df = pd.DataFrame({new: columns[old] for old, new in zip(names, stripped)}, copy=False)
+    if len(df) == 0:
+        raise UserError(f"{path}: has a header but no data rows")
     return df
 
 
@@ -455,46 +522,74 @@ def _group_order(df: pd.DataFrame, id_col: str | None, time_col: str | None, pat
 # Features, missing values, scaling
 # --------------------------------------------------------------------------------------------------
 
-def _encode_features(df: pd.DataFrame, features: list[str], train_rows: np.ndarray, path: Path,
-                     categories: dict[str, list[str]] | None = None
-                     ) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
-    """Numeric columns as they are, booleans as 0/1, low-cardinality text one-hot encoded."""
-    blocks, names = [], []
+def _plan_inputs(df: pd.DataFrame, features: list[str], train_rows: np.ndarray, path: Path,
+                 categories: dict[str, list[str]] | None = None
+                 ) -> tuple[list[tuple[str, str | None]], list[str], dict[str, list[str]]]:
+    """The model's inputs as (column, one-hot level or None), their names and the text categories.
+
+    Numeric and boolean columns are inputs as they are; a text column with at most
+    ``MAX_CATEGORIES`` values (learnt from ``train_rows`` unless ``categories`` are given) becomes one
+    0/1 input per value.
+    """
+    plan: list[tuple[str, str | None]] = []
     cats = {} if categories is None else categories
     for c in features:
         s = df[c]
         if pd.api.types.is_bool_dtype(s) or _is_numeric(s):
-            blocks.append(s.to_numpy(dtype=np.float32, na_value=np.nan)[:, None])
-            names.append(c)
-        else:
-            if categories is None:
-                seen = pd.unique(s[train_rows].dropna().astype(str))
-                if len(seen) > MAX_CATEGORIES:
-                    raise UserError(f"{path}: text column {c!r} has {len(seen)} distinct values; cellsearch "
-                                    f"one-hot encodes at most {MAX_CATEGORIES} (drop it or make it numeric)")
-                cats[c] = sorted(seen.tolist())
-            levels = cats[c]
-            codes = pd.Categorical(s.astype("string"), categories=levels).codes
-            onehot = np.zeros((len(s), len(levels)), dtype=np.float32)
-            hit = codes >= 0
-            onehot[np.flatnonzero(hit), codes[hit]] = 1.0
-            blocks.append(onehot)
-            names.extend(f"{c}={v}" for v in levels)
-    if not blocks:
+            plan.append((c, None))
+            continue
+        if categories is None:
+            seen = pd.unique(s[train_rows].dropna().astype(str))
+            if len(seen) > MAX_CATEGORIES:
+                raise UserError(f"{path}: text column {c!r} has {len(seen)} distinct values; cellsearch "
+                                f"one-hot encodes at most {MAX_CATEGORIES} (drop it or make it numeric)")
+            cats[c] = sorted(seen.tolist())
+        plan.extend((c, v) for v in cats[c])
+    if not plan:
         raise UserError(f"{path}: no numeric feature column (columns: {', '.join(df.columns)})")
-    return np.concatenate(blocks, axis=1), names, cats
+    names = [c if level is None else f"{c}={level}" for c, level in plan]
+    return plan, names, cats
+
+
+def _input_column(df: pd.DataFrame, column: str, level: str | None, categories: dict[str, list[str]],
+                  codes_cache: dict[str, np.ndarray]) -> np.ndarray:
+    """One model input in file order as float32 (missing values NaN; an unseen text value is all 0)."""
+    if level is None:
+        return df[column].to_numpy(dtype=np.float32, na_value=np.nan)
+    if column not in codes_cache:
+        codes_cache.clear()  # one text column's codes at a time
+        codes_cache[column] = pd.Categorical(df[column].astype("string"), categories=categories[column]).codes
+    return (codes_cache[column] == categories[column].index(level)).astype(np.float32)
+
+
+def _encode_features(df: pd.DataFrame, features: list[str], train_rows: np.ndarray, path: Path,
+                     categories: dict[str, list[str]] | None = None
+                     ) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
+    """All inputs as one (rows, inputs) float32 matrix in file order (see ``_plan_inputs``)."""
+    plan, names, cats = _plan_inputs(df, features, train_rows, path, categories)
+    out = np.empty((len(df), len(plan)), dtype=np.float32)
+    cache: dict[str, np.ndarray] = {}
+    for j, (c, level) in enumerate(plan):
+        out[:, j] = _input_column(df, c, level, cats, cache)
+    return out, names, cats
+
+
+def _missing_error(path: Path, counts: dict[str, int]) -> UserError:
+    worst = [f"{name!r} ({n})" for name, n in counts.items()]
+    return UserError(f"{path}: missing or infinite values in feature column(s) {', '.join(worst)}; "
+                     "pass --fill ffill or --fill zero")
 
 
 def _handle_missing(values: np.ndarray, names: list[str], codes: np.ndarray, starts: np.ndarray,
                     fill: str | None, path: Path) -> np.ndarray:
+    """Refuse non-finite values (column and count) or fill them: ``ffill`` within each sequence
+    (rows sorted by sequence and time), then zero."""
     bad = ~np.isfinite(values)
     if not bad.any():
         return values
     if fill is None:
         counts = bad.sum(axis=0)
-        worst = [f"{names[j]!r} ({int(counts[j])})" for j in np.flatnonzero(counts)]
-        raise UserError(f"{path}: missing or infinite values in feature column(s) {', '.join(worst)}; "
-                        "pass --fill ffill or --fill zero")
+        raise _missing_error(path, {names[j]: int(counts[j]) for j in np.flatnonzero(counts)})
     values = values.copy()
     values[np.isinf(values)] = np.nan
     if fill == "ffill":
@@ -509,28 +604,69 @@ def _handle_missing(values: np.ndarray, names: list[str], codes: np.ndarray, sta
     return np.nan_to_num(values, nan=0.0)
 
 
+def _scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], names: list[str],
+                   categories: dict[str, list[str]], order: np.ndarray, codes: np.ndarray, starts: np.ndarray,
+                   dest: np.ndarray, out: np.ndarray, fill: str | None, path: Path,
+                   train_rows: np.ndarray | None = None, scaler: tuple[np.ndarray, np.ndarray] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Write every input, one column at a time, into ``out[dest, j]`` (``out`` is the padded array
+    seen as (sequences x steps, inputs)): sorted by ``order``, missing values refused or filled
+    within each sequence, standardised by ``scaler`` or by a scaler fitted on the sorted rows
+    ``train_rows``. Returns (mean, std).
+
+    Column by column, never a (rows x inputs) matrix: the long layout's memory peak is the padded
+    array plus a few columns.
+    """
+    mean, std = np.zeros(len(plan)), np.ones(len(plan))
+    missing: dict[str, int] = {}
+    cache: dict[str, np.ndarray] = {}
+    for j, (c, level) in enumerate(plan):
+        v = _input_column(df, c, level, categories, cache)[order]
+        bad = int(np.count_nonzero(~np.isfinite(v)))
+        if bad and fill is None:
+            missing[names[j]] = bad
+            continue
+        if bad:
+            v = _handle_missing(v[:, None], names[j:j + 1], codes, starts, fill, path)[:, 0].astype(np.float32)
+        if scaler is None:
+            m, s = _fit_scaler(v[:, None], train_rows)
+            mean[j], std[j] = m[0], s[0]
+        else:
+            mean[j], std[j] = scaler[0][j], scaler[1][j]
+        v -= np.float32(mean[j])
+        v /= np.float32(std[j])
+        out[dest, j] = v
+    if missing:
+        raise _missing_error(path, missing)
+    return mean, std
+
+
+def _padded_rows(codes: np.ndarray, starts: np.ndarray, steps: int, seq_index: np.ndarray | None = None
+                ) -> np.ndarray:
+    """For rows sorted by sequence: their row in a (sequences x ``steps``) padded array
+    (``seq_index`` renumbers the sequences)."""
+    dest = np.arange(len(codes), dtype=np.int64)
+    dest -= starts[codes]
+    dest += (codes if seq_index is None else seq_index[codes]) * steps
+    return dest
+
+
 def _fit_scaler(values: np.ndarray, rows: np.ndarray, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of ``values[rows]`` in float64, in chunks (no full-size copies)."""
-    idx = np.flatnonzero(rows) if rows.dtype == bool else rows
-    n, f = len(idx), values.shape[1]
+    """Mean and standard deviation of ``values[rows]`` (``rows`` a boolean mask) in float64, a chunk
+    of rows at a time (no full-size copies or index arrays)."""
+    f = values.shape[1]
+    n = int(np.count_nonzero(rows))
     if n == 0:
         return np.zeros(f), np.ones(f)
     s1, s2 = np.zeros(f), np.zeros(f)
-    shift = values[idx[0]].astype(np.float64)  # shifted sums keep the variance accurate
-    for k in range(0, n, chunk):
-        block = values[idx[k:k + chunk]].astype(np.float64) - shift
+    shift = values[int(np.argmax(rows))].astype(np.float64)  # shifted sums keep the variance accurate
+    for k in range(0, len(values), chunk):
+        block = values[k:k + chunk][rows[k:k + chunk]].astype(np.float64) - shift
         s1 += block.sum(axis=0)
         s2 += np.square(block).sum(axis=0)
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - mean ** 2, 0.0))
     return mean + shift, np.where(std > 1e-12, std, 1.0)
-
-
-def _standardise(values: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """In place, float32: (values - mean) / std."""
-    values -= mean.astype(np.float32)
-    values /= std.astype(np.float32)
-    return values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -625,6 +761,7 @@ def _py(v: Any) -> Any:
 def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
                 ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
     order, codes, starts, keys = _group_order(df, schema.id_col, schema.time_col, path)
+    _release_freed_memory()  # the sort's temporaries
     n_seq = len(starts)
     first = _sequence_targets(df, schema, order, starts, codes, keys, path)
     if schema.split_col:
@@ -638,22 +775,24 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
         assign = _sequence_splits(None, first, schema.task, opts, path)
     train_seq = assign == "train"
     y, target_info = _encode_target(first, schema.task, train_seq, path, schema.target)
-    # Features are encoded in file order and reordered once (never a copy of the whole frame).
+    # The frame is read_dataset's own: drop the columns now encoded (their memory goes back before
+    # the padded array is allocated).
+    for c in {schema.id_col, schema.time_col, schema.target, schema.split_col} - {None, *schema.features}:
+        del df[c]
     train_rows_file = np.empty(len(order), dtype=bool)
     train_rows_file[order] = train_seq[codes]
-    values, names, cats = _encode_features(df, schema.features, train_rows_file, path)
-    values = values[order]
-    values = _handle_missing(values, names, codes, starts, opts.fill, path)
-    mean, std = _fit_scaler(values, train_seq[codes])
-    values = _standardise(values, mean, std)
+    plan, names, cats = _plan_inputs(df, schema.features, train_rows_file, path)
     # Renumber sequences split by split, so each split is a contiguous view of one padded array.
     seq_order = np.concatenate([np.flatnonzero(assign == s_) for s_ in SPLITS])
     new_code = np.empty(n_seq, dtype=np.int64)
     new_code[seq_order] = np.arange(n_seq)
     lengths = np.diff(np.r_[starts, len(codes)])
-    x = np.zeros((n_seq, int(lengths.max()), values.shape[1]), dtype=np.float32)
-    x[new_code[codes], np.arange(len(codes)) - starts[codes]] = values
-    del values
+    steps = int(lengths.max())
+    x = np.zeros((n_seq, steps, len(plan)), dtype=np.float32)
+    dest = _padded_rows(codes, starts, steps, new_code)
+    mean, std = _scatter_inputs(df, plan, names, cats, order, codes, starts, dest, x.reshape(-1, len(plan)),
+                               opts.fill, path, train_rows=train_seq[codes])
+    del dest
     bounds = np.cumsum([0] + [int((assign == s_).sum()) for s_ in SPLITS])
     splits = {s_: SplitTensors(x[bounds[k]:bounds[k + 1]], lengths[seq_order][bounds[k]:bounds[k + 1]],
                                y[seq_order][bounds[k]:bounds[k + 1]], keys[seq_order][bounds[k]:bounds[k + 1]])
@@ -833,6 +972,7 @@ def read_dataset(path: str | Path, **options: Any) -> Dataset:
     path = Path(path)
     df = read_csv(path)
     schema, warnings = detect(df, opts, path)
+    _release_freed_memory()  # detection's hash tables
     builder = {"long": _build_long, "wide": _build_wide, "series": _build_series}[schema.layout]
     splits, prep = builder(df, schema, opts, path, warnings)
     if schema.task != "forecasting" and len(splits["val"]) == 0:

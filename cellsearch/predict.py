@@ -19,8 +19,10 @@ from cellsearch.data import (
     _group_order,
     _handle_missing,
     _is_numeric,
+    _padded_rows,
+    _plan_inputs,
     _py,
-    _standardise,
+    _scatter_inputs,
     wide_steps,
 )
 from cellsearch.errors import UserError
@@ -87,15 +89,17 @@ def transform(df: pd.DataFrame, prep: dict[str, Any], where: str = "input"
         keys = df[prep["id_col"]].to_numpy() if prep.get("id_col") else np.arange(n)
         return x, lengths, keys, {}
     order, codes, starts, keys = _group_order(df, prep.get("id_col"), prep.get("time_col"), path)
-    values, _, _ = _encode_features(df, prep["features"], np.ones(len(df), dtype=bool), path,
-                                    categories=prep.get("categories", {}))
-    values = _handle_missing(values[order], prep["inputs"], codes, starts, fill, path)
     lengths = np.diff(np.r_[starts, len(codes)])
+    everything = np.ones(len(df), dtype=bool)
     if prep["layout"] == "long":
-        values = _standardise(values.astype(np.float32), mean, std)
-        x = np.zeros((len(starts), int(lengths.max()), values.shape[1]), dtype=np.float32)
-        x[codes, np.arange(len(codes)) - starts[codes]] = values
+        plan, names, cats = _plan_inputs(df, prep["features"], everything, path, prep.get("categories", {}))
+        steps = int(lengths.max())
+        x = np.zeros((len(starts), steps, len(plan)), dtype=np.float32)
+        _scatter_inputs(df, plan, names, cats, order, codes, starts, _padded_rows(codes, starts, steps),
+                       x.reshape(-1, len(plan)), fill, path, scaler=(mean, std))
         return x, lengths.astype(np.int64), keys, {}
+    values, _, _ = _encode_features(df, prep["features"], everything, path, categories=prep.get("categories", {}))
+    values = _handle_missing(values[order], prep["inputs"], codes, starts, fill, path)
     # Series: the last `window` rows of each series; the target scaled by that series' statistics.
     window, t_idx = int(prep["window"]), int(prep["target_index"])
     short = lengths < window
