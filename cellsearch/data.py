@@ -171,8 +171,10 @@ def _read_columns(path: Path) -> tuple[list[str], dict[str, Any]]:
         return pacsv.ConvertOptions(strings_can_be_null=True, column_types=types)
 
     size = path.stat().st_size
-    with path.open("rb") as fh:  # the first megabyte, cut at a line end, for the column types
+    with path.open("rb") as fh:  # the first megabyte (at least the header and a row), cut at a line end
         head = fh.read(1 << 20)
+        while head.count(b"\n") < 2 and len(head) < size:
+            head += fh.read(1 << 20)
     if len(head) < size and b"\n" in head:
         head = head[:head.rindex(b"\n") + 1]
     probe = pacsv.read_csv(pa.py_buffer(head), convert_options=convert({})).schema
@@ -180,14 +182,22 @@ def _read_columns(path: Path) -> tuple[list[str], dict[str, Any]]:
     types = {f.name: pa.float32() for f in probe if pa.types.is_floating(f.type)}
     if len(set(names)) < len(names):  # before any column is keyed by name
         return names, {}
+    # A block must hold whole rows, and enough of them that per-block costs stay small when a file
+    # has thousands of columns.
+    longest = max(len(line) for line in head.split(b"\n"))
+    block = min(max(_BLOCK, 64 * longest), 1 << 30)
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=_BLOCK),
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
                                 convert_options=convert(types))
-        return names, _collect(reader, reader.schema, lambda b: 1.25 * size * b.num_rows / min(_BLOCK, size))
+        return names, _collect(reader, reader.schema, lambda b: 1.25 * size * b.num_rows / min(block, size))
     except pa.ArrowInvalid as exc:
-        if "conversion error" not in str(exc):
+        if "straddl" in str(exc):  # a line far longer than those of the first megabyte
+            block = min(size + 1, 1 << 30)
+        elif "conversion error" not in str(exc):
             raise
-    table = pacsv.read_csv(path, convert_options=convert({}))
+    # A later block disagrees with the first one's types: read in one go with full type inference.
+    table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=max(block, 1 << 20)),
+                           convert_options=convert({}))
     table = table.cast(pa.schema([pa.field(f.name, pa.float32()) if pa.types.is_floating(f.type) else f
                                   for f in table.schema]))
     return names, _collect(table.to_batches(), table.schema, lambda b: table.num_rows)
@@ -230,22 +240,38 @@ def _collect(batches: Any, schema: Any, rows_hint: Any) -> dict[str, Any]:
     """Columns of a stream of Arrow record batches: numeric ones as NumPy arrays written in place
     (no per-batch copies kept), others (text, booleans, dates) as pandas columns via Arrow.
 
+    Batches are taken a few MB at a time (more with many columns), so a file with thousands of
+    columns costs a few thousand column copies per group, not per parse block.
     ``rows_hint(first_batch)`` estimates the total number of rows, to size the numeric arrays.
     """
     import pyarrow as pa
 
     numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in schema]
     cols: list[Any] | None = None
+    group: list[Any] = []
+    row_bytes = 1.0  # from the first batch (``nbytes`` walks every column: once, not per batch)
+    group_bytes = max(4 << 20, 2048 * len(schema))
+
+    def flush() -> None:
+        for j, col in enumerate(cols):
+            chunks = [b.column(j) for b in group]
+            col.append(chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks))
+        group.clear()
+
     for batch in batches:
         if cols is None:
             capacity = max(int(rows_hint(batch)), batch.num_rows)
             cols = [_NumericColumn(f.type.to_pandas_dtype(), capacity) if k else []
                     for f, k in zip(schema, numeric)]
-        for j, arr in enumerate(batch.columns):
-            cols[j].append(arr)
+            row_bytes = batch.nbytes / max(batch.num_rows, 1)
+        group.append(batch)
+        if row_bytes * sum(b.num_rows for b in group) >= group_bytes:
+            flush()
         del batch
     if cols is None:
         return {f.name: pa.chunked_array([], type=f.type).to_pandas() for f in schema}
+    if group:
+        flush()
     return {f.name: c.finish() if isinstance(c, _NumericColumn) else pa.chunked_array(c, type=f.type).to_pandas()
             for f, c in zip(schema, cols)}
 
@@ -835,6 +861,8 @@ def wide_steps(df: pd.DataFrame, steps: list[list[str]], features: list[str], fi
 def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
                 ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
     raw, lengths, inside = wide_steps(df, schema.wide_steps or [], schema.features, opts.fill, path)
+    # The frame is read_dataset's own: the step columns are in ``raw`` now.
+    df.drop(columns=[c for row in schema.wide_steps or [] for c in row], inplace=True)
     n = len(df)
     keys = df[schema.id_col].to_numpy() if schema.id_col else np.arange(n)
     first = df[schema.target]
@@ -844,12 +872,22 @@ def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     assign = _sequence_splits(given, first, schema.task, opts, path)
     train = assign == "train"
     y, target_info = _encode_target(first.reset_index(drop=True), schema.task, train, path, schema.target)
-    raw = np.where(inside[:, :, None], np.nan_to_num(raw), 0.0)
-    fit = raw[train][inside[train]]
-    mean, std = _fit_scaler(fit, np.ones(len(fit), dtype=bool))
-    x = np.where(inside[:, :, None], (raw - mean) / std, 0.0).astype(np.float32)
-    splits = {s: SplitTensors(x[assign == s], lengths[assign == s], y[assign == s], keys[assign == s])
-              for s in SPLITS}
+    # In place, in float32: padding zero, scaler fitted on the training sequences' real steps.
+    np.nan_to_num(raw, copy=False)
+    outside = ~inside
+    raw[outside] = 0.0
+    mean, std = _fit_scaler(raw.reshape(n * raw.shape[1], -1), (train[:, None] & inside).ravel())
+    raw -= mean.astype(np.float32)
+    raw /= std.astype(np.float32)
+    raw[outside] = 0.0
+    # Sequences split by split, so each split is a contiguous view of one array.
+    seq_order = np.concatenate([np.flatnonzero(assign == s_) for s_ in SPLITS])
+    x = raw[seq_order]
+    del raw
+    bounds = np.cumsum([0] + [int((assign == s_).sum()) for s_ in SPLITS])
+    splits = {s_: SplitTensors(x[bounds[k]:bounds[k + 1]], lengths[seq_order][bounds[k]:bounds[k + 1]],
+                               y[seq_order][bounds[k]:bounds[k + 1]], keys[seq_order][bounds[k]:bounds[k + 1]])
+              for k, s_ in enumerate(SPLITS)}
     prep = {"inputs": schema.features, "categories": {}, "step_columns": schema.wide_steps,
             "scaler": {"mean": mean.tolist(), "std": std.tolist()}, **target_info}
     return splits, prep

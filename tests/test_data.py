@@ -261,3 +261,22 @@ def test_million_row_file_loads_within_time_and_memory_goal(tmp_path):
     assert res["n_sequences"] == 10_000 and res["shape"][1:] == [100, 8]
     assert res["load_s"] <= 10, res
     assert res["ratio"] <= 4, res
+
+
+def test_reader_handles_long_lines(tmp_path):
+    """A header longer than the probe's megabyte, and a line far longer than the first megabyte's."""
+    from cellsearch.data import read_csv
+
+    n = 130_000
+    p = tmp_path / "wide_header.csv"
+    p.write_text(",".join(f"c{i:06d}" for i in range(n)) + "\n" + ",".join(["1"] * n) + "\n")
+    assert p.stat().st_size > 1 << 20
+    got = read_csv(p)
+    assert got.shape == (1, n) and got.columns[-1] == f"c{n - 1:06d}"
+
+    k = 500
+    p = tmp_path / "long_line.csv"
+    short = ",".join(["1"] * k) + "\n"
+    p.write_text(",".join(f"x{i}" for i in range(k)) + "\n" + short * 1200 + ",".join(["12345.678901"] * k) + "\n")
+    got = read_csv(p)
+    assert got.shape == (1201, k) and got.iloc[-1, 0] == 12345.678901
