@@ -166,7 +166,8 @@ def predict(
     from cellsearch.export import load
 
     predictor = load(model_dir)
-    preds = predictor.predict(read_csv(file), where=str(file))
+    keys = (predictor.prep.get("id_col"), predictor.prep.get("time_col"))
+    preds = predictor.predict(read_csv(file, keys=keys), where=str(file))
     if out is None:
         preds.to_csv(sys.stdout, index=False)
         return

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,16 @@ def _ragged_row(path: Path) -> tuple[int, int, int] | None:
 _BLOCK = 1 << 18  # bytes per parse block: Arrow queues up to 32 blocks ahead, so small keeps that small
 
 
-def _read_columns(path: Path) -> tuple[list[str], dict[str, Any]]:
-    """The file's column names and columns, float columns as float32 (the models train in float32).
+def _may_be_key(name: str, keys: set[str]) -> bool:
+    """Whether a column could be detected as the id or time column: those keep float64, so that a
+    fractional timestamp or a large float id keeps its order and identity."""
+    low = name.strip().lower()
+    return name.strip() in keys or low in _ID_NAMES or low in _TIME_NAMES or low.endswith("id")
+
+
+def _read_columns(path: Path, keys: set[str]) -> tuple[list[str], dict[str, Any]]:
+    """The file's column names and columns, float columns as float32 (the models train in float32)
+    except those that may be keys (``_may_be_key``).
 
     Streams the file in small blocks into preallocated NumPy columns, so peak memory is about the
     final columns plus a few MB; the float columns are learnt from the first megabyte. If a later
@@ -179,7 +188,7 @@ def _read_columns(path: Path) -> tuple[list[str], dict[str, Any]]:
         head = head[:head.rindex(b"\n") + 1]
     probe = pacsv.read_csv(pa.py_buffer(head), convert_options=convert({})).schema
     names = list(probe.names)
-    types = {f.name: pa.float32() for f in probe if pa.types.is_floating(f.type)}
+    types = {f.name: pa.float32() for f in probe if pa.types.is_floating(f.type) and not _may_be_key(f.name, keys)}
     if len(set(names)) < len(names):  # before any column is keyed by name
         return names, {}
     # A block must hold whole rows, and enough of them that per-block costs stay small when a file
@@ -198,7 +207,8 @@ def _read_columns(path: Path) -> tuple[list[str], dict[str, Any]]:
     # A later block disagrees with the first one's types: read in one go with full type inference.
     table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=max(block, 1 << 20)),
                            convert_options=convert({}))
-    table = table.cast(pa.schema([pa.field(f.name, pa.float32()) if pa.types.is_floating(f.type) else f
+    table = table.cast(pa.schema([pa.field(f.name, pa.float32())
+                                  if pa.types.is_floating(f.type) and not _may_be_key(f.name, keys) else f
                                   for f in table.schema]))
     return names, _collect(table.to_batches(), table.schema, lambda b: table.num_rows)
 
@@ -286,14 +296,18 @@ def _release_freed_memory() -> None:
         pass
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
-    """Read a CSV with Arrow's streaming reader; every problem becomes one ``UserError``."""
+def read_csv(path: str | Path, keys: Iterable[str | None] = ()) -> pd.DataFrame:
+    """Read a CSV with Arrow's streaming reader; every problem becomes one ``UserError``.
+
+    Float columns are float32 except possible id and time columns, and the columns named in ``keys``
+    (``--id-col``, ``--time-col``), which keep float64.
+    """
     import pyarrow as pa
 
     path = Path(path)
     _check_text_file(path)
     try:
-        names, columns = _read_columns(path)
+        names, columns = _read_columns(path, {k for k in keys if k})
     except pa.ArrowInvalid as exc:
         bad = _ragged_row(path)
         if bad:
@@ -861,8 +875,6 @@ def wide_steps(df: pd.DataFrame, steps: list[list[str]], features: list[str], fi
 def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
                 ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
     raw, lengths, inside = wide_steps(df, schema.wide_steps or [], schema.features, opts.fill, path)
-    # The frame is read_dataset's own: the step columns are in ``raw`` now.
-    df.drop(columns=[c for row in schema.wide_steps or [] for c in row], inplace=True)
     n = len(df)
     keys = df[schema.id_col].to_numpy() if schema.id_col else np.arange(n)
     first = df[schema.target]
@@ -1008,7 +1020,7 @@ def read_dataset(path: str | Path, **options: Any) -> Dataset:
     opts = DataOptions(**{k: v for k, v in options.items() if v is not None})
     opts.validate()
     path = Path(path)
-    df = read_csv(path)
+    df = read_csv(path, keys=(opts.id_col, opts.time_col))
     schema, warnings = detect(df, opts, path)
     _release_freed_memory()  # detection's hash tables
     builder = {"long": _build_long, "wide": _build_wide, "series": _build_series}[schema.layout]

@@ -280,3 +280,15 @@ def test_reader_handles_long_lines(tmp_path):
     p.write_text(",".join(f"x{i}" for i in range(k)) + "\n" + short * 1200 + ",".join(["12345.678901"] * k) + "\n")
     got = read_csv(p)
     assert got.shape == (1201, k) and got.iloc[-1, 0] == 12345.678901
+
+
+def test_fractional_timestamps_keep_their_order(tmp_path):
+    """Float time columns stay float64: unix seconds with fractions would collide in float32."""
+    df = long_frame(n_seq=30, steps=6)
+    df["time"] = 1.7e9 + 0.25 * df["time"]
+    ds = read_dataset(write(tmp_path, df))
+    assert ds.info["time_col"] == "time" and ds.info["n_sequences"] == 30
+    tr = ds.splits["train"]
+    mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
+    raw = df[df.id == tr.keys[0]].sort_values("time")[["a", "b"]].to_numpy()
+    assert np.allclose(tr.x[0, :tr.lengths[0]] * std + mean, raw, atol=1e-4)
