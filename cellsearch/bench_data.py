@@ -32,24 +32,34 @@ def make_file(path: Path, sequences: int = 10_000, steps: int = 100, features: i
         pacsv.write_csv(pa.table(columns), fh, pacsv.WriteOptions(include_header=False, quoting_style="none"))
 
 
-_MEASURE = """
-import json, resource, sys, time
+_PEAK = """
+def peak_bytes():
+    # VmHWM is this process's own high-water mark; ru_maxrss would also count the parent's memory
+    # before exec (a child of a large process reports at least that).
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+"""
+
+_MEASURE = _PEAK + """
+import json, sys, time
 t0 = time.perf_counter()
 import numpy, pandas, pyarrow.csv
 t1 = time.perf_counter()
 from cellsearch.data import read_dataset
 ds = read_dataset(sys.argv[1])
 t2 = time.perf_counter()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "peak_bytes": peak,
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "peak_bytes": peak_bytes(),
                   "n_sequences": ds.info["n_sequences"], "shape": list(ds.splits["train"].x.shape)}))
 """
 
 
 def measure(path: Path) -> dict:
     """Time ``read_dataset`` in a fresh interpreter; peak RSS includes the interpreter itself."""
-    base = subprocess.run([sys.executable, "-c", "import resource, numpy, pandas, pyarrow.csv, json;"
-                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
+    base = subprocess.run([sys.executable, "-c", _PEAK + "import numpy, pandas, pyarrow.csv\nprint(peak_bytes())"],
                           capture_output=True, text=True, check=True)
     out = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, check=True)
     res = json.loads(out.stdout)
