@@ -138,6 +138,15 @@ def test_text_features_one_hot_and_fill(tmp_path):
     ds = read_dataset(write(tmp_path, df), fill="ffill")
     assert ds.preprocessing["inputs"] == ["a", "b", "color=blue", "color=red"]
     assert np.isfinite(ds.splits["train"].x).all()
+    # Prediction-time preprocessing (encoding, filling, scaling) of the same rows gives the training tensors.
+    from cellsearch.predict import transform
+
+    x, lengths, keys, _ = transform(df.drop(columns=["label"]), ds.preprocessing)
+    where = {k: i for i, k in enumerate(keys)}
+    for split in ds.splits.values():
+        rows = [where[k] for k in split.keys]
+        assert np.array_equal(lengths[rows], split.lengths)
+        assert np.allclose(x[rows][:, :split.x.shape[1]], split.x, atol=1e-5)
 
 
 # ---- bad input: one line on stderr, exit 2, no traceback ----------------------------------------
