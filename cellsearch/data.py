@@ -644,40 +644,57 @@ def _handle_missing(values: np.ndarray, names: list[str], codes: np.ndarray, sta
     return np.nan_to_num(values, nan=0.0)
 
 
-def _scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], names: list[str],
-                   categories: dict[str, list[str]], order: np.ndarray, codes: np.ndarray, starts: np.ndarray,
-                   dest: np.ndarray, out: np.ndarray, fill: str | None, path: Path,
-                   train_rows: np.ndarray | None = None, scaler: tuple[np.ndarray, np.ndarray] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Write every input, one column at a time, into ``out[dest, j]`` (``out`` is the padded array
-    seen as (sequences x steps, inputs)): sorted by ``order``, missing values refused or filled
-    within each sequence, standardised by ``scaler`` or by a scaler fitted on the sorted rows
-    ``train_rows``. Returns (mean, std).
+def _fill_padded(values: np.ndarray, fill: str) -> None:
+    """Fill the non-finite values of one input in the padded array, in place: ``ffill`` along each
+    sequence's steps (padding comes after a sequence's last step, so it never feeds a real one;
+    a leading gap becomes 0), ``zero`` writes 0."""
+    finite = np.isfinite(values)
+    if fill == "ffill":
+        idx = np.where(finite, np.arange(values.shape[1])[None, :], -1)
+        np.maximum.accumulate(idx, axis=1, out=idx)
+        filled = np.take_along_axis(values, np.maximum(idx, 0), axis=1)
+        values[...] = np.where(idx >= 0, filled, 0.0)
+    else:
+        values[~finite] = 0.0
 
-    Column by column, never a (rows x inputs) matrix: the long layout's memory peak is the padded
-    array plus a few columns.
+
+def _scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], names: list[str],
+                    categories: dict[str, list[str]], dest: np.ndarray, out: np.ndarray, lengths: np.ndarray,
+                    fill: str | None, path: Path, train_seq: np.ndarray | None = None,
+                    scaler: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Write every input into the padded array ``out`` (sequences, steps, inputs) and standardise it.
+
+    File row i goes to flat position ``dest[i]`` (sequence x steps + step). Missing values are
+    refused (every column's count in one message) or filled within each sequence, in raw units;
+    then the inputs are standardised in place by ``scaler``, or by one fitted on the real steps of
+    the sequences marked in ``train_seq``; padding stays zero. Returns (mean, std).
+
+    One column at a time and in place: no (rows x inputs) matrix and no reordered copy, so the long
+    layout's memory peak is the file's columns plus the padded array.
     """
-    mean, std = np.zeros(len(plan)), np.ones(len(plan))
+    n_seq, steps, n_in = out.shape
+    flat = out.reshape(-1, n_in)
     missing: dict[str, int] = {}
     cache: dict[str, np.ndarray] = {}
     for j, (c, level) in enumerate(plan):
-        v = _input_column(df, c, level, categories, cache)[order]
-        bad = int(np.count_nonzero(~np.isfinite(v)))
+        col = _input_column(df, c, level, categories, cache)
+        bad = len(col) - int(np.count_nonzero(np.isfinite(col)))
         if bad and fill is None:
             missing[names[j]] = bad
             continue
+        flat[dest, j] = col
         if bad:
-            v = _handle_missing(v[:, None], names[j:j + 1], codes, starts, fill, path)[:, 0].astype(np.float32)
-        if scaler is None:
-            m, s = _fit_scaler(v[:, None], train_rows)
-            mean[j], std[j] = m[0], s[0]
-        else:
-            mean[j], std[j] = scaler[0][j], scaler[1][j]
-        v -= np.float32(mean[j])
-        v /= np.float32(std[j])
-        out[dest, j] = v
+            _fill_padded(out[:, :, j], fill)
     if missing:
         raise _missing_error(path, missing)
+    real = np.arange(steps)[None, :] < lengths[:, None]
+    if scaler is None:
+        mean, std = _fit_scaler(flat, (real & train_seq[:, None]).ravel())
+    else:
+        mean, std = np.asarray(scaler[0], dtype=np.float64), np.asarray(scaler[1], dtype=np.float64)
+    flat -= mean.astype(np.float32)
+    flat /= std.astype(np.float32)
+    flat[~real.ravel()] = 0.0
     return mean, std
 
 
@@ -822,16 +839,20 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     train_rows_file = np.empty(len(order), dtype=bool)
     train_rows_file[order] = train_seq[codes]
     plan, names, cats = _plan_inputs(df, schema.features, train_rows_file, path)
+    del train_rows_file
     # Renumber sequences split by split, so each split is a contiguous view of one padded array.
     seq_order = np.concatenate([np.flatnonzero(assign == s_) for s_ in SPLITS])
     new_code = np.empty(n_seq, dtype=np.int64)
     new_code[seq_order] = np.arange(n_seq)
     lengths = np.diff(np.r_[starts, len(codes)])
     steps = int(lengths.max())
+    dest = np.empty(len(order), dtype=np.int64)  # each file row's place in the padded array
+    dest[order] = _padded_rows(codes, starts, steps, new_code)
+    del order, codes, new_code
+    _release_freed_memory()
     x = np.zeros((n_seq, steps, len(plan)), dtype=np.float32)
-    dest = _padded_rows(codes, starts, steps, new_code)
-    mean, std = _scatter_inputs(df, plan, names, cats, order, codes, starts, dest, x.reshape(-1, len(plan)),
-                               opts.fill, path, train_rows=train_seq[codes])
+    mean, std = _scatter_inputs(df, plan, names, cats, dest, x, lengths[seq_order], opts.fill, path,
+                                train_seq=train_seq[seq_order])
     del dest
     bounds = np.cumsum([0] + [int((assign == s_).sum()) for s_ in SPLITS])
     splits = {s_: SplitTensors(x[bounds[k]:bounds[k + 1]], lengths[seq_order][bounds[k]:bounds[k + 1]],

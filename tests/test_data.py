@@ -301,3 +301,31 @@ def test_fractional_timestamps_keep_their_order(tmp_path):
     mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
     raw = df[df.id == tr.keys[0]].sort_values("time")[["a", "b"]].to_numpy()
     assert np.allclose(tr.x[0, :tr.lengths[0]] * std + mean, raw, atol=1e-4)
+
+
+@pytest.mark.parametrize("fill", ["ffill", "zero"])
+def test_fill_is_within_each_sequence_and_before_scaling(tmp_path, fill):
+    """ffill carries the last value of the same sequence forward (never across sequences; a leading
+    gap becomes 0), zero writes 0; both in raw units, before the training scaler is fitted."""
+    df = long_frame(n_seq=40, steps=6, seed=3)
+    df = df.sort_values(["id", "time"]).reset_index(drop=True)
+    lengths = df.groupby("id").size()
+    first_rows = df.groupby("id").head(1).index
+    gaps = list(first_rows[:3]) + [int(i) + 1 for i in first_rows[3:8] if lengths[df.id[i]] > 1]
+    raw = df.copy()
+    raw.loc[gaps, "a"] = np.nan
+    raw.loc[gaps[0], "b"] = np.inf
+    ds = read_dataset(write(tmp_path, raw.sample(frac=1.0, random_state=1)), fill=fill)
+    expect = raw[["a", "b"]].replace(np.inf, np.nan)
+    if fill == "ffill":
+        expect = expect.groupby(raw["id"]).ffill()
+    expect = expect.fillna(0.0)
+    mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
+    train_ids = set(ds.splits["train"].keys.tolist())
+    in_train = raw["id"].isin(train_ids).to_numpy()
+    assert np.allclose(mean, expect[in_train].mean().to_numpy(), atol=1e-5)
+    for split in ds.splits.values():
+        for x, n, key in zip(split.x, split.lengths, split.keys):
+            want = expect[raw["id"] == key].to_numpy()
+            assert np.allclose(x[:n] * std + mean, want, atol=1e-4), (key, fill)
+            assert np.all(x[n:] == 0)
