@@ -21,7 +21,8 @@ class PyfuncModel(mlflow.pyfunc.PythonModel):
 
         self.predictor = load(self.bundle)
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads these hints)
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Predictions for a frame in the training CSV's layout (MLflow reads the ``model_input`` hint)."""
         if self.predictor is None:
             self.load_context(context)
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
