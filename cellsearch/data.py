@@ -140,10 +140,10 @@ def _check_text_file(path: Path) -> None:
             raise UserError(f"{path}: not a UTF-8 text CSV file (byte {exc.start})") from None
 
 
-def _ragged_row(path: Path) -> tuple[int, int, int] | None:
+def _ragged_row(path: Path, delimiter: str = ",") -> tuple[int, int, int] | None:
     """On a parse error only: find the first line whose field count differs from the header's."""
     with path.open(newline="", encoding="utf-8", errors="replace") as fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(fh, delimiter=delimiter)
         header = next(reader, [])
         for lineno, row in enumerate(reader, start=2):
             if row and len(row) != len(header):
@@ -152,6 +152,21 @@ def _ragged_row(path: Path) -> tuple[int, int, int] | None:
 
 
 _BLOCK = 1 << 18  # bytes per parse block: Arrow queues up to 32 blocks ahead, so small keeps that small
+# Arrow's missing-value spellings, plus "?" (UCI data sets) and "None".
+_NULLS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "N/A", "NA",
+          "NULL", "NaN", "n/a", "nan", "null", "None", "?"]
+
+
+def _sniff_delimiter(path: Path) -> str:
+    """The field separator, from the header line: a comma unless the header has none and does have
+    semicolons, tabs or pipes (European and tab-separated exports)."""
+    with path.open("rb") as fh:
+        header = fh.readline(1 << 20)
+    if b"," in header:
+        return ","
+    counts = {d: header.count(d.encode()) for d in (";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
 
 
 def _may_be_key(name: str, keys: set[str]) -> bool:
@@ -161,7 +176,7 @@ def _may_be_key(name: str, keys: set[str]) -> bool:
     return name.strip() in keys or low in _ID_NAMES or low in _TIME_NAMES or low.endswith("id")
 
 
-def _read_columns(path: Path, keys: set[str]) -> tuple[list[str], dict[str, Any]]:
+def _read_columns(path: Path, keys: set[str], delimiter: str = ",") -> tuple[list[str], dict[str, Any]]:
     """The file's column names and columns, float columns as float32 (the models train in float32)
     except those that may be keys (``_may_be_key``).
 
@@ -177,7 +192,9 @@ def _read_columns(path: Path, keys: set[str]) -> tuple[list[str], dict[str, Any]
     pa.set_memory_pool(pa.system_memory_pool())
 
     def convert(types: dict[str, Any]) -> Any:
-        return pacsv.ConvertOptions(strings_can_be_null=True, column_types=types)
+        return pacsv.ConvertOptions(strings_can_be_null=True, column_types=types, null_values=_NULLS)
+
+    parse = pacsv.ParseOptions(delimiter=delimiter)
 
     size = path.stat().st_size
     with path.open("rb") as fh:  # the first megabyte (at least the header and a row), cut at a line end
@@ -186,7 +203,7 @@ def _read_columns(path: Path, keys: set[str]) -> tuple[list[str], dict[str, Any]
             head += fh.read(1 << 20)
     if len(head) < size and b"\n" in head:
         head = head[:head.rindex(b"\n") + 1]
-    probe = pacsv.read_csv(pa.py_buffer(head), convert_options=convert({})).schema
+    probe = pacsv.read_csv(pa.py_buffer(head), parse_options=parse, convert_options=convert({})).schema
     names = list(probe.names)
     types = {f.name: pa.float32() for f in probe if pa.types.is_floating(f.type) and not _may_be_key(f.name, keys)}
     if len(set(names)) < len(names):  # before any column is keyed by name
@@ -196,7 +213,7 @@ def _read_columns(path: Path, keys: set[str]) -> tuple[list[str], dict[str, Any]
     longest = max(len(line) for line in head.split(b"\n"))
     block = min(max(_BLOCK, 64 * longest), 1 << 30)
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block), parse_options=parse,
                                 convert_options=convert(types))
         return names, _collect(reader, reader.schema, lambda b: 1.25 * size * b.num_rows / min(block, size))
     except pa.ArrowInvalid as exc:
@@ -206,7 +223,7 @@ def _read_columns(path: Path, keys: set[str]) -> tuple[list[str], dict[str, Any]
             raise
     # A later block disagrees with the first one's types: read in one go with full type inference.
     table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=max(block, 1 << 20)),
-                           convert_options=convert({}))
+                           parse_options=parse, convert_options=convert({}))
     table = table.cast(pa.schema([pa.field(f.name, pa.float32())
                                   if pa.types.is_floating(f.type) and not _may_be_key(f.name, keys) else f
                                   for f in table.schema]))
@@ -306,10 +323,11 @@ def read_csv(path: str | Path, keys: Iterable[str | None] = ()) -> pd.DataFrame:
 
     path = Path(path)
     _check_text_file(path)
+    delimiter = _sniff_delimiter(path)
     try:
-        names, columns = _read_columns(path, {k for k in keys if k})
+        names, columns = _read_columns(path, {k for k in keys if k}, delimiter)
     except pa.ArrowInvalid as exc:
-        bad = _ragged_row(path)
+        bad = _ragged_row(path, delimiter)
         if bad:
             raise UserError(f"{path}: line {bad[0]} has {bad[1]} fields, the header has {bad[2]}") from None
         first = str(exc).strip().splitlines()[0]

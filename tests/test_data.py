@@ -329,3 +329,23 @@ def test_fill_is_within_each_sequence_and_before_scaling(tmp_path, fill):
             want = expect[raw["id"] == key].to_numpy()
             assert np.allclose(x[:n] * std + mean, want, atol=1e-4), (key, fill)
             assert np.all(x[n:] == 0)
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_semicolon_and_tab_separated_files_read_like_commas(tmp_path, sep):
+    df = long_frame(n_seq=30)
+    ref = read_dataset(write(tmp_path, df))
+    p = tmp_path / "other.csv"
+    df.to_csv(p, index=False, sep=sep)
+    ds = read_dataset(p)
+    assert ds.info["features"] == ref.info["features"] and ds.info["splits"] == ref.info["splits"]
+    assert np.allclose(ds.splits["train"].x, ref.splits["train"].x)
+
+
+def test_question_marks_are_missing_values(tmp_path):
+    """UCI data sets write "?" for a missing value: counted as missing, not read as text."""
+    df = long_frame(n_seq=30).astype({"a": object})
+    df.iloc[[3, 7, 11], df.columns.get_loc("a")] = "?"
+    with pytest.raises(UserError, match=r"'a' \(3\).*--fill"):
+        read_dataset(write(tmp_path, df))
+    assert read_dataset(write(tmp_path, df), fill="zero").info["features"] == ["a", "b"]
