@@ -836,7 +836,6 @@ def _py(v: Any) -> Any:
 def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
                 ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
     order, codes, starts, keys = _group_order(df, schema.id_col, schema.time_col, path)
-    _release_freed_memory()  # the sort's temporaries
     n_seq = len(starts)
     first = _sequence_targets(df, schema, order, starts, codes, keys, path)
     if schema.split_col:
@@ -867,7 +866,7 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     dest = np.empty(len(order), dtype=np.int64)  # each file row's place in the padded array
     dest[order] = _padded_rows(codes, starts, steps, new_code)
     del order, codes, new_code
-    _release_freed_memory()
+    _release_freed_memory()  # also detection's and the sort's temporaries, before the padded array
     x = np.zeros((n_seq, steps, len(plan)), dtype=np.float32)
     mean, std = _scatter_inputs(df, plan, names, cats, dest, x, lengths[seq_order], opts.fill, path,
                                 train_seq=train_seq[seq_order])
@@ -1061,7 +1060,6 @@ def read_dataset(path: str | Path, **options: Any) -> Dataset:
     path = Path(path)
     df = read_csv(path, keys=(opts.id_col, opts.time_col))
     schema, warnings = detect(df, opts, path)
-    _release_freed_memory()  # detection's hash tables
     builder = {"long": _build_long, "wide": _build_wide, "series": _build_series}[schema.layout]
     splits, prep = builder(df, schema, opts, path, warnings)
     if schema.task != "forecasting" and len(splits["val"]) == 0:
