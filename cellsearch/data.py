@@ -705,14 +705,23 @@ def _scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], names:
             _fill_padded(out[:, :, j], fill)
     if missing:
         raise _missing_error(path, missing)
-    real = np.arange(steps)[None, :] < lengths[:, None]
+    return _standardise_padded(out, np.arange(steps)[None, :] < lengths[:, None], train_seq, scaler)
+
+
+def _standardise_padded(x: np.ndarray, real: np.ndarray, train_seq: np.ndarray | None = None,
+                        scaler: tuple[Any, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise a padded (sequences, steps, inputs) float32 array in place and zero its padding.
+
+    ``real`` marks the real steps; the scaler is ``scaler`` or fitted on the real steps of the
+    sequences marked in ``train_seq``. Returns (mean, std).
+    """
     if scaler is None:
-        mean, std = _fit_scaler(flat, (real & train_seq[:, None]).ravel())
+        mean, std = _fit_scaler(x.reshape(-1, x.shape[-1]), (real & train_seq[:, None]).ravel())
     else:
         mean, std = np.asarray(scaler[0], dtype=np.float64), np.asarray(scaler[1], dtype=np.float64)
-    flat -= mean.astype(np.float32)
-    flat /= std.astype(np.float32)
-    flat[~real.ravel()] = 0.0
+    x -= mean.astype(np.float32)
+    x /= std.astype(np.float32)
+    x[~real] = 0.0
     return mean, std
 
 
@@ -833,6 +842,21 @@ def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
+def _split_order(assign: np.ndarray) -> np.ndarray:
+    """Sequences renumbered split by split (train, val, test; file order within each), so that each
+    split is a contiguous view of one array."""
+    return np.concatenate([np.flatnonzero(assign == s) for s in SPLITS])
+
+
+def _split_views(x: np.ndarray, seq_order: np.ndarray, assign: np.ndarray, lengths: np.ndarray, y: np.ndarray,
+                 keys: np.ndarray) -> dict[str, SplitTensors]:
+    """Each split as views of ``x`` (already in ``seq_order``), with its lengths, targets and keys."""
+    bounds = np.cumsum([0] + [int((assign == s).sum()) for s in SPLITS])
+    lengths, y, keys = lengths[seq_order], y[seq_order], keys[seq_order]
+    return {s: SplitTensors(x[a:b], lengths[a:b], y[a:b], keys[a:b])
+            for s, a, b in zip(SPLITS, bounds[:-1], bounds[1:])}
+
+
 def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
                 ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
     order, codes, starts, keys = _group_order(df, schema.id_col, schema.time_col, path)
@@ -857,8 +881,7 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     train_rows_file[order] = train_seq[codes]
     plan, names, cats = _plan_inputs(df, schema.features, train_rows_file, path)
     del train_rows_file
-    # Renumber sequences split by split, so each split is a contiguous view of one padded array.
-    seq_order = np.concatenate([np.flatnonzero(assign == s_) for s_ in SPLITS])
+    seq_order = _split_order(assign)
     new_code = np.empty(n_seq, dtype=np.int64)
     new_code[seq_order] = np.arange(n_seq)
     lengths = np.diff(np.r_[starts, len(codes)])
@@ -871,16 +894,13 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     mean, std = _scatter_inputs(df, plan, names, cats, dest, x, lengths[seq_order], opts.fill, path,
                                 train_seq=train_seq[seq_order])
     del dest
-    bounds = np.cumsum([0] + [int((assign == s_).sum()) for s_ in SPLITS])
-    splits = {s_: SplitTensors(x[bounds[k]:bounds[k + 1]], lengths[seq_order][bounds[k]:bounds[k + 1]],
-                               y[seq_order][bounds[k]:bounds[k + 1]], keys[seq_order][bounds[k]:bounds[k + 1]])
-              for k, s_ in enumerate(SPLITS)}
+    splits = _split_views(x, seq_order, assign, lengths, y, keys)
     prep = {"inputs": names, "categories": cats, "scaler": {"mean": mean.tolist(), "std": std.tolist()},
             **target_info}
     return splits, prep
 
 
-def wide_steps(df: pd.DataFrame, steps: list[list[str]], features: list[str], fill: str | None, path: Path
+def wide_steps(df: pd.DataFrame, steps: list[list[str]], fill: str | None, path: Path
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The step columns of a wide frame as (N, T, F) float32, each row's length and its mask.
 
@@ -893,6 +913,8 @@ def wide_steps(df: pd.DataFrame, steps: list[list[str]], features: list[str], fi
         if not _is_numeric(df[c]):
             raise UserError(f"{path}: step column {c!r} is not numeric")
     raw = df[flat].to_numpy(dtype=np.float32, na_value=np.nan).reshape(n, T, F)
+    if not raw.flags.writeable:  # pandas hands out read-only views of one-block frames; callers fill in place
+        raw = raw.copy()
     if np.isinf(raw).any() and fill is None:
         raise UserError(f"{path}: infinite values in step columns ({int(np.isinf(raw).sum())}); pass --fill")
     present = np.isfinite(raw).any(axis=2)
@@ -905,14 +927,14 @@ def wide_steps(df: pd.DataFrame, steps: list[list[str]], features: list[str], fi
         if fill is None:
             raise UserError(f"{path}: {int(gaps.sum())} missing or infinite step values inside sequences; "
                             "pass --fill ffill or --fill zero")
-        raw = _handle_missing(raw.reshape(n * T, F), features, np.repeat(np.arange(n), T), np.arange(n) * T,
-                              fill, path).reshape(n, T, F)
+        for j in range(F):
+            _fill_padded(raw[:, :, j], fill)
     return raw, lengths.astype(np.int64), inside
 
 
 def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path, warnings: list[str]
                 ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
-    raw, lengths, inside = wide_steps(df, schema.wide_steps or [], schema.features, opts.fill, path)
+    raw, lengths, inside = wide_steps(df, schema.wide_steps or [], opts.fill, path)
     n = len(df)
     keys = df[schema.id_col].to_numpy() if schema.id_col else np.arange(n)
     first = df[schema.target]
@@ -922,22 +944,12 @@ def _build_wide(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     assign = _sequence_splits(given, first, schema.task, opts, path)
     train = assign == "train"
     y, target_info = _encode_target(first.reset_index(drop=True), schema.task, train, path, schema.target)
-    # In place, in float32: padding zero, scaler fitted on the training sequences' real steps.
     np.nan_to_num(raw, copy=False)
-    outside = ~inside
-    raw[outside] = 0.0
-    mean, std = _fit_scaler(raw.reshape(n * raw.shape[1], -1), (train[:, None] & inside).ravel())
-    raw -= mean.astype(np.float32)
-    raw /= std.astype(np.float32)
-    raw[outside] = 0.0
-    # Sequences split by split, so each split is a contiguous view of one array.
-    seq_order = np.concatenate([np.flatnonzero(assign == s_) for s_ in SPLITS])
+    mean, std = _standardise_padded(raw, inside, train)
+    seq_order = _split_order(assign)
     x = raw[seq_order]
     del raw
-    bounds = np.cumsum([0] + [int((assign == s_).sum()) for s_ in SPLITS])
-    splits = {s_: SplitTensors(x[bounds[k]:bounds[k + 1]], lengths[seq_order][bounds[k]:bounds[k + 1]],
-                               y[seq_order][bounds[k]:bounds[k + 1]], keys[seq_order][bounds[k]:bounds[k + 1]])
-              for k, s_ in enumerate(SPLITS)}
+    splits = _split_views(x, seq_order, assign, lengths, y, keys)
     prep = {"inputs": schema.features, "categories": {}, "step_columns": schema.wide_steps,
             "scaler": {"mean": mean.tolist(), "std": std.tolist()}, **target_info}
     return splits, prep

@@ -23,6 +23,7 @@ from cellsearch.data import (
     _plan_inputs,
     _py,
     _scatter_inputs,
+    _standardise_padded,
     wide_steps,
 )
 from cellsearch.errors import UserError
@@ -83,9 +84,10 @@ def transform(df: pd.DataFrame, prep: dict[str, Any], where: str = "input"
     mean = np.asarray(prep["scaler"]["mean"])
     std = np.asarray(prep["scaler"]["std"])
     if prep["layout"] == "wide":
-        raw, lengths, inside = wide_steps(df, prep["step_columns"], prep["features"], fill, path)
+        raw, lengths, inside = wide_steps(df, prep["step_columns"], fill, path)
         n = len(df)
-        x = np.where(inside[:, :, None], (np.nan_to_num(raw) - mean) / std, 0.0).astype(np.float32)
+        x = np.nan_to_num(raw, copy=False)
+        _standardise_padded(x, inside, scaler=(mean, std))
         keys = df[prep["id_col"]].to_numpy() if prep.get("id_col") else np.arange(n)
         return x, lengths, keys, {}
     order, codes, starts, keys = _group_order(df, prep.get("id_col"), prep.get("time_col"), path)

@@ -349,3 +349,29 @@ def test_question_marks_are_missing_values(tmp_path):
     with pytest.raises(UserError, match=r"'a' \(3\).*--fill"):
         read_dataset(write(tmp_path, df))
     assert read_dataset(write(tmp_path, df), fill="zero").info["features"] == ["a", "b"]
+
+
+def test_wide_gaps_are_filled_within_the_row(tmp_path):
+    """Wide layout: a gap inside a row is forward filled from that row's previous step (a leading gap
+    becomes 0); trailing gaps only shorten the row; prediction-time preprocessing agrees."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, 8)).round(3)
+    df = pd.DataFrame(x, columns=[f"x{j}" for j in range(8)])
+    df["y"] = np.arange(40) % 2
+    df.loc[0, "x3"] = np.nan   # inside: takes x2
+    df.loc[1, "x0"] = np.nan   # leading: 0
+    df.loc[2, ["x6", "x7"]] = np.nan  # trailing: length 6
+    with pytest.raises(UserError, match="2 missing or infinite step values"):
+        read_dataset(write(tmp_path, df))
+    ds = read_dataset(write(tmp_path, df), fill="ffill")
+    mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
+    want = df.drop(columns="y").to_numpy(copy=True)
+    want[0, 3], want[1, 0] = want[0, 2], 0.0
+    from cellsearch.predict import transform
+
+    px, plen, _, _ = transform(df.drop(columns="y"), ds.preprocessing)
+    for split in ds.splits.values():
+        for xs, n, key in zip(split.x, split.lengths, split.keys):
+            assert n == (6 if key == 2 else 8)
+            assert np.allclose(xs[:n, 0] * std[0] + mean[0], want[key, :n], atol=1e-5)
+            assert np.all(xs[n:] == 0) and np.allclose(px[key], xs, atol=1e-6)
