@@ -605,8 +605,12 @@ def _plan_inputs(df: pd.DataFrame, features: list[str], train_rows: np.ndarray, 
         plan.extend((c, v) for v in cats[c])
     if not plan:
         raise UserError(f"{path}: no numeric feature column (columns: {', '.join(df.columns)})")
-    names = [c if level is None else f"{c}={level}" for c, level in plan]
-    return plan, names, cats
+    return plan, [_input_name(c, level) for c, level in plan], cats
+
+
+def _input_name(column: str, level: str | None) -> str:
+    """An input's name: the column, or ``column=level`` for a one-hot input."""
+    return column if level is None else f"{column}={level}"
 
 
 def _input_column(df: pd.DataFrame, column: str, level: str | None, categories: dict[str, list[str]],
@@ -676,10 +680,10 @@ def _fill_padded(values: np.ndarray, fill: str) -> None:
         values[~finite] = 0.0
 
 
-def _scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], names: list[str],
-                    categories: dict[str, list[str]], dest: np.ndarray, out: np.ndarray, lengths: np.ndarray,
-                    fill: str | None, path: Path, train_seq: np.ndarray | None = None,
-                    scaler: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], categories: dict[str, list[str]],
+                    dest: np.ndarray, out: np.ndarray, lengths: np.ndarray, fill: str | None, path: Path,
+                    train_seq: np.ndarray | None = None, scaler: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Write every input into the padded array ``out`` (sequences, steps, inputs) and standardise it.
 
     File row i goes to flat position ``dest[i]`` (sequence x steps + step). Missing values are
@@ -698,7 +702,7 @@ def _scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], names:
         col = _input_column(df, c, level, categories, cache)
         bad = len(col) - int(np.count_nonzero(np.isfinite(col)))
         if bad and fill is None:
-            missing[names[j]] = bad
+            missing[_input_name(c, level)] = bad
             continue
         flat[dest, j] = col
         if bad:
@@ -891,7 +895,7 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     del order, codes, new_code
     _release_freed_memory()  # also detection's and the sort's temporaries, before the padded array
     x = np.zeros((n_seq, steps, len(plan)), dtype=np.float32)
-    mean, std = _scatter_inputs(df, plan, names, cats, dest, x, lengths[seq_order], opts.fill, path,
+    mean, std = _scatter_inputs(df, plan, cats, dest, x, lengths[seq_order], opts.fill, path,
                                 train_seq=train_seq[seq_order])
     del dest
     splits = _split_views(x, seq_order, assign, lengths, y, keys)
