@@ -122,7 +122,8 @@ class Dataset:
 # Reading
 # --------------------------------------------------------------------------------------------------
 
-def _check_text_file(path: Path) -> None:
+def _check_text_file(path: Path) -> bytes:
+    """Refuse a missing, empty, binary or non-UTF-8 file; returns its first 64 kB."""
     if not path.exists():
         raise UserError(f"{path}: file not found")
     if path.is_dir():
@@ -138,6 +139,7 @@ def _check_text_file(path: Path) -> None:
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # a multi-byte character cut at the end is fine
             raise UserError(f"{path}: not a UTF-8 text CSV file (byte {exc.start})") from None
+    return head
 
 
 def _ragged_row(path: Path, delimiter: str = ",") -> tuple[int, int, int] | None:
@@ -157,11 +159,10 @@ _NULLS = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", 
           "NULL", "NaN", "n/a", "nan", "null", "None", "?"]
 
 
-def _sniff_delimiter(path: Path) -> str:
-    """The field separator, from the header line: a comma unless the header has none and does have
-    semicolons, tabs or pipes (European and tab-separated exports)."""
-    with path.open("rb") as fh:
-        header = fh.readline(1 << 20)
+def _sniff_delimiter(head: bytes) -> str:
+    """The field separator, from the header line at the start of ``head``: a comma unless the header
+    has none and does have semicolons, tabs or pipes (European and tab-separated exports)."""
+    header = head.split(b"\n", 1)[0]
     if b"," in header:
         return ","
     counts = {d: header.count(d.encode()) for d in (";", "\t", "|")}
@@ -322,8 +323,7 @@ def read_csv(path: str | Path, keys: Iterable[str | None] = ()) -> pd.DataFrame:
     import pyarrow as pa
 
     path = Path(path)
-    _check_text_file(path)
-    delimiter = _sniff_delimiter(path)
+    delimiter = _sniff_delimiter(_check_text_file(path))
     try:
         names, columns = _read_columns(path, {k for k in keys if k}, delimiter)
     except pa.ArrowInvalid as exc:
