@@ -221,26 +221,24 @@ def _claims_slot(trial: Any, target_count: int) -> bool:
     return len(earlier) < target_count
 
 
+@dataclass(kw_only=True, eq=False)
 class Objective:
     """Define-by-run objective: reads the space, builds a model, trains it, records everything."""
 
-    def __init__(self, *, dataset: Any, space: Any, objective: str, cost: str, seed: int, sdir: Path,
-                 max_epochs: int | None, trial_timeout: float | None, deadline: float | None,
-                 tracker: Any, verbose: bool, accelerator: str, prune_multi: bool = True) -> None:
-        self.dataset = dataset
-        self.space = space
-        self.objective = objective
-        self.cost = cost
-        self.seed = seed
-        self.sdir = sdir
-        self.max_epochs = max_epochs
-        self.trial_timeout = trial_timeout
-        self.deadline = deadline
-        self.tracker = tracker
-        self.verbose = verbose
-        self.accelerator = accelerator
-        self.prune_multi = prune_multi
-        self.target_count: int | None = None
+    dataset: Any
+    space: Any
+    objective: str
+    cost: str
+    seed: int
+    sdir: Path
+    max_epochs: int | None
+    trial_timeout: float | None
+    deadline: float | None
+    tracker: Any
+    verbose: bool
+    accelerator: str
+    prune_multi: bool = True
+    target_count: int | None = field(default=None, init=False)  # set by run_trials: its slot claiming
 
     def __call__(self, trial: Any) -> Any:
         import optuna
