@@ -729,13 +729,15 @@ def _standardise_padded(x: np.ndarray, real: np.ndarray, train_seq: np.ndarray |
     return mean, std
 
 
-def _padded_rows(codes: np.ndarray, starts: np.ndarray, steps: int, seq_index: np.ndarray | None = None
-                ) -> np.ndarray:
-    """For rows sorted by sequence: their row in a (sequences x ``steps``) padded array
-    (``seq_index`` renumbers the sequences)."""
-    dest = np.arange(len(codes), dtype=np.int64)
-    dest -= starts[codes]
-    dest += (codes if seq_index is None else seq_index[codes]) * steps
+def _padded_rows(order: np.ndarray, codes: np.ndarray, starts: np.ndarray, steps: int,
+                 seq_index: np.ndarray | None = None) -> np.ndarray:
+    """Each file row's row in a (sequences x ``steps``) padded array, from ``_group_order``'s
+    ``order``, ``codes`` and ``starts`` (``seq_index`` renumbers the sequences)."""
+    pos = np.arange(len(codes), dtype=np.int64)
+    pos -= starts[codes]
+    pos += (codes if seq_index is None else seq_index[codes]) * steps
+    dest = np.empty(len(order), dtype=np.int64)
+    dest[order] = pos
     return dest
 
 
@@ -890,8 +892,7 @@ def _build_long(df: pd.DataFrame, schema: _Schema, opts: DataOptions, path: Path
     new_code[seq_order] = np.arange(n_seq)
     lengths = np.diff(np.r_[starts, len(codes)])
     steps = int(lengths.max())
-    dest = np.empty(len(order), dtype=np.int64)  # each file row's place in the padded array
-    dest[order] = _padded_rows(codes, starts, steps, new_code)
+    dest = _padded_rows(order, codes, starts, steps, new_code)
     del order, codes, new_code
     _release_freed_memory()  # also detection's and the sort's temporaries, before the padded array
     x = np.zeros((n_seq, steps, len(plan)), dtype=np.float32)

@@ -96,10 +96,9 @@ def transform(df: pd.DataFrame, prep: dict[str, Any], where: str = "input"
     if prep["layout"] == "long":
         plan, _, cats = _plan_inputs(df, prep["features"], everything, path, prep.get("categories", {}))
         steps = int(lengths.max())
-        dest = np.empty(len(order), dtype=np.int64)
-        dest[order] = _padded_rows(codes, starts, steps)
         x = np.zeros((len(starts), steps, len(plan)), dtype=np.float32)
-        _scatter_inputs(df, plan, cats, dest, x, lengths, fill, path, scaler=(mean, std))
+        _scatter_inputs(df, plan, cats, _padded_rows(order, codes, starts, steps), x, lengths, fill, path,
+                        scaler=(mean, std))
         return x, lengths.astype(np.int64), keys, {}
     values, _, _ = _encode_features(df, prep["features"], everything, path, categories=prep.get("categories", {}))
     values = _handle_missing(values[order], prep["inputs"], codes, starts, fill, path)
