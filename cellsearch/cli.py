@@ -15,7 +15,9 @@ from typing import Any
 
 import typer
 
+from cellsearch.costs import COSTS
 from cellsearch.errors import UserError
+from cellsearch.formats import FORMATS
 
 app = typer.Typer(
     name="cellsearch",
@@ -27,13 +29,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_DEBUG = {"on": False}
 _STARTED = time.time()  # --timeout counts from here: imports and data loading are part of the budget
 
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    _DEBUG["on"] = debug
+    """``--debug`` is read by ``main`` before the command runs (it decides how errors are shown)."""
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -58,10 +59,6 @@ FILL = typer.Option(None, "--fill", help="Fill missing feature values: ffill or 
 SEED = typer.Option(0, "--seed", help="Seed for splits, sampling and training.")
 
 
-def _data_kwargs(**kw: Any) -> dict[str, Any]:
-    return {k: v for k, v in kw.items() if v is not None}
-
-
 @app.command()
 def inspect(
     file: Path = typer.Argument(..., help="The CSV file."),
@@ -73,9 +70,8 @@ def inspect(
     """What cellsearch understood of a CSV: layout, task, columns, sequences and the split."""
     from cellsearch.data import inspect as inspect_file
 
-    info = inspect_file(file, **_data_kwargs(layout=layout, target=target, id_col=id_col,
-                                             time_col=time_col, task=task, window=window,
-                                             horizon=horizon, fill=fill, seed=seed))
+    info = inspect_file(file, layout=layout, target=target, id_col=id_col, time_col=time_col, task=task,
+                        window=window, horizon=horizon, fill=fill, seed=seed)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -96,38 +92,34 @@ def tune(
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds for the whole search, final "
                                             "steps included."),
     objective: str = typer.Option("pareto", "--objective", help="pareto (score and cost) or score (with pruning)."),
-    cost: str = typer.Option("macs", "--cost", help="macs, params or latency."),
+    cost: str = typer.Option("macs", "--cost", help=f"Compute cost to minimise: {', '.join(COSTS)}."),
     pick: str = typer.Option("knee", "--pick", help="Which front member to choose: knee, best or smallest."),
     study: str | None = typer.Option(None, "--study", help="Study name (default: the file's name)."),
     run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="Where the study and runs live."),
     storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (e.g. postgresql://...)."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
-    no_track: bool = typer.Option(False, "--no-track", help="Do not record in MLflow."),
+    track: bool = typer.Option(True, "--track/--no-track", help="Record in MLflow (default) or not."),
     max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override the space's max epochs."),
     trial_timeout: float | None = typer.Option(None, "--trial-timeout", help="Seconds per trial at most."),
-    no_prune: bool = typer.Option(False, "--no-prune", help="Never stop trials early."),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop hopeless trials early (default) or never."),
     workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     verbose: bool = typer.Option(False, "--verbose", help="Lightning's own progress and notices."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Search per-layer cells, depth and width for a CSV; show the Pareto front and the chosen model."""
+    # Every parameter but the file and --json is a TuneConfig or DataOptions field of the same name.
+    options = {k: v for k, v in locals().items() if k not in ("file", "as_json")}
+    from cellsearch.config import TuneConfig
     from cellsearch.search import tune as run_tune
 
-    result = run_tune(file, **_data_kwargs(layout=layout, target=target, id_col=id_col, time_col=time_col,
-                                           task=task, window=window, horizon=horizon, fill=fill),
-                      seed=seed, space=space, trials=trials,
-                      timeout=None if timeout is None else max(1.0, timeout - (time.time() - _STARTED)),
-                      objective=objective, cost=cost,
-                      pick=pick, study=study, run_dir=run_dir, storage=storage, tracking_uri=tracking_uri,
-                      track=not no_track, max_epochs=max_epochs, trial_timeout=trial_timeout, prune=not no_prune,
-                      workers=workers, verbose=verbose, device=device)
+    result = run_tune(TuneConfig.create(file, **options, started_at=_STARTED))
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         from cellsearch.report import print_result
 
-        print_result(result, tracked=not no_track, run_dir=run_dir)
+        print_result(result, tracked=track, run_dir=run_dir)
     if result.interrupted:
         print("cellsearch: interrupted; the study is saved, run the same command again to continue",
               file=sys.stderr)
@@ -142,7 +134,9 @@ def export(
     trial: int | None = typer.Option(None, "--trial", help="Export this trial instead of picking from the front."),
     pick: str = typer.Option("knee", "--pick", help="knee, best or smallest member of the Pareto front."),
     storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default: the run's SQLite)."),
-    onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx (dynamic batch and length)."),
+    formats: list[str] = typer.Option([], "--format", help="Also write this format into the bundle (repeatable): "
+                                      f"{', '.join(FORMATS)}."),
+    onnx: bool = typer.Option(False, "--onnx", help="Short for --format onnx."),
     register: str | None = typer.Option(None, "--register", help="Also register in the MLflow model registry."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for --register."),
     force: bool = typer.Option(False, "--force", help="Replace an existing, non-empty --out folder."),
@@ -150,8 +144,9 @@ def export(
     """Export the chosen model (the knee of the Pareto front by default) as a bundle."""
     from cellsearch.export import export as run_export
 
-    path = run_export(out=out, run_dir=run_dir, study=study, trial=trial, pick=pick, storage=storage, onnx=onnx,
-                      register=register, tracking_uri=tracking_uri, force=force)
+    path = run_export(out=out, run_dir=run_dir, study=study, trial=trial, pick=pick, storage=storage,
+                      formats=[*formats, *(["onnx"] if onnx else [])], register=register,
+                      tracking_uri=tracking_uri, force=force)
     print(f"exported to {path}  (cellsearch predict {path} data.csv)")
 
 
@@ -166,7 +161,7 @@ def predict(
     from cellsearch.export import load
 
     predictor = load(model_dir)
-    keys = (predictor.prep.get("id_col"), predictor.prep.get("time_col"))
+    keys = (predictor.prep.id_col, predictor.prep.time_col)
     preds = predictor.predict(read_csv(file, keys=keys), where=str(file))
     if out is None:
         preds.to_csv(sys.stdout, index=False)
@@ -235,8 +230,8 @@ def bench(
     sizes = _ints(hidden, "--hidden")
     import torch
 
-    from cellsearch import bench as bench_mod
     from cellsearch import kernels
+    from cellsearch.benchmarks import cells as bench_mod
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")

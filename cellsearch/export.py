@@ -5,7 +5,8 @@ model is defined by code, ``cellsearch_pyfunc.py``, so nothing is pickled) that 
 
 * ``weights.pt`` — the state dict only (loads with ``torch.load(weights_only=True)``);
 * ``spec.json`` — the ``ModelSpec``; ``preprocessing.json`` — columns, scalers, classes, window...;
-* ``README.md`` — the model card; ``metrics.json``; ``model.onnx`` with ``--onnx``.
+* ``README.md`` — the model card; ``metrics.json``; extra formats (``model.onnx`` with ``--format onnx``,
+  see ``cellsearch.formats``).
 
 It is written to a temporary folder beside the destination and renamed into place: never
 half-written.
@@ -20,7 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cellsearch.data import Preprocessing, get_layout
 from cellsearch.errors import UserError
+from cellsearch.formats import Format, check_formats
+from cellsearch.tracking import default_tracking_uri
 
 PYFUNC_CODE = '''"""MLflow pyfunc entry point of a cellsearch bundle (models-from-code: nothing pickled)."""
 from pathlib import Path
@@ -52,15 +56,35 @@ def load(path: str | Path) -> Any:
     model = build(spec)
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     model.eval()
-    prep = json.loads((path / "preprocessing.json").read_text())
+    prep = Preprocessing.load(path / "preprocessing.json")
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
     return Predictor(model, prep, metrics)
 
 
-def _select_trial(study: Any, cost: str, direction: str, trial: int | None, pick: str) -> Any:
+def _open_study(run_dir: Path, storage: str | None, study: str | None) -> Any:
+    """The study to export from: named, or the run directory's only one."""
     import optuna
 
-    from cellsearch.search import _points, pareto_front, pick_trial
+    from cellsearch.study import default_storage, open_storage
+
+    if storage is None and not (run_dir / "optuna.db").exists():
+        raise UserError(f"{run_dir}: no studies here; run `cellsearch tune` first or pass --run-dir")
+    st_obj = open_storage(storage or default_storage(run_dir))
+    names = [s.study_name for s in optuna.get_all_study_summaries(st_obj, include_best_trial=False)]
+    if study is None:
+        if len(names) != 1:
+            raise UserError(f"{run_dir}: {len(names)} studies ({', '.join(names) or 'none'}); choose one with --study")
+        study = names[0]
+    if study not in names:
+        raise UserError(f"no study {study!r} in {run_dir}; studies: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=study, storage=st_obj)
+
+
+def _select_trial(study: Any, trial: int | None, pick: str) -> Any:
+    """Trial ``trial`` if it completed, else the front member that ``pick`` chooses."""
+    import optuna
+
+    from cellsearch.pareto import pareto_front, pick_trial, trial_points
 
     complete = {t.number: t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
     if not complete:
@@ -70,11 +94,38 @@ def _select_trial(study: Any, cost: str, direction: str, trial: int | None, pick
             raise UserError(f"trial {trial} of study {study.study_name!r} did not complete; finished trials: "
                             f"{', '.join(map(str, sorted(complete)))}")
         return complete[trial]
-    chosen = pick_trial(pareto_front(_points(study, cost), direction), direction, pick)
+    attrs = study.user_attrs
+    direction = attrs.get("direction", "maximize")
+    chosen = pick_trial(pareto_front(trial_points(study, attrs.get("cost", "macs")), direction), direction, pick)
     return complete[chosen["trial"]]
 
 
-def _input_example(data: str, prep: dict[str, Any]) -> Any:
+def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessing, dict[str, Any]]:
+    """The study's fitted preprocessing and data summary: from its folder, or (exported on another
+    machine than the one that started the study) from the study itself."""
+    if (sdir / "preprocessing.json").exists():
+        prep = Preprocessing.load(sdir / "preprocessing.json")
+        info = json.loads((sdir / "dataset.json").read_text()) if (sdir / "dataset.json").exists() else {}
+        return prep, info
+    if "preprocessing" in attrs:
+        return Preprocessing.from_dict(attrs["preprocessing"]), attrs.get("dataset_info", {})
+    raise UserError(f"{sdir}: the study's preprocessing is missing")
+
+
+def _test_score(model: Any, data: str, prep: Preprocessing) -> float | None:
+    """The model's score on the training file's test split, when that file is still here."""
+    from cellsearch.data import DataOptions, read_dataset
+    from cellsearch.train import evaluate
+
+    if not data or not Path(data).exists():
+        return None
+    ds = read_dataset(data, DataOptions(**prep.options))
+    if not len(ds.splits["test"]):
+        return None
+    return evaluate(model, ds.splits["test"], ds.task, prep.target_scale)
+
+
+def _input_example(data: str, prep: Preprocessing) -> Any:
     """A few raw rows of the training file in its own layout (one or two sequences or series)."""
     import pandas as pd
 
@@ -82,25 +133,19 @@ def _input_example(data: str, prep: dict[str, Any]) -> Any:
         df = pd.read_csv(data)
     except Exception:
         return None
-    keep = [c for c in df.columns if c not in (prep["target"], prep.get("split_col")) or
-            (prep["layout"] == "series" and c == prep["target"])]
-    df = df[keep]
-    id_col = prep.get("id_col")
-    if prep["layout"] == "wide":
-        return df.head(2)
-    if id_col:
-        ids = df[id_col].drop_duplicates().head(2 if prep["layout"] == "long" else 1)
-        df = df[df[id_col].isin(ids)]
-    if prep["layout"] == "series":
-        df = df.tail(int(prep["window"]) + 2)
-    return df.reset_index(drop=True)
+    layout = get_layout(prep.layout)
+    needed = set(layout.input_columns(prep)) | {prep.id_col, prep.time_col}
+    df = df[[c for c in df.columns if c in needed or c not in (prep.target, prep.split_col)]]
+    return layout.example(df, prep)
 
 
-def _card(spec: Any, prep: dict[str, Any], info: dict[str, Any], metrics: dict[str, Any]) -> str:
+def _card(spec: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The bundle's README: data, architecture, scores, cost, how to use it."""
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    note = "(RMSE in each series' normalised units)" if prep["task"] == "forecasting" else ""
+    note = "(RMSE in each series' normalised units)" if prep.task == "forecasting" else ""
+    extra = ", ".join(f"{k} {v}" for k, v in get_layout(prep.layout).summary(prep).items())
     layers = "\n".join(f"| {k} | {layer.cell} | {layer.hidden} | {'yes' if layer.bidirectional else 'no'} |"
                        for k, layer in enumerate(spec.layers))
     return f"""# cellsearch model: {spec.arch}
@@ -111,10 +156,10 @@ Exported from study `{metrics['study']}`, trial {metrics['trial']}.
 on train + validation.
 
 ## Data
-- file: `{info.get('file', 'n/a')}` ({info.get('n_rows', 'n/a')} rows, layout `{prep['layout']}`)
-- task: {prep['task']}; target `{prep['target']}`; inputs: {', '.join(prep['inputs'])}
+- file: `{info.get('file', 'n/a')}` ({info.get('n_rows', 'n/a')} rows, layout `{prep.layout}`)
+- task: {prep.task}; target `{prep.target}`; inputs: {', '.join(prep.inputs)}
 - split: {json.dumps(info.get('splits', {}))} ({info.get('split_source', 'n/a')})
-{f"- window {prep['window']}, horizon {prep['horizon']}" if prep['task'] == 'forecasting' else ''}
+{f"- {extra}" if extra else ''}
 
 ## Architecture
 | layer | cell | width | bidirectional |
@@ -143,57 +188,10 @@ model.predict(pd.read_csv("new.csv"))      # same CSV layout as training
 """
 
 
-def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: str | None = None,
-           trial: int | None = None, pick: str = "knee", storage: str | None = None, onnx: bool = False,
-           register: str | None = None, tracking_uri: str | None = None, force: bool = False) -> Path:
-    """Write the bundle of one trial (by number, or picked from the Pareto front) to ``out``."""
-    import optuna
+def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any],
+                  data: str, formats: list[Format]) -> None:
+    """Every file of the bundle, in a staging folder beside ``out``, then renamed into place."""
     import torch
-
-    from cellsearch.data import read_dataset
-    from cellsearch.model import load_checkpoint
-    from cellsearch.search import PICKS, default_storage, open_storage, study_dir
-    from cellsearch.train import evaluate, quiet_lightning
-
-    quiet_lightning()
-    if pick not in PICKS:
-        raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
-    run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out}: exists and is not empty (use --force to replace it)")
-    url = storage or default_storage(run_dir)
-    if storage is None and not (run_dir / "optuna.db").exists():
-        raise UserError(f"{run_dir}: no studies here; run `cellsearch tune` first or pass --run-dir")
-    st_obj = open_storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st_obj, include_best_trial=False)]
-    if study is None:
-        if len(names) != 1:
-            raise UserError(f"{run_dir}: {len(names)} studies ({', '.join(names) or 'none'}); choose one with --study")
-        study = names[0]
-    if study not in names:
-        raise UserError(f"no study {study!r} in {run_dir}; studies: {', '.join(names) or 'none'}")
-    st = optuna.load_study(study_name=study, storage=st_obj)
-    attrs = st.user_attrs
-    t = _select_trial(st, attrs.get("cost", "macs"), attrs.get("direction", "maximize"), trial, pick)
-    model, _ = load_checkpoint(_local_checkpoint(t, tracking_uri or _default_tracking(run_dir)))
-    sdir = study_dir(run_dir, study)
-    if (sdir / "preprocessing.json").exists():
-        prep = json.loads((sdir / "preprocessing.json").read_text())
-        info = json.loads((sdir / "dataset.json").read_text()) if (sdir / "dataset.json").exists() else {}
-    elif "preprocessing" in attrs:  # exported on another machine than the one that started the study
-        prep, info = attrs["preprocessing"], attrs.get("dataset_info", {})
-    else:
-        raise UserError(f"{sdir}: the study's preprocessing is missing")
-    test_score = None
-    data = attrs.get("data", "")
-    if data and Path(data).exists():
-        ds = read_dataset(data, **{k: v for k, v in prep["options"].items() if v is not None})
-        if len(ds.splits["test"]):
-            test_score = evaluate(model, ds.splits["test"], ds.task, float(prep.get("target_std", 1.0)))
-    metrics = {"study": study, "trial": t.number, "arch": model.spec.arch, "metric": attrs.get("metric"),
-               "val_score": t.user_attrs.get("val_score"), "test_score": test_score,
-               "macs": int(t.user_attrs.get("macs", 0)), "params": int(t.user_attrs.get("params", 0)),
-               "weights": "best checkpoint of the trial (not retrained)"}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -202,21 +200,60 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
         _write_mlflow_model(bundle, model, prep, data)
         torch.save(model.state_dict(), bundle / "weights.pt")
         (bundle / "spec.json").write_text(json.dumps(model.spec.to_dict(), indent=2))
-        (bundle / "preprocessing.json").write_text(json.dumps(prep, indent=2))
+        prep.save(bundle / "preprocessing.json")
         (bundle / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (bundle / "README.md").write_text(_card(model.spec, prep, info, metrics))
-        if onnx:
-            from cellsearch.onnx_export import export_onnx
-
-            export_onnx(model, bundle / "model.onnx")
+        for fmt in formats:
+            fmt.write(model, bundle / fmt.filename)
         if out.exists():
-            old = staging / "old"
-            os.replace(out, old)
+            os.replace(out, staging / "old")
         os.replace(bundle, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: str | None = None,
+           trial: int | None = None, pick: str = "knee", storage: str | None = None,
+           formats: list[str] | tuple[str, ...] = (), register: str | None = None,
+           tracking_uri: str | None = None, force: bool = False) -> Path:
+    """Write the bundle of one trial (by number, or picked from the Pareto front) to ``out``.
+
+    Args:
+        out: the bundle folder (refused if it exists and is not empty, unless ``force``).
+        run_dir, storage, study: where the study is (``storage`` overrides the run directory's).
+        trial, pick: trial ``trial``, else the front member chosen by ``pick``.
+        formats: extra formats from ``cellsearch.formats.FORMATS`` (e.g. ``["onnx"]``).
+        register: also register the bundle under this name in the MLflow model registry.
+
+    Example:
+        >>> export(out="model/", run_dir="cellsearch-runs")        # doctest: +SKIP
+    """
+    from cellsearch.config import PICKS
+    from cellsearch.model import load_checkpoint
+    from cellsearch.study import study_dir
+    from cellsearch.train import quiet_lightning
+
+    quiet_lightning()
+    if pick not in PICKS:
+        raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    chosen_formats = check_formats(formats)
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out}: exists and is not empty (use --force to replace it)")
+    st = _open_study(run_dir, storage, study)
+    attrs = st.user_attrs
+    t = _select_trial(st, trial, pick)
+    tracking = tracking_uri or default_tracking_uri(run_dir)
+    model, _ = load_checkpoint(_local_checkpoint(t, tracking))
+    prep, info = _study_preprocessing(study_dir(run_dir, st.study_name), attrs)
+    data = attrs.get("data", "")
+    metrics = {"study": st.study_name, "trial": t.number, "arch": model.spec.arch, "metric": attrs.get("metric"),
+               "val_score": t.user_attrs.get("val_score"), "test_score": _test_score(model, data, prep),
+               "macs": int(t.user_attrs.get("macs", 0)), "params": int(t.user_attrs.get("params", 0)),
+               "weights": "best checkpoint of the trial (not retrained)"}
+    _write_bundle(out, model, prep, info, metrics, data, chosen_formats)
     if register:
-        _register(out, register, tracking_uri or _default_tracking(run_dir), study)
+        _register(out, register, tracking, st.study_name)
     return out
 
 
@@ -238,13 +275,7 @@ def _local_checkpoint(trial: Any, tracking_uri: str) -> str:
                         f"{str(exc).strip().splitlines()[0][:200]}") from None
 
 
-def _default_tracking(run_dir: Path) -> str:
-    from cellsearch.tracking import default_tracking_uri
-
-    return default_tracking_uri(run_dir)
-
-
-def _write_mlflow_model(path: Path, model: Any, prep: dict[str, Any], data: str) -> None:
+def _write_mlflow_model(path: Path, model: Any, prep: Preprocessing, data: str) -> None:
     import logging
     import warnings
 

@@ -11,6 +11,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from cellsearch.costs import COSTS
+
 
 def _plt() -> Any:
     import matplotlib
@@ -38,8 +40,7 @@ def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
                    linewidths=2, label=f"chosen: {chosen['arch']}", zorder=4)
     if points and min(p["cost"] for p in points) > 0:
         ax.set_xscale("log")
-    ax.set_xlabel({"macs": "multiply-accumulates per sequence", "params": "parameters",
-                   "latency": "latency (ms, batch 1)"}.get(cost, cost))
+    ax.set_xlabel(COSTS[cost].label if cost in COSTS else cost)
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("Accuracy against compute")
     ax.grid(alpha=0.3)
@@ -102,7 +103,7 @@ def cell_by_slot(points: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     """Mean validation score (and count) per cell variant for each layer slot."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for p in points:
-        arch = p.get("params_", {})
+        arch = p.get("choices", {})
         for k in range(8):
             cell = arch.get(f"l{k}_cell", arch.get("cell") if f"l{k}_hidden" in arch else None)
             if cell is None:
@@ -218,8 +219,9 @@ def study_plots(out: Path, study: Any, points: list[dict[str, Any]], front: list
         files.append(pareto_plot(out / "pareto_front.png", points, front, chosen, metric, cost))
         files.append(pareto_html(out / "pareto_front.html", points, front, chosen, metric, cost))
         table = cell_by_slot(points)
-        (out / "cell_by_slot.json").write_text(json.dumps(table, indent=2))
-        files += [cell_plot(out / "cell_by_slot.png", table, metric), out / "cell_by_slot.json"]
+        if table:  # empty when the space fixes every layer's cell
+            (out / "cell_by_slot.json").write_text(json.dumps(table, indent=2))
+            files += [cell_plot(out / "cell_by_slot.png", table, metric), out / "cell_by_slot.json"]
         (out / "pareto_front.json").write_text(json.dumps(front, indent=2, default=str))
         files.append(out / "pareto_front.json")
     imp = importance(study)

@@ -8,7 +8,7 @@ from typing import Any
 class SearchProgress:
     """A rich progress bar on stderr (disabled: a no-op), updated after every trial."""
 
-    def __init__(self, *, total: int, done: int, metric: str, direction: str, enabled: bool = True) -> None:
+    def __init__(self, *, total: int, done: int, metric: str, enabled: bool = True) -> None:
         self.total = total
         self.done = done
         self.metric = metric

@@ -10,11 +10,44 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cellsearch
 
+if TYPE_CHECKING:
+    from cellsearch.config import TuneConfig
+
 PLOT_EVERY_S = 30.0
+
+
+class TrialRun(Protocol):
+    """Where one trial is recorded as it trains."""
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Metrics after one validation (``val_score``, ``val_loss``, ``train_loss``)."""
+
+    def log_file(self, path: Path, artifact_path: str) -> str | None:
+        """Store a file with the run; returns a URI it can be fetched from (or ``None``)."""
+
+    def finish(self, state: str, *, reason: str | None = None, metrics: dict[str, float] | None = None) -> None:
+        """End the run: ``FINISHED``, ``PRUNED`` or ``FAILED``, why, and the final metrics."""
+
+
+class Tracker(Protocol):
+    """Where a search is recorded: one run per trial, the study's plots and result."""
+
+    #: The search's parent run, which worker processes attach their trials to (``None``: none).
+    parent_id: str | None
+
+    def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> TrialRun:
+        """A run for trial ``number`` with its model spec and drawn configuration."""
+
+    def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
+                     dataset: Any) -> None:
+        """After each trial: refresh what shows the study's progress (throttled)."""
+
+    def finish(self, study: Any, result: Any, dataset: Any) -> None:
+        """The search ended: the chosen model, counts, final plots."""
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -32,14 +65,16 @@ class _NullRun:
     def log_file(self, path: Path, artifact_path: str) -> str | None:
         return None
 
-    def finish(self, state: str, **kw: Any) -> None:
+    def finish(self, state: str, *, reason: str | None = None, metrics: dict[str, float] | None = None) -> None:
         pass
 
 
 class NullTracker:
     """``--no-track``: records nothing."""
 
-    def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> _NullRun:
+    parent_id: str | None = None
+
+    def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> TrialRun:
         return _NullRun()
 
     def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
@@ -50,7 +85,7 @@ class NullTracker:
         pass
 
 
-class _TrialRun:
+class MLflowTrialRun:
     """One trial's nested run. Epoch metrics are buffered and written in one batch at most every
     ``FLUSH_S`` seconds (and at the end), so tracking costs a handful of store calls per trial."""
 
@@ -81,18 +116,15 @@ class _TrialRun:
             self.client.log_batch(self.run_id, metrics=metrics[k:k + 900], tags=list(tags) if k == 0 else [])
         self._last_flush = time.time()
 
-    def finish(self, state: str, reason: str | None = None, curve: list[float] | None = None,
-               **final: Any) -> None:
+    def finish(self, state: str, *, reason: str | None = None, metrics: dict[str, float] | None = None) -> None:
         from mlflow.entities import Metric, RunTag
 
         ts = int(time.time() * 1000)
-        names = {"score": "val_score_best", "macs": "macs", "params": "params", "latency": "latency_ms",
-                 "train_seconds": "train_seconds", "epochs": "epochs"}
-        metrics = [Metric(names.get(k, k), float(v), ts, 0) for k, v in final.items() if _finite(v)]
+        final = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if _finite(v)]
         tags = [RunTag("state", {"FINISHED": "COMPLETE"}.get(state, state))]
         if reason:
             tags.append(RunTag("reason", reason[:4000]))
-        self._flush(metrics, tags)
+        self._flush(final, tags)
         status = {"FINISHED": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
         self.client.set_terminated(self.run_id, status=status)
 
@@ -112,7 +144,6 @@ class MLflowTracker:
         for name in ("mlflow", "alembic"):  # mlflow resets its logger level when imported
             logging.getLogger(name).setLevel(logging.WARNING)
 
-        self.run_dir = run_dir
         self.study_name = study_name
         self.meta = meta
         mlflow.set_tracking_uri(tracking_uri)
@@ -138,7 +169,7 @@ class MLflowTracker:
         self.parent_id = parent_id
         self._last_plot = 0.0
 
-    def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> _TrialRun:
+    def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> MLflowTrialRun:
         from mlflow.entities import Param
 
         tags = {"mlflow.parentRunId": self.parent_id, "trial_number": str(number), "arch": spec.arch,
@@ -153,7 +184,7 @@ class MLflowTracker:
             if layer.bidirectional:
                 params[f"l{k}_bidirectional"] = True
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return _TrialRun(self.client, run.info.run_id)
+        return MLflowTrialRun(self.client, run.info.run_id)
 
     def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
                      dataset: Any) -> None:
@@ -194,16 +225,18 @@ class MLflowTracker:
             p = Path(tmp) / "result.json"
             p.write_text(json.dumps(result.to_dict(), indent=2, default=str))
             self.client.log_artifact(self.parent_id, str(p))
-        from cellsearch.search import _points
+        from cellsearch.pareto import trial_points
 
-        self._log_plots(study, _points(study, result.cost), result.front, dataset, result.chosen)
+        self._log_plots(study, trial_points(study, result.cost), result.front, dataset, result.chosen)
         self.client.set_terminated(self.parent_id, status="KILLED" if result.interrupted else "FINISHED")
 
 
-def make_tracker(track: bool, *, tracking_uri: str | None, run_dir: Path, study_name: str, data: str,
-                 meta: dict[str, Any], argv: list[str]) -> NullTracker | MLflowTracker:
-    """The tracker for a search: MLflow (default store under ``run_dir``) or nothing."""
-    if not track:
+def make_tracker(config: TuneConfig, *, meta: dict[str, Any], argv: list[str],
+                 parent_id: str | None = None) -> Tracker:
+    """The tracker of a search: MLflow (by default the store under the run directory) or, with
+    ``track=False``, nothing. Worker processes pass their ``tune`` process's ``parent_id``."""
+    if not config.track:
         return NullTracker()
-    return MLflowTracker(tracking_uri=tracking_uri or default_tracking_uri(run_dir), run_dir=run_dir,
-                         study_name=study_name, data=data, meta=meta, argv=argv)
+    return MLflowTracker(tracking_uri=config.tracking_uri or default_tracking_uri(config.run_dir),
+                         run_dir=config.run_dir, study_name=config.study_name, data=str(config.data), meta=meta,
+                         argv=argv, parent_id=parent_id)

@@ -216,7 +216,7 @@ class FitResult:
 
 def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, max_epochs: int,
         patience: int, weight_decay: float = 0.0, seed: int = 0, max_seconds: float | None = None,
-        callbacks: list[pl.Callback] | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: bool = False, accelerator: str = "cpu") -> FitResult:
     """Train with early stopping on the validation score; returns the best epoch's weights.
 
@@ -233,7 +233,7 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
     if accelerator == "cpu":
         torch.set_flush_denormal(True)  # denormal floats can slow a CPU trial tenfold
     metric, direction = metric_of(dataset.task)
-    target_std = float(dataset.preprocessing.get("target_std", 1.0))
+    target_std = dataset.preprocessing.target_scale
     task = SequenceTask(model, dataset.task, lr=lr, weight_decay=weight_decay, target_std=target_std)
     history = EpochHistory(direction, on_epoch)
     mode = "max" if direction == "maximize" else "min"
@@ -243,7 +243,7 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
         max_time=timedelta(seconds=max_seconds) if max_seconds else None,
         accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=verbose, enable_model_summary=verbose, num_sanity_val_steps=0,
-        callbacks=[history, early, *(callbacks or [])], deterministic=False,
+        callbacks=[history, early], deterministic=False,
     )
     dm = SequenceDataModule(dataset, batch_size=batch_size, seed=seed)
     sigint = signal.getsignal(signal.SIGINT)

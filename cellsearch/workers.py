@@ -1,10 +1,11 @@
 """Parallel workers on one machine: N processes share one study through its storage.
 
 The parent process (``tune --workers N``) prepares the study and the MLflow parent run, starts N
-workers (``python -m cellsearch.workers CONFIG INDEX``), each with ``cores // N`` torch threads so
-that together they do not oversubscribe the CPU, and shows one progress display by polling the
-study. Each worker runs trials until the study holds the requested number of finished trials, so a
-worker that dies leaves its share to the others; its running trial is failed through its heartbeat.
+workers (``python -m cellsearch.workers CONFIG INDEX``; CONFIG is the ``TuneConfig`` as JSON), each
+with ``cores // N`` torch threads so that together they do not oversubscribe the CPU, and shows one
+progress display by polling the study. Each worker runs trials until the study holds the requested
+number of finished trials, so a worker that dies leaves its share to the others; its running trial
+is failed through its heartbeat.
 """
 
 from __future__ import annotations
@@ -15,26 +16,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cellsearch.config import TuneConfig
+from cellsearch.study import SearchContext, finished
 
-def _jsonable(opts: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.items()}
 
-
-def run_workers(data: Any, opts: dict[str, Any], n: int, deadline: float | None, parent_run_id: str | None,
-                on_trial: Any, ctx: Any) -> None:
-    """Start ``n`` workers over ``ctx.study`` and wait for them, refreshing the display."""
-    from cellsearch.search import _finished
-
+def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callable[[Any], None]) -> None:
+    """Start ``ctx.config.workers`` workers over ``ctx.study`` and wait for them, refreshing the display."""
+    n = ctx.config.workers
     threads = max(1, (os.cpu_count() or 1) // n)
     wdir = ctx.sdir / "workers"
     wdir.mkdir(parents=True, exist_ok=True)
     cfg_path = wdir / f"config-{os.getpid()}.json"
-    cfg = {"data": str(data), "opts": _jsonable(opts), "deadline": deadline, "parent_run_id": parent_run_id,
-           "threads": threads}
-    cfg_path.write_text(json.dumps(cfg))
+    cfg_path.write_text(json.dumps({"config": ctx.config.to_dict(), "parent_run_id": parent_run_id,
+                                    "threads": threads}))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     procs = []
     for i in range(n):
@@ -46,7 +44,7 @@ def run_workers(data: Any, opts: dict[str, Any], n: int, deadline: float | None,
         while any(p.poll() is None for p in procs):
             time.sleep(1.0)
             try:
-                done = _finished(ctx.study)
+                done = finished(ctx.study)
             except Exception:  # storage briefly unavailable: the workers retry, the display waits
                 continue
             if done != seen:
@@ -71,27 +69,20 @@ def worker_main(cfg_path: str, index: int) -> int:
     """One worker: the same preparation as ``tune``, then trials until the study is full."""
     import torch
 
-    from cellsearch.search import Objective, _prepare, run_trials
-    from cellsearch.tracking import MLflowTracker, NullTracker, default_tracking_uri
+    from cellsearch.objective import Objective
+    from cellsearch.runner import run_trials
+    from cellsearch.study import prepare
+    from cellsearch.tracking import NullTracker, make_tracker
 
-    cfg = json.loads(Path(cfg_path).read_text())
-    torch.set_num_threads(int(cfg["threads"]))
-    opts = dict(cfg["opts"])
-    opts["worker_index"] = index + 1
-    ctx = _prepare(cfg["data"], opts, create=False)
-    if opts["track"] and cfg["parent_run_id"]:
-        run_dir = Path(opts["run_dir"])
-        tracker: Any = MLflowTracker(tracking_uri=opts["tracking_uri"] or default_tracking_uri(run_dir),
-                                     run_dir=run_dir, study_name=ctx.study.study_name, data=cfg["data"],
-                                     meta=ctx.meta, argv=sys.argv, parent_id=cfg["parent_run_id"])
-    else:
-        tracker = NullTracker()
-    obj = Objective(dataset=ctx.dataset, space=ctx.space, objective=opts["objective"], cost=opts["cost"],
-                    seed=opts["seed"] + 100_003 * (index + 1), sdir=ctx.sdir, max_epochs=opts["max_epochs"],
-                    trial_timeout=opts["trial_timeout"], deadline=cfg["deadline"], tracker=tracker, verbose=False,
-                    accelerator=ctx.accelerator, prune_multi=opts["prune"])
+    blob = json.loads(Path(cfg_path).read_text())
+    torch.set_num_threads(int(blob["threads"]))
+    config = TuneConfig.from_dict(blob["config"])
+    ctx = prepare(config, create=False, worker_index=index + 1)
+    parent = blob["parent_run_id"]
+    tracker = make_tracker(config, meta=ctx.meta, argv=sys.argv, parent_id=parent) if parent else NullTracker()
+    obj = Objective(ctx=ctx, tracker=tracker, seed=config.seed + 100_003 * (index + 1))
     try:
-        run_trials(ctx, obj, int(opts["trials"]), cfg["deadline"])
+        run_trials(ctx, obj, config.trials)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -50,7 +50,7 @@ def test_long_layout_detected_and_padded(tmp_path):
             assert n == sizes[key]
             assert np.all(x[n:] == 0)
     # Values come back in time order once un-scaled.
-    mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
+    mean, std = ds.preprocessing.scaler.arrays()
     tr = ds.splits["train"]
     key, n = tr.keys[0], tr.lengths[0]
     raw = df[df.id == key].sort_values("time")[["a", "b"]].to_numpy()
@@ -74,8 +74,7 @@ def test_scaler_sees_only_training_data(tmp_path):
     df = long_frame(n_seq=100)
     ds = read_dataset(write(tmp_path, df))
     train_rows = df[df.id.isin(ds.splits["train"].keys)]
-    mean = np.array(ds.preprocessing["scaler"]["mean"])
-    std = np.array(ds.preprocessing["scaler"]["std"])
+    mean, std = ds.preprocessing.scaler.arrays()
     assert np.allclose(mean, train_rows[["a", "b"]].mean().to_numpy(), atol=1e-5)
     assert np.allclose(std, train_rows[["a", "b"]].std(ddof=0).to_numpy(), atol=1e-4)
     assert not np.allclose(mean, df[["a", "b"]].mean().to_numpy(), atol=1e-5)
@@ -105,7 +104,8 @@ def test_regression_and_wide_layout(tmp_path):
     # Prediction-time preprocessing of the same rows gives the training tensors exactly.
     from cellsearch.predict import transform
 
-    x, lengths, keys, _ = transform(df.drop(columns=["y"]), ds.preprocessing)
+    inp = transform(df.drop(columns=["y"]), ds.preprocessing)
+    x, lengths = inp.x, inp.lengths
     rows = tr.keys.astype(int)
     assert np.array_equal(lengths[rows], tr.lengths) and np.allclose(x[rows], tr.x, atol=1e-6)
 
@@ -121,7 +121,7 @@ def test_series_layout_splits_by_time(tmp_path):
     assert (info["layout"], info["task"], info["window"], info["horizon"]) == ("series", "forecasting", 8, 3)
     assert ds.splits["train"].x.shape[1:] == (8, 1) and ds.splits["train"].y.shape[1] == 3
     # Per-series normalisation: fitted on each series' training part only (first 70%).
-    stats = ds.preprocessing["series_stats"]
+    stats = ds.preprocessing.layout_data["series_stats"]
     s0 = df[df.store == "s0"].sales.to_numpy()
     n_train = 60 - 2 * round(60 * 0.15)
     assert np.isclose(stats["s0"][0], s0[:n_train].mean(), atol=1e-3)
@@ -136,12 +136,13 @@ def test_text_features_one_hot_and_fill(tmp_path):
     with pytest.raises(UserError, match=r"'b' \(5\).*--fill"):
         read_dataset(write(tmp_path, df))
     ds = read_dataset(write(tmp_path, df), fill="ffill")
-    assert ds.preprocessing["inputs"] == ["a", "b", "color=blue", "color=red"]
+    assert ds.preprocessing.inputs == ["a", "b", "color=blue", "color=red"]
     assert np.isfinite(ds.splits["train"].x).all()
     # Prediction-time preprocessing (encoding, filling, scaling) of the same rows gives the training tensors.
     from cellsearch.predict import transform
 
-    x, lengths, keys, _ = transform(df.drop(columns=["label"]), ds.preprocessing)
+    inp = transform(df.drop(columns=["label"]), ds.preprocessing)
+    x, lengths, keys = inp.x, inp.lengths, inp.keys
     where = {k: i for i, k in enumerate(keys)}
     for split in ds.splits.values():
         rows = [where[k] for k in split.keys]
@@ -249,20 +250,20 @@ def test_reader_rereads_when_a_later_block_changes_type(tmp_path):
 def test_numeric_columns_grow_past_a_short_estimate():
     import pyarrow as pa
 
-    from cellsearch.data import _collect
+    from cellsearch.data.reader import collect_batches
 
     table = pa.table({"x": np.arange(10_000), "y": np.linspace(0, 1, 10_000, dtype=np.float32),
                       "z": pa.array([None if i % 7 == 0 else i for i in range(10_000)])})
-    cols = _collect(table.to_batches(max_chunksize=999), table.schema, lambda b: 1)
+    cols = collect_batches(table.to_batches(max_chunksize=999), table.schema, lambda b: 1)
     assert np.array_equal(cols["x"], np.arange(10_000)) and cols["y"].dtype == np.float32
     z = cols["z"]
     assert np.isnan(z[::7]).all() and np.array_equal(np.isnan(z), np.arange(10_000) % 7 == 0)
 
 
 def test_million_row_file_loads_within_time_and_memory_goal(tmp_path):
-    """The issue's goal, measured as `python -m cellsearch.bench_data` does: 10,000 sequences x 100
+    """The issue's goal, measured as `python -m cellsearch.benchmarks.data` does: 10,000 sequences x 100
     steps x 8 features in a fresh interpreter, at most 10 s and peak RSS at most 4x the file."""
-    from cellsearch.bench_data import make_file, measure
+    from cellsearch.benchmarks.data import make_file, measure
 
     p = tmp_path / "long.csv"
     make_file(p)
@@ -298,7 +299,7 @@ def test_fractional_timestamps_keep_their_order(tmp_path):
     ds = read_dataset(write(tmp_path, df))
     assert ds.info["time_col"] == "time" and ds.info["n_sequences"] == 30
     tr = ds.splits["train"]
-    mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
+    mean, std = ds.preprocessing.scaler.arrays()
     raw = df[df.id == tr.keys[0]].sort_values("time")[["a", "b"]].to_numpy()
     assert np.allclose(tr.x[0, :tr.lengths[0]] * std + mean, raw, atol=1e-4)
 
@@ -320,7 +321,7 @@ def test_fill_is_within_each_sequence_and_before_scaling(tmp_path, fill):
     if fill == "ffill":
         expect = expect.groupby(raw["id"]).ffill()
     expect = expect.fillna(0.0)
-    mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
+    mean, std = ds.preprocessing.scaler.arrays()
     train_ids = set(ds.splits["train"].keys.tolist())
     in_train = raw["id"].isin(train_ids).to_numpy()
     assert np.allclose(mean, expect[in_train].mean().to_numpy(), atol=1e-5)
@@ -364,12 +365,12 @@ def test_wide_gaps_are_filled_within_the_row(tmp_path):
     with pytest.raises(UserError, match="2 missing or infinite step values"):
         read_dataset(write(tmp_path, df))
     ds = read_dataset(write(tmp_path, df), fill="ffill")
-    mean, std = (np.array(ds.preprocessing["scaler"][k]) for k in ("mean", "std"))
+    mean, std = ds.preprocessing.scaler.arrays()
     want = df.drop(columns="y").to_numpy(copy=True)
     want[0, 3], want[1, 0] = want[0, 2], 0.0
     from cellsearch.predict import transform
 
-    px, plen, _, _ = transform(df.drop(columns="y"), ds.preprocessing)
+    px = transform(df.drop(columns="y"), ds.preprocessing).x
     for split in ds.splits.values():
         for xs, n, key in zip(split.x, split.lengths, split.keys):
             assert n == (6 if key == 2 else 8)

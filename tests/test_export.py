@@ -22,7 +22,7 @@ from tests.conftest import free_port, http_json, start_server, stop_process, wai
 @pytest.fixture(scope="module")
 def bundle(tuned, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "model"
-    return export(out=out, run_dir=tuned.run_dir, onnx=True, register="tiny-model")
+    return export(out=out, run_dir=tuned.run_dir, formats=["onnx"], register="tiny-model")
 
 
 def test_bundle_contents(bundle, tuned):
@@ -55,7 +55,7 @@ def test_existing_out_is_refused_without_force(bundle, tuned):
 
     with pytest.raises(UserError, match="--force"):
         export(out=bundle, run_dir=tuned.run_dir)
-    export(out=bundle, run_dir=tuned.run_dir, force=True, onnx=True)
+    export(out=bundle, run_dir=tuned.run_dir, force=True, formats=["onnx"])
     assert (bundle / "MLmodel").exists()
 
 
@@ -112,13 +112,15 @@ def test_predict_bad_input_is_one_line_exit_2(bundle, tiny_csv, tmp_path, mutate
 
 
 def test_unseen_category_is_refused(tmp_path):
+    from cellsearch.data import Preprocessing
     from cellsearch.errors import UserError
     from cellsearch.predict import transform
 
-    prep = {"layout": "long", "task": "classification", "target": "label", "id_col": "id", "time_col": None,
-            "features": ["a", "color"], "inputs": ["a", "color=red", "color=blue"],
+    prep = Preprocessing.from_dict({
+        "layout": "long", "task": "classification", "target": "label", "id_col": "id", "time_col": None,
+        "features": ["a", "color"], "inputs": ["a", "color=red", "color=blue"],
             "categories": {"color": ["blue", "red"]}, "scaler": {"mean": [0, 0, 0], "std": [1, 1, 1]},
-            "options": {}, "split_col": None}
+            "options": {}, "split_col": None})
     df = pd.DataFrame({"id": [1, 1], "a": [0.5, 0.2], "color": ["red", "green"]})
     with pytest.raises(UserError, match="unseen in training: green"):
         transform(df, prep)

@@ -14,7 +14,9 @@ import optuna
 import pytest
 
 from cellsearch.errors import UserError
-from cellsearch.search import MedianStopper, pareto_front, pick_trial, tune
+from cellsearch.objective import MedianStopper
+from cellsearch.pareto import pareto_front, pick_trial
+from cellsearch.search import tune
 from cellsearch.space import available_spaces, load_space
 
 # ---- spaces --------------------------------------------------------------------------------------
@@ -159,7 +161,7 @@ def _wait_running(run_dir: Path, timeout: float = 120) -> None:
 
 
 def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tiny_space, tmp_path):
-    from cellsearch.search import GRACE_S
+    from cellsearch.study import GRACE_S
 
     proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 2)
     _wait_running(tmp_path)

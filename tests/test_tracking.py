@@ -56,7 +56,7 @@ def test_experiment_parent_and_child_runs(tuned):
 
 def test_study_rebuilt_from_mlflow_alone(tuned):
     """The front can be recomputed from MLflow's records without the Optuna database."""
-    from cellsearch.search import pareto_front
+    from cellsearch.pareto import pareto_front
 
     client = _client(tuned)
     exp = client.get_experiment_by_name(tuned.study.study_name)

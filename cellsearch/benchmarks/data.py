@@ -1,4 +1,4 @@
-"""Loader speed and memory on a large long-layout CSV (``python -m cellsearch.bench_data``).
+"""Loader speed and memory on a large long-layout CSV (``python -m cellsearch.benchmarks.data``).
 
 Makes a file of ``sequences x steps`` rows (default 10,000 x 100 = 1,000,000 rows, 8 features and a
 label), then times ``read_dataset`` (read, validate, split, scale, pad) in a fresh process and reads

@@ -1,4 +1,4 @@
-"""What stopping hopeless trials saves (``python -m cellsearch.bench_search``).
+"""What stopping hopeless trials saves (``python -m cellsearch.benchmarks.search``).
 
 Runs the same search (same data, space, seed and trial count) with and without early stopping of
 trials, for both modes: ``--objective score`` (Optuna's median pruner via our Lightning callback)

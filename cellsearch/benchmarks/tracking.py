@@ -1,4 +1,4 @@
-"""Tracking overhead (``python -m cellsearch.bench_tracking``).
+"""Tracking overhead (``python -m cellsearch.benchmarks.tracking``).
 
 1. Per trial: the MLflow calls one trial makes (create the nested run with its parameters, one
    batched metric call per epoch, the final metrics and state), timed against the run directory's
@@ -34,8 +34,8 @@ def per_trial(epochs: int, repeats: int) -> dict:
             run = tr.start_trial(n, spec, cfg)
             for e in range(epochs):
                 run.log_epoch(e, {"train_loss": 0.5, "val_loss": 0.4, "val_score": 0.9})
-            run.finish("FINISHED", score=0.9, macs=1e5, params=1e4, latency=float("nan"), train_seconds=3.0,
-                       epochs=epochs, curve=[0.9] * epochs)
+            run.finish("FINISHED", metrics={"val_score_best": 0.9, "macs": 1e5, "params": 1e4, "train_seconds": 3.0,
+                                            "epochs": epochs})
             times.append(time.perf_counter() - t0)
     return {"epochs": epochs, "median_s": statistics.median(times), "max_s": max(times)}
 

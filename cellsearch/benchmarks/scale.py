@@ -1,4 +1,4 @@
-"""Scale-out figures (``python -m cellsearch.bench_scale``).
+"""Scale-out figures (``python -m cellsearch.benchmarks.scale``).
 
 1. Throughput: trials per hour of the same search with 1 and with 2 workers on this machine.
 2. Storage overhead per trial: the Optuna storage calls one trial makes (create, suggest the
@@ -19,7 +19,7 @@ from pathlib import Path
 def storage_overhead(url: str, trials: int = 20, epochs: int = 12) -> dict:
     import optuna
 
-    from cellsearch.search import open_storage
+    from cellsearch.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url)

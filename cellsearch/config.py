@@ -1,0 +1,133 @@
+"""``TuneConfig``: every option of a search in one frozen, keyword-only object.
+
+The CLI and ``cellsearch.tune(...)`` build it; the search, the objective, the tracker and every
+worker process read it whole (workers get it as JSON). Adding an option means a field here, a flag
+in ``cli.py`` and the code that uses it — nothing else forwards it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from cellsearch.data.options import DataOptions
+from cellsearch.errors import UserError
+
+OBJECTIVES = ("pareto", "score")
+PICKS = ("knee", "best", "smallest")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneConfig:
+    """One search.
+
+    Args:
+        data: the CSV file.
+        data_options: how to read it (layout, columns, task, window, horizon, fill, seed).
+        space: a shipped search space by name or a YAML path.
+        trials: finished (complete or pruned) trials the study should hold; resumes count.
+        timeout: seconds for the whole search counted from ``started_at``, final steps included.
+        objective: ``pareto`` (score and cost) or ``score`` (score alone, with Optuna's pruner).
+        cost: the compute cost to minimise, a key of ``cellsearch.costs.COSTS``.
+        pick: which Pareto-front member is chosen: knee, best or smallest.
+        study: the study name (default: the file's stem).
+        run_dir: where the study, checkpoints and the MLflow store live.
+        storage, tracking_uri: an Optuna storage URL and an MLflow tracking URI instead of the run
+            directory's own.
+        track: record in MLflow.
+        max_epochs: overrides the space's; trial_timeout: seconds per trial at most.
+        prune: stop hopeless trials early.
+        workers: processes on this machine sharing the study.
+        verbose: Lightning's own output; progress: the live progress display.
+        device: cpu, cuda or auto.
+        started_at: when the search started (``time.time()``); the CLI passes its own start so
+            that imports and loading count against ``timeout``.
+    """
+
+    data: Path
+    data_options: DataOptions = field(default_factory=DataOptions)
+    space: str = "default"
+    trials: int = 20
+    timeout: float | None = None
+    objective: str = "pareto"
+    cost: str = "macs"
+    pick: str = "knee"
+    study: str | None = None
+    run_dir: Path = Path("cellsearch-runs")
+    storage: str | None = None
+    tracking_uri: str | None = None
+    track: bool = True
+    max_epochs: int | None = None
+    trial_timeout: float | None = None
+    prune: bool = True
+    workers: int = 1
+    verbose: bool = False
+    progress: bool = True
+    device: str = "cpu"
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, data: str | Path, **options: Any) -> TuneConfig:
+        """A config from keyword options: fields of ``TuneConfig`` and of ``DataOptions`` alike
+        (``None`` leaves a field at its default). An unknown option is a ``UserError``."""
+        own = {f.name for f in fields(cls)} - {"data", "data_options"}
+        data_fields = {f.name for f in fields(DataOptions)}
+        unknown = set(options) - own - data_fields
+        if unknown:
+            raise UserError(f"unknown tune option(s): {', '.join(sorted(unknown))}")
+        given = {k: v for k, v in options.items() if v is not None}
+        data_opts = DataOptions(**{k: v for k, v in given.items() if k in data_fields})
+        mine = {k: v for k, v in given.items() if k in own}
+        for k in ("run_dir",):
+            if k in mine:
+                mine[k] = Path(mine[k])
+        if "space" in mine:
+            mine["space"] = str(mine["space"])
+        return cls(data=Path(data), data_options=data_opts, **mine)
+
+    @property
+    def seed(self) -> int:
+        """One seed for splits, sampling and training (``--seed``)."""
+        return self.data_options.seed
+
+    @property
+    def study_name(self) -> str:
+        return self.study or self.data.stem
+
+    @property
+    def deadline(self) -> float | None:
+        """When trials must stop: the timeout less a reserve for test scoring and reporting."""
+        if self.timeout is None:
+            return None
+        return self.started_at + self.timeout - min(15.0, 0.1 * self.timeout)
+
+    def validate(self) -> None:
+        """Raise ``UserError`` naming the first bad option."""
+        from cellsearch.costs import COSTS
+
+        self.data_options.validate()
+        for name, value, allowed in (("objective", self.objective, OBJECTIVES), ("cost", self.cost, tuple(COSTS)),
+                                     ("pick", self.pick, PICKS), ("device", self.device, DEVICES)):
+            if value not in allowed:
+                raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+        for name in ("trials", "workers"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (for worker processes)."""
+        d = asdict(self)
+        d["data"], d["run_dir"] = str(self.data), str(self.run_dir)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TuneConfig:
+        d = dict(d)
+        return cls(**{**d, "data": Path(d["data"]), "run_dir": Path(d["run_dir"]),
+                      "data_options": DataOptions(**d["data_options"])})
+
+    def replace(self, **changes: Any) -> TuneConfig:
+        return replace(self, **changes)

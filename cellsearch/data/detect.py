@@ -1,0 +1,139 @@
+"""Detection of column roles (split, id, time) and of the task, shared by every layout.
+
+The column roles that every layout shares (split, id, time) are found here, by name or by the data
+(``find_columns``); the layout registry then picks the layout (``cellsearch.data.layouts.detect``),
+which decides the target, the features and anything of its own. Nothing here knows a layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cellsearch.data.options import DataOptions
+from cellsearch.errors import UserError
+
+MAX_CLASSES = 20
+
+ID_NAMES = ("id", "seq", "seq_id", "sequence", "sequence_id", "series", "series_id", "unique_id",
+            "sample", "sample_id", "subject", "item_id", "group")
+TIME_NAMES = ("time", "t", "step", "timestep", "time_step", "timestamp", "date", "datetime", "ds",
+              "order", "frame", "index", "idx", "month", "year", "day", "period")
+TARGET_NAMES = ("label", "target", "y", "class", "category", "outcome")
+
+
+def is_numeric(s: pd.Series) -> bool:
+    """Numeric and not boolean (booleans are 0/1 inputs, never a regression target)."""
+    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+
+
+def find_column(columns: list[str], names: tuple[str, ...], exclude: set[str]) -> str | None:
+    """The first column (case-insensitive) among ``names``, in the order of ``names``."""
+    lower = {c.lower(): c for c in columns if c not in exclude}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    return None
+
+
+def _need_column(df: pd.DataFrame, name: str, flag: str, path: Path) -> str:
+    if name not in df.columns:
+        raise UserError(f"{path}: {flag} column {name!r} not found; columns are: {', '.join(df.columns)}")
+    return name
+
+
+def _id_from_time(df: pd.DataFrame, time_col: str, candidates: list[str]) -> str | None:
+    """The column that, together with the time column, identifies rows uniquely: text columns
+    first, then integer columns, fewest distinct values first."""
+    n = len(df)
+    scored = []
+    for c in candidates:
+        s = df[c]
+        if pd.api.types.is_float_dtype(s):
+            continue
+        k = s.nunique(dropna=False)
+        if 1 < k <= n // 2:
+            scored.append((is_numeric(s), k, c))
+    for _, _, c in sorted(scored):
+        if not df.duplicated([c, time_col]).any():
+            return c
+    return None
+
+
+def detect_task(target: pd.Series) -> str:
+    """Classification when the target is text or has few distinct integer values; else regression."""
+    if not is_numeric(target):
+        return "classification"
+    v = target.to_numpy(dtype=float, na_value=np.nan)
+    v = v[np.isfinite(v)]
+    if len(v) and np.all(np.mod(v, 1) == 0) and len(np.unique(v)) <= MAX_CLASSES:
+        return "classification"
+    return "regression"
+
+
+@dataclass
+class Columns:
+    """The column roles found before the layout is known: split, id, time and a ``--target`` override.
+    ``used`` holds every column with a role (none of them is a feature)."""
+
+    split_col: str | None
+    id_col: str | None
+    time_col: str | None
+    target: str | None
+    used: set[str]
+
+    def rest(self, df: pd.DataFrame) -> list[str]:
+        """Columns without a role, in file order."""
+        return [c for c in df.columns if c not in self.used]
+
+    def ids_repeat(self, df: pd.DataFrame) -> bool:
+        return bool(self.id_col) and df[self.id_col].nunique(dropna=False) < len(df)
+
+
+@dataclass
+class Schema:
+    """What detection decided: the layout, the task, every column's role; ``layout_data`` holds what
+    one layout alone needs (the wide layout's step columns, say)."""
+
+    layout: str
+    task: str
+    target: str
+    id_col: str | None
+    time_col: str | None
+    split_col: str | None
+    features: list[str]
+    layout_data: dict[str, Any] = field(default_factory=dict)
+
+
+def find_columns(df: pd.DataFrame, opts: DataOptions, path: Path) -> Columns:
+    """Split, id and time columns, by the overrides, by name, or (id) by what makes times unique."""
+    cols = list(df.columns)
+    split_col = next((c for c in cols if c.lower() == "split"), None)
+    used: set[str] = {split_col} if split_col else set()
+    target = _need_column(df, opts.target, "--target", path) if opts.target else None
+    id_col = _need_column(df, opts.id_col, "--id-col", path) if opts.id_col else None
+    time_col = _need_column(df, opts.time_col, "--time-col", path) if opts.time_col else None
+    if target:
+        used.add(target)
+    if id_col is None:
+        id_col = find_column(cols, ID_NAMES, used | {time_col} if time_col else used)
+        if id_col is None:
+            id_col = next((c for c in cols if c not in used and c != time_col
+                           and c.lower().endswith(("_id", "id")) and c.lower() != "id"
+                           and not c[-1:].isdigit()), None)
+    if id_col:
+        used.add(id_col)
+    if time_col is None:
+        time_col = find_column(cols, TIME_NAMES, used)
+    if time_col:
+        used.add(time_col)
+    if id_col is None and time_col and df[time_col].duplicated().any():
+        # Repeated time values: some other column must tell the sequences apart (e.g. "store").
+        id_col = _id_from_time(df, time_col, [c for c in cols if c not in used])
+        if id_col:
+            used.add(id_col)
+    return Columns(split_col, id_col, time_col, target, used)

@@ -1,0 +1,120 @@
+"""The interface every CSV layout implements, and the helpers layouts share.
+
+A layout answers four questions, and nothing outside its module asks them by its name:
+
+* ``recognises``: is a file (with its split/id/time columns found) in this layout?
+* ``schema``: which column is the target, which are features, what else it needs to remember;
+* ``build``: the training tensors of each split and the fitted preprocessing;
+* ``transform``: a frame in the same layout at prediction time → model inputs, through the same code.
+
+A new layout is one module with one ``Layout`` subclass, registered in ``cellsearch.data.layouts``
+(or at run time with ``register_layout``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from cellsearch.data.detect import TARGET_NAMES, Columns, Schema, detect_task, find_column, is_numeric
+from cellsearch.errors import UserError
+
+if TYPE_CHECKING:
+    from cellsearch.data.options import DataOptions
+    from cellsearch.data.preprocessing import Preprocessing
+    from cellsearch.data.splits import SplitTensors
+
+
+@dataclass
+class Inputs:
+    """Model inputs made from a frame at prediction time.
+
+    ``x`` (N, T, F) float32 padded, ``lengths`` (N,), ``keys`` one per sequence, and ``scale``: per
+    sequence (mean, std) that map the model's outputs back to target units, or ``None`` when the
+    target's own standardisation (``Preprocessing.target_mean/std``) does.
+    """
+
+    x: np.ndarray
+    lengths: np.ndarray
+    keys: np.ndarray
+    scale: tuple[np.ndarray, np.ndarray] | None = None
+
+
+class Layout(ABC):
+    """One CSV layout. Subclasses set ``name``, ``tasks`` and ``priority`` and implement the four
+    abstract methods; the defaults of the others suit layouts whose inputs are the feature columns."""
+
+    #: The registry name, as ``--layout`` takes it and ``Preprocessing.layout`` stores it.
+    name: ClassVar[str]
+    #: The tasks the layout serves; the first is the default when the target does not decide.
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    #: Detection tries layouts in increasing priority; the last one should recognise any file.
+    priority: ClassVar[int] = 50
+    #: Column names taken as the target when ``--target`` is not given.
+    target_names: ClassVar[tuple[str, ...]] = TARGET_NAMES
+
+    @abstractmethod
+    def recognises(self, df: pd.DataFrame, found: Columns, opts: DataOptions) -> bool:
+        """Whether the file is in this layout (``found``: the split, id and time columns)."""
+
+    @abstractmethod
+    def schema(self, df: pd.DataFrame, found: Columns, opts: DataOptions, path: Path,
+               warnings: list[str]) -> Schema:
+        """Target, task, features and the layout's own data; refuses a file it cannot read."""
+
+    @abstractmethod
+    def build(self, df: pd.DataFrame, schema: Schema, opts: DataOptions, path: Path, warnings: list[str]
+              ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
+        """Tensors per split, and the ``Preprocessing`` fields it fitted (inputs, categories, scaler,
+        target encoding, layout_data). May consume ``df``'s columns to save memory."""
+
+    @abstractmethod
+    def transform(self, df: pd.DataFrame, prep: Preprocessing, path: Path) -> Inputs:
+        """A frame in this layout (checked columns and types) → model inputs, as training made them."""
+
+    def input_columns(self, prep: Preprocessing) -> list[str]:
+        """The columns prediction needs besides the id and time columns."""
+        return list(prep.features)
+
+    def example(self, df: pd.DataFrame, prep: Preprocessing) -> pd.DataFrame:
+        """A few rows of a training file (the target dropped) that make a valid prediction input."""
+        if prep.id_col:
+            df = df[df[prep.id_col].isin(df[prep.id_col].drop_duplicates().head(2))]
+        return df.reset_index(drop=True)
+
+    def n_outputs(self, prep: Preprocessing) -> int:
+        """The model's outputs: one per class, else 1."""
+        return len(prep.classes) if prep.classes else 1
+
+    def summary(self, prep: Preprocessing) -> dict[str, Any]:
+        """Entries of the layout's own for ``inspect`` and the model card (e.g. window and horizon)."""
+        return {}
+
+    def split_source(self, schema: Schema) -> str:
+        """How the splits were made, in words, when no split column gives them."""
+        return "by sequence" + (", stratified" if schema.task == "classification" else "")
+
+
+def guess_target(df: pd.DataFrame, found: Columns, names: tuple[str, ...], path: Path, warnings: list[str],
+                 numeric_only: bool = False) -> str:
+    """``--target``, else a column named like a target, else the last remaining (numeric) column."""
+    if found.target:
+        return found.target
+    target = find_column(list(df.columns), names, found.used)
+    if target is not None:
+        return target
+    rest = [c for c in found.rest(df) if is_numeric(df[c]) or not numeric_only]
+    if not rest:
+        raise UserError(f"{path}: no target column found; pass --target (columns: {', '.join(df.columns)})")
+    warnings.append(f"target column guessed as {rest[-1]!r} (override with --target)")
+    return rest[-1]
+
+
+def sequence_task(opts: DataOptions, target: pd.Series) -> str:
+    """``--task``, else classification or regression from the target's values."""
+    return opts.task or detect_task(target)

@@ -1,0 +1,45 @@
+"""How to read a file: the user's overrides (``DataOptions``) and the names every layout shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cellsearch.errors import UserError
+
+TASKS = ("classification", "regression", "forecasting")
+FILLS = ("ffill", "zero")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataOptions:
+    """How to read a file; every field left ``None`` is detected.
+
+    Built by the CLI and by ``cellsearch.tune``/``read_dataset``; validated at use (``validate``).
+    """
+
+    layout: str | None = None
+    target: str | None = None
+    id_col: str | None = None
+    time_col: str | None = None
+    task: str | None = None
+    window: int | None = None
+    horizon: int | None = None
+    fill: str | None = None
+    seed: int = 0
+    val_size: float = 0.15
+    test_size: float = 0.15
+
+    def validate(self) -> None:
+        """Raise ``UserError`` naming the first bad option (``layout`` is checked against the layout
+        registry when the file is read)."""
+        if self.task is not None and self.task not in TASKS:
+            raise UserError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.fill is not None and self.fill not in FILLS:
+            raise UserError(f"--fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
+        for name in ("window", "horizon"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise UserError(f"--{name} must be at least 1, got {v}")
+        if not (0 <= self.val_size < 1 and 0 <= self.test_size < 1 and self.val_size + self.test_size < 1):
+            raise UserError("validation and test fractions must be in [0, 1) and sum below 1")

@@ -1,0 +1,94 @@
+"""The fitted preprocessing: a typed object that training writes and prediction reads, saved as JSON.
+
+It holds what every layout shares (columns, the input encoding, the scaler, the target encoding,
+the options the file was read with) and, in ``layout_data``, what one layout alone needs (the wide
+layout's step columns, the series layout's window, horizon and per-series statistics). Training and
+prediction apply it through the same functions of the layout that wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-input mean and standard deviation, fitted on the training split."""
+
+    mean: list[float]
+    std: list[float]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.mean, dtype=np.float64), np.asarray(self.std, dtype=np.float64)
+
+
+@dataclass(kw_only=True)
+class Preprocessing:
+    """Everything needed to turn a frame in the training layout into model inputs and back.
+
+    Args:
+        layout: the layout's registry name (``cellsearch.data.layouts.LAYOUTS``).
+        task: classification, regression or forecasting.
+        target, id_col, time_col, split_col: the columns with those roles.
+        features: the feature columns of the file (the wide layout: one per step prefix).
+        inputs: the model's inputs, one per column or ``column=level`` for one-hot text.
+        categories: the training split's levels of each one-hot text column.
+        scaler: the inputs' standardisation.
+        options: the ``DataOptions`` the file was read with (``read_dataset(file, **options)`` again).
+        classes, class_counts: classification's labels, in output order, and their counts.
+        target_mean, target_std: regression's target standardisation.
+        layout_data: what the layout alone needs, as JSON-able values.
+    """
+
+    layout: str
+    task: str
+    target: str
+    features: list[str]
+    inputs: list[str]
+    scaler: Scaler
+    options: dict[str, Any] = field(default_factory=dict)
+    id_col: str | None = None
+    time_col: str | None = None
+    split_col: str | None = None
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    classes: list[Any] | None = None
+    class_counts: dict[str, int] | None = None
+    target_mean: float | None = None
+    target_std: float | None = None
+    layout_data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fill(self) -> str | None:
+        return self.options.get("fill")
+
+    @property
+    def target_scale(self) -> float:
+        """The factor that turns a standardised target error back into target units (1 if none)."""
+        return 1.0 if self.target_std is None else float(self.target_std)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        """Rebuild from ``to_dict``'s output; keys of an older flat format go to ``layout_data``."""
+        known = {f.name for f in fields(cls)}
+        d = dict(d)
+        layout_data = {**{k: d.pop(k) for k in list(d) if k not in known}, **d.pop("layout_data", {})}
+        scaler = d.pop("scaler")
+        return cls(**d, scaler=scaler if isinstance(scaler, Scaler) else Scaler(**scaler), layout_data=layout_data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Preprocessing:
+        return cls.from_dict(json.loads(Path(path).read_text()))

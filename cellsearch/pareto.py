@@ -1,0 +1,69 @@
+"""The Pareto front of a study on (score, cost), the pick rules, and the points they work on.
+
+The chosen model is the *knee* of the front: with score and log-cost each scaled to [0, 1] over
+the front, the front point farthest above the straight line between the front's two ends (the point
+where giving up compute starts to cost real accuracy). ``pick="best"`` takes the best score and
+``pick="smallest"`` the cheapest front member.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from cellsearch.costs import cost_value
+
+
+def trial_points(study: Any, cost: str) -> list[dict[str, Any]]:
+    """One point per complete trial: its score, its ``cost`` and what tables and plots show of it
+    (``choices`` are the trial's searched parameters, as Optuna names them)."""
+    import optuna
+
+    pts = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "val_score" not in a:
+            continue
+        pts.append({"trial": t.number, "arch": a.get("arch", ""), "score": float(a["val_score"]),
+                    "cost": cost_value(cost, a), "macs": a.get("macs"), "params": a.get("params"),
+                    "latency_ms": a.get("latency_ms"), "epochs": a.get("epochs"),
+                    "train_seconds": a.get("train_seconds"), "checkpoint": a.get("checkpoint"),
+                    "choices": dict(t.params)})
+    return pts
+
+
+def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    """Non-dominated points on (score, cost), cheapest first; ``cost`` is always minimised."""
+    sign = 1.0 if direction == "maximize" else -1.0
+
+    def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        sa, sb = sign * a["score"], sign * b["score"]
+        return sa >= sb and a["cost"] <= b["cost"] and (sa > sb or a["cost"] < b["cost"])
+
+    front = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
+    return sorted(front, key=lambda p: p["cost"])
+
+
+def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee") -> dict[str, Any] | None:
+    """Choose from the front by ``rule``: knee (default), best or smallest. See the module doc."""
+    if not front:
+        return None
+    sign = 1.0 if direction == "maximize" else -1.0
+    best = max(front, key=lambda p: (sign * p["score"], -p["cost"]))
+    if rule == "best" or len(front) <= 2 and rule == "knee":
+        return best
+    if rule == "smallest":
+        return min(front, key=lambda p: (p["cost"], -sign * p["score"]))
+    s = [sign * p["score"] for p in front]
+    c = [math.log10(max(p["cost"], 1e-12)) for p in front]
+    s_lo, s_hi, c_lo, c_hi = min(s), max(s), min(c), max(c)
+    if s_hi - s_lo < 1e-12 or c_hi - c_lo < 1e-12:
+        return best
+    xs = [(ci - c_lo) / (c_hi - c_lo) for ci in c]  # 0 = cheapest
+    ys = [(si - s_lo) / (s_hi - s_lo) for si in s]  # 1 = best score
+    # Distance above the chord from the cheapest front point to the best-scoring one.
+    x0, y0, x1, y1 = xs[0], ys[0], xs[-1], ys[-1]
+    norm = math.hypot(x1 - x0, y1 - y0) or 1.0
+    dist = [((x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)) / norm for x, y in zip(xs, ys)]
+    k = max(range(len(front)), key=lambda i: dist[i])
+    return front[k] if dist[k] > 1e-9 else best

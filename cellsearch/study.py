@@ -1,0 +1,171 @@
+"""The study and its storage: opening Optuna's storage, creating or resuming the study, and the
+context that ``tune`` and every worker process prepare the same way (``prepare``).
+
+A running trial beats every ``HEARTBEAT_S`` seconds; one silent for ``GRACE_S`` is failed (its
+process died), so a crash never leaves a trial counted as running.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cellsearch.config import TuneConfig
+from cellsearch.errors import UserError
+from cellsearch.files import write_json
+
+HEARTBEAT_S = 2
+GRACE_S = 8
+
+
+def study_dir(run_dir: Path, study_name: str) -> Path:
+    """Per-study files: trial checkpoints, the fitted preprocessing, ``result.json``."""
+    return run_dir / "studies" / study_name
+
+
+def default_storage(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+
+
+def _pg_driver(url: str) -> str:
+    """``postgresql://`` with whichever driver is installed (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def open_storage(url: str) -> Any:
+    """Optuna's RDB storage with heartbeats, so a trial of a killed process ends failed."""
+    import optuna
+
+    url = _pg_driver(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                              failed_trial_callback=None, **kwargs)
+        except Exception as exc:  # unreachable server, bad URL, missing driver
+            text = str(exc)
+            # Several processes creating the schema of a fresh database at once: the losers retry.
+            if attempt < 5 and ("already exists" in text or "duplicate key" in text or "UniqueViolation" in text):
+                time.sleep(0.5 + attempt)
+                continue
+            raise UserError(f"cannot open the study storage {url.split('@')[-1]}: "
+                            f"{text.strip().splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+def make_sampler(kind: str, seed: int) -> Any:
+    """The space's sampler, seeded (Optuna's TPE with multivariate, grouped, constant-liar settings)."""
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True,
+                                      group=True, constant_liar=True)
+
+
+def counts(study: Any) -> dict[str, int]:
+    """Trials by state (``complete``, ``pruned``, ``fail``, ``running``)."""
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
+    return out
+
+
+def finished(study: Any) -> int:
+    """Complete and pruned trials: what ``--trials`` counts."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+@dataclass
+class SearchContext:
+    """Everything a search process needs, built the same way by ``tune`` and by its workers."""
+
+    config: TuneConfig
+    dataset: Any
+    space: Any
+    study: Any
+    storage_url: str
+    sdir: Path
+    meta: dict[str, Any]
+    metric: str
+    direction: str
+    accelerator: str
+
+
+def _accelerator(device: str) -> str:
+    import torch
+
+    accelerator = "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    return accelerator
+
+
+def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> SearchContext:
+    """Validate the config, read the data, open (``create``: create or resume) the study.
+
+    The process that creates also fails trials left running by a killed process and stores the
+    study's metadata and preprocessing (so that another machine can export). Each process's sampler
+    is seeded differently (by the trials already there and ``worker_index``), so workers and resumes
+    never repeat each other.
+    """
+    import optuna
+
+    from cellsearch.data import read_dataset
+    from cellsearch.space import load_space
+    from cellsearch.train import metric_of, quiet_lightning
+
+    config.validate()
+    spc = load_space(config.space)
+    dataset = read_dataset(config.data, config.data_options)
+    accelerator = _accelerator(config.device)
+    quiet_lightning()
+    optuna.logging.set_verbosity(optuna.logging.INFO if config.verbose else optuna.logging.ERROR)
+    metric, direction = metric_of(dataset.task)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    url = config.storage or default_storage(config.run_dir)
+    storage = open_storage(url)
+    directions = [direction] if config.objective == "score" else [direction, "minimize"]
+    n_before = 0
+    try:
+        existing = optuna.load_study(study_name=config.study_name, storage=storage)
+        n_before = len(existing.trials)
+        if [d.name.lower() for d in existing.directions] != directions:
+            raise UserError(f"study {config.study_name!r} exists with other objectives; use another --study name")
+    except KeyError:
+        pass
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+              if config.objective == "score" and config.prune else optuna.pruners.NopPruner())
+    sampler = make_sampler(spc.sampler, config.seed + n_before + 7919 * worker_index)
+    st = optuna.create_study(study_name=config.study_name, storage=storage, directions=directions, sampler=sampler,
+                             pruner=pruner, load_if_exists=True)
+    meta = {"data": str(config.data.resolve()), "task": dataset.task, "metric": metric, "direction": direction,
+            "objective": config.objective, "cost": config.cost, "space": spc.name}
+    sdir = study_dir(config.run_dir, config.study_name)
+    if create:
+        optuna.storages.fail_stale_trials(st)
+        for k, v in meta.items():
+            st.set_user_attr(k, v)
+        prep = dataset.preprocessing.to_dict()
+        st.set_user_attr("preprocessing", prep)
+        st.set_user_attr("dataset_info", {k: v for k, v in dataset.info.items() if k != "warnings"})
+        write_json(sdir / "preprocessing.json", prep)
+        write_json(sdir / "dataset.json", dataset.info)
+    return SearchContext(config, dataset, spc, st, url, sdir, meta, metric, direction, accelerator)
