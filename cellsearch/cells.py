@@ -6,7 +6,7 @@ gate names (for the gate plots), how to trace its gates over time, and its analy
 and everything above it only ever look variants up here: adding a variant means adding a class and
 one line in ``CELLS``, nothing else.
 
-Equations (see DESIGN.md): ``lstm`` and ``gru`` are torch's ``nn.LSTM`` / ``nn.GRU`` (fused kernels);
+Equations (the README's cell table): ``lstm`` and ``gru`` are torch's ``nn.LSTM`` / ``nn.GRU`` (fused kernels);
 ``peephole`` adds diagonal peepholes p_i, p_f (previous cell) and p_o (new cell); ``cifg`` couples the
 input gate, i = 1 - f. The LSTM family's forget-gate bias starts at 1.
 """

@@ -108,34 +108,75 @@ class Objective:
     target_count: int | None = field(default=None)
 
     def __call__(self, trial: Any) -> Any:
-        import optuna
-        import torch
-
-        from cellsearch.costs import ALWAYS, cost_value, measure_costs
-        from cellsearch.model import ModelSpec, build, save_checkpoint
-        from cellsearch.stack import LayerSpec
+        from cellsearch.costs import measure_costs
         from cellsearch.train import fit
 
-        ctx, config, ds = self.ctx, self.ctx.config, self.ctx.dataset
+        ctx, config = self.ctx, self.ctx.config
         if self.target_count is not None and not _claims_slot(trial, self.target_count):
             trial.set_user_attr("reason", "surplus: the study was already full")
             raise SurplusTrialError("the study already holds the requested number of trials")
         cfg = ctx.space.suggest(trial)
+        seed = self.seed + trial.number
+        model = self._build(cfg, seed)
+        costs = measure_costs(model, self._length)
+        for k, v in {"arch": model.spec.arch, "spec": model.spec.to_dict(), **costs}.items():
+            trial.set_user_attr(k, v)
+        run = self.tracker.start_trial(trial.number, model.spec, cfg)
+        curve: list[float] = []
+        try:
+            res = fit(model, ctx.dataset, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
+                      max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
+                      weight_decay=float(cfg["weight_decay"]), seed=seed, max_seconds=self._budget(),
+                      on_epoch=self._epoch_hook(trial, run, curve), verbose=config.verbose,
+                      accelerator=ctx.accelerator)
+        except (Exception, KeyboardInterrupt) as exc:
+            state, reason, error = _outcome(exc)
+            trial.set_user_attr("curve", curve)
+            trial.set_user_attr("reason", reason)
+            run.finish(state, reason=reason)
+            if error is exc:
+                raise
+            raise error from None
+        return self._record(trial, run, res, costs, curve)
+
+    @property
+    def _length(self) -> int:
+        """The sequence length costs are measured at: the data's median."""
+        return int(self.ctx.dataset.info["length"]["median"])
+
+    def _build(self, cfg: dict[str, Any], seed: int) -> Any:
+        """The trial's model, from the drawn configuration, initialised from ``seed``."""
+        import torch
+
+        from cellsearch.model import ModelSpec, build
+        from cellsearch.stack import LayerSpec
+
+        ds = self.ctx.dataset
         spec = ModelSpec(input_size=ds.n_features, layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]),
                          n_outputs=ds.n_outputs, task=ds.task, dropout=float(cfg["dropout"]))
-        seed = self.seed + trial.number
         torch.manual_seed(seed)
-        model = build(spec)
-        median_len = int(ds.info["length"]["median"])
-        costs = measure_costs(model, median_len)
-        trial.set_user_attr("arch", spec.arch)
-        trial.set_user_attr("spec", spec.to_dict())
-        for k, v in costs.items():
-            trial.set_user_attr(k, v)
-        run = self.tracker.start_trial(trial.number, spec, cfg)
+        return build(spec)
+
+    def _budget(self) -> float | None:
+        """Seconds this trial may train: ``--trial-timeout``, and what is left of ``--timeout``."""
+        import optuna
+
+        config = self.ctx.config
+        budget = config.trial_timeout
+        if config.deadline is not None:
+            left = config.deadline - time.time()
+            budget = left if budget is None else min(budget, left)
+            if budget <= 1:
+                raise optuna.TrialPruned("no time left in --timeout")
+        return budget
+
+    def _epoch_hook(self, trial: Any, run: Any, curve: list[float]) -> Any:
+        """After each validation: record the epoch, and prune (Optuna's pruner or the median rule)."""
+        import optuna
+
+        ctx, config = self.ctx, self.ctx.config
         stopper = (MedianStopper(_finished_curves(trial.study), ctx.direction)
                    if config.objective == "pareto" and config.prune else None)
-        curve: list[float] = []
 
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
             curve.append(m["val_score"])
@@ -148,28 +189,17 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}: best {ctx.metric} so far is worse than the "
                                          "median of finished trials at this epoch")
 
-        budget = config.trial_timeout
-        if config.deadline is not None:
-            left = config.deadline - time.time()
-            budget = left if budget is None else min(budget, left)
-            if budget <= 1:
-                raise optuna.TrialPruned("no time left in --timeout")
-        try:
-            res = fit(model, ds, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
-                      max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
-                      weight_decay=float(cfg["weight_decay"]), seed=seed, max_seconds=budget,
-                      on_epoch=on_epoch, verbose=config.verbose, accelerator=ctx.accelerator)
-        except (Exception, KeyboardInterrupt) as exc:
-            state, reason, error = _outcome(exc)
-            trial.set_user_attr("curve", curve)
-            trial.set_user_attr("reason", reason)
-            run.finish(state, reason=reason)
-            if error is exc:
-                raise
-            raise error from None
+        return on_epoch
+
+    def _record(self, trial: Any, run: Any, res: Any, costs: dict[str, float], curve: list[float]) -> Any:
+        """Save the checkpoint, record the finished trial, return the objective values."""
+        from cellsearch.costs import ALWAYS, cost_value, measure_costs
+        from cellsearch.model import save_checkpoint
+
+        ctx, config = self.ctx, self.ctx.config
         # Costs that need the trained model (latency) are measured on it, once.
         if config.cost not in ALWAYS:
-            costs.update(measure_costs(res.model, median_len, [config.cost]))
+            costs = {**costs, **measure_costs(res.model, self._length, [config.cost])}
         ckpt = ctx.sdir / "trials" / f"{trial.number}.pt"
         save_checkpoint(ckpt, res.model, trial=trial.number, val_score=res.best_score, epoch=res.best_epoch)
         attrs = {"curve": curve, "val_score": res.best_score, "checkpoint_uri": run.log_file(ckpt, "checkpoint"),
@@ -182,4 +212,3 @@ class Objective:
         if config.objective == "score":
             return res.best_score
         return res.best_score, cost_value(config.cost, attrs)
-

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from cellsearch.data import Inputs, Preprocessing, get_layout
-from cellsearch.data.detect import is_numeric
 from cellsearch.errors import UserError
 
 
@@ -38,32 +37,15 @@ def _check_columns(df: pd.DataFrame, prep: Preprocessing, where: str) -> list[st
     return required
 
 
-def _check_types(df: pd.DataFrame, columns: list[str], prep: Preprocessing, where: str) -> None:
-    for c in columns:
-        if c in (prep.id_col, prep.time_col):
-            continue
-        s = df[c]
-        if c in prep.categories:
-            seen = set(pd.unique(s.dropna().astype(str)))
-            unseen = sorted(seen - set(prep.categories[c]))
-            if unseen:
-                raise UserError(f"{where}: column {c!r} has value(s) unseen in training: {', '.join(unseen[:5])}")
-        elif not (is_numeric(s) or pd.api.types.is_bool_dtype(s)):
-            bad = pd.to_numeric(s, errors="coerce").isna() & s.notna()
-            row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
-            raise UserError(f"{where}: column {c!r} should be numeric but has text such as {s.iloc[row]!r} "
-                            f"(row {row + 1})")
-
-
 def transform(df: pd.DataFrame, prep: Preprocessing, where: str = "input") -> Inputs:
     """A frame in the training layout → model inputs (padded x, lengths, keys, output scale)."""
     if len(df) == 0:
         raise UserError(f"{where}: no rows")
     df = df.copy()
     df.columns = [str(c).strip() for c in df.columns]
-    required = _check_columns(df, prep, where)
-    _check_types(df, required, prep, where)
-    return get_layout(prep.layout).transform(df, prep, Path(where))
+    layout = get_layout(prep.layout)
+    layout.check_types(df, _check_columns(df, prep, where), prep, where)
+    return layout.transform(df, prep, Path(where))
 
 
 class Predictor:

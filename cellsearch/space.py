@@ -54,12 +54,6 @@ class SearchSpace:
     def sampler(self) -> str:
         return self.config["sampler"]
 
-    @property
-    def max_depth(self) -> int:
-        depth = self.config["layers"]["depth"]
-        return int(depth["high"] if isinstance(depth, dict) and depth["type"] == "int"
-                   else max(depth["choices"]) if isinstance(depth, dict) else depth)
-
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Draw ``{"layers": [(cell, hidden, bidirectional), ...], "dropout", "lr", ...}``."""
         cfg = self.config

@@ -81,8 +81,9 @@ class Layer(nn.Module):
         return y if mask is None else y * mask
 
     @torch.no_grad()
-    def trace(self, x: torch.Tensor, lengths: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Gate activations of the forward direction, (T, B, hidden) each."""
+    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gate activations of the forward direction, (T, B, hidden) each (causal: padding after a
+        sequence's end never reaches its real steps)."""
         return self.fwd.trace(x)
 
 
@@ -150,7 +151,7 @@ class CellStack(nn.Module):
         h, lens, mask = self._prepare(x, lengths)
         out = []
         for layer in self.layers:
-            out.append({k: v.transpose(0, 1) for k, v in layer.trace(h, lens).items()})
+            out.append({k: v.transpose(0, 1) for k, v in layer.trace(h).items()})
             h = layer(h, lens, mask)
         return out
 

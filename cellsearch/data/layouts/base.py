@@ -81,6 +81,23 @@ class Layout(ABC):
         """The columns prediction needs besides the id and time columns."""
         return list(prep.features)
 
+    def check_types(self, df: pd.DataFrame, columns: list[str], prep: Preprocessing, where: str) -> None:
+        """Refuse, at prediction time, a column whose values training could not have seen: text in a
+        numeric column, an unseen level of a one-hot column (the id and time columns may be anything)."""
+        for c in columns:
+            if c in (prep.id_col, prep.time_col):
+                continue
+            s = df[c]
+            if c in prep.categories:
+                unseen = sorted(set(pd.unique(s.dropna().astype(str))) - set(prep.categories[c]))
+                if unseen:
+                    raise UserError(f"{where}: column {c!r} has value(s) unseen in training: {', '.join(unseen[:5])}")
+            elif not (is_numeric(s) or pd.api.types.is_bool_dtype(s)):
+                bad = pd.to_numeric(s, errors="coerce").isna() & s.notna()
+                row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
+                raise UserError(f"{where}: column {c!r} should be numeric but has text such as {s.iloc[row]!r} "
+                                f"(row {row + 1})")
+
     def example(self, df: pd.DataFrame, prep: Preprocessing) -> pd.DataFrame:
         """A few rows of a training file (the target dropped) that make a valid prediction input."""
         if prep.id_col:
