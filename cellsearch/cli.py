@@ -99,6 +99,8 @@ def tune(
     storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (e.g. postgresql://...)."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
     track: bool = typer.Option(True, "--track/--no-track", help="Record in MLflow (default) or not."),
+    references: bool = typer.Option(True, "--references/--no-references", help="Also score simple reference "
+                                    "models (1-NN, ridge) on the same splits (default) or not."),
     max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override the space's max epochs."),
     trial_timeout: float | None = typer.Option(None, "--trial-timeout", help="Seconds per trial at most."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop hopeless trials early (default) or never."),

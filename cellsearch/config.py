@@ -38,6 +38,7 @@ class TuneConfig:
         storage, tracking_uri: an Optuna storage URL and an MLflow tracking URI instead of the run
             directory's own.
         track: record in MLflow.
+        references: also fit and score the simple reference models (``cellsearch.references``).
         max_epochs: overrides the space's; trial_timeout: seconds per trial at most.
         prune: stop hopeless trials early.
         workers: processes on this machine sharing the study.
@@ -60,6 +61,7 @@ class TuneConfig:
     storage: str | None = None
     tracking_uri: str | None = None
     track: bool = True
+    references: bool = True
     max_epochs: int | None = None
     trial_timeout: float | None = None
     prune: bool = True

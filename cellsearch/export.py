@@ -146,6 +146,13 @@ def _card(spec: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[st
 
     note = "(RMSE in each series' normalised units)" if prep.task == "forecasting" else ""
     extra = ", ".join(f"{k} {v}" for k, v in get_layout(prep.layout).summary(prep).items())
+    refs = "".join(f"| {r['arch']} | {fmt(r.get('score'))} | {fmt(r.get('test_score'))} | {r['macs']:,} | "
+                   f"{r['params']:,} |\n" for r in metrics.get("references", []))
+    refs_section = (f"""
+## References (simple models on the same splits, never exported)
+| reference | validation {metrics['metric']} | test {metrics['metric']} | MACs per prediction | stored numbers |
+| --- | --- | --- | --- | --- |
+{refs}""" if refs else "")
     layers = "\n".join(f"| {k} | {layer.cell} | {layer.hidden} | {'yes' if layer.bidirectional else 'no'} |"
                        for k, layer in enumerate(spec.layers))
     return f"""# cellsearch model: {spec.arch}
@@ -176,7 +183,7 @@ Dropout {spec.dropout}; a linear head on each sequence's last real step ({spec.n
 ## Cost
 - multiply-accumulates per sequence (median length): {metrics['macs']:,}
 - parameters: {metrics['params']:,}
-
+{refs_section}
 ## Use
 ```python
 import cellsearch, pandas as pd
@@ -250,7 +257,9 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     metrics = {"study": st.study_name, "trial": t.number, "arch": model.spec.arch, "metric": attrs.get("metric"),
                "val_score": t.user_attrs.get("val_score"), "test_score": _test_score(model, data, prep),
                "macs": int(t.user_attrs.get("macs", 0)), "params": int(t.user_attrs.get("params", 0)),
-               "weights": "best checkpoint of the trial (not retrained)"}
+               "weights": "best checkpoint of the trial (not retrained)",
+               "references": [{k: r.get(k) for k in ("name", "arch", "score", "test_score", "macs", "params")}
+                              for r in attrs.get("references", [])]}
     _write_bundle(out, model, prep, info, metrics, data, chosen_formats)
     if register:
         _register(out, register, tracking, st.study_name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cellsearch.costs import cost_value
+from cellsearch.costs import COSTS, cost_value
 
 
 def trial_points(study: Any, cost: str) -> list[dict[str, Any]]:
@@ -25,10 +25,9 @@ def trial_points(study: Any, cost: str) -> list[dict[str, Any]]:
         if "val_score" not in a:
             continue
         pts.append({"trial": t.number, "arch": a.get("arch", ""), "score": float(a["val_score"]),
-                    "cost": cost_value(cost, a), "macs": a.get("macs"), "params": a.get("params"),
-                    "latency_ms": a.get("latency_ms"), "epochs": a.get("epochs"),
-                    "train_seconds": a.get("train_seconds"), "checkpoint": a.get("checkpoint"),
-                    "choices": dict(t.params)})
+                    "cost": cost_value(cost, a), **{c.attr: a.get(c.attr) for c in COSTS.values()},
+                    "epochs": a.get("epochs"), "train_seconds": a.get("train_seconds"),
+                    "checkpoint": a.get("checkpoint"), "choices": dict(t.params)})
     return pts
 
 

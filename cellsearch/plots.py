@@ -23,9 +23,16 @@ def _plt() -> Any:
     return plt
 
 
+def _plotted(references: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The references that have a cost of the study's kind (a measured latency has none)."""
+    return [r for r in references or [] if r.get("cost") is not None and math.isfinite(r["cost"])]
+
+
 def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, Any]],
-                chosen: dict[str, Any] | None, metric: str, cost: str) -> Path:
-    """Score against cost for every finished trial; the front highlighted and labelled."""
+                chosen: dict[str, Any] | None, metric: str, cost: str,
+                references: list[dict[str, Any]] | None = None) -> Path:
+    """Score against cost for every finished trial; the front highlighted and labelled; the simple
+    reference models as black diamonds."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     ax.scatter([p["cost"] for p in points], [p["score"] for p in points], s=18, c="#9aa5b1",
@@ -38,7 +45,13 @@ def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
     if chosen:
         ax.scatter([chosen["cost"]], [chosen["score"]], s=160, facecolors="none", edgecolors="#2e86ab",
                    linewidths=2, label=f"chosen: {chosen['arch']}", zorder=4)
-    if points and min(p["cost"] for p in points) > 0:
+    refs = _plotted(references)
+    if refs:
+        ax.scatter([r["cost"] for r in refs], [r["score"] for r in refs], marker="D", s=50, c="#222222",
+                   label="references (not networks)", zorder=5)
+        for r in refs:
+            ax.annotate(r["arch"], (r["cost"], r["score"]), textcoords="offset points", xytext=(6, -10), fontsize=7)
+    if points and min(p["cost"] for p in [*points, *refs]) > 0:
         ax.set_xscale("log")
     ax.set_xlabel(COSTS[cost].label if cost in COSTS else cost)
     ax.set_ylabel(f"validation {metric}")
@@ -52,14 +65,16 @@ def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
 
 
 def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, Any]],
-                chosen: dict[str, Any] | None, metric: str, cost: str) -> Path:
+                chosen: dict[str, Any] | None, metric: str, cost: str,
+                references: list[dict[str, Any]] | None = None) -> Path:
     """The Pareto plot as one self-contained HTML page (inline SVG): hover a point for its trial,
     architecture, score and cost. No JavaScript library, opens anywhere (MLflow shows it inline)."""
     import html
 
     w, h, m = 820, 520, 60
-    costs = [max(p["cost"], 1e-12) for p in points] or [1.0]
-    scores = [p["score"] for p in points] or [0.0]
+    refs = _plotted(references)
+    costs = [max(p["cost"], 1e-12) for p in [*points, *refs]] or [1.0]
+    scores = [p["score"] for p in [*points, *refs]] or [0.0]
     lx = math.log10
     c_lo, c_hi = lx(min(costs)), lx(max(costs))
     s_lo, s_hi = min(scores), max(scores)
@@ -86,6 +101,12 @@ def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
                  if p["trial"] in on_front else "")
         items.append(f'<g><title>{tip}</title>{ring}<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"/>'
                      f"{label}</g>")
+    for r in refs:
+        x, y = xy(r)
+        tip = html.escape(f"reference: {r['arch']}\n{metric} {r['score']:.4g}\n{cost} {r['cost']:.4g}")
+        items.append(f'<g><title>{tip}</title><rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12" '
+                     f'transform="rotate(45 {x:.1f} {y:.1f})" fill="#222"/><text x="{x + 9:.1f}" y="{y + 14:.1f}" '
+                     f'font-size="11">{html.escape(r["arch"])}</text></g>')
     axes = (f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="#333"/>'
             f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="#333"/>'
             f'<text x="{w / 2}" y="{h - 15}" text-anchor="middle">{html.escape(cost)} (log scale, '
@@ -211,13 +232,14 @@ def gates_plot(path: Path, checkpoint: str, dataset: Any, n_sequences: int = 3) 
 
 
 def study_plots(out: Path, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]], dataset: Any,
-                chosen: dict[str, Any] | None, meta: dict[str, Any]) -> list[Path]:
+                chosen: dict[str, Any] | None, meta: dict[str, Any],
+                references: list[dict[str, Any]] | None = None) -> list[Path]:
     """Write every study picture (and its numbers) into ``out``; returns the files."""
     metric, cost = meta.get("metric", "score"), meta.get("cost", "macs")
     files = []
     if points:
-        files.append(pareto_plot(out / "pareto_front.png", points, front, chosen, metric, cost))
-        files.append(pareto_html(out / "pareto_front.html", points, front, chosen, metric, cost))
+        files.append(pareto_plot(out / "pareto_front.png", points, front, chosen, metric, cost, references))
+        files.append(pareto_html(out / "pareto_front.html", points, front, chosen, metric, cost, references))
         table = cell_by_slot(points)
         if table:  # empty when the space fixes every layer's cell
             (out / "cell_by_slot.json").write_text(json.dumps(table, indent=2))

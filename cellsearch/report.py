@@ -64,6 +64,12 @@ def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
         test = p.get("test_score")
         table.add_row(str(p["trial"]), p["arch"], f"{p['score']:.4g}", "-" if test is None else f"{test:.4g}",
                       _fmt_int(p.get("macs")), _fmt_int(p.get("params")), "<- knee" if p["trial"] == chosen else "")
+    if result.references:
+        table.add_section()
+    for r in result.references:
+        test = r.get("test_score")
+        table.add_row("ref", r["arch"], f"{r['score']:.4g}", "-" if test is None else f"{test:.4g}",
+                      _fmt_int(r.get("macs")), _fmt_int(r.get("params")), "reference")
     console.print(table)
     if result.chosen:
         c = result.chosen
@@ -73,6 +79,11 @@ def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
                       f"{_fmt_int(c.get('params'))} parameters")
     else:
         console.print("[yellow]no trial finished[/yellow]")
+    from cellsearch.references import verdict
+
+    line = verdict(result.chosen, result.references, result.metric, result.direction)
+    if line:
+        console.print(f"[yellow]{line}[/yellow]")
     console.print("next:")
     if tracked:
         console.print(f"  cellsearch ui --run-dir {run_dir}            # the MLflow dashboard")

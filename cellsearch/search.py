@@ -32,11 +32,12 @@ class TuneResult:
     run_dir: Path
     counts: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
+    references: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study.study_name, "metric": self.metric, "direction": self.direction,
                 "cost": self.cost, "front": self.front, "chosen": self.chosen, "counts": self.counts,
-                "run_dir": str(self.run_dir), "interrupted": self.interrupted}
+                "references": self.references, "run_dir": str(self.run_dir), "interrupted": self.interrupted}
 
 
 def _score_test(dataset: Any, entries: list[dict[str, Any]]) -> None:
@@ -80,6 +81,13 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     ctx = prepare(config, create=True)
     dataset, direction, cost = ctx.dataset, ctx.direction, config.cost
     tracker = make_tracker(config, meta=ctx.meta, argv=sys.argv)
+    references = []
+    if config.references:
+        from cellsearch.references import fit_references
+
+        references = fit_references(dataset, cost, config.deadline)
+        ctx.study.set_user_attr("references", references)
+        tracker.record_references(references)
     interrupted = False
     with SearchProgress(total=config.trials, done=finished(ctx.study), metric=ctx.metric,
                         enabled=config.progress and not config.verbose) as bar:
@@ -105,7 +113,8 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     chosen = pick_trial(front, direction, config.pick)
     _score_test(dataset, front)
     result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,
-                        chosen=chosen, run_dir=config.run_dir, counts=counts(st), interrupted=interrupted)
+                        chosen=chosen, run_dir=config.run_dir, counts=counts(st), interrupted=interrupted,
+                        references=references)
     write_json(ctx.sdir / "result.json", result.to_dict())
     tracker.finish(st, result, dataset)
     return result

@@ -42,6 +42,9 @@ class Tracker(Protocol):
     def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> TrialRun:
         """A run for trial ``number`` with its model spec and drawn configuration."""
 
+    def record_references(self, references: list[dict[str, Any]]) -> None:
+        """The reference models' scores and costs (``cellsearch.references``), once per search."""
+
     def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
                      dataset: Any) -> None:
         """After each trial: refresh what shows the study's progress (throttled)."""
@@ -76,6 +79,9 @@ class NullTracker:
 
     def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> TrialRun:
         return _NullRun()
+
+    def record_references(self, references: list[dict[str, Any]]) -> None:
+        pass
 
     def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
                      dataset: Any) -> None:
@@ -168,6 +174,7 @@ class MLflowTracker:
             parent_id = parent.info.run_id
         self.parent_id = parent_id
         self._last_plot = 0.0
+        self.references: list[dict[str, Any]] = []
 
     def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> MLflowTrialRun:
         from mlflow.entities import Param
@@ -186,6 +193,22 @@ class MLflowTracker:
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return MLflowTrialRun(self.client, run.info.run_id)
 
+    def record_references(self, references: list[dict[str, Any]]) -> None:
+        """One finished nested run per reference, tagged ``reference``, with its scores and costs."""
+        from mlflow.entities import Metric
+
+        self.references = list(references)
+        ts = int(time.time() * 1000)
+        for ref in references:
+            tags = {"mlflow.parentRunId": self.parent_id, "study": self.study_name, "role": "reference",
+                    "reference": ref["name"], "arch": ref["arch"], "state": "COMPLETE"}
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"reference-{ref['name']}")
+            values = {"val_score_best": ref["score"], "test_score": ref["test_score"], "macs": ref["macs"],
+                      "params": ref["params"], "fit_seconds": ref["fit_seconds"]}
+            self.client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()
+                                                            if _finite(v)])
+            self.client.set_terminated(run.info.run_id, status="FINISHED")
+
     def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
                      dataset: Any) -> None:
         now = time.time()
@@ -201,7 +224,7 @@ class MLflowTracker:
         from cellsearch import plots
 
         with tempfile.TemporaryDirectory() as tmp:
-            files = plots.study_plots(Path(tmp), study, points, front, dataset, chosen, self.meta)
+            files = plots.study_plots(Path(tmp), study, points, front, dataset, chosen, self.meta, self.references)
             for f in files:
                 self.client.log_artifact(self.parent_id, str(f), artifact_path="plots")
 
