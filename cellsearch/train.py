@@ -186,7 +186,9 @@ class EpochHistory(pl.Callback):
     def better(self, a: float, b: float) -> bool:
         return a > b if self.direction == "maximize" else a < b
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Not ``on_validation_epoch_end``: Lightning calls callbacks' epoch-end hooks before the
+        # module's, so there ``callback_metrics`` still hold the previous validation's values.
         if trainer.sanity_checking:
             return
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_score", "val_loss", "train_loss")}

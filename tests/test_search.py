@@ -197,3 +197,23 @@ def test_tune_cli_prints_front_and_next_steps(tiny_csv, tiny_space, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(tiny_csv), "--space", "nope",
                           "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_fit_returns_the_weights_of_the_best_recorded_score(tiny_csv):
+    """The recorded per-epoch scores belong to the weights trained so far: the returned model scores
+    exactly its recorded best on validation, and a single epoch is recorded (not lost)."""
+    import torch
+
+    from cellsearch.data import read_dataset
+    from cellsearch.model import ModelSpec, build
+    from cellsearch.stack import LayerSpec
+    from cellsearch.train import evaluate, fit
+
+    ds = read_dataset(tiny_csv, seed=2)
+    for epochs in (1, 6):
+        torch.manual_seed(0)
+        model = build(ModelSpec(ds.n_features, (LayerSpec("gru", 8),), ds.n_outputs, ds.task))
+        res = fit(model, ds, lr=0.02, batch_size=16, max_epochs=epochs, patience=10, seed=0)
+        assert res.epochs == epochs and len(res.history) == epochs
+        assert evaluate(res.model, ds.splits["val"], ds.task) == pytest.approx(res.best_score, abs=1e-6)
+        assert res.history[res.best_epoch]["val_score"] == res.best_score
