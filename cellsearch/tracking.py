@@ -201,7 +201,7 @@ class MLflowTracker:
         ts = int(time.time() * 1000)
         for ref in references:
             tags = {"mlflow.parentRunId": self.parent_id, "study": self.study_name, "role": "reference",
-                    "reference": ref["name"], "arch": ref["arch"], "state": "COMPLETE"}
+                    "reference": ref["name"], "arch": ref["arch"], "state": "REFERENCE"}
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"reference-{ref['name']}")
             values = {"val_score_best": ref["score"], "test_score": ref["test_score"], "macs": ref["macs"],
                       "params": ref["params"], "fit_seconds": ref["fit_seconds"]}

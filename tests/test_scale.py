@@ -76,7 +76,7 @@ def test_workers_share_one_study_with_one_parent_run(tiny_csv, tiny_space, tmp_p
     exp = client.get_experiment_by_name(r.study.study_name)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [x for x in runs if "mlflow.parentRunId" not in x.data.tags]
-    children = [x for x in runs if "mlflow.parentRunId" in x.data.tags]
+    children = [x for x in runs if "mlflow.parentRunId" in x.data.tags and "trial_number" in x.data.tags]
     assert len(parents) == 1
     assert {x.data.tags["mlflow.parentRunId"] for x in children} == {parents[0].info.run_id}
     assert {int(x.data.tags["trial_number"]) for x in children if x.data.tags["state"] != "FAILED"} >= \

@@ -23,7 +23,8 @@ def test_experiment_parent_and_child_runs(tuned):
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("role") == "search"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+                and "trial_number" in r.data.tags]
     assert len(parents) == 1
     p = parents[0]
     for tag in ("data", "study", "command", "cellsearch_version"):
@@ -100,3 +101,23 @@ def test_real_mlflow_server_lists_the_runs(tuned):
         assert len(trial_runs) == len(tuned.study.trials)
     finally:
         stop_process(proc)
+
+
+def test_references_are_runs_tagged_reference_under_the_search(tuned):
+    """Each reference is one finished nested run of the search, tagged ``reference``, with the scores
+    the result reports; never counted as a trial."""
+    client = _client(tuned)
+    exp = client.get_experiment_by_name(tuned.study.study_name)
+    parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("role") == "search"][0]
+    refs = client.search_runs([exp.experiment_id], "tags.role = 'reference'")
+    assert sorted(r.data.tags["reference"] for r in refs) == sorted(x["name"] for x in tuned.references) == \
+        ["1nn", "ridge"]
+    by_name = {x["name"]: x for x in tuned.references}
+    for r in refs:
+        want = by_name[r.data.tags["reference"]]
+        assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED"
+        assert r.data.tags["state"] == "REFERENCE" and "trial_number" not in r.data.tags
+        assert abs(r.data.metrics["val_score_best"] - want["score"]) < 1e-9
+        assert r.data.metrics["macs"] == want["macs"] and r.data.metrics["params"] == want["params"]
+    result = json.loads((tuned.run_dir / "studies" / tuned.study.study_name / "result.json").read_text())
+    assert [x["name"] for x in result["references"]] == ["1nn", "ridge"]
