@@ -133,17 +133,15 @@ class SequenceTask(pl.LightningModule):
         x, lengths, y = batch
         self._val.append((self(x, lengths).detach(), y))
 
-    def on_train_epoch_end(self) -> None:
-        if self._train_loss:
-            self.log("train_loss", float(np.mean(self._train_loss)), prog_bar=False)
-        self._train_loss.clear()
-
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
         out = torch.cat([o for o, _ in self._val])
         y = torch.cat([t for _, t in self._val])
         self._val.clear()
+        if self._train_loss:  # the training loss since the previous validation, beside its scores
+            self.log("train_loss", float(np.mean(self._train_loss)), prog_bar=False)
+            self._train_loss.clear()
         self.log("val_loss", float(self._loss(out, y)))
         self.log("val_score", score_outputs(out, y, self.task, self.target_std), prog_bar=True)
 
