@@ -26,6 +26,10 @@ class ModelSpec:
         n_outputs: classes (classification), 1 (regression) or the horizon (forecasting).
         task: ``classification``, ``regression`` or ``forecasting``.
         dropout: dropout between recurrent layers and before the head.
+        patch: read ``patch`` consecutive steps as one input vector (``patch x input_size`` inputs per
+            step of the stack; a sequence's last patch is completed with zeros).
+        pooling: how the head reads the last layer's outputs, a key of ``cellsearch.pooling.POOLINGS``.
+        normalize: z-normalise each sequence's channels over its real steps first (the UCR convention).
     """
 
     input_size: int
@@ -33,12 +37,18 @@ class ModelSpec:
     n_outputs: int
     task: str
     dropout: float = 0.0
+    patch: int = 1
+    pooling: str = "last"
+    normalize: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def arch(self) -> str:
-        """Architecture tag such as ``peephole64-gru32``."""
-        return "-".join(layer.tag for layer in self.layers)
+        """Architecture tag such as ``peephole64-gru32``, with ``/p8`` (patches), ``/mean`` (pooling
+        other than the last step) and ``/zn`` (per-sequence normalisation) where they apply."""
+        tag = "-".join(layer.tag for layer in self.layers)
+        return tag + (f"/p{self.patch}" if self.patch > 1 else "") + (
+            f"/{self.pooling}" if self.pooling != "last" else "") + ("/zn" if self.normalize else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -56,29 +66,50 @@ class ModelSpec:
 
 
 class SequenceModel(nn.Module):
-    """A ``CellStack`` and a linear head on each sequence's last real step.
+    """Inputs (optionally z-normalised per sequence and read in patches), a ``CellStack``, a pooling
+    of its last layer's outputs over the real steps, and a linear head.
 
-    With a bidirectional top layer the head reads the forward half at the last real step and the
-    backward half at the first step (where the backward direction has seen the whole sequence).
+    With the default ``last`` pooling and a bidirectional top layer the head reads the forward half at
+    the last real step and the backward half at the first step (where the backward direction has
+    seen the whole sequence).
     """
 
     def __init__(self, spec: ModelSpec) -> None:
+        from cellsearch.pooling import POOLINGS
+
         super().__init__()
         self.spec = spec
-        self.stack = CellStack(spec.input_size, spec.layers, dropout=spec.dropout)
+        self.stack = CellStack(spec.input_size * spec.patch, spec.layers, dropout=spec.dropout)
+        top = spec.layers[-1]
+        self.pool = POOLINGS[spec.pooling](self.stack.output_size, top.hidden, top.bidirectional)
         self.drop = nn.Dropout(spec.dropout)
         self.head = nn.Linear(self.stack.output_size, spec.n_outputs)
 
+    def prepare(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the stack reads: steps after each sequence's end zeroed, each sequence z-normalised
+        (``normalize``), then ``patch`` steps per input vector; returns (inputs, their lengths)."""
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        if self.spec.normalize or self.spec.patch > 1:
+            mask = torch.arange(x.shape[1], device=x.device)[None, :, None] < lengths.to(x.device)[:, None, None]
+            x = x * mask
+            if self.spec.normalize:
+                n = lengths.to(x.device).clamp(min=1)[:, None, None].to(x.dtype)
+                mean = x.sum(dim=1, keepdim=True) / n
+                var = ((x - mean) * mask).pow(2).sum(dim=1, keepdim=True) / n
+                x = (x - mean) / torch.where(var > 1e-16, var.sqrt(), torch.ones_like(var)) * mask
+        p = self.spec.patch
+        if p > 1:
+            b, t, f = x.shape
+            x = nn.functional.pad(x, (0, 0, 0, (-t) % p)).reshape(b, -(-t // p), p * f)
+            lengths = torch.div(lengths + p - 1, p, rounding_mode="floor")
+        return x, lengths
+
     def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """One vector per sequence: the pooled outputs of the last layer."""
+        x, lengths = self.prepare(x, lengths)
         y, _ = self.stack(x, lengths)
-        top = self.spec.layers[-1]
-        last = (lengths.to(y.device) - 1) if lengths is not None else torch.full(
-            (y.shape[0],), y.shape[1] - 1, device=y.device)
-        fwd = y[torch.arange(y.shape[0], device=y.device), last]
-        if top.bidirectional:
-            h = top.hidden
-            fwd = torch.cat([fwd[:, :h], y[:, 0, h:]], dim=-1)
-        return fwd
+        return self.pool(y, lengths)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (classification) or scaled values (regression: (B, 1); forecasting: (B, H))."""
@@ -88,12 +119,16 @@ class SequenceModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def macs_per_step(self) -> int:
-        """Analytic multiply-accumulates per sequence step (the recurrent stack; the head runs once
-        per sequence and is counted by ``macs_per_sequence``)."""
-        return self.stack.macs_per_step()
+        """Analytic multiply-accumulates per step the stack reads (one patch): the recurrent stack
+        and the pooling (the head runs once per sequence, counted by ``macs_per_sequence``)."""
+        return self.stack.macs_per_step() + self.pool.macs_per_step()
 
     def macs_per_sequence(self, length: int) -> int:
-        return self.macs_per_step() * length + self.head.in_features * self.head.out_features
+        """Per sequence of ``length`` input steps: ``ceil(length / patch)`` stack steps, the
+        normalisation (two per input value) if any, and the head."""
+        steps = -(-length // self.spec.patch)
+        norm = 2 * self.spec.input_size * length if self.spec.normalize else 0
+        return self.macs_per_step() * steps + norm + self.head.in_features * self.head.out_features
 
 
 def build(spec: ModelSpec) -> SequenceModel:

@@ -115,7 +115,9 @@ class Objective:
         if self.target_count is not None and not _claims_slot(trial, self.target_count):
             trial.set_user_attr("reason", "surplus: the study was already full")
             raise SurplusTrialError("the study already holds the requested number of trials")
-        cfg = ctx.space.suggest(trial)
+        from cellsearch.space import DataShape
+
+        cfg = ctx.space.suggest(trial, DataShape(length=self._length, task=ctx.dataset.task))
         seed = self.seed + trial.number
         model = self._build(cfg, seed)
         costs = measure_costs(model, self._length)
@@ -126,6 +128,7 @@ class Objective:
         try:
             res = fit(model, ctx.dataset, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
                       max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
+                      min_steps=cfg["min_steps"],
                       weight_decay=float(cfg["weight_decay"]), seed=seed, max_seconds=self._budget(),
                       on_epoch=self._epoch_hook(trial, run, curve), verbose=config.verbose,
                       accelerator=ctx.accelerator)
@@ -153,7 +156,8 @@ class Objective:
 
         ds = self.ctx.dataset
         spec = ModelSpec(input_size=ds.n_features, layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]),
-                         n_outputs=ds.n_outputs, task=ds.task, dropout=float(cfg["dropout"]))
+                         n_outputs=ds.n_outputs, task=ds.task, dropout=float(cfg["dropout"]), patch=cfg["patch"],
+                         pooling=cfg["pooling"], normalize=cfg["normalize"])
         torch.manual_seed(seed)
         return build(spec)
 
@@ -203,12 +207,13 @@ class Objective:
         ckpt = ctx.sdir / "trials" / f"{trial.number}.pt"
         save_checkpoint(ckpt, res.model, trial=trial.number, val_score=res.best_score, epoch=res.best_epoch)
         attrs = {"curve": curve, "val_score": res.best_score, "checkpoint_uri": run.log_file(ckpt, "checkpoint"),
-                 "best_epoch": res.best_epoch, "epochs": res.epochs, "train_seconds": res.train_seconds,
+                 "best_epoch": res.best_epoch, "epochs": res.epochs, "steps": res.steps,
+                 "batch_size": res.batch_size, "train_seconds": res.train_seconds,
                  "stopped_by": res.stopped_by, "checkpoint": str(ckpt), **costs}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        run.finish("FINISHED", metrics={"val_score_best": res.best_score, **costs,
-                                        "train_seconds": res.train_seconds, "epochs": res.epochs})
+        run.finish("FINISHED", metrics={"val_score_best": res.best_score, **costs, "train_seconds": res.train_seconds,
+                                        "epochs": res.epochs, "steps": res.steps})
         if config.objective == "score":
             return res.best_score
         return res.best_score, cost_value(config.cost, attrs)

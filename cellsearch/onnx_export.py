@@ -62,22 +62,93 @@ def _gru_weights(cell: Any) -> dict[str, np.ndarray]:
             "B": np.concatenate([_blocks(r.bias_ih_l0, [1, 0, 2], 3), _blocks(r.bias_hh_l0, [1, 0, 2], 3)])}
 
 
+class _Graph:
+    """A small builder: ``node`` appends one single-output node and returns its output's name;
+    ``const`` adds a named initializer once."""
+
+    def __init__(self) -> None:
+        from onnx import TensorProto
+
+        self.INT64, self.FLOAT, self.BOOL, self.INT32 = (TensorProto.INT64, TensorProto.FLOAT, TensorProto.BOOL,
+                                                         TensorProto.INT32)
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self._names: set[str] = set()
+
+    def const(self, name: str, value: Any, dtype: str) -> str:
+        from onnx import numpy_helper
+
+        if name not in self._names:
+            self._names.add(name)
+            self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
+        from onnx import helper
+
+        out = f"n{len(self.nodes)}_{op}"
+        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def mask(self, x: str, lengths: str) -> str:
+        """(batch, time, 1) float: 1 at each sequence's real steps of ``x`` (batch, time, ...)."""
+        steps = self.node("Range", [self.const("zero_i", 0, "int64"),
+                                    self.node("Gather", [self.node("Shape", [x]), self.const("ax1", 1, "int64")]),
+                                    self.const("one_i", 1, "int64")])
+        less = self.node("Less", [self.node("Unsqueeze", [steps, self.const("ax0s", [0], "int64")]),
+                                  self.node("Unsqueeze", [lengths, self.const("ax1s", [1], "int64")])])
+        return self.node("Unsqueeze", [self.node("Cast", [less], to=self.FLOAT), self.const("ax2s", [2], "int64")])
+
+
+def _prepare(g: _Graph, spec: Any) -> tuple[str, str]:
+    """The model's ``prepare`` in ONNX: zero steps after each end, z-normalise, read patches.
+    Returns the names of (inputs, lengths) the stack reads."""
+    x, lengths = "x", "lengths"
+    if not (spec.normalize or spec.patch > 1):
+        return x, lengths
+    mask = g.mask(x, lengths)
+    x = g.node("Mul", [x, mask])
+    axis1 = g.const("ax1s", [1], "int64")
+    if spec.normalize:
+        n = g.node("Reshape", [g.node("Cast", [g.node("Max", [lengths, g.const("one_i", 1, "int64")])], to=g.FLOAT),
+                               g.const("shape_b11", [-1, 1, 1], "int64")])
+        mean = g.node("Div", [g.node("ReduceSum", [x, axis1], keepdims=1), n])
+        centred = g.node("Mul", [g.node("Sub", [x, mean]), mask])
+        var = g.node("Div", [g.node("ReduceSum", [g.node("Mul", [centred, centred]), axis1], keepdims=1), n])
+        std = g.node("Where", [g.node("Greater", [var, g.const("tiny", 1e-16, "float32")]), g.node("Sqrt", [var]),
+                               g.const("one_f", [1.0], "float32")])
+        x = g.node("Mul", [g.node("Div", [centred, std]), mask])
+    p = spec.patch
+    if p > 1:
+        steps = g.node("Gather", [g.node("Shape", [x]), g.const("ax1", 1, "int64")])
+        p_c = g.const("patch", p, "int64")
+        pad = g.node("Mod", [g.node("Sub", [p_c, g.node("Mod", [steps, p_c])]), p_c])
+        pads = g.node("Concat", [g.const("zeros4", [0, 0, 0, 0], "int64"),
+                                 g.node("Unsqueeze", [pad, g.const("ax0s", [0], "int64")]),
+                                 g.const("zeros1", [0], "int64")], axis=0)
+        x = g.node("Pad", [x, pads])
+        x = g.node("Reshape", [x, g.const("patch_shape", [0, -1, p * spec.input_size], "int64")])
+        lengths = g.node("Div", [g.node("Add", [lengths, g.const("patch_m1", p - 1, "int64")]), p_c])
+    return x, lengths
+
+
 def build_onnx(model: Any) -> Any:
     """The ONNX ``ModelProto`` of a ``SequenceModel`` (eval-mode semantics: dropout off)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     from cellsearch.cells import GRUCell
 
     spec = model.spec
-    nodes, inits = [], []
+    g = _Graph()
+    nodes = g.nodes
 
     def const(name: str, arr: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(arr), name))
-        return name
+        return g.const(name, arr, np.asarray(arr).dtype.name)
 
-    nodes.append(helper.make_node("Transpose", ["x"], ["x_tbf"], perm=[1, 0, 2]))
-    nodes.append(helper.make_node("Cast", ["lengths"], ["seq_lens"], to=TensorProto.INT32))
+    x, lengths = _prepare(g, spec)
+    nodes.append(helper.make_node("Transpose", [x], ["x_tbf"], perm=[1, 0, 2]))
+    nodes.append(helper.make_node("Cast", [lengths], ["seq_lens"], to=TensorProto.INT32))
     current = "x_tbf"
     last_h = ""
     for k, (layer, ls) in enumerate(zip(model.stack.layers, spec.layers)):
@@ -106,13 +177,16 @@ def build_onnx(model: Any) -> Any:
         nodes.append(helper.make_node("Reshape", [f"l{k}_Yt", shape], [f"l{k}_out"]))
         current = f"l{k}_out"
         last_h = y_h
-    # The head reads the forward direction's last real step (and the backward one's first step): Y_h.
+    # The final states (forward: last real step; backward: first step), then the pooling's own nodes.
     nodes.append(helper.make_node("Transpose", [last_h], ["h_bdh"], perm=[1, 0, 2]))
     nodes.append(helper.make_node("Reshape", ["h_bdh", const("h_shape", np.array([0, -1], dtype=np.int64))],
-                                  ["features"]))
+                                  ["last"]))
+    y = g.node("Transpose", [current], perm=[1, 0, 2])
+    float_lengths = g.node("Unsqueeze", [g.node("Cast", [lengths], to=g.FLOAT), g.const("ax1s", [1], "int64")])
+    features = model.pool.onnx(g, y, "last", g.mask(y, lengths), float_lengths)
     w = model.head.weight.detach().cpu().numpy().astype(np.float32)
     b = model.head.bias.detach().cpu().numpy().astype(np.float32)
-    nodes.append(helper.make_node("Gemm", ["features", const("head_W", w), const("head_b", b)], ["output"],
+    nodes.append(helper.make_node("Gemm", [features, const("head_W", w), const("head_b", b)], ["output"],
                                   transB=1))
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", spec.n_outputs])]
     if spec.task == "classification":
@@ -122,7 +196,7 @@ def build_onnx(model: Any) -> Any:
         nodes, "cellsearch",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", spec.input_size]),
          helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
-        outputs, initializer=inits)
+        outputs, initializer=g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellsearch")
     proto.ir_version = min(proto.ir_version, 9)
     onnx.checker.check_model(proto)

@@ -8,9 +8,14 @@ A value is either a constant or a distribution (Ludwig-style dicts)::
 
 Top-level keys: ``description``, ``sampler`` (tpe, random or nsga2), ``same_cell`` (one cell type for
 the whole stack, as in Greff et al.), ``layers`` (``depth``, ``cell``, ``hidden``, ``bidirectional``),
-``dropout``, ``lr``, ``batch_size``, ``weight_decay``, ``max_epochs``, ``patience``. Layers are fixed
-slots: parameters ``n_layers``, ``l0_cell``, ``l0_hidden``, ``l1_cell``, ... so that importance
-analysis sees each slot.
+``dropout``, ``lr``, ``batch_size``, ``weight_decay``, ``max_epochs``, ``patience``, ``min_steps``,
+and the model options ``patch`` (steps read as one input), ``pooling`` (a key of ``POOLINGS``) and
+``normalize`` (per-sequence z-normalisation). Layers are fixed slots: parameters ``n_layers``,
+``l0_cell``, ``l0_hidden``, ``l1_cell``, ... so that importance analysis sees each slot.
+
+Options the data decides are bounded by it (``DataShape``): patch sizes that would leave fewer than
+``MIN_PATCH_STEPS`` steps are dropped from the choices, and ``normalize`` is only drawn for
+classification and regression. A distribution left with one value is a constant (no parameter).
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from typing import Any
 from cellsearch.errors import UserError
 
 TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
-            "max_epochs", "patience"}
+            "max_epochs", "patience", "min_steps", "patch", "pooling", "normalize"}
+TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps")
+INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps")
+#: A patch size is offered only if the median sequence still has this many steps after patching.
+MIN_PATCH_STEPS = 8
 LAYER_KEYS = {"depth", "cell", "hidden", "bidirectional"}
 SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
-                            "weight_decay": 0.0, "max_epochs": 20, "patience": 4}
+                            "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "patch": 1,
+                            "pooling": "last", "normalize": False}
 LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
 
 
@@ -44,6 +54,14 @@ def available_spaces() -> list[str]:
 
 
 @dataclass(frozen=True)
+class DataShape:
+    """What the space needs to know of the data: the median sequence length and the task."""
+
+    length: int
+    task: str
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space; ``suggest`` draws one configuration from an Optuna trial."""
 
@@ -54,8 +72,9 @@ class SearchSpace:
     def sampler(self) -> str:
         return self.config["sampler"]
 
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        """Draw ``{"layers": [(cell, hidden, bidirectional), ...], "dropout", "lr", ...}``."""
+    def suggest(self, trial: Any, shape: DataShape | None = None) -> dict[str, Any]:
+        """Draw ``{"layers": [(cell, hidden, bidirectional), ...], "dropout", "lr", ..., "patch",
+        "pooling", "normalize"}``; ``shape`` bounds the data-dependent options (see the module doc)."""
         cfg = self.config
         lay = cfg["layers"]
         depth = int(_draw(trial, "n_layers", lay["depth"]))
@@ -66,13 +85,28 @@ class SearchSpace:
             hidden = int(_draw(trial, f"l{k}_hidden", lay["hidden"]))
             bidir = bool(_draw(trial, f"l{k}_bidirectional", lay["bidirectional"]))
             layers.append((str(cell), hidden, bidir))
-        out = {"layers": layers}
-        for key in ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience"):
+        out: dict[str, Any] = {"layers": layers}
+        for key in TRAINING_KEYS:
             out[key] = _draw(trial, key, cfg[key])
-        out["batch_size"] = int(out["batch_size"])
-        out["max_epochs"] = int(out["max_epochs"])
-        out["patience"] = int(out["patience"])
+        for key in INT_KEYS:
+            out[key] = int(out[key])
+        patch = cfg["patch"]
+        if shape is not None:
+            patch = _only(patch, lambda p: p == 1 or shape.length / p >= MIN_PATCH_STEPS)
+        out["patch"] = int(_draw(trial, "patch", patch))
+        out["pooling"] = str(_draw(trial, "pooling", cfg["pooling"]))
+        zn = cfg["normalize"] if shape is None or shape.task in ("classification", "regression") else False
+        out["normalize"] = bool(_draw(trial, "normalize", zn))
         return out
+
+
+def _only(spec: Any, keep: Any) -> Any:
+    """A categorical distribution restricted to the choices ``keep`` accepts (a constant when one is
+    left, the smallest choice when none is); constants pass unchanged."""
+    if not isinstance(spec, dict) or spec.get("type") != "categorical":
+        return spec
+    kept = [c for c in spec["choices"] if keep(c)] or [min(spec["choices"])]
+    return kept[0] if len(kept) == 1 else {**spec, "choices": kept}
 
 
 def _draw(trial: Any, name: str, spec: Any) -> Any:
@@ -146,8 +180,17 @@ def validate(config: Any, where: str) -> dict[str, Any]:
     for key in ("depth", "hidden"):
         _check_dist(where, f"layers.{key}", cfg["layers"][key])
     _check_dist(where, "layers.bidirectional", cfg["layers"]["bidirectional"], (True, False))
-    for key in ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience"):
+    for key in TRAINING_KEYS:
         _check_dist(where, key, cfg[key])
+    from cellsearch.pooling import POOLINGS
+
+    _check_dist(where, "pooling", cfg["pooling"], tuple(POOLINGS))
+    _check_dist(where, "normalize", cfg["normalize"], (True, False))
+    _check_dist(where, "patch", cfg["patch"])
+    patches = cfg["patch"]["choices"] if isinstance(cfg["patch"], dict) and "choices" in cfg["patch"] else [
+        cfg["patch"]] if not isinstance(cfg["patch"], dict) else []
+    if any(not isinstance(p, int) or isinstance(p, bool) or p < 1 for p in patches):
+        raise UserError(f"{where}: patch: sizes must be positive integers, got {patches}")
     return cfg
 
 

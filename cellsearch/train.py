@@ -203,7 +203,7 @@ class EpochHistory(pl.Callback):
 
 @dataclass
 class FitResult:
-    """What training one candidate produced."""
+    """What training one candidate produced (``epochs``: validation checks, ``steps``: optimiser steps)."""
 
     model: SequenceModel
     best_score: float
@@ -211,18 +211,45 @@ class FitResult:
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
-    stopped_by: str = "max_epochs"
+    stopped_by: str = "max_steps"
+    steps: int = 0
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long one candidate trains, in optimiser steps.
+
+    ``steps = max(min_steps, max_epochs x steps per epoch)``: large data trains ``max_epochs`` epochs
+    as before, small data at least ``min_steps`` steps however few sequences it has. Validation runs
+    every ``val_every`` steps, ``max_epochs`` times in all (once per epoch on large data), and
+    early stopping's patience counts those checks; it never stops before ``min_steps``. The batch
+    is at most a quarter of the training sequences (at least 1).
+    """
+
+    batch_size: int
+    steps: int
+    val_every: int
+    min_steps: int
+
+    @classmethod
+    def plan(cls, n_train: int, batch_size: int, max_epochs: int, min_steps: int) -> Schedule:
+        batch = max(1, min(batch_size, n_train // 4))
+        per_epoch = -(-n_train // batch)
+        steps = max(min_steps, max_epochs * per_epoch)
+        return cls(batch, steps, max(1, -(-steps // max(1, max_epochs))), min(min_steps, steps))
 
 
 def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, max_epochs: int,
-        patience: int, weight_decay: float = 0.0, seed: int = 0, max_seconds: float | None = None,
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        patience: int, min_steps: int = 0, weight_decay: float = 0.0, seed: int = 0,
+        max_seconds: float | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: bool = False, accelerator: str = "cpu") -> FitResult:
-    """Train with early stopping on the validation score; returns the best epoch's weights.
+    """Train with early stopping on the validation score; returns the best check's weights.
 
-    ``on_epoch(epoch, metrics)`` runs after each validation and may raise (e.g. ``optuna.TrialPruned``)
-    to stop the trial. A KeyboardInterrupt stays a KeyboardInterrupt (Lightning would turn it into an
-    exit and ignore further Ctrl-C).
+    Training length is counted in optimiser steps (``Schedule``): at least ``min_steps``, validation
+    at fixed step intervals, ``patience`` in validation checks. ``on_epoch(check, metrics)`` runs after
+    each validation and may raise (e.g. ``optuna.TrialPruned``) to stop the trial. A KeyboardInterrupt
+    stays a KeyboardInterrupt (Lightning would turn it into an exit and ignore further Ctrl-C).
     """
     import signal
 
@@ -238,14 +265,16 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
     history = EpochHistory(direction, on_epoch)
     mode = "max" if direction == "maximize" else "min"
     early = EarlyStopping(monitor="val_score", mode=mode, patience=patience, check_finite=False)
+    plan = Schedule.plan(len(dataset.splits["train"]), batch_size, max_epochs, min_steps)
     trainer = pl.Trainer(
-        max_epochs=max_epochs,
+        max_steps=plan.steps, max_epochs=-1, min_steps=plan.min_steps, val_check_interval=plan.val_every,
+        check_val_every_n_epoch=None,
         max_time=timedelta(seconds=max_seconds) if max_seconds else None,
         accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=verbose, enable_model_summary=verbose, num_sanity_val_steps=0,
         callbacks=[history, early], deterministic=False,
     )
-    dm = SequenceDataModule(dataset, batch_size=batch_size, seed=seed)
+    dm = SequenceDataModule(dataset, batch_size=plan.batch_size, seed=seed)
     sigint = signal.getsignal(signal.SIGINT)
     t0 = time.perf_counter()
     try:
@@ -267,7 +296,8 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
         raise NonFiniteLossError("no finite validation score")
     model.load_state_dict(history.best_state)
     model.eval()
-    stopped = ("early_stopping" if early.stopped_epoch else
-               "time_limit" if trainer.current_epoch + 1 < max_epochs else "max_epochs")
+    steps = int(trainer.global_step)
+    stopped = ("max_steps" if steps >= plan.steps else
+               "early_stopping" if early.wait_count >= early.patience else "time_limit")
     return FitResult(model, history.best_score, history.best_epoch, len(history.history),
-                     history.history, seconds, stopped)
+                     history.history, seconds, stopped, steps, plan.batch_size)
