@@ -26,16 +26,20 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
 
     import cellsearch
     from cellsearch.data import read_dataset
-    from cellsearch.references import fit_references
 
     df = pd.read_csv(path)
     if "split" not in df.columns:
         raise SystemExit(f"{path}: needs a split column (train/test)")
     ds_full = read_dataset(path, seed=seed)  # honours the split column: the archive's train and test
-    target, id_col, task = ds_full.preprocessing.target, ds_full.preprocessing.id_col, ds_full.task
+    target, id_col, task = ds_full.info["target"], ds_full.info["id_col"], ds_full.task
     train = df[df["split"] != "test"].drop(columns=["split"])
     test = df[df["split"] == "test"].drop(columns=["split"])
-    refs = {r["name"]: r["test_score"] for r in fit_references(ds_full, "macs")}
+    try:
+        from cellsearch.references import fit_references
+
+        refs = {r["name"]: r["test_score"] for r in fit_references(ds_full, "macs")}
+    except ImportError:  # an older cellsearch, measured for comparison
+        refs = {}
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / f"{path.stem}.csv"
         train.to_csv(csv, index=False)
