@@ -159,7 +159,7 @@ def _card(spec: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[st
 
 Exported from study `{metrics['study']}`, trial {metrics['trial']}.
 
-**Weights: the trial's best checkpoint** (the epoch with the best validation score), not retrained
+**Weights: the trial's best checkpoint** (the validation check with the best score), not retrained
 on train + validation.
 
 ## Data
@@ -173,7 +173,8 @@ on train + validation.
 | --- | --- | --- | --- |
 {layers}
 
-Dropout {spec.dropout}; a linear head on each sequence's last real step ({spec.n_outputs} outputs).
+Dropout {spec.dropout}; reads {spec.patch} step(s) per input; {spec.pooling} pooling of the last layer over the real
+steps; per-sequence normalisation {'on' if spec.normalize else 'off'}; a linear head ({spec.n_outputs} outputs).
 
 ## Scores
 - validation {metrics['metric']}: {fmt(metrics.get('val_score'))}
