@@ -85,6 +85,16 @@ def make_classification_csv(path: Path, n_seq: int = 90, seed: int = 0) -> Path:
     return path
 
 
+def make_sales_csv(path: Path, series: list[tuple[float, int]]) -> Path:
+    """Weekly-seasonal series ``shop s0, s1, ...`` of (scale, length) each: a forecasting panel."""
+    rows = []
+    for k, (scale, n) in enumerate(series):
+        t = np.arange(n)
+        rows.append(pd.DataFrame({"shop": f"s{k}", "day": t, "sales": scale * (2 + np.sin(2 * np.pi * t / 7))}))
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory) -> Path:
     return make_classification_csv(tmp_path_factory.mktemp("data") / "tiny.csv")

@@ -16,7 +16,7 @@ import cellsearch
 from cellsearch.export import export
 from cellsearch.model import ModelSpec, build
 from cellsearch.stack import LayerSpec
-from tests.conftest import free_port, http_json, start_server, stop_process, wait_for_server
+from tests.conftest import free_port, http_json, make_sales_csv, start_server, stop_process, wait_for_server
 
 
 @pytest.fixture(scope="module")
@@ -152,12 +152,7 @@ def test_onnx_matches_pytorch_on_variable_lengths(layers, task, n_out):
 def test_forecasting_predicts_the_next_values_after_each_series(tmp_path):
     from cellsearch.search import tune
 
-    rows = []
-    for k, (scale, n) in enumerate([(10.0, 70), (1000.0, 60)]):
-        t = np.arange(n)
-        rows.append(pd.DataFrame({"shop": f"s{k}", "day": t, "sales": scale * (2 + np.sin(2 * np.pi * t / 7))}))
-    csv = tmp_path / "sales.csv"
-    pd.concat(rows).to_csv(csv, index=False)
+    csv = make_sales_csv(tmp_path / "sales.csv", [(10.0, 70), (1000.0, 60)])
     space = tmp_path / "s.yaml"
     space.write_text("layers: {depth: 1, cell: peephole, hidden: 8}\nlr: 0.01\nmax_epochs: 3\npatience: 3\n")
     tune(csv, space=str(space), trials=1, window=14, horizon=3, run_dir=tmp_path / "runs", track=False,

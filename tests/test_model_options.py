@@ -13,6 +13,7 @@ import cellsearch
 from cellsearch.model import ModelSpec, build
 from cellsearch.pooling import POOLINGS
 from cellsearch.stack import LayerSpec
+from tests.conftest import make_sales_csv
 
 LAYERS = [[("gru", 4)], [("peephole", 5, True), ("cifg", 3, True)]]
 
@@ -147,12 +148,7 @@ def test_forecasting_with_patches_and_pooling_predicts_through_the_bundle(tmp_pa
     from cellsearch.predict import transform
     from cellsearch.search import tune
 
-    rows = []
-    for k, (scale, n) in enumerate([(10.0, 90), (1000.0, 80)]):
-        t = np.arange(n)
-        rows.append(pd.DataFrame({"shop": f"s{k}", "day": t, "sales": scale * (2 + np.sin(2 * np.pi * t / 7))}))
-    csv = tmp_path / "sales.csv"
-    pd.concat(rows).to_csv(csv, index=False)
+    csv = make_sales_csv(tmp_path / "sales.csv", [(10.0, 90), (1000.0, 80)])
     space = tmp_path / "s.yaml"
     space.write_text("layers: {depth: 1, cell: cifg, hidden: 8}\npatch: 2\npooling: mean\nlr: 0.01\n"
                      "max_epochs: 3\nmin_steps: 30\n")
