@@ -56,6 +56,8 @@ TASK = typer.Option(None, "--task", help="classification, regression or forecast
 WINDOW = typer.Option(None, "--window", help="Forecasting: past steps per input window.")
 HORIZON = typer.Option(None, "--horizon", help="Forecasting: future steps to predict (default 1).")
 FILL = typer.Option(None, "--fill", help="Fill missing feature values: ffill or zero (default: refuse).")
+SEASON = typer.Option(None, "--season", help="Forecasting: season length for MASE and the seasonal naive "
+                      "forecast (default: from the time column's dates: 12 monthly, 4 quarterly, 7 daily; else 1).")
 SEED = typer.Option(0, "--seed", help="Seed for splits, sampling and training.")
 
 
@@ -64,14 +66,14 @@ def inspect(
     file: Path = typer.Argument(..., help="The CSV file."),
     layout: str | None = LAYOUT, target: str | None = TARGET, id_col: str | None = ID_COL,
     time_col: str | None = TIME_COL, task: str | None = TASK, window: int | None = WINDOW,
-    horizon: int | None = HORIZON, fill: str | None = FILL, seed: int = SEED,
+    horizon: int | None = HORIZON, fill: str | None = FILL, season: int | None = SEASON, seed: int = SEED,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """What cellsearch understood of a CSV: layout, task, columns, sequences and the split."""
     from cellsearch.data import inspect as inspect_file
 
     info = inspect_file(file, layout=layout, target=target, id_col=id_col, time_col=time_col, task=task,
-                        window=window, horizon=horizon, fill=fill, seed=seed)
+                        window=window, horizon=horizon, fill=fill, season=season, seed=seed)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -85,7 +87,7 @@ def tune(
     file: Path = typer.Argument(..., help="The CSV file."),
     layout: str | None = LAYOUT, target: str | None = TARGET, id_col: str | None = ID_COL,
     time_col: str | None = TIME_COL, task: str | None = TASK, window: int | None = WINDOW,
-    horizon: int | None = HORIZON, fill: str | None = FILL, seed: int = SEED,
+    horizon: int | None = HORIZON, fill: str | None = FILL, season: int | None = SEASON, seed: int = SEED,
     space: str = typer.Option("default", "--space", help="Search space: a shipped name (quick, default, greff) "
                               "or a YAML path."),
     trials: int = typer.Option(20, "--trials", help="Finished trials the study should hold (resumes count)."),

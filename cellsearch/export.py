@@ -144,7 +144,8 @@ def _card(spec: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[st
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    note = "(RMSE in each series' normalised units)" if prep.task == "forecasting" else ""
+    note = ("(MASE: mean absolute error over the series' in-sample mean absolute seasonal difference)"
+            if prep.task == "forecasting" else "")
     extra = ", ".join(f"{k} {v}" for k, v in get_layout(prep.layout).summary(prep).items())
     refs = "".join(f"| {r['arch']} | {fmt(r.get('score'))} | {fmt(r.get('test_score'))} | {r['macs']:,} | "
                    f"{r['params']:,} |\n" for r in metrics.get("references", []))

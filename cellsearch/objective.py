@@ -128,7 +128,7 @@ class Objective:
         try:
             res = fit(model, ctx.dataset, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
                       max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
-                      min_steps=cfg["min_steps"],
+                      min_steps=cfg["min_steps"], forecast_loss=cfg["forecast_loss"],
                       weight_decay=float(cfg["weight_decay"]), seed=seed, max_seconds=self._budget(),
                       on_epoch=self._epoch_hook(trial, run, curve), verbose=config.verbose,
                       accelerator=ctx.accelerator)

@@ -10,6 +10,8 @@ lists (forecasting references join here too).
   channel over its real steps: the UCR convention) and resampled to one common length.
 * ``ridge``: ridge regression (``RidgeClassifierCV``/``RidgeCV``, the penalty chosen by leave-one-out)
   on the flattened sequences (the loader's scaling, resampled to the common length).
+* forecasting: ``naive`` (repeat the last value) and ``seasonal_naive`` (repeat the value one
+  season earlier), on the same windows, scored by MASE.
 
 Cost is counted as for the networks, per prediction: 1-NN compares with every stored training
 sequence (one multiply-accumulate per stored number), ridge is one dot product per output; its
@@ -54,23 +56,46 @@ def znormalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Context:
+    """What a reference knows of the data: the task, the common length and flattened size of its
+    inputs, the training split's size, the outputs, and (forecasting) the target channel and season."""
+
+    task: str
+    length: int
+    dim: int
+    n_train: int
+    n_outputs: int
+    target_index: int = 0
+    season: int = 1
+
+
+@dataclass(frozen=True)
 class Reference:
     """One simple model.
 
     Args:
         label: how tables and plots name it.
         tasks: the tasks it serves.
-        features: ``features(x, lengths, length)`` → (N, D) flat inputs from padded sequences.
-        model: ``model(task)`` → an unfitted scikit-learn estimator.
-        macs: ``macs(n_train, dim, n_outputs)`` per prediction; ``params`` likewise, numbers stored.
+        fit: ``fit(train, ctx)`` → ``predict(split)``: predictions in the networks' output units (class
+            labels; standardised values; window-scaled forecasts).
+        macs: ``macs(ctx)`` multiply-accumulates per prediction; ``params(ctx)`` numbers stored.
     """
 
     label: str
     tasks: tuple[str, ...]
-    features: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-    model: Callable[[str], Any]
-    macs: Callable[[int, int, int], int]
-    params: Callable[[int, int, int], int]
+    fit: Callable[[Any, Context], Callable[[Any], np.ndarray]]
+    macs: Callable[[Context], int]
+    params: Callable[[Context], int]
+
+
+def _sklearn(features: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
+             model: Callable[[str], Any]) -> Callable[[Any, Context], Callable[[Any], np.ndarray]]:
+    """A reference made of flat ``features`` of the padded sequences and a scikit-learn ``model``."""
+    def fit(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
+        est = model(ctx.task).fit(features(train.x, train.lengths, ctx.length), train.y)
+        return lambda split: est.predict(features(split.x, split.lengths, ctx.length))
+
+    return fit
 
 
 def _nn_model(task: str) -> Any:
@@ -86,58 +111,76 @@ def _ridge_model(task: str) -> Any:
     return RidgeClassifierCV(alphas=ALPHAS) if task == "classification" else RidgeCV(alphas=ALPHAS)
 
 
+def _naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
+    """Repeat each window's last value: 0 in the window's own scaled units."""
+    return lambda split: np.zeros((len(split), ctx.n_outputs), dtype=np.float32)
+
+
+def _seasonal_naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
+    """Each forecast step repeats the value one season earlier (within the window; a window shorter
+    than a season repeats its last value, as the naive forecast does)."""
+    def predict(split: Any) -> np.ndarray:
+        m, h = ctx.season, np.arange(ctx.n_outputs)
+        n = split.lengths[:, None]
+        idx = n - m + (h[None, :] % m)
+        values = np.take_along_axis(split.x[:, :, ctx.target_index], np.clip(idx, 0, None), axis=1)
+        return np.where(n >= m, values, 0.0)
+
+    return predict
+
+
+_SEQUENCES = ("classification", "regression")
 REFERENCES: dict[str, Reference] = {
-    "1nn": Reference("1-NN", ("classification", "regression"),
-                     lambda x, n, length: resample(znormalise(x, n), n, length).reshape(len(x), -1), _nn_model,
-                     macs=lambda n_train, dim, n_out: n_train * dim, params=lambda n_train, dim, n_out: n_train * dim),
-    "ridge": Reference("ridge", ("classification", "regression"),
-                       lambda x, n, length: resample(x, n, length).reshape(len(x), -1), _ridge_model,
-                       macs=lambda n_train, dim, n_out: dim * n_out,
-                       params=lambda n_train, dim, n_out: (dim + 1) * n_out),
+    "1nn": Reference("1-NN", _SEQUENCES,
+                     _sklearn(lambda x, n, length: resample(znormalise(x, n), n, length).reshape(len(x), -1),
+                              _nn_model),
+                     macs=lambda c: c.n_train * c.dim, params=lambda c: c.n_train * c.dim),
+    "ridge": Reference("ridge", _SEQUENCES,
+                       _sklearn(lambda x, n, length: resample(x, n, length).reshape(len(x), -1), _ridge_model),
+                       macs=lambda c: c.dim * c.n_outputs, params=lambda c: (c.dim + 1) * c.n_outputs),
+    # Forecasts: one multiply-add per output maps the window-scaled value back.
+    "naive": Reference("naive", ("forecasting",), _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
+    "seasonal_naive": Reference("seasonal naive", ("forecasting",), _seasonal_naive, macs=lambda c: c.n_outputs,
+                                params=lambda c: 0),
 }
-
-
-def _score(pred: np.ndarray, y: np.ndarray, task: str, target_scale: float) -> float:
-    """The networks' metric: accuracy, or RMSE in target units."""
-    if task == "classification":
-        return float(np.mean(pred == y))
-    return float(np.sqrt(np.mean((pred.reshape(len(y), -1) - y.reshape(len(y), -1)) ** 2)) * target_scale)
 
 
 def fit_references(dataset: Any, cost: str, deadline: float | None = None,
                    names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """Fit each reference that serves the task on the training split; score it on validation (the
-    training split when validation is empty, as the networks are) and test.
+    """Fit each reference that serves the task on the training split; score it with the task's
+    metric on validation (the training split when validation is empty, as the networks are) and test.
 
     Returns one entry per reference, shaped like a Pareto point (``score``, ``test_score``, ``cost``
     for ``cost``, ``macs``, ``params``) with ``reference: True``. References whose turn comes after
-    ``deadline`` are skipped.
+    ``deadline``, or whose scoring would exceed ``MAX_WORK``, are skipped.
     """
     from cellsearch.costs import cost_value
+    from cellsearch.metrics import score
 
-    task = dataset.task
+    task, prep = dataset.task, dataset.preprocessing
     train = dataset.splits["train"]
     val = dataset.splits["val"] if len(dataset.splits["val"]) else train
     test = dataset.splits["test"]
     length = max(1, int(np.median(train.lengths)))
-    scale = dataset.preprocessing.target_scale
+    ctx = Context(task, length, length * train.x.shape[2], len(train), dataset.n_outputs,
+                  int(prep.layout_data.get("target_index", 0)), int(prep.layout_data.get("season", 1)))
     out = []
     for name in names or tuple(REFERENCES):
         ref = REFERENCES[name]
-        dim, n_out = length * train.x.shape[2], dataset.n_outputs
         if task not in ref.tasks or (deadline is not None and time.time() >= deadline) or \
-                ref.macs(len(train), dim, n_out) * (len(val) + len(test)) > MAX_WORK:
+                ref.macs(ctx) * (len(val) + len(test)) > MAX_WORK:
             continue
         t0 = time.perf_counter()
-        feats = ref.features(train.x, train.lengths, length)
-        model = ref.model(task).fit(feats, train.y)
-        score = _score(model.predict(ref.features(val.x, val.lengths, length)), val.y, task, scale)
-        test_score = (_score(model.predict(ref.features(test.x, test.lengths, length)), test.y, task, scale)
-                      if len(test) else None)
-        attrs = {"macs": ref.macs(len(train), dim, n_out), "params": ref.params(len(train), dim, n_out)}
+        predict = ref.fit(train, ctx)
+
+        def scored(split: Any) -> float:
+            return score(task, predict(split), split.y, prep.target_scale, split.weight)  # noqa: B023
+
+        test_score = scored(test) if len(test) else None
+        attrs = {"macs": ref.macs(ctx), "params": ref.params(ctx)}
         c = cost_value(cost, attrs)
-        out.append({"reference": True, "name": name, "arch": ref.label, "score": score, "test_score": test_score,
-                    "cost": c if math.isfinite(c) else None, **attrs, "length": length,
+        out.append({"reference": True, "name": name, "arch": ref.label, "score": scored(val),
+                    "test_score": test_score, "cost": c if math.isfinite(c) else None, **attrs, "length": length,
                     "fit_seconds": time.perf_counter() - t0})
     return out
 

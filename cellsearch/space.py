@@ -10,7 +10,8 @@ Top-level keys: ``description``, ``sampler`` (tpe, random or nsga2), ``same_cell
 the whole stack, as in Greff et al.), ``layers`` (``depth``, ``cell``, ``hidden``, ``bidirectional``),
 ``dropout``, ``lr``, ``batch_size``, ``weight_decay``, ``max_epochs``, ``patience``, ``min_steps``,
 and the model options ``patch`` (steps read as one input), ``pooling`` (a key of ``POOLINGS``) and
-``normalize`` (per-sequence z-normalisation). Layers are fixed slots: parameters ``n_layers``,
+``normalize`` (per-sequence z-normalisation), and ``forecast_loss`` (``l1``, the default, or ``mse``:
+what forecasting trains on). Layers are fixed slots: parameters ``n_layers``,
 ``l0_cell``, ``l0_hidden``, ``l1_cell``, ... so that importance analysis sees each slot.
 
 Options the data decides are bounded by it (``DataShape``): patch sizes that would leave fewer than
@@ -27,7 +28,7 @@ from typing import Any
 from cellsearch.errors import UserError
 
 TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
-            "max_epochs", "patience", "min_steps", "patch", "pooling", "normalize"}
+            "max_epochs", "patience", "min_steps", "patch", "pooling", "normalize", "forecast_loss"}
 TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps")
 INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps")
 #: A patch size is offered only if the median sequence still has this many steps after patching.
@@ -36,7 +37,7 @@ LAYER_KEYS = {"depth", "cell", "hidden", "bidirectional"}
 SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
                             "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "patch": 1,
-                            "pooling": "last", "normalize": False}
+                            "pooling": "last", "normalize": False, "forecast_loss": "l1"}
 LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
 
 
@@ -97,6 +98,8 @@ class SearchSpace:
         out["pooling"] = str(_draw(trial, "pooling", cfg["pooling"]))
         zn = cfg["normalize"] if shape is None or shape.task in ("classification", "regression") else False
         out["normalize"] = bool(_draw(trial, "normalize", zn))
+        loss = cfg["forecast_loss"] if shape is None or shape.task == "forecasting" else "l1"
+        out["forecast_loss"] = str(_draw(trial, "forecast_loss", loss))
         return out
 
 
@@ -186,6 +189,7 @@ def validate(config: Any, where: str) -> dict[str, Any]:
 
     _check_dist(where, "pooling", cfg["pooling"], tuple(POOLINGS))
     _check_dist(where, "normalize", cfg["normalize"], (True, False))
+    _check_dist(where, "forecast_loss", cfg["forecast_loss"], ("l1", "mse"))
     _check_dist(where, "patch", cfg["patch"])
     patches = cfg["patch"]["choices"] if isinstance(cfg["patch"], dict) and "choices" in cfg["patch"] else [
         cfg["patch"]] if not isinstance(cfg["patch"], dict) else []

@@ -129,8 +129,9 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     import optuna
 
     from cellsearch.data import read_dataset
+    from cellsearch.metrics import metric_of
     from cellsearch.space import load_space
-    from cellsearch.train import metric_of, quiet_lightning
+    from cellsearch.train import quiet_lightning
 
     config.validate()
     spc = load_space(config.space)

@@ -1,8 +1,8 @@
 """Training one candidate with PyTorch Lightning: the DataModule, the LightningModule, the callbacks.
 
 The plain ``SequenceModel`` (``cellsearch.model``) stays separate from the ``SequenceTask``
-LightningModule that trains it. Scores: accuracy for classification; RMSE for regression (in the
-target's units) and for forecasting (in each series' normalised units, so scale-free across series).
+LightningModule that trains it. Scores (``cellsearch.metrics``): accuracy for classification, RMSE
+for regression (in the target's units), MASE for forecasting.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from cellsearch.data import Dataset, SplitTensors
+from cellsearch.metrics import metric_of, score
 from cellsearch.model import SequenceModel
 
 
@@ -40,11 +41,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")
 
 
-def metric_of(task: str) -> tuple[str, str]:
-    """(metric name, optimisation direction) of a task."""
-    return ("accuracy", "maximize") if task == "classification" else ("rmse", "minimize")
-
-
 class _Batches(torch.utils.data.Dataset):
     """A split indexed by whole batches (a list of indices), trimmed to the batch's longest sequence."""
 
@@ -53,14 +49,16 @@ class _Batches(torch.utils.data.Dataset):
         self.lengths = torch.from_numpy(split.lengths.astype(np.int64))
         y = torch.from_numpy(np.asarray(split.y))
         self.y = y.long() if task == "classification" else y.float().reshape(len(split), -1)
+        w = np.ones(len(split)) if split.weight is None else split.weight
+        self.weight = torch.from_numpy(np.asarray(w, dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         idx_t = torch.as_tensor(idx)
         lengths = self.lengths[idx_t]
-        return self.x[idx_t, : int(lengths.max())], lengths, self.y[idx_t]
+        return self.x[idx_t, : int(lengths.max())], lengths, self.y[idx_t], self.weight[idx_t]
 
 
 class SequenceDataModule(pl.LightningDataModule):
@@ -105,24 +103,31 @@ class SequenceTask(pl.LightningModule):
     """Trains a ``SequenceModel``: cross-entropy or mean squared error, Adam, per-epoch metrics."""
 
     def __init__(self, model: SequenceModel, task: str, lr: float = 3e-3, weight_decay: float = 0.0,
-                 target_std: float = 1.0) -> None:
+                 target_std: float = 1.0, forecast_loss: str = "l1") -> None:
         super().__init__()
         self.model = model
         self.task = task
         self.lr = lr
         self.weight_decay = weight_decay
         self.target_std = target_std
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.forecast_loss = forecast_loss
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._train_loss: list[float] = []
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.model(x, lengths)
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out, y) if self.task == "classification" else F.mse_loss(out, y)
+        """Cross-entropy; mean squared error; forecasting: L1 on each window's scaled values (what
+        MASE scores), or squared error with ``forecast_loss="mse"``."""
+        if self.task == "classification":
+            return F.cross_entropy(out, y)
+        if self.task == "forecasting" and self.forecast_loss == "l1":
+            return F.l1_loss(out, y)
+        return F.mse_loss(out, y)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, lengths, y = batch
+        x, lengths, y, _ = batch
         loss = self._loss(self(x, lengths), y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}")
@@ -130,31 +135,31 @@ class SequenceTask(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, lengths, y = batch
-        self._val.append((self(x, lengths).detach(), y))
+        x, lengths, y, w = batch
+        self._val.append((self(x, lengths).detach(), y, w))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
             return
-        out = torch.cat([o for o, _ in self._val])
-        y = torch.cat([t for _, t in self._val])
+        out = torch.cat([o for o, _, _ in self._val])
+        y = torch.cat([t for _, t, _ in self._val])
+        w = torch.cat([w for _, _, w in self._val])
         self._val.clear()
         if self._train_loss:  # the training loss since the previous validation, beside its scores
             self.log("train_loss", float(np.mean(self._train_loss)), prog_bar=False)
             self._train_loss.clear()
         self.log("val_loss", float(self._loss(out, y)))
-        self.log("val_score", score_outputs(out, y, self.task, self.target_std), prog_bar=True)
+        self.log("val_score", score_outputs(out, y, self.task, self.target_std, w), prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-def score_outputs(out: torch.Tensor, y: torch.Tensor, task: str, target_std: float = 1.0) -> float:
-    """Accuracy, or RMSE (regression: in target units; forecasting: normalised units)."""
-    if task == "classification":
-        return float((out.argmax(dim=1) == y).float().mean())
-    rmse = float(torch.sqrt(F.mse_loss(out, y)))
-    return rmse * (target_std if task == "regression" else 1.0)
+def score_outputs(out: torch.Tensor, y: torch.Tensor, task: str, target_std: float = 1.0,
+                  weight: torch.Tensor | None = None) -> float:
+    """The task's score (``cellsearch.metrics.score``) of model outputs."""
+    return score(task, out.detach().cpu().numpy(), y.detach().cpu().numpy(), target_std,
+                 None if weight is None else weight.detach().cpu().numpy())
 
 
 @torch.no_grad()
@@ -165,9 +170,9 @@ def evaluate(model: SequenceModel, split: SplitTensors, task: str, target_std: f
     part = _Batches(split, task)
     outs = []
     for k in range(0, len(part), batch_size):
-        x, lengths, _ = part[list(range(k, min(k + batch_size, len(part))))]
+        x, lengths, _, _ = part[list(range(k, min(k + batch_size, len(part))))]
         outs.append(model(x, lengths))
-    return score_outputs(torch.cat(outs), part.y, task, target_std)
+    return score_outputs(torch.cat(outs), part.y, task, target_std, part.weight)
 
 
 class EpochHistory(pl.Callback):
@@ -241,7 +246,7 @@ class Schedule:
 
 
 def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, max_epochs: int,
-        patience: int, min_steps: int = 0, weight_decay: float = 0.0, seed: int = 0,
+        patience: int, min_steps: int = 0, weight_decay: float = 0.0, seed: int = 0, forecast_loss: str = "l1",
         max_seconds: float | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: bool = False, accelerator: str = "cpu") -> FitResult:
     """Train with early stopping on the validation score; returns the best check's weights.
@@ -261,7 +266,8 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
         torch.set_flush_denormal(True)  # denormal floats can slow a CPU trial tenfold
     metric, direction = metric_of(dataset.task)
     target_std = dataset.preprocessing.target_scale
-    task = SequenceTask(model, dataset.task, lr=lr, weight_decay=weight_decay, target_std=target_std)
+    task = SequenceTask(model, dataset.task, lr=lr, weight_decay=weight_decay, target_std=target_std,
+                        forecast_loss=forecast_loss)
     history = EpochHistory(direction, on_epoch)
     mode = "max" if direction == "maximize" else "min"
     early = EarlyStopping(monitor="val_score", mode=mode, patience=patience, check_finite=False)

@@ -120,13 +120,20 @@ def test_series_layout_splits_by_time(tmp_path):
     info = ds.info
     assert (info["layout"], info["task"], info["window"], info["horizon"]) == ("series", "forecasting", 8, 3)
     assert ds.splits["train"].x.shape[1:] == (8, 1) and ds.splits["train"].y.shape[1] == 3
-    # Per-series normalisation: fitted on each series' training part only (first 70%).
-    stats = ds.preprocessing.layout_data["series_stats"]
-    s0 = df[df.store == "s0"].sales.to_numpy()
-    n_train = 60 - 2 * round(60 * 0.15)
-    assert np.isclose(stats["s0"][0], s0[:n_train].mean(), atol=1e-3)
-    # Every validation target lies after every training target of its series (no look-ahead).
     assert len(ds.splits["val"]) > 0 and len(ds.splits["test"]) > 0
+    # Each window is scaled by its own past: its last value maps to 0, and the targets back to units.
+    s0 = df[df.store == "s0"].sales.to_numpy()
+    n_test = n_val = round(60 * 0.15)  # the last 15% of each series is test, the 15% before validation
+    te = ds.splits["test"]
+    first = int(np.flatnonzero(te.keys == "s0")[0])  # the first test window of s0 forecasts s0[60 - n_test:]
+    past = s0[60 - n_test - 8:60 - n_test]
+    last, scale = past[-1], np.abs(np.diff(past)).mean()
+    assert np.allclose(te.x[first, :, 0], (past - last) / scale, atol=1e-5)
+    assert np.allclose(te.y[first] * scale + last, s0[60 - n_test:60 - n_test + 3], atol=1e-3)
+    # Its MASE weight: the scale over the in-sample mean absolute (lag-1: no dates) difference of s0's
+    # training part; no validation or test window's targets reach back into training rows.
+    d = np.abs(np.diff(s0[:60 - n_test - n_val])).mean()
+    assert np.isclose(te.weight[first], scale / d, rtol=1e-4) and ds.info["season"] == 1
 
 
 def test_text_features_one_hot_and_fill(tmp_path):
@@ -181,8 +188,8 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
     put("bad_split", "id,t,a,label,split\n" + "".join(
         f"{i},{j},{j}.5,{'xy'[i % 2]},{'holdout' if i == 5 else 'train'}\n" for i in range(8) for j in range(3)),
         [], "holdout")
-    put("short_series", "t,value\n" + "".join(f"{j},{j * 1.5}\n" for j in range(6)),
-        ["--window", "5", "--horizon", "3"], "shorter than window 5 + horizon 3")
+    put("short_series", "t,value\n" + "".join(f"{j},{j * 1.5}\n" for j in range(3)),
+        ["--window", "5", "--horizon", "3"], "training needs at least horizon + 1 = 4")
     put("binary", b"PK\x03\x04\x00\x00binary\x00zip", [], "not a text CSV")
     put("ragged", "id,t,a,label\n1,0,1.0,x\n1,1,2.0,x,extra\n", [], "line 3 has 5 fields")
     return out

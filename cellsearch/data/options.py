@@ -26,6 +26,7 @@ class DataOptions:
     window: int | None = None
     horizon: int | None = None
     fill: str | None = None
+    season: int | None = None
     seed: int = 0
     val_size: float = 0.15
     test_size: float = 0.15
@@ -37,7 +38,7 @@ class DataOptions:
             raise UserError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.fill is not None and self.fill not in FILLS:
             raise UserError(f"--fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
-        for name in ("window", "horizon"):
+        for name in ("window", "horizon", "season"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"--{name} must be at least 1, got {v}")

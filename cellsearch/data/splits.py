@@ -14,12 +14,14 @@ from cellsearch.errors import UserError
 
 @dataclass
 class SplitTensors:
-    """One split: padded inputs (N, T, F) float32, lengths (N,), targets, and sequence keys."""
+    """One split: padded inputs (N, T, F) float32, lengths (N,), targets, sequence keys, and (where
+    the task's score weighs examples, forecasting's MASE) a weight per example."""
 
     x: np.ndarray
     lengths: np.ndarray
     y: np.ndarray
     keys: np.ndarray
+    weight: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)

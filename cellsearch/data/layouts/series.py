@@ -1,10 +1,22 @@
 """The series layout: one time series, or several by an id column → forecasting.
 
-A window of ``window`` past steps predicts the next ``horizon`` values of the target. The target of
-each series is normalised by its own statistics (``series_stats``: the training part's mean and
-standard deviation, the same rule for a series first seen at prediction time); covariates by one
-global scaler. Splits are by time: the last part of each series is validation, then test, and a
-window belongs to the split of its forecast steps.
+A window of up to ``window`` past steps predicts the next ``horizon`` values of the target.
+
+* **Scaling per input window.** Each window is scaled by statistics of its own past values: its last
+  value is subtracted and the result divided by the window's mean absolute step (``window_scale``).
+  The model predicts the next values in those units and the forecast is mapped back with the same
+  two numbers, so no series ever gets identity statistics and a series unseen in training is
+  forecast from its own history. Covariates (other numeric columns) are past inputs per step,
+  standardised by one global scaler fitted on the training rows.
+* **Every series counts.** Windows have variable length: a series shorter than the window trains
+  and forecasts on what it has — training needs ``horizon + 1`` points (one input, ``horizon``
+  targets), forecasting needs 1.
+* **Time splits that fit short series.** The last part of each series (``test_size``, at least one
+  horizon) is test and the part before it validation; a series too short for all parts gives up
+  validation, then test, and still trains. A window belongs to the split of its forecast steps.
+* **MASE.** Each validation/test window carries the weight that turns its scaled absolute error into
+  its MASE: its scale over its series' in-sample mean absolute seasonal difference (``season``:
+  ``--season``, else from the time column's dates).
 """
 
 from __future__ import annotations
@@ -28,61 +40,99 @@ SERIES_TARGET_NAMES = ("value", "y", "target", "sales", "demand", "load")
 
 
 def default_window(lengths: np.ndarray, horizon: int) -> int:
-    """A window that the data can afford: about a sixth of the median series, 4..48 steps, and
-    short enough that the median series still yields training, validation and test windows."""
+    """Three horizons (at least 8 steps, at most 96), bounded by the typical (median) series less
+    its horizon: short series simply use the shorter windows they have."""
     med = float(np.median(lengths))
-    w = max(4, 2 * horizon, int(round(med / 6)))
-    cap = int(med - 3 * horizon)
-    return max(2, min(48, w, max(2, cap)))
+    return int(max(1, min(max(3 * horizon, 8), 96, med - horizon)))
 
 
-def series_stats(values: np.ndarray, codes: np.ndarray, rows: np.ndarray, n_series: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of each series' ``values`` over the marked ``rows``.
+def detect_season(df: pd.DataFrame, time_col: str | None) -> int:
+    """The season length from the time column's dates: 12 monthly, 4 quarterly, 7 daily, 52 weekly,
+    24 hourly; 1 (no season) for anything else, numeric time steps included."""
+    if not time_col or pd.api.types.is_numeric_dtype(df[time_col]):
+        return 1
+    t = pd.to_datetime(df[time_col], errors="coerce", format="mixed").dropna().drop_duplicates().sort_values()
+    if len(t) < 3:
+        return 1
+    days = float(np.median(np.diff(t.to_numpy()).astype("timedelta64[s]").astype(np.int64))) / 86400
+    for lo, hi, season in ((0.03, 0.05, 24), (0.9, 1.1, 7), (6.5, 7.5, 52), (27, 32, 12), (88, 93, 4)):
+        if lo <= days <= hi:
+            return season
+    return 1
 
-    The one rule for a (near) constant series, used in training and prediction alike: its standard
-    deviation becomes its mean's magnitude, at least 1, so its values scale to about ±1.
+
+def window_scale(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per window (rows of ``values``, the first ``lengths`` real): (last value, mean absolute step).
+
+    A window of one point, or a flat one, is scaled by its last value's magnitude instead (at
+    least 1), so a scale is never zero and never the identity for a series far from 0.
     """
-    cnt = np.bincount(codes, weights=rows, minlength=n_series)
-    s1 = np.bincount(codes, weights=np.where(rows, values, 0), minlength=n_series)
-    s2 = np.bincount(codes, weights=np.where(rows, values * values, 0), minlength=n_series)
-    mean = np.divide(s1, cnt, out=np.zeros(n_series), where=cnt > 0)
-    var = np.divide(s2, cnt, out=np.ones(n_series), where=cnt > 0) - mean ** 2
-    std = np.sqrt(np.maximum(var, 0))
-    std = np.where(std > 1e-9 * np.maximum(1, np.abs(mean)), std, np.maximum(np.abs(mean), 1.0))
-    return mean, std
+    n, w = values.shape
+    last = values[np.arange(n), lengths - 1]
+    steps = np.abs(np.diff(values, axis=1))
+    real = np.arange(w - 1)[None, :] < (lengths - 1)[:, None]
+    mean_step = np.where(real, steps, 0).sum(axis=1) / np.maximum(lengths - 1, 1)
+    fallback = np.maximum(np.abs(last), 1.0)
+    ok = (lengths > 1) & (mean_step > 1e-9 * fallback)
+    return last, np.where(ok, mean_step, fallback)
+
+
+def mase_scale(values: np.ndarray, codes: np.ndarray, rows: np.ndarray, starts: np.ndarray, season: int
+               ) -> np.ndarray:
+    """Each series' in-sample mean absolute seasonal difference over its marked (training) rows —
+    the MASE denominator; the lag-1 difference where a series is shorter than a season; its mean
+    magnitude (at least 1e-9) where even that is zero."""
+    n_series = len(starts)
+    pos = np.arange(len(values)) - starts[codes]
+    out = np.zeros(n_series)
+    for lag in (season, 1):
+        ok = rows & (pos >= lag)
+        ok[ok] &= rows[np.flatnonzero(ok) - lag]
+        idx = np.flatnonzero(ok)
+        diff = np.abs(values[idx] - values[idx - lag])
+        cnt = np.bincount(codes[idx], minlength=n_series)
+        mean = np.divide(np.bincount(codes[idx], weights=diff, minlength=n_series), cnt,
+                         out=np.zeros(n_series), where=cnt > 0)
+        out = np.where((out <= 0) & (mean > 0), mean, out)
+    mag = np.bincount(codes, weights=np.abs(values), minlength=n_series) / np.maximum(
+        np.bincount(codes, minlength=n_series), 1)
+    return np.where(out > 0, out, np.maximum(mag, 1e-9))
 
 
 def _time_splits(lengths: np.ndarray, codes: np.ndarray, pos: np.ndarray, horizon: int, opts: DataOptions
                  ) -> np.ndarray:
-    """Each row's split by time: the last part of each series is validation, then test."""
+    """Each row's split by time: the last part of each series is test, the part before validation;
+    a series too short for training (``horizon + 1`` points) plus both keeps only what it can."""
     n_test = np.maximum(horizon, np.round(lengths * opts.test_size).astype(int)) if opts.test_size else 0 * lengths
     n_val = np.maximum(horizon, np.round(lengths * opts.val_size).astype(int)) if opts.val_size else 0 * lengths
+    need = horizon + 1
+    n_val = np.where(lengths - n_test - n_val >= need, n_val, 0)
+    n_test = np.where(lengths - n_test - n_val >= need, n_test, 0)
     test_start = (lengths - n_test)[codes]
     val_start = (lengths - n_test - n_val)[codes]
     return np.where(pos >= test_start, "test", np.where(pos >= val_start, "val", "train")).astype(object)
 
 
-def _windows(scaled: np.ndarray, row_split: np.ndarray, valid: np.ndarray, window: int, horizon: int,
-             t_idx: int, keys: np.ndarray, codes: np.ndarray) -> dict[str, SplitTensors]:
-    """Every window whose forecast starts at a ``valid`` row, in the split of its last forecast step
-    (a window reaching into a later split is dropped)."""
-    first_rows = np.flatnonzero(valid)
-    rank = {"train": 0, "val": 1, "test": 2}
-    rs = np.vectorize(rank.get, otypes=[np.int64])(row_split) if len(row_split) else np.zeros(0, int)
-    first_rank = rs[first_rows]
-    last_rank = rs[first_rows + horizon - 1]
-    keep = first_rank == last_rank
-    first_rows = first_rows[keep]
-    win_split = np.array(SPLITS, dtype=object)[last_rank[keep]]
-    x = scaled[first_rows[:, None] + np.arange(-window, 0)[None, :]]
-    y = scaled[first_rows[:, None] + np.arange(horizon)[None, :], t_idx]
-    win_keys = keys[codes[first_rows]]
-    splits = {}
-    for s in SPLITS:
-        m = win_split == s
-        splits[s] = SplitTensors(x[m], np.full(int(m.sum()), window, dtype=np.int64), y[m], win_keys[m])
-    return splits
+def _windows(x_rows: np.ndarray, target: np.ndarray, origins: np.ndarray, available: np.ndarray, window: int,
+             horizon: int, t_idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Windows ending just before each origin row (``available`` rows of its series before it):
+    inputs (N, window, F) left-aligned with their lengths, the target channel window-scaled, the
+    scaled next ``horizon`` targets (``None`` when ``horizon`` is 0), each window's (last value, scale).
+    The same code makes training windows and prediction inputs."""
+    lengths = np.minimum(window, available).astype(np.int64)
+    idx = origins[:, None] - lengths[:, None] + np.arange(window)[None, :]
+    real = np.arange(window)[None, :] < lengths[:, None]
+    idx = np.where(real, idx, origins[:, None] - 1)
+    raw = target[idx]
+    last, scale = window_scale(raw, lengths)
+    x = x_rows[idx]
+    x[:, :, t_idx] = (raw - last[:, None]) / scale[:, None]
+    x[~real] = 0.0
+    y = None
+    if horizon:
+        y = ((target[origins[:, None] + np.arange(horizon)[None, :]] - last[:, None]) / scale[:, None])
+        y = y.astype(np.float32)
+    return x.astype(np.float32), lengths, y, last, scale
 
 
 class SeriesLayout(Layout):
@@ -108,66 +158,71 @@ class SeriesLayout(Layout):
         lengths = np.diff(np.r_[starts, len(codes)])
         horizon = opts.horizon or 1
         window = opts.window or default_window(lengths, horizon)
+        season = opts.season or detect_season(sorted_df, schema.time_col)
         tgt = sorted_df[schema.target].to_numpy(dtype=np.float64, na_value=np.nan)
         if not np.isfinite(tgt).all() and opts.fill is None:
             raise UserError(f"{path}: target column {schema.target!r} has {int((~np.isfinite(tgt)).sum())} "
                             "missing or infinite values; pass --fill ffill or --fill zero")
-        short = lengths < window + horizon
+        short = lengths < horizon + 1
         if short.all():
             k = int(np.argmax(short))
-            raise UserError(f"{path}: series {py_scalar(keys[k])!r} has {int(lengths[k])} rows, shorter than "
-                            f"window {window} + horizon {horizon}; use a smaller --window or --horizon")
+            raise UserError(f"{path}: series {py_scalar(keys[k])!r} has {int(lengths[k])} rows; training needs at "
+                            f"least horizon + 1 = {horizon + 1}; use a smaller --horizon")
         if short.any():
-            warnings.append(f"{int(short.sum())} series shorter than window {window} + horizon {horizon} "
-                            f"skipped: {', '.join(str(py_scalar(k)) for k in keys[short][:5])}"
+            warnings.append(f"{int(short.sum())} series shorter than horizon + 1 = {horizon + 1} rows do not "
+                            f"train (they are still forecast): {', '.join(str(py_scalar(k)) for k in keys[short][:5])}"
                             f"{' ...' if short.sum() > 5 else ''}")
         pos = np.arange(len(codes)) - starts[codes]
         row_split = (split_from_column(sorted_df, schema.split_col, path) if schema.split_col
                      else _time_splits(lengths, codes, pos, horizon, opts))
-        train_rows = (row_split == "train") & ~short[codes]
+        train_rows = row_split == "train"
         if not train_rows.any():
             raise UserError(f"{path}: no training rows left after the time split")
         values, names, cats = encode_features(sorted_df, schema.features, train_rows, path)
         values = handle_missing(values, names, codes, starts, opts.fill, path)
         t_idx = names.index(schema.target)
-        s_mean, s_std = series_stats(values[:, t_idx].astype(np.float64), codes, train_rows, len(starts))
+        target = values[:, t_idx].astype(np.float64)
+        denominators = mase_scale(target, codes, train_rows, starts, season)
         mean, std = fit_scaler(values, train_rows)
         mean[t_idx], std[t_idx] = 0.0, 1.0
-        scaled = _scale(values, mean, std, t_idx, s_mean[codes], s_std[codes])
-        valid = (pos >= window) & (pos + horizon <= lengths[codes]) & ~short[codes]
-        splits = _windows(scaled, row_split, valid, window, horizon, t_idx, keys, codes)
+        x_rows = ((values - mean) / std).astype(np.float32)
+        # Forecast origins: at least one input point before, the whole horizon inside the series, and
+        # all forecast steps in one split (a window never reaches across a split boundary).
+        rank = {s: k for k, s in enumerate(SPLITS)}
+        rs = np.vectorize(rank.get, otypes=[np.int64])(row_split) if len(row_split) else np.zeros(0, int)
+        valid = (pos >= 1) & (pos + horizon <= lengths[codes])
+        origins = np.flatnonzero(valid)
+        origins = origins[rs[origins] == rs[origins + horizon - 1]]
+        x, win_len, y, _, scale = _windows(x_rows, target, origins, pos[origins], window, horizon, t_idx)
+        weight = (scale / denominators[codes[origins]]).astype(np.float32)
+        win_split = np.array(SPLITS, dtype=object)[rs[origins]]
+        win_keys = keys[codes[origins]]
+        splits = {}
+        for s in SPLITS:
+            m = win_split == s
+            splits[s] = SplitTensors(x[m], win_len[m], y[m], win_keys[m], weight[m])
         if len(splits["train"]) == 0:
-            raise UserError(f"{path}: no training window fits (window {window}, horizon {horizon}); "
-                            "use a smaller --window or --horizon")
-        stats = {str(py_scalar(k)): [float(m_), float(s_)] for k, m_, s_ in zip(keys, s_mean, s_std)}
-        layout_data = {"window": window, "horizon": horizon, "target_index": t_idx, "series_stats": stats,
-                       "n_series": int(len(starts) - short.sum())}
+            raise UserError(f"{path}: no training window fits (horizon {horizon}); use a smaller --horizon")
+        layout_data = {"window": window, "horizon": horizon, "season": season, "target_index": t_idx,
+                       "n_series": int(len(starts)), "series_trained": int((~short).sum())}
         return splits, {"inputs": names, "categories": cats, "scaler": Scaler(mean.tolist(), std.tolist()),
                         "layout_data": layout_data}
 
     def transform(self, df: pd.DataFrame, prep: Preprocessing, path: Path) -> Inputs:
-        """The last ``window`` rows of each series; the target scaled by that series' statistics (those
-        of training, or for a series unseen in training, of its own history by the same rule)."""
+        """The last ``window`` rows of each series (all it has, if fewer), scaled as in training by
+        the window's own last value and mean absolute step; ``scale`` maps the forecast back."""
         order, codes, starts, keys = group_order(df, prep.id_col, prep.time_col, path)
         lengths = np.diff(np.r_[starts, len(codes)])
         values, _, _ = encode_features(df, prep.features, np.ones(len(df), dtype=bool), path,
                                        categories=prep.categories)
         values = handle_missing(values[order], prep.inputs, codes, starts, prep.fill, path)
         window, t_idx = int(prep.layout_data["window"]), int(prep.layout_data["target_index"])
-        short = lengths < window
-        if short.any():
-            k = int(np.argmax(short))
-            raise UserError(f"{path}: series {py_scalar(keys[k])!r} has {int(lengths[k])} rows; the model needs "
-                            f"the last {window}")
-        tv = values[:, t_idx].astype(np.float64)
-        s_mean, s_std = series_stats(tv, codes, np.ones(len(tv), dtype=bool), len(starts))
-        known = prep.layout_data["series_stats"]
-        for i, key in enumerate(keys):  # one entry per series, not per row
-            s_mean[i], s_std[i] = known.get(str(py_scalar(key)), (s_mean[i], s_std[i]))
         mean, std = prep.scaler.arrays()
-        scaled = _scale(values, mean, std, t_idx, s_mean[codes], s_std[codes])
-        idx = (starts + lengths)[:, None] + np.arange(-window, 0)[None, :]
-        return Inputs(scaled[idx], np.full(len(starts), window, dtype=np.int64), keys, scale=(s_mean, s_std))
+        x_rows = ((values - mean) / std).astype(np.float32)
+        # The forecast origin of each series is just past its last row.
+        x, win_len, _, last, scale = _windows(x_rows, values[:, t_idx].astype(np.float64), starts + lengths, lengths,
+                                              window, 0, t_idx)
+        return Inputs(x, win_len, keys, scale=(last, scale))
 
     def input_columns(self, prep: Preprocessing) -> list[str]:
         return list(prep.features)  # the target is an input too
@@ -182,15 +237,9 @@ class SeriesLayout(Layout):
 
     def summary(self, prep: Preprocessing) -> dict[str, Any]:
         d = prep.layout_data
-        return {"window": d["window"], "horizon": d["horizon"], "n_series": d["n_series"]}
+        return {k: d[k] for k in ("window", "horizon", "season", "n_series", "series_trained")}
 
     def split_source(self, schema: Schema) -> str:
         return "by time (last part of each series)"
 
 
-def _scale(values: np.ndarray, mean: np.ndarray, std: np.ndarray, t_idx: int, row_mean: np.ndarray,
-           row_std: np.ndarray) -> np.ndarray:
-    """Covariates by the global scaler, the target column by its series' statistics (per row)."""
-    scaled = (values - mean) / std
-    scaled[:, t_idx] = (values[:, t_idx].astype(np.float64) - row_mean) / row_std
-    return scaled.astype(np.float32)

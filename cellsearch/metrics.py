@@ -1,0 +1,40 @@
+"""The score each task is judged by, in one place: networks, references and exports use it alike.
+
+* classification: accuracy (higher is better);
+* regression: RMSE in the target's units (lower is better);
+* forecasting: MASE — mean absolute error of the ``horizon`` values over the series' in-sample mean
+  absolute seasonal difference — averaged over forecast windows (lower is better). Models predict in
+  each window's own scaled units; a window's ``weight`` (its scale over its series' MASE denominator,
+  ``SplitTensors.weight``) turns a scaled absolute error into that window's MASE.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = {"classification": ("accuracy", "maximize"), "regression": ("rmse", "minimize"),
+           "forecasting": ("mase", "minimize")}
+
+
+def metric_of(task: str) -> tuple[str, str]:
+    """(metric name, optimisation direction) of a task."""
+    return METRICS[task]
+
+
+def score(task: str, pred: np.ndarray, y: np.ndarray, target_scale: float = 1.0,
+          weight: np.ndarray | None = None) -> float:
+    """The task's score of predictions ``pred`` against targets ``y``.
+
+    ``pred`` is class scores (N, classes) or labels (N,) for classification, values in the model's
+    (standardised or window-scaled) units otherwise; ``target_scale`` maps a regression error back
+    to target units, ``weight`` a forecasting window's error to its MASE.
+    """
+    pred, y = np.asarray(pred), np.asarray(y)
+    if task == "classification":
+        labels = pred.argmax(axis=1) if pred.ndim == 2 else pred
+        return float(np.mean(labels == y))
+    err = pred.reshape(len(y), -1).astype(np.float64) - y.reshape(len(y), -1)
+    if task == "forecasting":
+        w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+        return float(np.mean(w * np.abs(err).mean(axis=1)))
+    return float(np.sqrt(np.mean(err ** 2)) * target_scale)

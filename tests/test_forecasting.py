@@ -1,0 +1,115 @@
+"""Forecasting: per-window scaling, every series counted, MASE, naive references, and the same
+scaling in training, predict, the MLflow pyfunc and ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import cellsearch
+from cellsearch.data import read_dataset
+
+
+def _panel(path: Path, sizes=((3, 5.0), (10, 500.0), (100, 50_000.0)), seed: int = 0) -> Path:
+    """Series of very different lengths and scales, each a noisy trend with a 4-step season."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, (n, scale) in enumerate(sizes):
+        t = np.arange(n)
+        v = scale * (1 + 0.02 * t + 0.1 * np.sin(2 * np.pi * t / 4) + 0.01 * rng.normal(size=n))
+        rows.append(pd.DataFrame({"series": f"s{k}", "t": t, "value": v.round(4)}))
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def panel_bundle(tmp_path_factory):
+    from cellsearch.export import export
+    from cellsearch.search import tune
+
+    tmp = tmp_path_factory.mktemp("panel")
+    csv = _panel(tmp / "panel.csv")
+    space = tmp / "s.yaml"
+    space.write_text("layers: {depth: 1, cell: gru, hidden: 8}\nlr: 0.01\nmax_epochs: 4\nmin_steps: 40\n")
+    result = tune(csv, space=str(space), trials=1, horizon=2, window=6, season=4, run_dir=tmp / "runs",
+                  track=False, progress=False)
+    bundle = export(out=tmp / "model", run_dir=tmp / "runs", formats=["onnx"])
+    return csv, bundle, result
+
+
+def test_every_series_is_trained_and_forecast_in_its_own_units(panel_bundle):
+    csv, bundle, result = panel_bundle
+    assert result.metric == "mase" and result.direction == "minimize"
+    assert {r["name"] for r in result.references} == {"naive", "seasonal_naive"}
+    ds = read_dataset(csv, horizon=2, window=6, season=4)
+    assert ds.info["series_trained"] == 3 and set(ds.splits["train"].keys) == {"s0", "s1", "s2"}
+    frame = pd.read_csv(csv)
+    preds = cellsearch.load(bundle).predict(frame)
+    assert preds.shape[0] == 6 and list(preds.series) == ["s0", "s0", "s1", "s1", "s2", "s2"]
+    for key, scale in (("s0", 5.0), ("s1", 500.0), ("s2", 50_000.0)):
+        last = frame[frame.series == key].value.iloc[-1]
+        got = preds[preds.series == key].prediction.to_numpy()
+        assert np.all(np.abs(got - last) < 0.5 * scale), (key, got, last)  # its own units, near its level
+    # A series never seen in training, one row long, is forecast from its own history.
+    new = pd.DataFrame({"series": ["fresh"], "t": [0], "value": [123.0]})
+    assert np.allclose(cellsearch.load(bundle).predict(new).prediction, 123.0, rtol=0.5)
+
+
+def test_scaling_is_the_same_in_training_predict_pyfunc_and_onnx(panel_bundle):
+    import mlflow.pyfunc
+    import onnxruntime as ort
+
+    from cellsearch.predict import transform
+
+    csv, bundle, _ = panel_bundle
+    model = cellsearch.load(bundle)
+    frame = pd.read_csv(csv)
+    # Training: the test window that forecasts s2's last two values is what predict makes from the
+    # rows before them.
+    ds = read_dataset(csv, horizon=2, window=6, season=4)
+    te = ds.splits["test"]
+    i = int(np.flatnonzero(te.keys == "s2")[-1])
+    head = frame[frame.series == "s2"].iloc[:-2]
+    inputs = transform(head, model.prep)
+    assert np.allclose(inputs.x[0], te.x[i], atol=1e-5) and inputs.lengths[0] == te.lengths[i]
+    last, scale = inputs.scale[0][0], inputs.scale[1][0]
+    truth = frame[frame.series == "s2"].value.to_numpy()[-2:]
+    assert np.allclose(te.y[i] * scale + last, truth, rtol=1e-5)
+    # predict, the MLflow pyfunc and the ONNX graph (on the scaled window, mapped back the same way).
+    ours = model.predict(head).prediction.to_numpy()
+    served = mlflow.pyfunc.load_model(str(bundle)).predict(head)["prediction"].to_numpy()
+    onnx_out = ort.InferenceSession(str(bundle / "model.onnx")).run(None, {"x": inputs.x, "lengths": inputs.lengths})[0]
+    assert np.allclose(served, ours, rtol=1e-6) and np.allclose(onnx_out[0] * scale + last, ours, rtol=1e-4)
+
+
+def test_mase_and_the_naive_references_match_a_hand_computation(tmp_path):
+    from cellsearch.references import fit_references
+
+    csv = _panel(tmp_path / "p.csv", sizes=((60, 10.0), (80, 300.0)), seed=1)
+    ds = read_dataset(csv, horizon=3, window=8, season=4)
+    refs = {r["name"]: r for r in fit_references(ds, "macs")}
+    frame = pd.read_csv(csv)
+    te = ds.splits["test"]
+    want = []
+    for key in ("s0", "s1"):
+        v = frame[frame.series == key].value.to_numpy()
+        n = len(v)
+        n_test = n_val = max(3, round(n * 0.15))
+        d = np.abs(v[4:n - n_test - n_val] - v[:n - n_test - n_val - 4]).mean()  # seasonal, training part
+        for s in range(n - n_test, n - 2):  # every window whose 3 targets are test rows
+            want.append(np.abs(v[s:s + 3] - v[s - 1]).mean() / d)
+    assert len(te) == len(want)
+    assert refs["naive"]["test_score"] == pytest.approx(np.mean(want), rel=1e-4)
+    assert refs["seasonal_naive"]["test_score"] < refs["naive"]["test_score"]  # the data has a 4-step season
+
+
+@pytest.mark.parametrize("freq,season", [("MS", 12), ("QS", 4), ("D", 7), ("W", 52), ("h", 24), (None, 1)])
+def test_season_from_the_time_column(tmp_path, freq, season):
+    n = 40
+    t = pd.date_range("2020-01-01", periods=n, freq=freq).strftime("%Y-%m-%d %H:%M") if freq else np.arange(n)
+    pd.DataFrame({"t": t, "value": np.arange(n) * 1.5 + 3}).to_csv(tmp_path / "s.csv", index=False)
+    assert read_dataset(tmp_path / "s.csv", horizon=2).info["season"] == season
+    assert read_dataset(tmp_path / "s.csv", horizon=2, season=3).info["season"] == 3
