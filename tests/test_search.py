@@ -26,9 +26,11 @@ def test_shipped_spaces_load_and_suggest_fixed_slots():
     assert {"default", "quick", "greff"} <= set(available_spaces())
     space = load_space("default")
     trial = optuna.trial.FixedTrial({"n_layers": 2, "l0_cell": "peephole", "l0_hidden": 64, "l1_cell": "gru",
-                                     "l1_hidden": 32, "dropout": 0.1, "lr": 1e-3, "batch_size": 64})
+                                     "l1_hidden": 32, "dropout": 0.1, "lr": 1e-3, "batch_size": 64, "patch": 4,
+                                     "pooling": "mean", "normalize": True})
     cfg = space.suggest(trial)
     assert cfg["layers"] == [("peephole", 64, False), ("gru", 32, False)]
+    assert (cfg["patch"], cfg["pooling"], cfg["normalize"], cfg["min_steps"]) == (4, "mean", True, 400)
     greff = load_space("greff")
     cfg = greff.suggest(optuna.trial.FixedTrial({"cell": "cifg", "l0_hidden": 50, "lr": 1e-3}))
     assert cfg["layers"] == [("cifg", 50, False)] and greff.sampler == "random"

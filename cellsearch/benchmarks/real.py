@@ -5,6 +5,11 @@ rows and the split column, ``cellsearch tune`` the rest (a subprocess, as a user
 chosen model, predict the test rows with the bundle and score them; beside it, the simple references
 (``cellsearch.references``) fitted on the same training rows and scored on the same test rows.
 Prints a table and writes JSON (``--out``). Takes ``--timeout`` seconds per file, plus loading.
+
+Forecasting panels: ``--forecast TRAIN.csv TEST.csv --horizon H --season M`` tunes on TRAIN, forecasts
+the next H values of every series with the exported bundle and scores them against TEST by MASE
+(mean absolute error over the in-sample mean absolute seasonal difference of the training series,
+averaged over series), beside the naive and seasonal naive forecasts.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
     import numpy as np
     import pandas as pd
 
-    import cellsearch
     from cellsearch.data import read_dataset
 
     df = pd.read_csv(path)
@@ -44,18 +48,8 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
         csv = Path(tmp) / f"{path.stem}.csv"
         train.to_csv(csv, index=False)
         t0 = time.time()
-        res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(csv), "--space", space,
-                              "--timeout", str(timeout), "--seed", str(seed), "--run-dir", f"{tmp}/runs",
-                              "--no-track", "--json", *extra], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise SystemExit(f"{path}: tune failed: {res.stderr.strip()[-500:]}")
+        model, result = _tune_export(csv, tmp, space, timeout, seed, extra)
         tune_s = time.time() - t0
-        result = json.loads(res.stdout)
-        out = subprocess.run([sys.executable, "-m", "cellsearch.cli", "export", "--run-dir", f"{tmp}/runs",
-                              "--out", f"{tmp}/model"], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"{path}: export failed: {out.stderr.strip()[-500:]}")
-        model = cellsearch.load(f"{tmp}/model")
         preds = model.predict(test.drop(columns=[target])).set_index(id_col)["prediction"]
     truth = test.groupby(id_col, sort=False)[target].first()
     preds = preds.loc[truth.index]
@@ -69,21 +63,89 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
             "chosen_val": chosen.get("score"), "trials": result.get("counts"), "tune_seconds": round(tune_s, 1)}
 
 
+def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int, extra: list[str]) -> tuple[Any, dict]:
+    """``cellsearch tune`` then ``cellsearch export`` as a user runs them; the loaded bundle and result."""
+    import cellsearch
+
+    res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(csv), "--space", space,
+                          "--timeout", str(timeout), "--seed", str(seed), "--run-dir", f"{tmp}/runs",
+                          "--no-track", "--json", *extra], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"tune failed: {res.stderr.strip()[-300:]}")
+    out = subprocess.run([sys.executable, "-m", "cellsearch.cli", "export", "--run-dir", f"{tmp}/runs",
+                          "--out", f"{tmp}/model"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"export failed: {out.stderr.strip()[-300:]}")
+    return cellsearch.load(f"{tmp}/model"), json.loads(res.stdout)
+
+
+def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int, space: str, timeout: float,
+                 seed: int, extra: list[str]) -> dict[str, Any]:
+    """Tune on the training panel, forecast each series' next ``horizon`` values, score MASE."""
+    import numpy as np
+    import pandas as pd
+
+    train, test = pd.read_csv(train_path), pd.read_csv(test_path)
+    key, tcol, vcol = train.columns[0], train.columns[1], train.columns[-1]
+    helptext = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", "--help"], capture_output=True,
+                              text=True).stdout
+    flags = ["--horizon", str(horizon), *(["--season", str(season)] if "--season" in helptext else [])]
+
+    def mase(forecasts: dict[str, np.ndarray]) -> float:
+        scores = []
+        for s, g in train.groupby(key, sort=False):
+            v = g.sort_values(tcol)[vcol].to_numpy(dtype=float)
+            m = season if len(v) > season else 1
+            d = np.abs(v[m:] - v[:-m]).mean()
+            truth = test[test[key] == s].sort_values(tcol)[vcol].to_numpy(dtype=float)[:horizon]
+            scores.append(np.abs(forecasts[s][:len(truth)] - truth).mean() / d)
+        return float(np.mean(scores))
+
+    naive, seasonal = {}, {}
+    for s, g in train.groupby(key, sort=False):
+        v = g.sort_values(tcol)[vcol].to_numpy(dtype=float)
+        naive[s] = np.full(horizon, v[-1])
+        seasonal[s] = v[-season:][np.arange(horizon) % season] if len(v) >= season else naive[s]
+    row: dict[str, Any] = {"file": train_path.name, "task": "forecasting", "metric": "mase",
+                           "references_test": {"naive": mase(naive), "seasonal_naive": mase(seasonal)}}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        try:
+            model, result = _tune_export(train_path, tmp, space, timeout, seed, [*flags, *extra])
+            preds = model.predict(train)
+        except Exception as exc:  # an older cellsearch may refuse a panel: report it
+            row.update(network_test=None, error=str(exc).strip().splitlines()[-1][:300])
+            return row
+        tune_s = time.time() - t0
+    forecasts = {s: g.sort_values("step")["prediction"].to_numpy() for s, g in preds.groupby(key)}
+    chosen = result.get("chosen") or {}
+    row.update(network_test=mase(forecasts), chosen=chosen.get("arch"), chosen_val=chosen.get("score"),
+               trials=result.get("counts"), tune_seconds=round(tune_s, 1))
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("files", nargs="*", type=Path)
+    ap.add_argument("--forecast", nargs=2, type=Path, action="append", default=[], metavar=("TRAIN", "TEST"))
+    ap.add_argument("--horizon", type=int, action="append", default=[])
+    ap.add_argument("--season", type=int, action="append", default=[])
     ap.add_argument("--space", default="default")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
     args, extra = ap.parse_known_args()
     rows = []
-    for f in args.files:
-        row = run_one(f, space=args.space, timeout=args.timeout, seed=args.seed, extra=extra)
+    jobs = [(run_one, f, {}) for f in args.files] + [
+        (run_forecast, pair[0], {"test_path": pair[1], "horizon": h, "season": m})
+        for pair, h, m in zip(args.forecast, args.horizon, args.season)]
+    for fn, f, kw in jobs:
+        row = fn(f, **kw, space=args.space, timeout=args.timeout, seed=args.seed, extra=extra)
         rows.append(row)
         refs = ", ".join(f"{k} {v:.3f}" for k, v in row["references_test"].items())
-        print(f"{row['file']}: network test {row['metric']} {row['network_test']:.3f} ({row['chosen']}, "
-              f"{row['trials']}, {row['tune_seconds']} s); references {refs}", flush=True)
+        net = "failed: " + row["error"] if row.get("error") else f"{row['network_test']:.3f}"
+        print(f"{row['file']}: network test {row['metric']} {net} ({row.get('chosen')}, {row.get('trials')}, "
+              f"{row.get('tune_seconds')} s); references {refs}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 
