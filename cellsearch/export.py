@@ -112,17 +112,19 @@ def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessi
     raise UserError(f"{sdir}: the study's preprocessing is missing")
 
 
-def _test_score(model: Any, data: str, prep: Preprocessing) -> float | None:
-    """The model's score on the training file's test split, when that file is still here."""
+def _test_scores(model: Any, data: str, prep: Preprocessing) -> dict[str, Any]:
+    """The model's scores on the training file's test split (``test_score`` and the secondary ones,
+    ``test_smape``, ...), when that file is still here."""
     from cellsearch.data import DataOptions, read_dataset
-    from cellsearch.train import evaluate
+    from cellsearch.train import evaluate_all
 
     if not data or not Path(data).exists():
-        return None
+        return {"test_score": None}
     ds = read_dataset(data, DataOptions(**prep.options))
     if not len(ds.splits["test"]):
-        return None
-    return evaluate(model, ds.splits["test"], ds.task, prep.target_scale)
+        return {"test_score": None}
+    scores = evaluate_all(model, ds.splits["test"], ds.task, prep.target_scale)
+    return {"test_score": scores.pop("score"), **{f"test_{k}": v for k, v in scores.items()}}
 
 
 def _input_example(data: str, prep: Preprocessing) -> Any:
@@ -147,6 +149,8 @@ def _card(spec: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[st
     note = ("(MASE: mean absolute error over the series' in-sample mean absolute seasonal difference)"
             if prep.task == "forecasting" else "")
     extra = ", ".join(f"{k} {v}" for k, v in get_layout(prep.layout).summary(prep).items())
+    secondary = "".join(f"; test {k[5:]} {fmt(v)}" for k, v in metrics.items()
+                        if k.startswith("test_") and k != "test_score")
     refs = "".join(f"| {r['arch']} | {fmt(r.get('score'))} | {fmt(r.get('test_score'))} | {r['macs']:,} | "
                    f"{r['params']:,} |\n" for r in metrics.get("references", []))
     refs_section = (f"""
@@ -179,7 +183,7 @@ steps; per-sequence normalisation {'on' if spec.normalize else 'off'}; a linear 
 
 ## Scores
 - validation {metrics['metric']}: {fmt(metrics.get('val_score'))}
-- test {metrics['metric']}: {fmt(metrics.get('test_score'))}
+- test {metrics['metric']}: {fmt(metrics.get('test_score'))}{secondary}
   {note}
 
 ## Cost
@@ -257,7 +261,7 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     prep, info = _study_preprocessing(study_dir(run_dir, st.study_name), attrs)
     data = attrs.get("data", "")
     metrics = {"study": st.study_name, "trial": t.number, "arch": model.spec.arch, "metric": attrs.get("metric"),
-               "val_score": t.user_attrs.get("val_score"), "test_score": _test_score(model, data, prep),
+               "val_score": t.user_attrs.get("val_score"), **_test_scores(model, data, prep),
                "macs": int(t.user_attrs.get("macs", 0)), "params": int(t.user_attrs.get("params", 0)),
                "weights": "best checkpoint of the trial (not retrained)",
                "references": [{k: r.get(k) for k in ("name", "arch", "score", "test_score", "macs", "params")}

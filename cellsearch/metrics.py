@@ -38,3 +38,18 @@ def score(task: str, pred: np.ndarray, y: np.ndarray, target_scale: float = 1.0,
         w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
         return float(np.mean(w * np.abs(err).mean(axis=1)))
     return float(np.sqrt(np.mean(err ** 2)) * target_scale)
+
+
+def secondary(task: str, pred: np.ndarray, y: np.ndarray, origin: np.ndarray | None) -> dict[str, float]:
+    """Scores reported beside the main one: for forecasting, sMAPE (0–2) and RMSE over the mean
+    absolute target (normalised RMSE), both in the target's units (``origin``: each window's offset
+    and scale); nothing for the other tasks."""
+    if task != "forecasting" or origin is None or not len(y):
+        return {}
+    off, sc = np.asarray(origin, dtype=np.float64)[:, :1], np.asarray(origin, dtype=np.float64)[:, 1:]
+    p = np.asarray(pred, dtype=np.float64).reshape(len(y), -1) * sc + off
+    t = np.asarray(y, dtype=np.float64).reshape(len(y), -1) * sc + off
+    denom = np.abs(p) + np.abs(t)
+    smape = np.divide(2 * np.abs(p - t), denom, out=np.zeros_like(denom), where=denom > 0)
+    return {"smape": float(smape.mean()),
+            "nrmse": float(np.sqrt(np.mean((p - t) ** 2)) / max(float(np.mean(np.abs(t))), 1e-12))}

@@ -155,7 +155,7 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     ``deadline``, or whose scoring would exceed ``MAX_WORK``, are skipped.
     """
     from cellsearch.costs import cost_value
-    from cellsearch.metrics import score
+    from cellsearch.metrics import score, secondary
 
     task, prep = dataset.task, dataset.preprocessing
     train = dataset.splits["train"]
@@ -177,10 +177,12 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
             return score(task, predict(split), split.y, prep.target_scale, split.weight)  # noqa: B023
 
         test_score = scored(test) if len(test) else None
+        extra = {f"test_{k}": v for k, v in secondary(task, predict(test), test.y, test.origin).items()}
         attrs = {"macs": ref.macs(ctx), "params": ref.params(ctx)}
         c = cost_value(cost, attrs)
         out.append({"reference": True, "name": name, "arch": ref.label, "score": scored(val),
-                    "test_score": test_score, "cost": c if math.isfinite(c) else None, **attrs, "length": length,
+                    "test_score": test_score, **extra, "cost": c if math.isfinite(c) else None, **attrs,
+                    "length": length,
                     "fit_seconds": time.perf_counter() - t0})
     return out
 

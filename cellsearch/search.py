@@ -43,13 +43,15 @@ class TuneResult:
 def _score_test(dataset: Any, entries: list[dict[str, Any]]) -> None:
     """Test scores for the finalists only (selection never sees the test split)."""
     from cellsearch.model import load_checkpoint
-    from cellsearch.train import evaluate
+    from cellsearch.train import evaluate_all
 
     test = dataset.splits["test"]
     for e in entries:
         if len(test) and e.get("checkpoint") and Path(e["checkpoint"]).exists():
             model, _ = load_checkpoint(e["checkpoint"])
-            e["test_score"] = evaluate(model, test, dataset.task, dataset.preprocessing.target_scale)
+            scores = evaluate_all(model, test, dataset.task, dataset.preprocessing.target_scale)
+            e["test_score"] = scores.pop("score")
+            e.update({f"test_{k}": v for k, v in scores.items()})
         else:
             e["test_score"] = None
 

@@ -204,7 +204,8 @@ class MLflowTracker:
             tags = {"mlflow.parentRunId": self.parent_id, "study": self.study_name, "role": "reference",
                     "reference": ref["name"], "arch": ref["arch"], "state": "REFERENCE"}
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"reference-{ref['name']}")
-            values = {"val_score_best": ref["score"], "test_score": ref["test_score"], "macs": ref["macs"],
+            values = {"val_score_best": ref["score"], **{k: v for k, v in ref.items() if k.startswith("test_")},
+                      "macs": ref["macs"],
                       "params": ref["params"], "fit_seconds": ref["fit_seconds"]}
             self.client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()
                                                             if _finite(v)])
@@ -239,7 +240,8 @@ class MLflowTracker:
         metrics = [Metric(f"trials_{k}", float(v), ts, 0) for k, v in result.counts.items()]
         metrics.append(Metric("pareto_front_size", float(len(result.front)), ts, 0))
         if result.chosen:
-            for k in ("score", "test_score", "macs", "params"):
+            keys = ("score", "macs", "params", *(k for k in result.chosen if k.startswith("test_")))
+            for k in keys:
                 if _finite(result.chosen.get(k)):
                     metrics.append(Metric(f"chosen_{k}", float(result.chosen[k]), ts, 0))
             self.client.set_tag(self.parent_id, "chosen_trial", str(result.chosen["trial"]))

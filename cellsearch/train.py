@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from cellsearch.data import Dataset, SplitTensors
-from cellsearch.metrics import metric_of, score
+from cellsearch.metrics import metric_of, score, secondary
 from cellsearch.model import SequenceModel
 
 
@@ -163,16 +163,28 @@ def score_outputs(out: torch.Tensor, y: torch.Tensor, task: str, target_std: flo
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, split: SplitTensors, task: str, target_std: float = 1.0,
-             batch_size: int = 512) -> float:
-    """Score a model on one split (eval mode, batched)."""
+def outputs(model: SequenceModel, split: SplitTensors, task: str, batch_size: int = 512) -> np.ndarray:
+    """The model's outputs on one split (eval mode, batched)."""
     model.eval()
     part = _Batches(split, task)
     outs = []
     for k in range(0, len(part), batch_size):
         x, lengths, _, _ = part[list(range(k, min(k + batch_size, len(part))))]
         outs.append(model(x, lengths))
-    return score_outputs(torch.cat(outs), part.y, task, target_std, part.weight)
+    return torch.cat(outs).numpy()
+
+
+def evaluate(model: SequenceModel, split: SplitTensors, task: str, target_std: float = 1.0) -> float:
+    """Score a model on one split with the task's metric."""
+    return score(task, outputs(model, split, task), split.y, target_std, split.weight)
+
+
+def evaluate_all(model: SequenceModel, split: SplitTensors, task: str, target_std: float = 1.0
+                 ) -> dict[str, float]:
+    """``{"score": ..., **secondary scores}`` of a model on one split (see ``cellsearch.metrics``)."""
+    out = outputs(model, split, task)
+    return {"score": score(task, out, split.y, target_std, split.weight),
+            **secondary(task, out, split.y, split.origin)}
 
 
 class EpochHistory(pl.Callback):

@@ -14,14 +14,16 @@ from cellsearch.errors import UserError
 
 @dataclass
 class SplitTensors:
-    """One split: padded inputs (N, T, F) float32, lengths (N,), targets, sequence keys, and (where
-    the task's score weighs examples, forecasting's MASE) a weight per example."""
+    """One split: padded inputs (N, T, F) float32, lengths (N,), targets, sequence keys; where the task
+    needs them (forecasting), a score weight per example (MASE) and each example's ``origin``
+    (N, 2): the offset and scale that map its outputs back to the target's units."""
 
     x: np.ndarray
     lengths: np.ndarray
     y: np.ndarray
     keys: np.ndarray
     weight: np.ndarray | None = None
+    origin: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)

@@ -193,14 +193,15 @@ class SeriesLayout(Layout):
         valid = (pos >= 1) & (pos + horizon <= lengths[codes])
         origins = np.flatnonzero(valid)
         origins = origins[rs[origins] == rs[origins + horizon - 1]]
-        x, win_len, y, _, scale = _windows(x_rows, target, origins, pos[origins], window, horizon, t_idx)
+        x, win_len, y, last, scale = _windows(x_rows, target, origins, pos[origins], window, horizon, t_idx)
+        offsets = np.stack([last, scale], axis=1)
         weight = (scale / denominators[codes[origins]]).astype(np.float32)
         win_split = np.array(SPLITS, dtype=object)[rs[origins]]
         win_keys = keys[codes[origins]]
         splits = {}
         for s in SPLITS:
             m = win_split == s
-            splits[s] = SplitTensors(x[m], win_len[m], y[m], win_keys[m], weight[m])
+            splits[s] = SplitTensors(x[m], win_len[m], y[m], win_keys[m], weight[m], offsets[m])
         if len(splits["train"]) == 0:
             raise UserError(f"{path}: no training window fits (horizon {horizon}); use a smaller --horizon")
         layout_data = {"window": window, "horizon": horizon, "season": season, "target_index": t_idx,
