@@ -27,7 +27,8 @@ def print_inspect(info: dict[str, Any]) -> None:
         ("length", f"min {info['length']['min']}, median {info['length']['median']:g}, max {info['length']['max']}"),
     ]
     if info["task"] == "forecasting":
-        rows.append(("window / horizon", f"{info['window']} / {info['horizon']} ({info['n_series']} series)"))
+        rows.append(("window / horizon", f"{info['window']} / {info['horizon']}, season {info['season']} "
+                     f"({info['n_series']} series, {info['series_trained']} long enough to train)"))
     if "classes" in info:
         rows.append(("classes", ", ".join(f"{k}: {v}" for k, v in info["classes"].items())))
     for k, v in rows:
