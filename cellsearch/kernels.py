@@ -27,6 +27,24 @@ _CAPABILITY_FLAGS = {
 }
 
 
+#: A build lock older than this is left by a process killed mid-build (a build takes ~10-60 s).
+STALE_LOCK_S = 300.0
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    """Remove torch's build lock when it is older than ``STALE_LOCK_S``: torch waits for a lock
+    forever, so one left by a process killed during the build would hang every later process."""
+    import time
+
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        log.warning("cellsearch: removing a stale build lock (%.0f s old): %s", age, lock)
+        lock.unlink(missing_ok=True)
+
+
 def _build() -> None:
     from torch.utils import cpp_extension
 
@@ -35,12 +53,27 @@ def _build() -> None:
     if capability in _CAPABILITY_FLAGS:
         flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
         flags += _CAPABILITY_FLAGS[capability]
-    digest = hashlib.sha1(_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:10]
+    source = _SOURCE.read_bytes()
+    import sys
+
+    digest = hashlib.sha1(source + torch.__version__.encode() + sys.version.encode()).hexdigest()[:10]
     name = f"cellsearch_lstm_{capability.lower()}_{digest}"
+    # One build folder per source digest, holding its own copy of the source: every checkout and
+    # install of the same source builds the same file once (torch rebuilds when a source path
+    # changes, and concurrent rebuilds from several checkouts contend for one lock).
+    folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / _SOURCE.name
+    if not copy.exists() or copy.read_bytes() != source:
+        tmp = folder / f".{_SOURCE.name}.{os.getpid()}"
+        tmp.write_bytes(source)
+        os.replace(tmp, copy)
+    _clear_stale_lock(folder / "lock")
     cpp_extension.load(
         name=name,
-        sources=[str(_SOURCE)],
+        sources=[str(copy)],
         extra_cflags=flags,
+        build_directory=str(folder),
         is_python_module=False,
         verbose=False,
     )

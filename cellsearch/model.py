@@ -30,6 +30,11 @@ class ModelSpec:
             step of the stack; a sequence's last patch is completed with zeros).
         pooling: how the head reads the last layer's outputs, a key of ``cellsearch.pooling.POOLINGS``.
         normalize: z-normalise each sequence's channels over its real steps first (the UCR convention).
+        season: forecasting only: when above 0, the outputs are added to the seasonal naive forecast
+            read from the input window (channel ``target_index``, the value one ``season`` earlier, 0
+            where the window is shorter than a season: the naive forecast in window-scaled units), so
+            the network learns a correction to it.
+        target_index: the input channel that holds the (window-scaled) target.
     """
 
     input_size: int
@@ -40,6 +45,8 @@ class ModelSpec:
     patch: int = 1
     pooling: str = "last"
     normalize: bool = False
+    season: int = 0
+    target_index: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -48,7 +55,8 @@ class ModelSpec:
         other than the last step) and ``/zn`` (per-sequence normalisation) where they apply."""
         tag = "-".join(layer.tag for layer in self.layers)
         return tag + (f"/p{self.patch}" if self.patch > 1 else "") + (
-            f"/{self.pooling}" if self.pooling != "last" else "") + ("/zn" if self.normalize else "")
+            f"/{self.pooling}" if self.pooling != "last" else "") + ("/zn" if self.normalize else "") + (
+            f"/sn{self.season}" if self.season else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -113,7 +121,18 @@ class SequenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (classification) or scaled values (regression: (B, 1); forecasting: (B, H))."""
-        return self.head(self.drop(self.features(x, lengths)))
+        out = self.head(self.drop(self.features(x, lengths)))
+        return out + self.seasonal_base(x, lengths) if self.spec.season else out
+
+    def seasonal_base(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """(B, H) seasonal naive forecast from each window: step h repeats the value ``season`` steps
+        before it (index ``length - season + h mod season``); 0 (the last value, in window-scaled
+        units) where the window is shorter than a season."""
+        m, h = self.spec.season, torch.arange(self.spec.n_outputs, device=x.device)
+        n = (lengths if lengths is not None else torch.full((x.shape[0],), x.shape[1])).to(x.device)[:, None]
+        idx = (n - m + h[None, :] % m).clamp(min=0)
+        values = torch.gather(x[:, :, self.spec.target_index], 1, idx)
+        return torch.where(n >= m, values, torch.zeros_like(values))
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -128,7 +147,8 @@ class SequenceModel(nn.Module):
         normalisation (two per input value) if any, and the head."""
         steps = -(-length // self.spec.patch)
         norm = 2 * self.spec.input_size * length if self.spec.normalize else 0
-        return self.macs_per_step() * steps + norm + self.head.in_features * self.head.out_features
+        base = self.spec.n_outputs if self.spec.season else 0
+        return self.macs_per_step() * steps + norm + self.head.in_features * self.head.out_features + base
 
 
 def build(spec: ModelSpec) -> SequenceModel:

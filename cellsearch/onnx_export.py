@@ -186,8 +186,19 @@ def build_onnx(model: Any) -> Any:
     features = model.pool.onnx(g, y, "last", g.mask(y, lengths), float_lengths)
     w = model.head.weight.detach().cpu().numpy().astype(np.float32)
     b = model.head.bias.detach().cpu().numpy().astype(np.float32)
-    nodes.append(helper.make_node("Gemm", [features, const("head_W", w), const("head_b", b)], ["output"],
-                                  transB=1))
+    head = "output" if not spec.season else "head_out"
+    nodes.append(helper.make_node("Gemm", [features, const("head_W", w), const("head_b", b)], [head], transB=1))
+    if spec.season:  # the seasonal naive forecast from the window, as SequenceModel.seasonal_base
+        m = spec.season
+        n = g.node("Unsqueeze", ["lengths", g.const("ax1s", [1], "int64")])
+        idx = g.node("Max", [g.node("Add", [g.node("Sub", [n, g.const("season", m, "int64")]),
+                                            g.const("h_mod", np.arange(spec.n_outputs)[None, :] % m, "int64")]),
+                             g.const("zero_i", 0, "int64")])
+        channel = g.node("Gather", ["x", g.const("target_ch", spec.target_index, "int64")], axis=2)
+        values = g.node("GatherElements", [channel, idx], axis=1)
+        base = g.node("Where", [g.node("GreaterOrEqual", [n, g.const("season", m, "int64")]), values,
+                                g.const("zero_f", [0.0], "float32")])
+        nodes.append(helper.make_node("Add", [head, base], ["output"]))
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", spec.n_outputs])]
     if spec.task == "classification":
         nodes.append(helper.make_node("Softmax", ["output"], ["probabilities"], axis=1))

@@ -233,3 +233,19 @@ def test_gru_loop_matches_torch_gru_outputs_and_gradients(hidden, kernel_path):
     assert torch.allclose(y, y_ref, atol=TOL)
     for g, g_ref in zip(grads, grads_ref):
         assert torch.allclose(g, g_ref, atol=TOL), (g - g_ref).abs().max()
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    """torch waits for its build lock forever: one left by a process killed mid-build must not hang
+    every later process, while a build in progress keeps its lock."""
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    kernels._clear_stale_lock(lock)
+    assert lock.exists()
+    old = time.time() - kernels.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    kernels._clear_stale_lock(lock)
+    assert not lock.exists()
