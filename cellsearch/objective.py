@@ -117,7 +117,7 @@ class Objective:
             raise SurplusTrialError("the study already holds the requested number of trials")
         from cellsearch.space import DataShape
 
-        cfg = ctx.space.suggest(trial, DataShape(length=self._length, task=ctx.dataset.task))
+        cfg = ctx.space.suggest(trial, DataShape(length=self._length, task=ctx.dataset.task, season=self._season[0]))
         seed = self.seed + trial.number
         model = self._build(cfg, seed)
         costs = measure_costs(model, self._length)
@@ -143,6 +143,14 @@ class Objective:
         return self._record(trial, run, res, costs, curve)
 
     @property
+    def _season(self) -> tuple[int, int]:
+        """(season, target channel) of the data, for a seasonal naive base."""
+        from cellsearch.data import get_layout
+
+        prep = self.ctx.dataset.preprocessing
+        return get_layout(prep.layout).seasonality(prep)
+
+    @property
     def _length(self) -> int:
         """The sequence length costs are measured at: the data's median."""
         return int(self.ctx.dataset.info["length"]["median"])
@@ -157,7 +165,8 @@ class Objective:
         ds = self.ctx.dataset
         spec = ModelSpec(input_size=ds.n_features, layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]),
                          n_outputs=ds.n_outputs, task=ds.task, dropout=float(cfg["dropout"]), patch=cfg["patch"],
-                         pooling=cfg["pooling"], normalize=cfg["normalize"])
+                         pooling=cfg["pooling"], normalize=cfg["normalize"],
+                         season=self._season[0] if cfg["seasonal_base"] else 0, target_index=self._season[1])
         torch.manual_seed(seed)
         return build(spec)
 

@@ -11,7 +11,8 @@ the whole stack, as in Greff et al.), ``layers`` (``depth``, ``cell``, ``hidden`
 ``dropout``, ``lr``, ``batch_size``, ``weight_decay``, ``max_epochs``, ``patience``, ``min_steps``,
 and the model options ``patch`` (steps read as one input), ``pooling`` (a key of ``POOLINGS``) and
 ``normalize`` (per-sequence z-normalisation), and ``forecast_loss`` (``l1``, the default, or ``mse``:
-what forecasting trains on). Layers are fixed slots: parameters ``n_layers``,
+what forecasting trains on), ``seasonal_base`` (forecasting with a season: the network corrects the
+seasonal naive forecast). Layers are fixed slots: parameters ``n_layers``,
 ``l0_cell``, ``l0_hidden``, ``l1_cell``, ... so that importance analysis sees each slot.
 
 Options the data decides are bounded by it (``DataShape``): patch sizes that would leave fewer than
@@ -28,7 +29,7 @@ from typing import Any
 from cellsearch.errors import UserError
 
 TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
-            "max_epochs", "patience", "min_steps", "patch", "pooling", "normalize", "forecast_loss"}
+            "max_epochs", "patience", "min_steps", "patch", "pooling", "normalize", "forecast_loss", "seasonal_base"}
 TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps")
 INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps")
 #: A patch size is offered only if the median sequence still has this many steps after patching.
@@ -37,7 +38,7 @@ LAYER_KEYS = {"depth", "cell", "hidden", "bidirectional"}
 SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
                             "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "patch": 1,
-                            "pooling": "last", "normalize": False, "forecast_loss": "l1"}
+                            "pooling": "last", "normalize": False, "forecast_loss": "l1", "seasonal_base": False}
 LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
 
 
@@ -56,10 +57,11 @@ def available_spaces() -> list[str]:
 
 @dataclass(frozen=True)
 class DataShape:
-    """What the space needs to know of the data: the median sequence length and the task."""
+    """What the space needs to know of the data: the median sequence length, the task, the season."""
 
     length: int
     task: str
+    season: int = 1
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class SearchSpace:
         out["normalize"] = bool(_draw(trial, "normalize", zn))
         loss = cfg["forecast_loss"] if shape is None or shape.task == "forecasting" else "l1"
         out["forecast_loss"] = str(_draw(trial, "forecast_loss", loss))
+        base = cfg["seasonal_base"] if shape is None or (shape.task == "forecasting" and shape.season > 1) else False
+        out["seasonal_base"] = bool(_draw(trial, "seasonal_base", base))
         return out
 
 
@@ -190,6 +194,7 @@ def validate(config: Any, where: str) -> dict[str, Any]:
     _check_dist(where, "pooling", cfg["pooling"], tuple(POOLINGS))
     _check_dist(where, "normalize", cfg["normalize"], (True, False))
     _check_dist(where, "forecast_loss", cfg["forecast_loss"], ("l1", "mse"))
+    _check_dist(where, "seasonal_base", cfg["seasonal_base"], (True, False))
     _check_dist(where, "patch", cfg["patch"])
     patches = cfg["patch"]["choices"] if isinstance(cfg["patch"], dict) and "choices" in cfg["patch"] else [
         cfg["patch"]] if not isinstance(cfg["patch"], dict) else []

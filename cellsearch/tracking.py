@@ -185,7 +185,7 @@ class MLflowTracker:
         params = {"n_layers": len(spec.layers), "dropout": cfg["dropout"], "lr": cfg["lr"],
                   "batch_size": cfg["batch_size"], "weight_decay": cfg["weight_decay"],
                   "max_epochs": cfg["max_epochs"], "min_steps": cfg.get("min_steps"), "patch": spec.patch,
-                  "pooling": spec.pooling, "normalize": spec.normalize, "arch": spec.arch}
+                  "pooling": spec.pooling, "normalize": spec.normalize, "seasonal_base": spec.season, "arch": spec.arch}
         for k, layer in enumerate(spec.layers):
             params[f"l{k}_cell"] = layer.cell
             params[f"l{k}_hidden"] = layer.hidden

@@ -27,7 +27,7 @@ def test_shipped_spaces_load_and_suggest_fixed_slots():
     space = load_space("default")
     trial = optuna.trial.FixedTrial({"n_layers": 2, "l0_cell": "peephole", "l0_hidden": 64, "l1_cell": "gru",
                                      "l1_hidden": 32, "dropout": 0.1, "lr": 1e-3, "batch_size": 64, "patch": 4,
-                                     "pooling": "mean", "normalize": True})
+                                     "pooling": "mean", "normalize": True, "seasonal_base": False})
     cfg = space.suggest(trial)
     assert cfg["layers"] == [("peephole", 64, False), ("gru", 32, False)]
     assert (cfg["patch"], cfg["pooling"], cfg["normalize"], cfg["min_steps"]) == (4, "mean", True, 400)

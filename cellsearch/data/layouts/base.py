@@ -108,6 +108,10 @@ class Layout(ABC):
         """The model's outputs: one per class, else 1."""
         return len(prep.classes) if prep.classes else 1
 
+    def seasonality(self, prep: Preprocessing) -> tuple[int, int]:
+        """(season, input channel of the target) for a seasonal naive base in the model; (1, 0): none."""
+        return 1, 0
+
     def summary(self, prep: Preprocessing) -> dict[str, Any]:
         """Entries of the layout's own for ``inspect`` and the model card (e.g. window and horizon)."""
         return {}

@@ -236,6 +236,9 @@ class SeriesLayout(Layout):
     def n_outputs(self, prep: Preprocessing) -> int:
         return int(prep.layout_data["horizon"])
 
+    def seasonality(self, prep: Preprocessing) -> tuple[int, int]:
+        return int(prep.layout_data["season"]), int(prep.layout_data["target_index"])
+
     def summary(self, prep: Preprocessing) -> dict[str, Any]:
         d = prep.layout_data
         return {k: d[k] for k in ("window", "horizon", "season", "n_series", "series_trained")}
