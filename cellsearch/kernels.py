@@ -31,7 +31,7 @@ _CAPABILITY_FLAGS = {
 STALE_LOCK_S = 300.0
 
 
-def _clear_stale_lock(lock: Path) -> None:
+def clear_stale_lock(lock: Path) -> None:
     """Remove torch's build lock when it is older than ``STALE_LOCK_S``: torch waits for a lock
     forever, so one left by a process killed during the build would hang every later process."""
     import time
@@ -68,7 +68,7 @@ def _build() -> None:
         tmp = folder / f".{_SOURCE.name}.{os.getpid()}"
         tmp.write_bytes(source)
         os.replace(tmp, copy)
-    _clear_stale_lock(folder / "lock")
+    clear_stale_lock(folder / "lock")
     cpp_extension.load(
         name=name,
         sources=[str(copy)],

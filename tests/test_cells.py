@@ -243,9 +243,9 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
 
     lock = tmp_path / "lock"
     lock.touch()
-    kernels._clear_stale_lock(lock)
+    kernels.clear_stale_lock(lock)
     assert lock.exists()
     old = time.time() - kernels.STALE_LOCK_S - 5
     os.utime(lock, (old, old))
-    kernels._clear_stale_lock(lock)
+    kernels.clear_stale_lock(lock)
     assert not lock.exists()
