@@ -109,14 +109,13 @@ class Objective:
 
     def __call__(self, trial: Any) -> Any:
         from cellsearch.costs import measure_costs
+        from cellsearch.space import DataShape
         from cellsearch.train import fit
 
         ctx, config = self.ctx, self.ctx.config
         if self.target_count is not None and not _claims_slot(trial, self.target_count):
             trial.set_user_attr("reason", "surplus: the study was already full")
             raise SurplusTrialError("the study already holds the requested number of trials")
-        from cellsearch.space import DataShape
-
         cfg = ctx.space.suggest(trial, DataShape(length=self._length, task=ctx.dataset.task, season=self._season[0]))
         seed = self.seed + trial.number
         model = self._build(cfg, seed)
