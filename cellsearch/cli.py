@@ -103,8 +103,8 @@ def tune(
     track: bool = typer.Option(True, "--track/--no-track", help="Record in MLflow (default) or not."),
     references: bool = typer.Option(True, "--references/--no-references", help="Also score simple reference "
                                     "models (1-NN, ridge) on the same splits (default) or not."),
-    max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override the space's max_epochs (validation checks; "
-                                            "epochs on large data)."),
+    max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override the space's max_epochs "
+                                            "(validation checks; epochs on large data)."),
     trial_timeout: float | None = typer.Option(None, "--trial-timeout", help="Seconds per trial at most."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop hopeless trials early (default) or never."),
     workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study."),
