@@ -172,17 +172,16 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
             continue
         t0 = time.perf_counter()
         predict = ref.fit(train, ctx)
-
-        def scored(split: Any) -> float:
-            return score(task, predict(split), split.y, prep.target_scale, split.weight)  # noqa: B023
-
-        test_score = scored(test) if len(test) else None
-        extra = {f"test_{k}": v for k, v in secondary(task, predict(test), test.y, test.origin).items()}
+        val_pred = predict(val)
+        entry = {"reference": True, "name": name, "arch": ref.label,
+                 "score": score(task, val_pred, val.y, prep.target_scale, val.weight), "test_score": None}
+        if len(test):
+            test_pred = predict(test)  # once: 1-NN's predictions are the expensive part
+            entry["test_score"] = score(task, test_pred, test.y, prep.target_scale, test.weight)
+            entry.update({f"test_{k}": v for k, v in secondary(task, test_pred, test.y, test.origin).items()})
         attrs = {"macs": ref.macs(ctx), "params": ref.params(ctx)}
         c = cost_value(cost, attrs)
-        out.append({"reference": True, "name": name, "arch": ref.label, "score": scored(val),
-                    "test_score": test_score, **extra, "cost": c if math.isfinite(c) else None, **attrs,
-                    "length": length,
+        out.append({**entry, "cost": c if math.isfinite(c) else None, **attrs, "length": length,
                     "fit_seconds": time.perf_counter() - t0})
     return out
 
