@@ -116,15 +116,14 @@ def _test_scores(model: Any, data: str, prep: Preprocessing) -> dict[str, Any]:
     """The model's scores on the training file's test split (``test_score`` and the secondary ones,
     ``test_smape``, ...), when that file is still here."""
     from cellsearch.data import DataOptions, read_dataset
-    from cellsearch.train import evaluate_all
+    from cellsearch.train import evaluate_test
 
     if not data or not Path(data).exists():
         return {"test_score": None}
     ds = read_dataset(data, DataOptions(**prep.options))
     if not len(ds.splits["test"]):
         return {"test_score": None}
-    scores = evaluate_all(model, ds.splits["test"], ds.task, prep.target_scale)
-    return {"test_score": scores.pop("score"), **{f"test_{k}": v for k, v in scores.items()}}
+    return evaluate_test(model, ds.splits["test"], ds.task, prep.target_scale)
 
 
 def _input_example(data: str, prep: Preprocessing) -> Any:

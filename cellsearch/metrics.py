@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 METRICS = {"classification": ("accuracy", "maximize"), "regression": ("rmse", "minimize"),
@@ -38,6 +40,13 @@ def score(task: str, pred: np.ndarray, y: np.ndarray, target_scale: float = 1.0,
         w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
         return float(np.mean(w * np.abs(err).mean(axis=1)))
     return float(np.sqrt(np.mean(err ** 2)) * target_scale)
+
+
+def test_scores(task: str, pred: np.ndarray, split: Any, target_scale: float = 1.0) -> dict[str, float]:
+    """Predictions on a test split as ``{"test_score": ..., "test_smape": ..., ...}``: the task's score
+    and the secondary ones, named as result tables, model cards and MLflow show them."""
+    return {"test_score": score(task, pred, split.y, target_scale, split.weight),
+            **{f"test_{k}": v for k, v in secondary(task, pred, split.y, split.origin).items()}}
 
 
 def secondary(task: str, pred: np.ndarray, y: np.ndarray, origin: np.ndarray | None) -> dict[str, float]:

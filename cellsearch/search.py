@@ -43,15 +43,13 @@ class TuneResult:
 def _score_test(dataset: Any, entries: list[dict[str, Any]]) -> None:
     """Test scores for the finalists only (selection never sees the test split)."""
     from cellsearch.model import load_checkpoint
-    from cellsearch.train import evaluate_all
+    from cellsearch.train import evaluate_test
 
     test = dataset.splits["test"]
     for e in entries:
         if len(test) and e.get("checkpoint") and Path(e["checkpoint"]).exists():
             model, _ = load_checkpoint(e["checkpoint"])
-            scores = evaluate_all(model, test, dataset.task, dataset.preprocessing.target_scale)
-            e["test_score"] = scores.pop("score")
-            e.update({f"test_{k}": v for k, v in scores.items()})
+            e.update(evaluate_test(model, test, dataset.task, dataset.preprocessing.target_scale))
         else:
             e["test_score"] = None
 

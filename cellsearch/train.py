@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from cellsearch.data import Dataset, SplitTensors
-from cellsearch.metrics import metric_of, score, secondary
+from cellsearch.metrics import metric_of, score, test_scores
 from cellsearch.model import SequenceModel
 
 
@@ -179,12 +179,10 @@ def evaluate(model: SequenceModel, split: SplitTensors, task: str, target_std: f
     return score(task, outputs(model, split, task), split.y, target_std, split.weight)
 
 
-def evaluate_all(model: SequenceModel, split: SplitTensors, task: str, target_std: float = 1.0
-                 ) -> dict[str, float]:
-    """``{"score": ..., **secondary scores}`` of a model on one split (see ``cellsearch.metrics``)."""
-    out = outputs(model, split, task)
-    return {"score": score(task, out, split.y, target_std, split.weight),
-            **secondary(task, out, split.y, split.origin)}
+def evaluate_test(model: SequenceModel, split: SplitTensors, task: str, target_std: float = 1.0
+                  ) -> dict[str, float]:
+    """``{"test_score": ..., "test_smape": ...}`` of a model on a test split (``metrics.test_scores``)."""
+    return test_scores(task, outputs(model, split, task), split, target_std)
 
 
 class EpochHistory(pl.Callback):
