@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cellsearch.pooling import POOLINGS, real_steps
 from cellsearch.stack import CellStack, LayerSpec
 
 
@@ -83,8 +84,6 @@ class SequenceModel(nn.Module):
     """
 
     def __init__(self, spec: ModelSpec) -> None:
-        from cellsearch.pooling import POOLINGS
-
         super().__init__()
         self.spec = spec
         self.stack = CellStack(spec.input_size * spec.patch, spec.layers, dropout=spec.dropout)
@@ -99,7 +98,7 @@ class SequenceModel(nn.Module):
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
         if self.spec.normalize or self.spec.patch > 1:
-            mask = torch.arange(x.shape[1], device=x.device)[None, :, None] < lengths.to(x.device)[:, None, None]
+            mask = real_steps(lengths, x.shape[1], x.device).unsqueeze(-1)
             x = x * mask
             if self.spec.normalize:
                 n = lengths.to(x.device).clamp(min=1)[:, None, None].to(x.dtype)
@@ -125,14 +124,9 @@ class SequenceModel(nn.Module):
         return out + self.seasonal_base(x, lengths) if self.spec.season else out
 
     def seasonal_base(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        """(B, H) seasonal naive forecast from each window: step h repeats the value ``season`` steps
-        before it (index ``length - season + h mod season``); 0 (the last value, in window-scaled
-        units) where the window is shorter than a season."""
-        m, h = self.spec.season, torch.arange(self.spec.n_outputs, device=x.device)
-        n = (lengths if lengths is not None else torch.full((x.shape[0],), x.shape[1])).to(x.device)[:, None]
-        idx = (n - m + h[None, :] % m).clamp(min=0)
-        values = torch.gather(x[:, :, self.spec.target_index], 1, idx)
-        return torch.where(n >= m, values, torch.zeros_like(values))
+        """(B, H) seasonal naive forecast from each window's target channel (``seasonal_naive``)."""
+        n = lengths if lengths is not None else torch.full((x.shape[0],), x.shape[1])
+        return seasonal_naive(x[:, :, self.spec.target_index], n, self.spec.season, self.spec.n_outputs)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -149,6 +143,18 @@ class SequenceModel(nn.Module):
         norm = 2 * self.spec.input_size * length if self.spec.normalize else 0
         base = self.spec.n_outputs if self.spec.season else 0
         return self.macs_per_step() * steps + norm + self.head.in_features * self.head.out_features + base
+
+
+def seasonal_naive(target: torch.Tensor, lengths: torch.Tensor, season: int, horizon: int) -> torch.Tensor:
+    """(B, horizon) seasonal naive forecast from left-aligned windows ``target`` (B, T): step h repeats
+    the value ``season`` steps before it (index ``length - season + h mod season``); 0 (the last value,
+    in window-scaled units) where a window is shorter than a season. The model's seasonal base and
+    the seasonal naive reference both use it."""
+    h = torch.arange(horizon, device=target.device)
+    n = lengths.to(target.device)[:, None]
+    idx = (n - season + h[None, :] % season).clamp(min=0)
+    values = torch.gather(target, 1, idx)
+    return torch.where(n >= season, values, torch.zeros_like(values))
 
 
 def build(spec: ModelSpec) -> SequenceModel:

@@ -119,12 +119,14 @@ def _naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
 def _seasonal_naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     """Each forecast step repeats the value one season earlier (within the window; a window shorter
     than a season repeats its last value, as the naive forecast does)."""
+    import torch
+
+    from cellsearch.model import seasonal_naive
+
     def predict(split: Any) -> np.ndarray:
-        m, h = ctx.season, np.arange(ctx.n_outputs)
-        n = split.lengths[:, None]
-        idx = n - m + (h[None, :] % m)
-        values = np.take_along_axis(split.x[:, :, ctx.target_index], np.clip(idx, 0, None), axis=1)
-        return np.where(n >= m, values, 0.0)
+        target = torch.from_numpy(np.ascontiguousarray(split.x[:, :, ctx.target_index]))
+        lengths = torch.from_numpy(split.lengths.astype(np.int64))
+        return seasonal_naive(target, lengths, ctx.season, ctx.n_outputs).numpy()
 
     return predict
 
@@ -155,7 +157,7 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     ``deadline``, or whose scoring would exceed ``MAX_WORK``, are skipped.
     """
     from cellsearch.costs import cost_value
-    from cellsearch.metrics import score, secondary
+    from cellsearch.metrics import score, test_scores
 
     task, prep = dataset.task, dataset.preprocessing
     train = dataset.splits["train"]
@@ -176,9 +178,7 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
         entry = {"reference": True, "name": name, "arch": ref.label,
                  "score": score(task, val_pred, val.y, prep.target_scale, val.weight), "test_score": None}
         if len(test):
-            test_pred = predict(test)  # once: 1-NN's predictions are the expensive part
-            entry["test_score"] = score(task, test_pred, test.y, prep.target_scale, test.weight)
-            entry.update({f"test_{k}": v for k, v in secondary(task, test_pred, test.y, test.origin).items()})
+            entry.update(test_scores(task, predict(test), test, prep.target_scale))
         attrs = {"macs": ref.macs(ctx), "params": ref.params(ctx)}
         c = cost_value(cost, attrs)
         out.append({**entry, "cost": c if math.isfinite(c) else None, **attrs, "length": length,
