@@ -107,6 +107,12 @@ def tune(
                                             "(validation checks; epochs on large data)."),
     trial_timeout: float | None = typer.Option(None, "--trial-timeout", help="Seconds per trial at most."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop hopeless trials early (default) or never."),
+    cv: str = typer.Option("auto", "--cv", help="Folds per trial: a number (1: one validation split), or auto: "
+                           "5 for at most 2,000 sequences (forecasting: windows), else 1."),
+    ensemble: bool = typer.Option(True, "--ensemble/--no-ensemble", help="Also select ensembles of trials on "
+                                  "their out-of-fold predictions (default) or not."),
+    test_size: float = typer.Option(0.15, "--test-fraction", help="Share of sequences (forecasting: of each "
+                                    "series' end) held out as the test split; 0 keeps none."),
     workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     verbose: bool = typer.Option(False, "--verbose", help="Lightning's own progress and notices."),
@@ -145,13 +151,15 @@ def export(
     register: str | None = typer.Option(None, "--register", help="Also register in the MLflow model registry."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for --register."),
     force: bool = typer.Option(False, "--force", help="Replace an existing, non-empty --out folder."),
+    weights: str = typer.Option("folds", "--weights", help="folds: each trial's cross-validated fold models, "
+                                "averaged; refit: each trial retrained on all non-test data."),
 ) -> None:
-    """Export the chosen model (the knee of the Pareto front by default) as a bundle."""
+    """Export the chosen model (the knee of the Pareto front by default; a trial or an ensemble) as a bundle."""
     from cellsearch.export import export as run_export
 
     path = run_export(out=out, run_dir=run_dir, study=study, trial=trial, pick=pick, storage=storage,
                       formats=[*formats, *(["onnx"] if onnx else [])], register=register,
-                      tracking_uri=tracking_uri, force=force)
+                      tracking_uri=tracking_uri, force=force, weights=weights)
     print(f"exported to {path}  (cellsearch predict {path} data.csv)")
 
 

@@ -41,6 +41,9 @@ class TuneConfig:
         references: also fit and score the simple reference models (``cellsearch.references``).
         max_epochs: overrides the space's; trial_timeout: seconds per trial at most.
         prune: stop hopeless trials early.
+        cv: folds per trial (``cellsearch.folds``): a number, or ``auto`` (5 for at most 2,000
+            sequences or windows, else 1: one validation split).
+        ensemble: also select ensembles of trials on their out-of-fold predictions (``cellsearch.ensemble``).
         workers: processes on this machine sharing the study.
         verbose: Lightning's own output; progress: the live progress display.
         device: cpu, cuda or auto.
@@ -65,6 +68,8 @@ class TuneConfig:
     max_epochs: int | None = None
     trial_timeout: float | None = None
     prune: bool = True
+    cv: str | int = "auto"
+    ensemble: bool = True
     workers: int = 1
     verbose: bool = False
     progress: bool = True
@@ -115,6 +120,9 @@ class TuneConfig:
                                      ("pick", self.pick, PICKS), ("device", self.device, DEVICES)):
             if value not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+        from cellsearch.folds import resolve_cv
+
+        resolve_cv(self.cv, 0)
         for name in ("trials", "workers"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")

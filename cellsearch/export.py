@@ -4,7 +4,9 @@ A bundle is an MLflow pyfunc model folder (``MLmodel``, signature, input example
 model is defined by code, ``cellsearch_pyfunc.py``, so nothing is pickled) that also holds:
 
 * ``weights.pt`` — the state dict only (loads with ``torch.load(weights_only=True)``);
-* ``spec.json`` — the ``ModelSpec``; ``preprocessing.json`` — columns, scalers, classes, window...;
+* ``spec.json`` — the ``ModelSpec``, or for an ensemble (a cross-validated trial's fold models, or
+  several trials) its members' specs and weights (``cellsearch.model.describe``);
+* ``preprocessing.json`` — columns, scalers, classes, window...;
 * ``README.md`` — the model card; ``metrics.json``; extra formats (``model.onnx`` with ``--format onnx``,
   see ``cellsearch.formats``).
 
@@ -46,14 +48,13 @@ def load(path: str | Path) -> Any:
     """
     import torch
 
-    from cellsearch.model import ModelSpec, build
+    from cellsearch.model import from_description
     from cellsearch.predict import Predictor
 
     path = Path(path)
     if not (path / "spec.json").exists() or not (path / "weights.pt").exists():
         raise UserError(f"{path}: not a cellsearch model bundle (spec.json and weights.pt expected)")
-    spec = ModelSpec.from_dict(json.loads((path / "spec.json").read_text()))
-    model = build(spec)
+    model = from_description(json.loads((path / "spec.json").read_text()))
     model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
     model.eval()
     prep = Preprocessing.load(path / "preprocessing.json")
@@ -80,13 +81,14 @@ def _open_study(run_dir: Path, storage: str | None, study: str | None) -> Any:
     return optuna.load_study(study_name=study, storage=st_obj)
 
 
-def _select_trial(study: Any, trial: int | None, pick: str) -> Any:
-    """Trial ``trial`` if it completed, else the front member that ``pick`` chooses."""
-    import optuna
-
+def _select_point(study: Any, trial: int | None, pick: str) -> dict[str, Any]:
+    """Trial ``trial``'s point if it completed, else the front member (a trial or an ensemble) that
+    ``pick`` chooses."""
     from cellsearch.pareto import pareto_front, pick_trial, trial_points
 
-    complete = {t.number: t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+    attrs = study.user_attrs
+    points = trial_points(study, attrs.get("cost", "macs"))
+    complete = {p["trial"]: p for p in points if p["kind"] == "trial"}
     if not complete:
         raise UserError(f"study {study.study_name!r} has no finished trial to export")
     if trial is not None:
@@ -94,10 +96,8 @@ def _select_trial(study: Any, trial: int | None, pick: str) -> Any:
             raise UserError(f"trial {trial} of study {study.study_name!r} did not complete; finished trials: "
                             f"{', '.join(map(str, sorted(complete)))}")
         return complete[trial]
-    attrs = study.user_attrs
     direction = attrs.get("direction", "maximize")
-    chosen = pick_trial(pareto_front(trial_points(study, attrs.get("cost", "macs")), direction), direction, pick)
-    return complete[chosen["trial"]]
+    return pick_trial(pareto_front(points, direction), direction, pick)
 
 
 def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessing, dict[str, Any]]:
@@ -140,7 +140,7 @@ def _input_example(data: str, prep: Preprocessing) -> Any:
     return layout.example(df, prep)
 
 
-def _card(spec: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any]) -> str:
+def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any]) -> str:
     """The bundle's README: data, architecture, scores, cost, how to use it."""
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -157,15 +157,28 @@ def _card(spec: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[st
 | reference | validation {metrics['metric']} | test {metrics['metric']} | MACs per prediction | stored numbers |
 | --- | --- | --- | --- | --- |
 {refs}""" if refs else "")
+    from cellsearch.model import EnsembleModel, model_arch
+
+    spec = model.spec
     layers = "\n".join(f"| {k} | {layer.cell} | {layer.hidden} | {'yes' if layer.bidirectional else 'no'} |"
                        for k, layer in enumerate(spec.layers))
-    return f"""# cellsearch model: {spec.arch}
+    members = ""
+    if isinstance(model, EnsembleModel):
+        rows = "".join(f"| {src.get('trial', '-')} | {src.get('fold', '-')} | {m.spec.arch} | {w:.3f} |\n"
+                       for m, w, src in zip(model.members, model.weights, model.sources))
+        members = f"""
+## Members ({len(model.members)} models; the output averages their {
+            'probabilities' if prep.task == 'classification' else 'values'} with these weights)
+| trial | fold | architecture | weight |
+| --- | --- | --- | --- |
+{rows}
+The architecture below is the first member's."""
+    return f"""# cellsearch model: {model_arch(model)}
 
-Exported from study `{metrics['study']}`, trial {metrics['trial']}.
+Exported from study `{metrics['study']}`, {metrics['source']}.
 
-**Weights: the trial's best checkpoint** (the validation check with the best score), not retrained
-on train + validation.
-
+**Weights:** {metrics['weights']}.
+{members}
 ## Data
 - file: `{info.get('file', 'n/a')}` ({info.get('n_rows', 'n/a')} rows, layout `{prep.layout}`)
 - task: {prep.task}; target `{prep.target}`; inputs: {', '.join(prep.inputs)}
@@ -205,16 +218,18 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
     """Every file of the bundle, in a staging folder beside ``out``, then renamed into place."""
     import torch
 
+    from cellsearch.model import describe
+
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         bundle = staging / "bundle"
         _write_mlflow_model(bundle, model, prep, data)
         torch.save(model.state_dict(), bundle / "weights.pt")
-        (bundle / "spec.json").write_text(json.dumps(model.spec.to_dict(), indent=2))
+        (bundle / "spec.json").write_text(json.dumps(describe(model), indent=2))
         prep.save(bundle / "preprocessing.json")
         (bundle / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (bundle / "README.md").write_text(_card(model.spec, prep, info, metrics))
+        (bundle / "README.md").write_text(_card(model, prep, info, metrics))
         for fmt in formats:
             fmt.write(model, bundle / fmt.filename)
         if out.exists():
@@ -224,11 +239,15 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
         shutil.rmtree(staging, ignore_errors=True)
 
 
+WEIGHTS = ("folds", "refit")
+
+
 def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: str | None = None,
            trial: int | None = None, pick: str = "knee", storage: str | None = None,
            formats: list[str] | tuple[str, ...] = (), register: str | None = None,
-           tracking_uri: str | None = None, force: bool = False) -> Path:
-    """Write the bundle of one trial (by number, or picked from the Pareto front) to ``out``.
+           tracking_uri: str | None = None, force: bool = False, weights: str = "folds") -> Path:
+    """Write the bundle of one trial or ensemble (a trial by number, or picked from the Pareto front,
+    whose members are trials and ensembles) to ``out``.
 
     Args:
         out: the bundle folder (refused if it exists and is not empty, unless ``force``).
@@ -236,39 +255,93 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
         trial, pick: trial ``trial``, else the front member chosen by ``pick``.
         formats: extra formats from ``cellsearch.formats.FORMATS`` (e.g. ``["onnx"]``).
         register: also register the bundle under this name in the MLflow model registry.
+        weights: ``folds`` (default): each trial's fold models as trained and validated, averaged
+            (bagging); ``refit``: each trial retrained once on all non-test data for its
+            cross-validated number of steps (cheaper to run, not validated itself).
 
     Example:
         >>> export(out="model/", run_dir="cellsearch-runs")        # doctest: +SKIP
     """
     from cellsearch.config import PICKS
-    from cellsearch.model import load_checkpoint
+    from cellsearch.costs import measure_costs
+    from cellsearch.ensemble import assemble
+    from cellsearch.model import model_arch
     from cellsearch.study import study_dir
     from cellsearch.train import quiet_lightning
 
     quiet_lightning()
     if pick not in PICKS:
         raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    if weights not in WEIGHTS:
+        raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     chosen_formats = check_formats(formats)
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out}: exists and is not empty (use --force to replace it)")
     st = _open_study(run_dir, storage, study)
     attrs = st.user_attrs
-    t = _select_trial(st, trial, pick)
+    point = _select_point(st, trial, pick)
     tracking = tracking_uri or default_tracking_uri(run_dir)
-    model, _ = load_checkpoint(_local_checkpoint(t, tracking))
+    trials = {t.number: t for t in st.get_trials(deepcopy=False)}
     prep, info = _study_preprocessing(study_dir(run_dir, st.study_name), attrs)
     data = attrs.get("data", "")
-    metrics = {"study": st.study_name, "trial": t.number, "arch": model.spec.arch, "metric": attrs.get("metric"),
-               "val_score": t.user_attrs.get("val_score"), **_test_scores(model, data, prep),
-               "macs": int(t.user_attrs.get("macs", 0)), "params": int(t.user_attrs.get("params", 0)),
-               "weights": "best checkpoint of the trial (not retrained)",
+    if weights == "refit":
+        model = _refit(point, trials, data, prep)
+        how = "each trial retrained on all non-test data for its cross-validated number of steps"
+    else:
+        model = assemble(point, lambda n: _local_checkpoint(trials[n], tracking))
+        how = ("the best validation check of each fold's model, averaged" if point.get("folds", 1) > 1
+               or point["kind"] == "ensemble" else "the trial's best validation check (not retrained)")
+    source = (f"ensemble {point['name']} of trials {', '.join(map(str, point['members']))}"
+              if point["kind"] == "ensemble" else f"trial {point['trial']}")
+    length = int(info.get("length", {}).get("median", 1) or 1)
+    metrics = {"study": st.study_name, "source": source, "trial": point["trial"], "ensemble": point.get("name")
+               if point["kind"] == "ensemble" else None, "members": point.get("members"),
+               "arch": model_arch(model), "metric": attrs.get("metric"), "val_score": point["score"],
+               "val_spread": point.get("spread"), **_test_scores(model, data, prep),
+               **{k: int(v) if k != "latency_ms" else v for k, v in measure_costs(model, length).items()},
+               "weights": how, "cv": attrs.get("cv"),
                "references": [{k: r.get(k) for k in ("name", "arch", "score", "test_score", "macs", "params")}
                               for r in attrs.get("references", [])]}
     _write_bundle(out, model, prep, info, metrics, data, chosen_formats)
     if register:
         _register(out, register, tracking, st.study_name)
     return out
+
+
+def _refit(point: dict[str, Any], trials: dict[int, Any], data: str, prep: Preprocessing) -> Any:
+    """Each member trial of ``point`` retrained on all non-test rows of the training file for its
+    cross-validated number of optimiser steps (the mean of its folds' best steps, scaled from a
+    fold's training size to all rows), weighted as in ``point``."""
+    from cellsearch.data import DataOptions, read_dataset
+    from cellsearch.data.splits import concat_splits
+    from cellsearch.folds import Fold, Part
+    from cellsearch.model import EnsembleModel, ModelSpec, build
+    from cellsearch.train import fit
+
+    if not data or not Path(data).exists():
+        raise UserError(f"--weights refit needs the training file, {data or 'unknown'}, which is not here")
+    ds = read_dataset(data, DataOptions(**prep.options))
+    pool = concat_splits([ds.splits["train"], ds.splits["val"]])
+    members = point.get("members") or {point["trial"]: 1.0}
+    models, weights = [], []
+    for n, w in members.items():
+        a = trials[int(n)].user_attrs
+        cfg = a["train_cfg"]
+        sizes = a.get("fold_sizes") or [len(pool)]
+        steps = int(round(sum(a["best_steps"]) / len(a["best_steps"]) * len(pool) / (sum(sizes) / len(sizes))))
+        import torch
+
+        torch.manual_seed(int(n))
+        res = fit(build(ModelSpec.from_dict(a["spec"])), ds, fold=Fold(Part(pool), Part(pool, None)),
+                  lr=float(cfg["lr"]), batch_size=int(cfg["batch_size"]), max_epochs=1, patience=1,
+                  weight_decay=float(cfg["weight_decay"]), forecast_loss=cfg["forecast_loss"], seed=int(n),
+                  fixed_steps=max(1, steps))
+        models.append(res.model)
+        weights.append(float(w))
+    if len(models) == 1:
+        return models[0]
+    return EnsembleModel(models, weights, [{"trial": int(n), "refit": True} for n in members])
 
 
 def _local_checkpoint(trial: Any, tracking_uri: str) -> str:

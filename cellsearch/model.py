@@ -1,7 +1,9 @@
 """The complete model: one frozen spec, one constructor (``build``), and the model's own cost.
 
 A ``ModelSpec`` describes a model completely (nanoGPT style): a checkpoint stores the spec as JSON
-plus the weights, and ``build(spec)`` rebuilds the same module.
+plus the weights, and ``build(spec)`` rebuilds the same module. An ``EnsembleModel`` is a weighted
+average of such models (a trial's fold models, or an ensemble of trials): its ``describe()``
+lists its members' specs and weights, ``from_description`` rebuilds either kind.
 """
 
 from __future__ import annotations
@@ -162,6 +164,73 @@ def build(spec: ModelSpec) -> SequenceModel:
     return SequenceModel(spec)
 
 
+class EnsembleModel(nn.Module):
+    """A weighted average of ``SequenceModel``s that read the same inputs: of their class
+    probabilities for classification (the output is the log of the average, so that softmax and
+    argmax read it as logits), of their values otherwise.
+
+    Args:
+        members: the models (same task, inputs and outputs; any architecture).
+        weights: one per member, summing to 1.
+        sources: one dict per member saying where it came from (``{"trial": 7, "fold": 2}``).
+    """
+
+    def __init__(self, members: list[SequenceModel], weights: list[float],
+                 sources: list[dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        if not members or len(weights) != len(members):
+            raise ValueError("an ensemble needs one weight per member, and at least one member")
+        self.members = nn.ModuleList(members)
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
+        self.sources = sources or [{} for _ in members]
+        self.spec = members[0].spec
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        outs = [m(x, lengths) for m in self.members]
+        if self.spec.task == "classification":
+            p = sum(w * torch.softmax(o, dim=1) for w, o in zip(self.weights, outs))
+            return torch.log(p.clamp_min(1e-30))
+        return sum(w * o for w, o in zip(self.weights, outs))
+
+    @property
+    def arch(self) -> str:
+        """``gru32+peephole64-gru32/p8 (5 models)``: the distinct member architectures, in order."""
+        archs = list(dict.fromkeys(m.spec.arch for m in self.members))
+        return "+".join(archs) + f" ({len(self.members)} models)"
+
+    def n_params(self) -> int:
+        return sum(m.n_params() for m in self.members)
+
+    def macs_per_sequence(self, length: int) -> int:
+        """Every member runs once per sequence; the averaging is not counted."""
+        return sum(m.macs_per_sequence(length) for m in self.members)
+
+    def describe(self) -> dict[str, Any]:
+        """The members' specs, weights and sources (what ``from_description`` rebuilds)."""
+        return {"members": [{"spec": m.spec.to_dict(), "weight": w, **src}
+                            for m, w, src in zip(self.members, self.weights, self.sources)]}
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """A model's description: its spec's dict, or an ensemble's ``describe()``."""
+    return model.describe() if isinstance(model, EnsembleModel) else model.spec.to_dict()
+
+
+def from_description(d: dict[str, Any]) -> nn.Module:
+    """An untrained model from ``describe``'s dict: a ``SequenceModel`` or an ``EnsembleModel``."""
+    if "members" not in d:
+        return build(ModelSpec.from_dict(d))
+    members = d["members"]
+    return EnsembleModel([build(ModelSpec.from_dict(m["spec"])) for m in members], [m["weight"] for m in members],
+                         [{k: v for k, v in m.items() if k not in ("spec", "weight")} for m in members])
+
+
+def model_arch(model: nn.Module) -> str:
+    """The architecture tag of a model or an ensemble."""
+    return model.arch if isinstance(model, EnsembleModel) else model.spec.arch
+
+
 @torch.no_grad()
 def measure_latency(model: nn.Module, input_size: int, length: int, repeats: int = 20) -> float:
     """Median milliseconds of one forward pass at batch 1 and the given length (CPU, eval mode)."""
@@ -182,22 +251,23 @@ def measure_latency(model: nn.Module, input_size: int, length: int, repeats: int
     return statistics.median(times) * 1e3
 
 
-def save_checkpoint(path: Any, model: SequenceModel, **meta: Any) -> None:
-    """Spec + weights (plain tensors: loads with ``torch.load(weights_only=True)``), written atomically."""
+def save_checkpoint(path: Any, model: nn.Module, **meta: Any) -> None:
+    """Description + weights (plain tensors: loads with ``torch.load(weights_only=True)``), written
+    atomically; ``model`` is a ``SequenceModel`` or an ``EnsembleModel``."""
     import os
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"spec": model.spec.to_json(), "state_dict": model.state_dict(),
+    torch.save({"spec": json.dumps(describe(model), sort_keys=True), "state_dict": model.state_dict(),
                 "meta": json.dumps(meta, default=str)}, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Any) -> tuple[SequenceModel, dict[str, Any]]:
-    """Rebuild a model from ``save_checkpoint``'s file."""
+def load_checkpoint(path: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model (or an ensemble) from ``save_checkpoint``'s file."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    model = build(ModelSpec.from_dict(json.loads(blob["spec"])))
+    model = from_description(json.loads(blob["spec"]))
     model.load_state_dict(blob["state_dict"])
     return model, json.loads(blob["meta"])

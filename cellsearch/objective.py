@@ -106,13 +106,13 @@ class Objective:
     tracker: Tracker
     seed: int
     target_count: int | None = field(default=None)
+    _started: float = field(default=0.0, init=False, repr=False)
 
     def __call__(self, trial: Any) -> Any:
         from cellsearch.costs import measure_costs
         from cellsearch.space import DataShape
-        from cellsearch.train import fit
 
-        ctx, config = self.ctx, self.ctx.config
+        ctx = self.ctx
         if self.target_count is not None and not _claims_slot(trial, self.target_count):
             trial.set_user_attr("reason", "surplus: the study was already full")
             raise SurplusTrialError("the study already holds the requested number of trials")
@@ -120,17 +120,15 @@ class Objective:
         seed = self.seed + trial.number
         model = self._build(cfg, seed)
         costs = measure_costs(model, self._length)
-        for k, v in {"arch": model.spec.arch, "spec": model.spec.to_dict(), **costs}.items():
+        train_cfg = {k: cfg[k] for k in ("lr", "batch_size", "patience", "min_steps", "forecast_loss",
+                                         "weight_decay")}
+        for k, v in {"arch": model.spec.arch, "spec": model.spec.to_dict(), "train_cfg": train_cfg,
+                     "folds": ctx.folds.k, **costs}.items():
             trial.set_user_attr(k, v)
         run = self.tracker.start_trial(trial.number, model.spec, cfg)
         curve: list[float] = []
         try:
-            res = fit(model, ctx.dataset, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
-                      max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
-                      min_steps=cfg["min_steps"], forecast_loss=cfg["forecast_loss"],
-                      weight_decay=float(cfg["weight_decay"]), seed=seed, max_seconds=self._budget(),
-                      on_epoch=self._epoch_hook(trial, run, curve), verbose=config.verbose,
-                      accelerator=ctx.accelerator)
+            results = self._train_folds(trial, run, cfg, model, seed, curve)
         except (Exception, KeyboardInterrupt) as exc:
             state, reason, error = _outcome(exc)
             trial.set_user_attr("curve", curve)
@@ -139,7 +137,36 @@ class Objective:
             if error is exc:
                 raise
             raise error from None
-        return self._record(trial, run, res, costs, curve)
+        return self._record(trial, run, results, curve)
+
+    def _train_folds(self, trial: Any, run: Any, cfg: dict[str, Any], model: Any, seed: int,
+                     curve: list[float]) -> list[Any]:
+        """Train one model per fold (``cellsearch.folds``); after each fold, single-objective studies
+        report the mean score so far to Optuna's pruner."""
+        import numpy as np
+        import optuna
+
+        from cellsearch.train import fit
+
+        ctx, config = self.ctx, self.ctx.config
+        self._started = time.time()
+        results = []
+        for k, fold in enumerate(ctx.folds.folds):
+            if k:
+                model = self._build(cfg, seed)
+            results.append(fit(
+                model, ctx.dataset, fold=fold, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
+                max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
+                min_steps=cfg["min_steps"], forecast_loss=cfg["forecast_loss"],
+                weight_decay=float(cfg["weight_decay"]), seed=seed + 1009 * k, max_seconds=self._budget(),
+                on_epoch=self._epoch_hook(trial, run, curve, k), verbose=config.verbose,
+                accelerator=ctx.accelerator))
+            if config.objective == "score" and ctx.folds.k > 1 and config.prune:
+                mean = float(np.mean([r.best_score for r in results]))
+                trial.report(mean, k)
+                if k + 1 < ctx.folds.k and trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned by Optuna's pruner after fold {k + 1} of {ctx.folds.k}")
+        return results
 
     @property
     def _season(self) -> tuple[int, int]:
@@ -170,11 +197,12 @@ class Objective:
         return build(spec)
 
     def _budget(self) -> float | None:
-        """Seconds this trial may train: ``--trial-timeout``, and what is left of ``--timeout``."""
+        """Seconds this trial's next fold may train: what is left of ``--trial-timeout`` and of
+        ``--timeout``."""
         import optuna
 
         config = self.ctx.config
-        budget = config.trial_timeout
+        budget = None if config.trial_timeout is None else config.trial_timeout - (time.time() - self._started)
         if config.deadline is not None:
             left = config.deadline - time.time()
             budget = left if budget is None else min(budget, left)
@@ -182,18 +210,22 @@ class Objective:
                 raise optuna.TrialPruned("no time left in --timeout")
         return budget
 
-    def _epoch_hook(self, trial: Any, run: Any, curve: list[float]) -> Any:
-        """After each validation: record the epoch, and prune (Optuna's pruner or the median rule)."""
+    def _epoch_hook(self, trial: Any, run: Any, curve: list[float], fold: int) -> Any:
+        """After each validation of fold ``fold``: record it (fold 0 as ``val_score``..., the others as
+        ``fold2_val_score``...), and prune: Optuna's pruner on each check of a holdout search, the
+        median rule on the first fold (compared with the first folds of finished trials)."""
         import optuna
 
         ctx, config = self.ctx, self.ctx.config
         stopper = (MedianStopper(_finished_curves(trial.study), ctx.direction)
-                   if config.objective == "pareto" and config.prune else None)
+                   if config.objective == "pareto" and config.prune and fold == 0 else None)
+        per_check = config.objective == "score" and config.prune and ctx.folds.k == 1
 
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
-            curve.append(m["val_score"])
-            run.log_epoch(epoch, m)
-            if config.objective == "score":
+            if fold == 0:
+                curve.append(m["val_score"])
+            run.log_epoch(epoch, m if fold == 0 else {f"fold{fold + 1}_{k}": v for k, v in m.items()})
+            if per_check:
                 trial.report(m["val_score"], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned by Optuna's pruner at epoch {epoch}")
@@ -203,25 +235,47 @@ class Objective:
 
         return on_epoch
 
-    def _record(self, trial: Any, run: Any, res: Any, costs: dict[str, float], curve: list[float]) -> Any:
-        """Save the checkpoint, record the finished trial, return the objective values."""
+    def _record(self, trial: Any, run: Any, results: list[Any], curve: list[float]) -> Any:
+        """Save the fold models and their out-of-fold predictions, record the finished trial, return
+        the objective values: the mean of the folds' scores (and the cost of what is exported: all
+        fold models)."""
+        import numpy as np
+
         from cellsearch.costs import ALWAYS, cost_value, measure_costs
-        from cellsearch.model import save_checkpoint
+        from cellsearch.folds import oof_loss
+        from cellsearch.model import EnsembleModel, save_checkpoint
+        from cellsearch.train import outputs
 
         ctx, config = self.ctx, self.ctx.config
-        # Costs that need the trained model (latency) are measured on it, once.
-        if config.cost not in ALWAYS:
-            costs = {**costs, **measure_costs(res.model, self._length, [config.cost])}
+        task = ctx.dataset.task
+        oof = np.concatenate([outputs(r.model, f.val.split, task, index=f.val.index)
+                              for r, f in zip(results, ctx.folds.folds)]).astype(np.float32)
+        scores = [float(r.best_score) for r in results]
+        model = (results[0].model if len(results) == 1 else
+                 EnsembleModel([r.model for r in results], [1.0] * len(results),
+                               [{"trial": trial.number, "fold": k} for k in range(len(results))]))
+        names = ALWAYS if config.cost in ALWAYS else (*ALWAYS, config.cost)
+        costs = measure_costs(model, self._length, names)
         ckpt = ctx.sdir / "trials" / f"{trial.number}.pt"
-        save_checkpoint(ckpt, res.model, trial=trial.number, val_score=res.best_score, epoch=res.best_epoch)
-        attrs = {"curve": curve, "val_score": res.best_score, "checkpoint_uri": run.log_file(ckpt, "checkpoint"),
-                 "best_epoch": res.best_epoch, "epochs": res.epochs, "steps": res.steps,
-                 "batch_size": res.batch_size, "train_seconds": res.train_seconds,
-                 "stopped_by": res.stopped_by, "checkpoint": str(ckpt), **costs}
+        save_checkpoint(ckpt, model, trial=trial.number, val_score=float(np.mean(scores)))
+        oof_file = ctx.sdir / "oof" / f"{trial.number}.npy"
+        oof_file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(oof_file, oof)
+        seconds = float(sum(r.train_seconds for r in results))
+        attrs = {"curve": curve, "val_score": float(np.mean(scores)), "val_spread": float(np.std(scores)),
+                 "fold_scores": scores, "oof_loss": oof_loss(task, oof, ctx.folds.oof),
+                 "checkpoint_uri": run.log_file(ckpt, "checkpoint"), "oof_uri": run.log_file(oof_file, "oof"),
+                 "best_epoch": results[0].best_epoch, "epochs": int(sum(r.epochs for r in results)),
+                 "steps": int(sum(r.steps for r in results)), "best_steps": [r.best_step for r in results],
+                 "fold_sizes": [len(f.train) for f in ctx.folds.folds],
+                 "batch_size": results[0].batch_size, "train_seconds": seconds,
+                 "stopped_by": results[-1].stopped_by, "checkpoint": str(ckpt), "oof": str(oof_file), **costs}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        run.finish("FINISHED", metrics={"val_score_best": res.best_score, **costs, "train_seconds": res.train_seconds,
-                                        "epochs": res.epochs, "steps": res.steps})
+        fold_metrics = {f"fold{k + 1}_score": v for k, v in enumerate(scores)} if len(scores) > 1 else {}
+        run.finish("FINISHED", metrics={"val_score_best": attrs["val_score"], "val_score_spread": attrs["val_spread"],
+                                        "oof_loss": attrs["oof_loss"], **fold_metrics, **costs,
+                                        "train_seconds": seconds, "epochs": attrs["epochs"], "steps": attrs["steps"]})
         if config.objective == "score":
-            return res.best_score
-        return res.best_score, cost_value(config.cost, attrs)
+            return attrs["val_score"]
+        return attrs["val_score"], cost_value(config.cost, attrs)

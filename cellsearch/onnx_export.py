@@ -133,7 +133,74 @@ def _prepare(g: _Graph, spec: Any) -> tuple[str, str]:
 
 
 def build_onnx(model: Any) -> Any:
-    """The ONNX ``ModelProto`` of a ``SequenceModel`` (eval-mode semantics: dropout off)."""
+    """The ONNX ``ModelProto`` of a ``SequenceModel`` or an ``EnsembleModel`` (eval-mode semantics:
+    dropout off)."""
+    from cellsearch.model import EnsembleModel
+
+    if isinstance(model, EnsembleModel):
+        return _ensemble_onnx(model)
+    return _model_onnx(model)
+
+
+def _ensemble_onnx(model: Any) -> Any:
+    """One graph for an ensemble: each member's graph with its names prefixed (``m3/``), all reading
+    the shared ``x`` and ``lengths``, then the weighted average — of the members' probabilities for
+    classification (``output`` is their log, as ``EnsembleModel`` returns), of their outputs otherwise."""
+    import onnx
+    from onnx import helper
+
+    shared = {"x", "lengths", ""}
+    nodes, inits = [], []
+    outs = []
+    for k, member in enumerate(model.members):
+        g = _model_onnx(member).graph
+        prefix = f"m{k}/"
+
+        def rename(name: str, prefix: str = prefix) -> str:
+            return name if name in shared else prefix + name
+
+        for node in g.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            new.input[:] = [rename(n) for n in node.input]
+            new.output[:] = [rename(n) for n in node.output]
+            nodes.append(new)
+        for init in g.initializer:
+            new_init = onnx.TensorProto()
+            new_init.CopyFrom(init)
+            new_init.name = rename(init.name)
+            inits.append(new_init)
+        classify = model.spec.task == "classification"
+        outs.append(rename("probabilities" if classify else "output"))
+    g = _Graph()
+    total = ""
+    for k, (name, w) in enumerate(zip(outs, model.weights)):
+        term = g.node("Mul", [name, g.const(f"ens_w{k}", [w], "float32")])
+        total = term if not total else g.node("Add", [total, term])
+    spec = model.spec
+    n = spec.n_outputs
+    if spec.task == "classification":
+        g.nodes.append(helper.make_node("Identity", [total], ["probabilities"]))
+        g.nodes.append(helper.make_node("Log", [g.node("Max", [total, g.const("ens_tiny", [1e-30], "float32")])],
+                                        ["output"]))
+        outputs = [helper.make_tensor_value_info("output", g.FLOAT, ["batch", n]),
+                   helper.make_tensor_value_info("probabilities", g.FLOAT, ["batch", n])]
+    else:
+        g.nodes.append(helper.make_node("Identity", [total], ["output"]))
+        outputs = [helper.make_tensor_value_info("output", g.FLOAT, ["batch", n])]
+    graph = helper.make_graph(
+        nodes + g.nodes, "cellsearch_ensemble",
+        [helper.make_tensor_value_info("x", g.FLOAT, ["batch", "time", spec.input_size]),
+         helper.make_tensor_value_info("lengths", g.INT64, ["batch"])],
+        outputs, initializer=inits + g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellsearch")
+    proto.ir_version = min(proto.ir_version, 9)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _model_onnx(model: Any) -> Any:
+    """The ONNX ``ModelProto`` of one ``SequenceModel``."""
     import onnx
     from onnx import TensorProto, helper
 

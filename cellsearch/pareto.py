@@ -1,5 +1,9 @@
 """The Pareto front of a study on (score, cost), the pick rules, and the points they work on.
 
+Points are the complete trials and the ensembles selected from them (``cellsearch.ensemble``,
+``kind`` says which). Scores are compared with the out-of-fold loss as a tie-break (``rank``): of
+two trials with the same accuracy, the one more confident on the right answers ranks higher.
+
 The chosen model is the *knee* of the front: with score and log-cost each scaled to [0, 1] over
 the front, the front point farthest above the straight line between the front's two ends (the point
 where giving up compute starts to cost real accuracy). ``pick="best"`` takes the best score and
@@ -14,9 +18,10 @@ from typing import Any
 from cellsearch.costs import COSTS, cost_value
 
 
-def trial_points(study: Any, cost: str) -> list[dict[str, Any]]:
-    """One point per complete trial: its score, its ``cost`` and what tables and plots show of it
-    (``choices`` are the trial's searched parameters, as Optuna names them)."""
+def trial_points(study: Any, cost: str, ensembles: bool = True) -> list[dict[str, Any]]:
+    """One point per complete trial — its score (mean over folds) and spread, out-of-fold loss,
+    ``cost`` and what tables and plots show of it (``choices`` are its searched parameters, as Optuna
+    names them) — and, with ``ensembles``, one per ensemble the study holds."""
     import optuna
 
     pts = []
@@ -24,19 +29,32 @@ def trial_points(study: Any, cost: str) -> list[dict[str, Any]]:
         a = t.user_attrs
         if "val_score" not in a:
             continue
-        pts.append({"trial": t.number, "arch": a.get("arch", ""), "score": float(a["val_score"]),
-                    "cost": cost_value(cost, a), **{c.attr: a.get(c.attr) for c in COSTS.values()},
+        pts.append({"trial": t.number, "name": str(t.number), "kind": "trial", "arch": a.get("arch", ""),
+                    "score": float(a["val_score"]), "spread": a.get("val_spread"), "oof_loss": a.get("oof_loss"),
+                    "folds": a.get("folds", 1), "cost": cost_value(cost, a),
+                    **{c.attr: a.get(c.attr) for c in COSTS.values()},
                     "epochs": a.get("epochs"), "train_seconds": a.get("train_seconds"),
-                    "checkpoint": a.get("checkpoint"), "choices": dict(t.params)})
+                    "checkpoint": a.get("checkpoint"), "oof": a.get("oof"), "choices": dict(t.params)})
+    if ensembles:
+        for e in study.user_attrs.get("ensembles", []):
+            pts.append({**e, "trial": None, "kind": "ensemble", "cost": cost_value(cost, e),
+                        "members": {int(k): v for k, v in e["members"].items()}})
     return pts
 
 
+def rank(point: dict[str, Any], direction: str) -> tuple[float, float]:
+    """A point's score as a sortable key (higher is better): the score, then the out-of-fold loss."""
+    loss = point.get("oof_loss")
+    loss = loss if loss is not None and math.isfinite(loss) else 0.0
+    return (1.0 if direction == "maximize" else -1.0) * point["score"], -loss
+
+
 def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
-    """Non-dominated points on (score, cost), cheapest first; ``cost`` is always minimised."""
-    sign = 1.0 if direction == "maximize" else -1.0
+    """Non-dominated points on (score, cost), cheapest first; ``cost`` is always minimised and equal
+    scores are told apart by the out-of-fold loss (``rank``)."""
 
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        sa, sb = sign * a["score"], sign * b["score"]
+        sa, sb = rank(a, direction), rank(b, direction)
         return sa >= sb and a["cost"] <= b["cost"] and (sa > sb or a["cost"] < b["cost"])
 
     front = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]
@@ -48,11 +66,11 @@ def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee") 
     if not front:
         return None
     sign = 1.0 if direction == "maximize" else -1.0
-    best = max(front, key=lambda p: (sign * p["score"], -p["cost"]))
+    best = max(front, key=lambda p: (*rank(p, direction), -p["cost"]))
     if rule == "best" or len(front) <= 2 and rule == "knee":
         return best
     if rule == "smallest":
-        return min(front, key=lambda p: (p["cost"], -sign * p["score"]))
+        return min(front, key=lambda p: (p["cost"], *(-v for v in rank(p, direction))))
     s = [sign * p["score"] for p in front]
     c = [math.log10(max(p["cost"], 1e-12)) for p in front]
     s_lo, s_hi, c_lo, c_hi = min(s), max(s), min(c), max(c)

@@ -31,17 +31,28 @@ def _plotted(references: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
 def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, Any]],
                 chosen: dict[str, Any] | None, metric: str, cost: str,
                 references: list[dict[str, Any]] | None = None) -> Path:
-    """Score against cost for every finished trial; the front highlighted and labelled; the simple
+    """Score against cost for every finished trial (squares: ensembles of trials); the front
+    highlighted and labelled, with each member's spread over folds as an error bar; the simple
     reference models as black diamonds."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    ax.scatter([p["cost"] for p in points], [p["score"] for p in points], s=18, c="#9aa5b1",
+    singles = [p for p in points if p.get("kind", "trial") == "trial"]
+    groups = [p for p in points if p.get("kind") == "ensemble"]
+    ax.scatter([p["cost"] for p in singles], [p["score"] for p in singles], s=18, c="#9aa5b1",
                label="trials", zorder=2)
+    if groups:
+        ax.scatter([p["cost"] for p in groups], [p["score"] for p in groups], s=30, marker="s", c="#e0a458",
+                   label="ensembles of trials", zorder=2)
     fr = sorted(front, key=lambda p: p["cost"])
     ax.plot([p["cost"] for p in fr], [p["score"] for p in fr], "-o", color="#d1495b", ms=6,
             label="Pareto front", zorder=3)
+    spread = [p.get("spread") or 0.0 for p in fr]
+    if any(spread):
+        ax.errorbar([p["cost"] for p in fr], [p["score"] for p in fr], yerr=spread, fmt="none",
+                    ecolor="#d1495b", alpha=0.5, capsize=3, label="spread over folds", zorder=3)
     for p in fr:
-        ax.annotate(p["arch"], (p["cost"], p["score"]), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        label = p["arch"] if p.get("kind", "trial") == "trial" else f"{p['name']}: {p['arch']}"
+        ax.annotate(label, (p["cost"], p["score"]), textcoords="offset points", xytext=(5, 5), fontsize=7)
     if chosen:
         ax.scatter([chosen["cost"]], [chosen["score"]], s=160, facecolors="none", edgecolors="#2e86ab",
                    linewidths=2, label=f"chosen: {chosen['arch']}", zorder=4)
@@ -85,7 +96,7 @@ def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
         y = h - m - (p["score"] - s_lo) / (s_hi - s_lo) * (h - 2 * m)
         return x, y
 
-    on_front = {p["trial"] for p in front}
+    on_front = {p.get("name", str(p.get("trial"))) for p in front}
     items = []
     fr = sorted(front, key=lambda p: p["cost"])
     if fr:
@@ -93,14 +104,17 @@ def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
                      + " ".join(f"{x:.1f},{y:.1f}" for x, y in map(xy, fr)) + '"/>')
     for p in points:
         x, y = xy(p)
-        tip = html.escape(f"trial {p['trial']}: {p['arch']}\n{metric} {p['score']:.4g}\n{cost} {p['cost']:.4g}")
-        color = "#d1495b" if p["trial"] in on_front else "#9aa5b1"
+        what = "ensemble " + p["name"] if p.get("kind") == "ensemble" else f"trial {p['trial']}"
+        spread = f" ± {p['spread']:.2g} over folds" if p.get("spread") else ""
+        tip = html.escape(f"{what}: {p['arch']}\n{metric} {p['score']:.4g}{spread}\n{cost} {p['cost']:.4g}")
+        color = "#d1495b" if p.get("name", str(p.get("trial"))) in on_front else "#9aa5b1" if p.get("kind") != "ensemble" else "#e0a458"
         ring = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="11" fill="none" stroke="#2e86ab" stroke-width="2"/>'
-                if chosen and p["trial"] == chosen["trial"] else "")
+                if chosen and p.get("name", str(p.get("trial"))) == chosen.get("name", str(chosen.get("trial"))) else "")
         label = (f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" font-size="11">{html.escape(p["arch"])}</text>'
-                 if p["trial"] in on_front else "")
-        items.append(f'<g><title>{tip}</title>{ring}<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"/>'
-                     f"{label}</g>")
+                 if p.get("name", str(p.get("trial"))) in on_front else "")
+        mark = (f'<rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12" fill="{color}"/>'
+                if p.get("kind") == "ensemble" else f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"/>')
+        items.append(f"<g><title>{tip}</title>{ring}{mark}{label}</g>")
     for r in refs:
         x, y = xy(r)
         tip = html.escape(f"reference: {r['arch']}\n{metric} {r['score']:.4g}\n{cost} {r['cost']:.4g}")
@@ -190,12 +204,14 @@ def gates_plot(path: Path, checkpoint: str, dataset: Any, n_sequences: int = 3) 
     """Gate activations over time of the chosen model on a few validation sequences."""
     import torch
 
-    from cellsearch.model import load_checkpoint
+    from cellsearch.model import EnsembleModel, load_checkpoint
 
     split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["train"]
     if not len(split) or not Path(checkpoint).exists():
         return None
     model, _ = load_checkpoint(checkpoint)
+    if isinstance(model, EnsembleModel):  # a cross-validated trial: its first fold's model
+        model = model.members[0]
     k = min(n_sequences, len(split))
     x = torch.from_numpy(split.x[:k])
     lengths = torch.from_numpy(split.lengths[:k].astype("int64"))

@@ -148,9 +148,11 @@ REFERENCES: dict[str, Reference] = {
 
 
 def fit_references(dataset: Any, cost: str, deadline: float | None = None,
-                   names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """Fit each reference that serves the task on the training split; score it with the task's
-    metric on validation (the training split when validation is empty, as the networks are) and test.
+                   names: tuple[str, ...] | None = None, folds: Any = None) -> list[dict[str, Any]]:
+    """Fit each reference that serves the task and score it with the task's metric as the networks
+    are: on each fold's validation part after fitting on its training part (``folds``, from
+    ``cellsearch.folds``; the dataset's own train/validation split by default), the mean of the
+    folds' scores; and on the test split after fitting on all the folds' data.
 
     Returns one entry per reference, shaped like a Pareto point (``score``, ``test_score``, ``cost``
     for ``cost``, ``macs``, ``params``) with ``reference: True``. References whose turn comes after
@@ -159,10 +161,14 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     from cellsearch.costs import cost_value
     from cellsearch.metrics import score, test_scores
 
+    from cellsearch.folds import make_folds
+
     task, prep = dataset.task, dataset.preprocessing
-    train = dataset.splits["train"]
-    val = dataset.splits["val"] if len(dataset.splits["val"]) else train
+    folds = folds or make_folds(dataset, 1)
+    parts = [(f.train.tensors(), f.val.tensors()) for f in folds.folds]
+    train = folds.folds[0].train.split  # every fold's rows: the whole pool (or the holdout's train)
     test = dataset.splits["test"]
+    n_val = sum(len(v) for _, v in parts)
     length = max(1, int(np.median(train.lengths)))
     ctx = Context(task, length, length * train.x.shape[2], len(train), dataset.n_outputs,
                   int(prep.layout_data.get("target_index", 0)), int(prep.layout_data.get("season", 1)))
@@ -170,14 +176,17 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     for name in names or tuple(REFERENCES):
         ref = REFERENCES[name]
         if task not in ref.tasks or (deadline is not None and time.time() >= deadline) or \
-                ref.macs(ctx) * (len(val) + len(test)) > MAX_WORK:
+                ref.macs(ctx) * (n_val + len(test)) > MAX_WORK:
             continue
         t0 = time.perf_counter()
-        predict = ref.fit(train, ctx)
-        val_pred = predict(val)
-        entry = {"reference": True, "name": name, "arch": ref.label,
-                 "score": score(task, val_pred, val.y, prep.target_scale, val.weight), "test_score": None}
+        scores = []
+        for tr, va in parts:
+            predict = ref.fit(tr, ctx)
+            scores.append(score(task, predict(va), va.y, prep.target_scale, va.weight))
+        entry = {"reference": True, "name": name, "arch": ref.label, "score": float(np.mean(scores)),
+                 "test_score": None}
         if len(test):
+            predict = ref.fit(train, ctx) if len(parts) > 1 else predict
             entry.update(test_scores(task, predict(test), test, prep.target_scale))
         attrs = {"macs": ref.macs(ctx), "params": ref.params(ctx)}
         c = cost_value(cost, attrs)

@@ -57,14 +57,17 @@ def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
     name = result.study.study_name
     table = Table(title=f"Pareto front of study '{name}' ({counts})", title_justify="left")
-    for col in ("trial", "architecture", f"val {result.metric}", f"test {result.metric}", "MACs/seq", "params",
-                "chosen"):
+    folds = max((p.get("folds") or 1 for p in result.front), default=1)
+    val_head = f"val {result.metric}" + (f" ({folds}-fold mean ± sd)" if folds > 1 else "")
+    for col in ("trial", "architecture", val_head, f"test {result.metric}", "MACs/seq", "params", "chosen"):
         table.add_column(col, justify="left" if col == "architecture" else "right")
-    chosen = result.chosen["trial"] if result.chosen else None
+    chosen = result.chosen.get("name") if result.chosen else None
     for p in result.front:
         test = p.get("test_score")
-        table.add_row(str(p["trial"]), p["arch"], f"{p['score']:.4g}", "-" if test is None else f"{test:.4g}",
-                      _fmt_int(p.get("macs")), _fmt_int(p.get("params")), "<- knee" if p["trial"] == chosen else "")
+        val = f"{p['score']:.4g}" + (f" ± {p['spread']:.2g}" if p.get("spread") else "")
+        table.add_row(p["name"], p["arch"], val, "-" if test is None else f"{test:.4g}",
+                      _fmt_int(p.get("macs")), _fmt_int(p.get("params")),
+                      f"<- {result.pick}" if p["name"] == chosen else "")
     if result.references:
         table.add_section()
     for r in result.references:
@@ -75,7 +78,8 @@ def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
     if result.chosen:
         c = result.chosen
         test = c.get("test_score")
-        console.print(f"chosen: trial {c['trial']} [bold]{c['arch']}[/bold], validation {result.metric} "
+        what = f"ensemble {c['name']}" if c.get("kind") == "ensemble" else f"trial {c['trial']}"
+        console.print(f"chosen: {what} [bold]{c['arch']}[/bold], validation {result.metric} "
                       f"{c['score']:.4g}, test {result.metric} {'-' if test is None else f'{test:.4g}'}, "
                       f"{_fmt_int(c.get('params'))} parameters")
     else:

@@ -33,25 +33,41 @@ class TuneResult:
     counts: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
     references: list[dict[str, Any]] = field(default_factory=list)
+    pick: str = "knee"
+    cv: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study.study_name, "metric": self.metric, "direction": self.direction,
                 "cost": self.cost, "front": self.front, "chosen": self.chosen, "counts": self.counts,
-                "references": self.references, "run_dir": str(self.run_dir), "interrupted": self.interrupted}
+                "references": self.references, "run_dir": str(self.run_dir), "interrupted": self.interrupted,
+                "pick": self.pick, "cv": self.cv}
 
 
-def _score_test(dataset: Any, entries: list[dict[str, Any]]) -> None:
+def _score_test(dataset: Any, study: Any, entries: list[dict[str, Any]]) -> None:
     """Test scores for the finalists only (selection never sees the test split)."""
-    from cellsearch.model import load_checkpoint
+    from cellsearch.ensemble import assemble
     from cellsearch.train import evaluate_test
 
     test = dataset.splits["test"]
+    checkpoints = {p["trial"]: p.get("checkpoint") for p in trial_points(study, "macs", ensembles=False)}
     for e in entries:
-        if len(test) and e.get("checkpoint") and Path(e["checkpoint"]).exists():
-            model, _ = load_checkpoint(e["checkpoint"])
+        needed = list(e["members"]) if e.get("members") else [e["trial"]]
+        if len(test) and all(checkpoints.get(t) and Path(checkpoints[t]).exists() for t in needed):
+            model = assemble(e, checkpoints.__getitem__)
             e.update(evaluate_test(model, test, dataset.task, dataset.preprocessing.target_scale))
         else:
             e["test_score"] = None
+
+
+def _select_ensembles(ctx: Any) -> list[dict[str, Any]]:
+    """Ensembles of the study's complete trials (``cellsearch.ensemble``), stored with the study."""
+    from cellsearch.ensemble import select_ensembles
+
+    trials = trial_points(ctx.study, ctx.config.cost, ensembles=False)
+    found = select_ensembles(trials, ctx.folds, ctx.dataset.task, ctx.direction,
+                             ctx.dataset.preprocessing.target_scale, ctx.config.cost)
+    ctx.study.set_user_attr("ensembles", found)
+    return found
 
 
 def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
@@ -85,7 +101,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     if config.references:
         from cellsearch.references import fit_references
 
-        references = fit_references(dataset, cost, config.deadline)
+        references = fit_references(dataset, cost, config.deadline, folds=ctx.folds)
         ctx.study.set_user_attr("references", references)
         tracker.record_references(references)
     interrupted = False
@@ -109,12 +125,16 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         except KeyboardInterrupt:
             interrupted = True
     st = ctx.study
-    front = pareto_front(trial_points(st, cost), direction)
+    if config.ensemble:
+        _select_ensembles(ctx)
+    else:
+        st.set_user_attr("ensembles", [])
+    front = pareto_front(trial_points(st, cost, ensembles=config.ensemble), direction)
     chosen = pick_trial(front, direction, config.pick)
-    _score_test(dataset, front)
+    _score_test(dataset, st, front)
     result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,
                         chosen=chosen, run_dir=config.run_dir, counts=counts(st), interrupted=interrupted,
-                        references=references)
+                        references=references, pick=config.pick, cv=ctx.folds.describe())
     write_json(ctx.sdir / "result.json", result.to_dict())
     tracker.finish(st, result, dataset)
     return result

@@ -107,6 +107,7 @@ class SearchContext:
     metric: str
     direction: str
     accelerator: str
+    folds: Any = None
 
 
 def _accelerator(device: str) -> str:
@@ -128,14 +129,13 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     """
     import optuna
 
-    from cellsearch.data import read_dataset
     from cellsearch.metrics import metric_of
     from cellsearch.space import load_space
     from cellsearch.train import quiet_lightning
 
     config.validate()
     spc = load_space(config.space)
-    dataset = read_dataset(config.data, config.data_options)
+    dataset, folds = read_folds(config)
     accelerator = _accelerator(config.device)
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.INFO if config.verbose else optuna.logging.ERROR)
@@ -158,7 +158,7 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     st = optuna.create_study(study_name=config.study_name, storage=storage, directions=directions, sampler=sampler,
                              pruner=pruner, load_if_exists=True)
     meta = {"data": str(config.data.resolve()), "task": dataset.task, "metric": metric, "direction": direction,
-            "objective": config.objective, "cost": config.cost, "space": spc.name}
+            "objective": config.objective, "cost": config.cost, "space": spc.name, "cv": folds.describe()}
     sdir = study_dir(config.run_dir, config.study_name)
     if create:
         optuna.storages.fail_stale_trials(st)
@@ -169,4 +169,23 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
         st.set_user_attr("dataset_info", {k: v for k, v in dataset.info.items() if k != "warnings"})
         write_json(sdir / "preprocessing.json", prep)
         write_json(sdir / "dataset.json", dataset.info)
-    return SearchContext(config, dataset, spc, st, url, sdir, meta, metric, direction, accelerator)
+    return SearchContext(config, dataset, spc, st, url, sdir, meta, metric, direction, accelerator, folds)
+
+
+def read_folds(config: TuneConfig) -> tuple[Any, Any]:
+    """The dataset and its folds (``cellsearch.folds``). With more than one fold and no split column,
+    the file is read again without a validation split: the folds are made over everything but the
+    test split (windows then also span the former train/validation boundary)."""
+    from dataclasses import replace
+
+    from cellsearch.data import read_dataset
+    from cellsearch.folds import make_folds, resolve_cv
+
+    opts = config.data_options
+    dataset = read_dataset(config.data, opts)
+    k = resolve_cv(config.cv, len(dataset.splits["train"]) + len(dataset.splits["val"]))
+    if k > 1 and not dataset.preprocessing.split_col and opts.val_size > 0:
+        dataset = read_dataset(config.data, replace(opts, val_size=0.0))
+    folds = make_folds(dataset, k, config.seed)
+    dataset.info["cv"] = folds.describe()
+    return dataset, folds

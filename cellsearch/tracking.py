@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import cellsearch
+from cellsearch.costs import COSTS
 
 if TYPE_CHECKING:
     from cellsearch.config import TuneConfig
@@ -211,6 +212,26 @@ class MLflowTracker:
                                                             if _finite(v)])
             self.client.set_terminated(run.info.run_id, status="FINISHED")
 
+    def _record_ensembles(self, study: Any, result: Any) -> None:
+        """One finished nested run per selected ensemble, tagged ``ensemble`` (state ``ENSEMBLE``),
+        with its members and weights, its score ± spread over folds, costs and (on the front) test scores."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        tested = {p["name"]: p for p in result.front if p.get("kind") == "ensemble"}
+        for e in study.user_attrs.get("ensembles", []):
+            members = ", ".join(f"{k}: {w:.2f}" for k, w in e["members"].items())
+            tags = {"mlflow.parentRunId": self.parent_id, "study": self.study_name, "role": "ensemble",
+                    "ensemble": e["name"], "arch": e["arch"], "members": members, "state": "ENSEMBLE",
+                    "pareto": str(e["name"] in tested).lower()}
+            run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"ensemble-{e['name']}")
+            values = {"val_score_best": e["score"], "val_score_spread": e.get("spread"), "oof_loss": e.get("oof_loss"),
+                      **{c.attr: e.get(c.attr) for c in COSTS.values()},
+                      **{k: v for k, v in tested.get(e["name"], {}).items() if k.startswith("test_")}}
+            self.client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()
+                                                            if _finite(v)])
+            self.client.set_terminated(run.info.run_id, status="FINISHED")
+
     def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
                      dataset: Any) -> None:
         now = time.time()
@@ -244,9 +265,10 @@ class MLflowTracker:
             for k in keys:
                 if _finite(result.chosen.get(k)):
                     metrics.append(Metric(f"chosen_{k}", float(result.chosen[k]), ts, 0))
-            self.client.set_tag(self.parent_id, "chosen_trial", str(result.chosen["trial"]))
+            self.client.set_tag(self.parent_id, "chosen_trial", str(result.chosen["name"]))
             self.client.set_tag(self.parent_id, "chosen_arch", result.chosen["arch"])
         self.client.log_batch(self.parent_id, metrics=metrics)
+        self._record_ensembles(study, result)
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "result.json"
             p.write_text(json.dumps(result.to_dict(), indent=2, default=str))

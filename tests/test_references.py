@@ -116,7 +116,8 @@ def test_cli_says_when_a_reference_beats_the_network_and_never_exports_it(tmp_pa
     assert "worse than a simple reference on validation" in out
     assert out.index("worse than a simple reference") < out.index("next:")
     bundle = export(out=tmp_path / "model", run_dir=run)
-    assert json.loads((bundle / "spec.json").read_text())["layers"][0]["cell"] == "gru"
+    spec = json.loads((bundle / "spec.json").read_text())
+    assert all(m["spec"]["layers"][0]["cell"] == "gru" for m in spec.get("members", [{"spec": spec}]))
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert metrics["trial"] == 0 and [r["name"] for r in metrics["references"]] == ["1nn", "ridge"]
     assert "## References" in (bundle / "README.md").read_text()

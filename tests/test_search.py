@@ -94,8 +94,13 @@ def test_tune_result_front_and_checkpoints(tuned):
     assert r.metric == "accuracy" and r.cost == "macs"
     assert r.counts.get("complete", 0) + r.counts.get("pruned", 0) == 4
     assert r.front and r.chosen in r.front
+    complete = {t.number: t for t in r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
     for p in r.front:
-        assert Path(p["checkpoint"]).exists()
+        if p["kind"] == "trial":
+            assert Path(p["checkpoint"]).exists()
+        else:  # an ensemble of complete trials, costing all of its members
+            assert set(p["members"]) <= set(complete) and len(p["members"]) >= 2
+            assert p["macs"] == sum(complete[m].user_attrs["macs"] for m in p["members"])
         assert 0.0 <= p["test_score"] <= 1.0
     # The front is non-dominated among all completed trials.
     trials = r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -115,7 +120,8 @@ def test_macs_cost_is_the_analytic_count(tuned):
     sizes = [spec.input_size] + [layer.hidden for layer in spec.layers]
     per_step = sum(CELLS[layer.cell].macs(sizes[k], layer.hidden) for k, layer in enumerate(spec.layers))
     median_len = 6  # tiny.csv lengths 4..8
-    assert abs(t.values[1] - (per_step * median_len + spec.layers[-1].hidden * 3)) <= per_step
+    folds = t.user_attrs["folds"]  # what is exported: every fold's model
+    assert abs(t.values[1] - folds * (per_step * median_len + spec.layers[-1].hidden * 3)) <= folds * per_step
 
 
 def test_resume_continues_to_the_requested_count(tiny_csv, tiny_space, tmp_path):
@@ -195,7 +201,9 @@ def test_tune_cli_prints_front_and_next_steps(tiny_csv, tiny_space, tmp_path):
                           "--trials", "2", "--run-dir", str(tmp_path), "--no-track", "--max-epochs", "2"],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "Pareto front" in res.stdout and "chosen: trial" in res.stdout and "cellsearch export" in res.stdout
+    out = " ".join(res.stdout.split())
+    assert "Pareto front" in out and ("chosen: trial" in out or "chosen: ensemble" in out)
+    assert "cellsearch export" in out
     bad = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(tiny_csv), "--space", "nope",
                           "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

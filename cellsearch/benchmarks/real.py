@@ -25,7 +25,10 @@ from typing import Any
 
 
 def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[str]) -> dict[str, Any]:
-    """Tune on the training rows, export, predict the test rows; score network and references."""
+    """Tune on the training rows, export, predict the test rows; score network and references.
+    Besides the exported (chosen) model, the best single trial, the best-scoring front member
+    (``--pick best``: an ensemble where one wins) and the chosen one refit on all training rows
+    (``--weights refit``) are exported and scored too (``variants``)."""
     import numpy as np
     import pandas as pd
 
@@ -44,23 +47,49 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
         refs = {r["name"]: r["test_score"] for r in fit_references(ds_full, "macs")}
     except ImportError:  # an older cellsearch, measured for comparison
         refs = {}
+    truth = test.groupby(id_col, sort=False)[target].first()
+
+    def test_score(model: Any) -> float:
+        preds = model.predict(test.drop(columns=[target])).set_index(id_col)["prediction"].loc[truth.index]
+        if task == "classification":
+            return float(np.mean(preds.astype(str).to_numpy() == truth.astype(str).to_numpy()))
+        return float(np.sqrt(np.mean((preds.to_numpy(dtype=float) - truth.to_numpy(dtype=float)) ** 2)))
+
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / f"{path.stem}.csv"
         train.to_csv(csv, index=False)
         t0 = time.time()
         model, result = _tune_export(csv, tmp, space, timeout, seed, extra)
         tune_s = time.time() - t0
-        preds = model.predict(test.drop(columns=[target])).set_index(id_col)["prediction"]
-    truth = test.groupby(id_col, sort=False)[target].first()
-    preds = preds.loc[truth.index]
-    if task == "classification":
-        score = float(np.mean(preds.astype(str).to_numpy() == truth.astype(str).to_numpy()))
-    else:
-        score = float(np.sqrt(np.mean((preds.to_numpy(dtype=float) - truth.to_numpy(dtype=float)) ** 2)))
+        score = test_score(model)
+        variants = {name: test_score(m) for name, m in _variants(tmp, result).items()}
     chosen = result.get("chosen") or {}
     return {"file": path.name, "task": task, "metric": "accuracy" if task == "classification" else "rmse",
             "network_test": score, "references_test": refs, "chosen": chosen.get("arch"),
-            "chosen_val": chosen.get("score"), "trials": result.get("counts"), "tune_seconds": round(tune_s, 1)}
+            "chosen_val": chosen.get("score"), "trials": result.get("counts"), "tune_seconds": round(tune_s, 1),
+            "cv": result.get("cv"), "variants": variants}
+
+
+def _variants(tmp: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Other exports of the same study: the best single trial (by validation), the best-scoring
+    front member (``--pick best``) and the chosen one refit (``--weights refit``); loaded bundles."""
+    import cellsearch
+
+    sign = 1.0 if result.get("direction") == "maximize" else -1.0
+    singles = [p for p in result.get("front", []) if p.get("kind", "trial") == "trial"]
+    runs = {"best_single": ["--trial", str(max(singles, key=lambda p: sign * p["score"])["trial"])] if singles
+            else None, "pick_best": ["--pick", "best"], "refit": ["--weights", "refit"]}
+    out = {}
+    for name, args in runs.items():
+        if args is None:
+            continue
+        res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "export", "--run-dir", f"{tmp}/runs",
+                              "--out", f"{tmp}/{name}", *args], capture_output=True, text=True)
+        if res.returncode == 0:
+            out[name] = cellsearch.load(f"{tmp}/{name}")
+        else:
+            print(f"  export {name} failed: {res.stderr.strip()[-200:]}", file=sys.stderr)
+    return out
 
 
 def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int, extra: list[str]) -> tuple[Any, dict]:
@@ -117,10 +146,16 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
             row.update(network_test=None, error=str(exc).strip().splitlines()[-1][:300])
             return row
         tune_s = time.time() - t0
-    forecasts = {s: g.sort_values("step")["prediction"].to_numpy() for s, g in preds.groupby(key)}
+
+        def score_of(m: Any, p: Any = None) -> float:
+            p = m.predict(train) if p is None else p
+            return mase({s: g.sort_values("step")["prediction"].to_numpy() for s, g in p.groupby(key)})
+
+        variants = {name: score_of(m) for name, m in _variants(tmp, result).items()}
+        network = score_of(model, preds)
     chosen = result.get("chosen") or {}
-    row.update(network_test=mase(forecasts), chosen=chosen.get("arch"), chosen_val=chosen.get("score"),
-               trials=result.get("counts"), tune_seconds=round(tune_s, 1))
+    row.update(network_test=network, chosen=chosen.get("arch"), chosen_val=chosen.get("score"),
+               trials=result.get("counts"), tune_seconds=round(tune_s, 1), cv=result.get("cv"), variants=variants)
     return row
 
 
@@ -144,8 +179,9 @@ def main() -> None:
         rows.append(row)
         refs = ", ".join(f"{k} {v:.3f}" for k, v in row["references_test"].items())
         net = "failed: " + row["error"] if row.get("error") else f"{row['network_test']:.3f}"
+        other = ", ".join(f"{k} {v:.3f}" for k, v in (row.get("variants") or {}).items())
         print(f"{row['file']}: network test {row['metric']} {net} ({row.get('chosen')}, {row.get('trials')}, "
-              f"{row.get('tune_seconds')} s); references {refs}", flush=True)
+              f"{row.get('cv')}, {row.get('tune_seconds')} s); {other}; references {refs}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 

@@ -66,7 +66,7 @@ def read_dataset(path: str | Path, options: DataOptions | None = None, **overrid
     schema, warnings = detect(df, opts, path)
     layout = get_layout(schema.layout)
     splits, fitted = layout.build(df, schema, opts, path, warnings)
-    if len(splits["val"]) == 0:
+    if len(splits["val"]) == 0 and opts.val_size > 0:
         warnings.append("the validation split is empty; scores will use the training split")
     prep = Preprocessing(layout=schema.layout, task=schema.task, target=schema.target, id_col=schema.id_col,
                          time_col=schema.time_col, features=schema.features, split_col=schema.split_col,

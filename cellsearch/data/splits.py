@@ -15,8 +15,9 @@ from cellsearch.errors import UserError
 @dataclass
 class SplitTensors:
     """One split: padded inputs (N, T, F) float32, lengths (N,), targets, sequence keys; where the task
-    needs them (forecasting), a score weight per example (MASE) and each example's ``origin``
-    (N, 2): the offset and scale that map its outputs back to the target's units."""
+    needs them (forecasting), a score weight per example (MASE), each example's ``origin`` (N, 2):
+    the offset and scale that map its outputs back to the target's units, and its ``position``: the
+    row of its series where its forecast starts (what rolling-origin folds order windows by)."""
 
     x: np.ndarray
     lengths: np.ndarray
@@ -24,9 +25,32 @@ class SplitTensors:
     keys: np.ndarray
     weight: np.ndarray | None = None
     origin: np.ndarray | None = None
+    position: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def take(self, index: np.ndarray | None) -> SplitTensors:
+        """The examples at ``index`` (a copy), or ``self`` when ``index`` is ``None``."""
+        if index is None:
+            return self
+        return SplitTensors(*(None if a is None else a[index] for a in self.arrays()))
+
+    def arrays(self) -> tuple[np.ndarray | None, ...]:
+        """Every per-example array, in field order (``None`` where the task has none)."""
+        return self.x, self.lengths, self.y, self.keys, self.weight, self.origin, self.position
+
+
+def concat_splits(parts: list[SplitTensors]) -> SplitTensors:
+    """Examples of several splits in one (a copy; inputs padded to the longest)."""
+    parts = [p for p in parts if len(p)] or parts[:1]
+    if len(parts) == 1:
+        return parts[0]
+    steps = max(p.x.shape[1] for p in parts)
+    xs = [np.pad(p.x, ((0, 0), (0, steps - p.x.shape[1]), (0, 0))) for p in parts]
+    cols = list(zip(*(p.arrays()[1:] for p in parts)))
+    rest = [None if any(a is None for a in col) else np.concatenate(col) for col in cols]
+    return SplitTensors(np.concatenate(xs), *rest)
 
 
 def split_from_column(df: pd.DataFrame, split_col: str, path: Path) -> np.ndarray:

@@ -197,11 +197,12 @@ class SeriesLayout(Layout):
         offsets = np.stack([last, scale], axis=1)
         weight = (scale / denominators[codes[origins]]).astype(np.float32)
         win_split = np.array(SPLITS, dtype=object)[rs[origins]]
+        position = pos[origins].astype(np.int64)
         win_keys = keys[codes[origins]]
         splits = {}
         for s in SPLITS:
             m = win_split == s
-            splits[s] = SplitTensors(x[m], win_len[m], y[m], win_keys[m], weight[m], offsets[m])
+            splits[s] = SplitTensors(x[m], win_len[m], y[m], win_keys[m], weight[m], offsets[m], position[m])
         if len(splits["train"]) == 0:
             raise UserError(f"{path}: no training window fits (horizon {horizon}); use a smaller --horizon")
         layout_data = {"window": window, "horizon": horizon, "season": season, "target_index": t_idx,

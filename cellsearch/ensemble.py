@@ -1,0 +1,122 @@
+"""Ensembles of trials: greedy selection on out-of-fold predictions, and the models they export.
+
+Selection is Caruana et al. (2004), as auto-sklearn and AutoGluon do it: start from nothing; at each
+round add (with replacement) the complete trial whose addition gives the best out-of-fold score
+(ties broken by the out-of-fold loss); a member's weight is the share of rounds that picked it.
+The candidates are the ``CANDIDATES`` best complete trials. Every distinct set of members met
+along the way is one candidate ensemble (its best weighting), entered into the Pareto front beside
+the single trials with cost = the inference cost of all its members: so the front shows what each
+extra member buys.
+
+Classification averages the members' probabilities, the other tasks their values (in the models'
+scaled units, which every member shares) — ``cellsearch.model.EnsembleModel`` does the same.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsearch.costs import COSTS, cost_value
+
+#: The best complete trials selection draws from.
+CANDIDATES = 30
+#: Rounds of greedy selection (members with replacement).
+ROUNDS = 25
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _evaluate(task: str, pred: np.ndarray, folds: Any, target_scale: float) -> tuple[float, float, float]:
+    """(mean fold score, spread over folds, out-of-fold loss) of out-of-fold outputs."""
+    from cellsearch.folds import fold_scores, oof_loss
+
+    scores = fold_scores(task, pred, folds, target_scale)
+    return float(np.mean(scores)), float(np.std(scores)), oof_loss(task, pred, folds.oof)
+
+
+def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direction: str, target_scale: float,
+                     cost: str) -> list[dict[str, Any]]:
+    """Candidate ensembles of ``trials`` (dicts with ``trial``, ``score``, ``oof_loss``, ``oof`` (the
+    file of its out-of-fold outputs) and its costs), by greedy forward selection (module doc).
+
+    Returns one dict per distinct member set of two or more trials: ``members`` (trial → weight),
+    ``score``, ``spread``, ``oof_loss``, the summed costs and ``cost``.
+    """
+    sign = 1.0 if direction == "maximize" else -1.0
+
+    def rank(t: dict[str, Any]) -> tuple[float, float]:
+        loss = t.get("oof_loss")
+        return sign * t["score"], -(loss if loss is not None and math.isfinite(loss) else math.inf)
+
+    pool = sorted((t for t in trials if t.get("oof") and Path(t["oof"]).exists()), key=rank, reverse=True)
+    pool = pool[:CANDIDATES]
+    preds = {}
+    for t in pool:
+        p = np.load(t["oof"]).astype(np.float64)
+        if p.shape[0] == len(folds.oof) and np.isfinite(p).all():
+            preds[t["trial"]] = _probabilities(p) if task == "classification" else p
+    if len(preds) < 2:
+        return []
+    by_trial = {t["trial"]: t for t in pool}
+    total = None
+    counts: dict[int, int] = {}
+    best_by_set: dict[frozenset[int], dict[str, Any]] = {}
+    for r in range(1, ROUNDS + 1):
+        best = None
+        for n, p in preds.items():
+            avg = p if total is None else (total + p) / r
+            out = np.log(np.clip(avg, 1e-30, None)) if task == "classification" else avg
+            s, spread, loss = _evaluate(task, out, folds, target_scale)
+            key = (sign * s, -loss)
+            if best is None or key > best[0]:
+                best = (key, n, s, spread, loss)
+        _, n, s, spread, loss = best
+        total = preds[n] if total is None else total + preds[n]
+        counts[n] = counts.get(n, 0) + 1
+        members = frozenset(counts)
+        if len(members) < 2:
+            continue
+        entry = {"members": {int(k): v / r for k, v in sorted(counts.items())}, "score": s, "spread": spread,
+                 "oof_loss": loss, "rounds": r}
+        old = best_by_set.get(members)
+        if old is None or (sign * s, -loss) > (sign * old["score"], -old["oof_loss"]):
+            best_by_set[members] = entry
+    out = []
+    for k, (members, e) in enumerate(sorted(best_by_set.items(), key=lambda kv: kv[1]["rounds"])):
+        for c in COSTS.values():
+            vals = [by_trial[m].get(c.attr) for m in members]
+            e[c.attr] = None if any(v is None for v in vals) else float(sum(vals))
+        e["cost"] = cost_value(cost, e)
+        e["name"] = f"E{k + 1}"
+        e["arch"] = f"ensemble of {len(members)}: " + "+".join(
+            f"#{m}" for m in sorted(members, key=lambda m: -e["members"][m]))
+        out.append(e)
+    return out
+
+
+def assemble(point: dict[str, Any], checkpoint: Any) -> Any:
+    """The model of a front point: a trial's checkpoint (one model, or its fold models), or an
+    ensemble's members' models weighted as selected. ``checkpoint(trial)`` is the path of a trial's
+    checkpoint file."""
+    from cellsearch.model import EnsembleModel, load_checkpoint
+
+    if not point.get("members"):
+        return load_checkpoint(checkpoint(point["trial"]))[0]
+    models, weights, sources = [], [], []
+    for trial, w in point["members"].items():
+        m, _ = load_checkpoint(checkpoint(int(trial)))
+        parts = list(m.members) if isinstance(m, EnsembleModel) else [m]
+        inner = m.weights if isinstance(m, EnsembleModel) else [1.0]
+        src = m.sources if isinstance(m, EnsembleModel) else [{"trial": int(trial)}]
+        models += parts
+        weights += [w * v for v in inner]
+        sources += src
+    return EnsembleModel(models, weights, sources)
