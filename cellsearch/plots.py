@@ -102,16 +102,20 @@ def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
     if fr:
         items.append('<polyline fill="none" stroke="#d1495b" stroke-width="2" points="'
                      + " ".join(f"{x:.1f},{y:.1f}" for x, y in map(xy, fr)) + '"/>')
+
+    def name(p: dict[str, Any]) -> str:
+        return p.get("name", str(p.get("trial")))
+
     for p in points:
         x, y = xy(p)
         what = "ensemble " + p["name"] if p.get("kind") == "ensemble" else f"trial {p['trial']}"
         spread = f" ± {p['spread']:.2g} over folds" if p.get("spread") else ""
         tip = html.escape(f"{what}: {p['arch']}\n{metric} {p['score']:.4g}{spread}\n{cost} {p['cost']:.4g}")
-        color = "#d1495b" if p.get("name", str(p.get("trial"))) in on_front else "#9aa5b1" if p.get("kind") != "ensemble" else "#e0a458"
+        color = "#d1495b" if name(p) in on_front else "#e0a458" if p.get("kind") == "ensemble" else "#9aa5b1"
         ring = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="11" fill="none" stroke="#2e86ab" stroke-width="2"/>'
-                if chosen and p.get("name", str(p.get("trial"))) == chosen.get("name", str(chosen.get("trial"))) else "")
+                if chosen and name(p) == name(chosen) else "")
         label = (f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" font-size="11">{html.escape(p["arch"])}</text>'
-                 if p.get("name", str(p.get("trial"))) in on_front else "")
+                 if name(p) in on_front else "")
         mark = (f'<rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12" fill="{color}"/>'
                 if p.get("kind") == "ensemble" else f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"/>')
         items.append(f"<g><title>{tip}</title>{ring}{mark}{label}</g>")

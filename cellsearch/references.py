@@ -159,9 +159,8 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     ``deadline``, or whose scoring would exceed ``MAX_WORK``, are skipped.
     """
     from cellsearch.costs import cost_value
-    from cellsearch.metrics import score, test_scores
-
     from cellsearch.folds import make_folds
+    from cellsearch.metrics import score, test_scores
 
     task, prep = dataset.task, dataset.preprocessing
     folds = folds or make_folds(dataset, 1)

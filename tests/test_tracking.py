@@ -63,8 +63,9 @@ def test_study_rebuilt_from_mlflow_alone(tuned):
     exp = client.get_experiment_by_name(tuned.study.study_name)
     runs = [r for state in ("COMPLETE", "ENSEMBLE")
             for r in client.search_runs([exp.experiment_id], f"tags.state = '{state}'")]
-    pts = [{"name": r.data.tags.get("ensemble") or r.data.tags["trial_number"], "score": r.data.metrics["val_score_best"],
-            "oof_loss": r.data.metrics["oof_loss"], "cost": r.data.metrics["macs"], "arch": ""} for r in runs]
+    pts = [{"name": r.data.tags.get("ensemble") or r.data.tags["trial_number"],
+            "score": r.data.metrics["val_score_best"], "oof_loss": r.data.metrics["oof_loss"],
+            "cost": r.data.metrics["macs"], "arch": ""} for r in runs]
     assert any(r.data.tags["state"] == "ENSEMBLE" for r in runs)
     assert sorted(p["name"] for p in pareto_front(pts, "maximize")) == sorted(p["name"] for p in tuned.front)
 
