@@ -61,7 +61,7 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
     preds = {}
     for t in pool:
         p = np.load(t["oof"]).astype(np.float64)
-        if p.shape[0] == len(folds.oof) and np.isfinite(p).all():
+        if p.shape[0] == len(folds.oof_fold) and np.isfinite(p).all():
             preds[t["trial"]] = _probabilities(p) if task == "classification" else p
     if len(preds) < 2:
         return []

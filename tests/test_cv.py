@@ -1,0 +1,273 @@
+"""Cross-validated trials, out-of-fold predictions, ensemble selection and ensemble bundles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+import cellsearch
+from cellsearch.data import read_dataset
+from cellsearch.errors import UserError
+from cellsearch.folds import fold_scores, make_folds, oof_loss, resolve_cv
+from cellsearch.model import EnsembleModel, ModelSpec, build
+from cellsearch.pareto import pareto_front, pick_trial
+from cellsearch.stack import LayerSpec
+from tests.conftest import make_classification_csv, make_sales_csv
+
+# ---- folds -----------------------------------------------------------------------------------------
+
+
+def test_resolve_cv():
+    assert resolve_cv("auto", 2000) == 5 and resolve_cv("auto", 2001) == 1
+    assert resolve_cv("3", 10) == 3 and resolve_cv(1, 10**6) == 1
+    for bad in ("0", "many", -2):
+        with pytest.raises(UserError):
+            resolve_cv(bad, 10)
+
+
+def test_stratified_folds_partition_the_non_test_sequences(tiny_csv):
+    ds = read_dataset(tiny_csv, val_size=0.0)
+    folds = make_folds(ds, 5, seed=3)
+    assert folds.k == 5 and folds.kind == "stratified"
+    pool = folds.folds[0].train.split
+    assert len(pool) == len(ds.splits["train"])  # no validation split: the folds are made over train
+    seen = np.concatenate([f.val.index for f in folds.folds])
+    assert sorted(seen) == list(range(len(pool)))  # every sequence validated exactly once
+    for f in folds.folds:
+        assert not set(f.train.index) & set(f.val.index)
+        counts = np.bincount(np.asarray(pool.y)[f.val.index], minlength=3)
+        assert counts.max() - counts.min() <= 1  # stratified: classes dealt round the folds
+    again = make_folds(ds, 5, seed=3)
+    assert all((a.val.index == b.val.index).all() for a, b in zip(folds.folds, again.folds))
+    other = make_folds(ds, 5, seed=4)
+    assert any((a.val.index != b.val.index).any() for a, b in zip(folds.folds, other.folds))
+    # The out-of-fold rows are the validation rows in fold order.
+    assert (np.asarray(folds.oof.y) == np.asarray(pool.y)[seen]).all()
+
+
+def test_split_column_is_honoured(tmp_path):
+    csv = make_classification_csv(tmp_path / "c.csv", n_seq=40)
+    df = pd.read_csv(csv)
+    df["split"] = np.where(df["id"] < 8, "test", np.where(df["id"] < 14, "val", "train"))
+    df.to_csv(csv, index=False)
+    ds = read_dataset(csv)
+    folds = make_folds(ds, 4)
+    pool = folds.folds[0].train.split
+    assert sorted(pool.keys.tolist()) == list(range(8, 40))  # train and val rows; test rows stay out
+    assert len(ds.splits["test"]) == 8
+
+
+def test_rolling_origin_trains_only_on_the_past(tmp_path):
+    csv = make_sales_csv(tmp_path / "s.csv", [(1.0, 80), (3.0, 60), (2.0, 30)])
+    ds = read_dataset(csv, horizon=4, val_size=0.0)
+    folds = make_folds(ds, 3)
+    assert folds.kind == "rolling origin" and folds.k == 3
+    pool = folds.folds[0].train.split
+    origins = []
+    for f in folds.folds:
+        keys, pos = pool.keys[f.val.index], pool.position[f.val.index]
+        assert len(set(keys)) == len(keys)  # one validation window per series
+        origin = dict(zip(keys, pos))
+        origins.append(origin)
+        for i in f.train.index:  # each training window's forecast ends before its series' origin
+            assert pool.position[i] + 4 <= origin.get(pool.keys[i], 10**9)
+    for a, b in zip(origins, origins[1:]):  # successive origins, one horizon apart
+        assert all(b[k] - a[k] == 4 for k in a if k in b)
+    # The last fold validates each series' last non-test window.
+    end = {k: max(p for kk, p in zip(pool.keys, pool.position) if kk == k) for k in set(pool.keys)}
+    assert origins[-1] == end
+
+
+def test_oof_loss_and_fold_scores():
+    y = np.array([0, 1, 1, 0])
+    folds = SimpleNamespace(k=2, oof=SimpleNamespace(y=y, weight=None), oof_fold=np.array([0, 0, 1, 1]))
+    confident = np.log(np.array([[0.9, 0.1], [0.1, 0.9], [0.2, 0.8], [0.6, 0.4]]))
+    timid = np.log(np.array([[0.6, 0.4], [0.4, 0.6], [0.45, 0.55], [0.55, 0.45]]))
+    assert fold_scores("classification", confident, folds) == [1.0, 1.0]
+    assert fold_scores("classification", timid, folds) == [1.0, 1.0]
+    assert oof_loss("classification", confident, folds.oof) < oof_loss("classification", timid, folds.oof)
+    assert oof_loss("regression", np.array([[1.0], [2.0]]), SimpleNamespace(y=np.array([1.0, 4.0]))) == 2.0
+
+
+def test_ties_are_broken_by_the_out_of_fold_loss():
+    pts = [{"name": "a", "score": 1.0, "oof_loss": 0.40, "cost": 10.0},
+           {"name": "b", "score": 1.0, "oof_loss": 0.10, "cost": 10.0},
+           {"name": "c", "score": 1.0, "oof_loss": 0.05, "cost": 50.0},
+           {"name": "d", "score": 0.9, "oof_loss": 0.01, "cost": 5.0}]
+    front = pareto_front(pts, "maximize")
+    assert [p["name"] for p in front] == ["d", "b", "c"]  # a: same score and cost as b, worse loss
+    assert pick_trial(front, "maximize", "best")["name"] == "c"
+
+
+# ---- ensemble selection ------------------------------------------------------------------------------
+
+
+def test_caruana_selection_finds_the_complementary_pair(tmp_path):
+    from cellsearch.ensemble import select_ensembles
+
+    n = 60
+    y = np.arange(n) % 2
+    folds = SimpleNamespace(k=3, oof=SimpleNamespace(y=y, weight=None), oof_fold=np.arange(n) % 3)
+
+    def logits(p_true: np.ndarray) -> np.ndarray:
+        """Two-class log-probabilities giving the true class ``p_true``."""
+        p1 = np.where(y == 1, p_true, 1 - p_true)
+        return np.log(np.stack([1 - p1, p1], axis=1))
+
+    half = np.arange(n) < n // 2
+    # A is sure and right on the first half, narrowly wrong on the second; B the other way round:
+    # each scores 0.5, their average 1.0. C is right on two thirds, timidly.
+    outs = [logits(np.where(half, 0.95, 0.45)), logits(np.where(half, 0.45, 0.95)),
+            logits(np.where(np.arange(n) % 3 > 0, 0.55, 0.45))]
+    trials = []
+    for t, out in enumerate(outs):
+        f = tmp_path / f"{t}.npy"
+        np.save(f, out.astype(np.float32))
+        trials.append({"trial": t, "score": float(np.mean(out.argmax(1) == y)), "oof_loss": 0.5, "oof": str(f),
+                       "macs": 100.0 * (t + 1), "params": 10.0, "latency_ms": None})
+    found = select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")
+    best = max(found, key=lambda e: e["score"])
+    assert best["score"] == 1.0 and {0, 1} <= set(best["members"])
+    assert abs(sum(best["members"].values()) - 1.0) < 1e-9
+    assert best["macs"] == sum(trials[m]["macs"] for m in best["members"])
+    assert best["latency_ms"] is None and best["cost"] == best["macs"]
+
+
+# ---- the ensemble model, ONNX ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task,n_out", [("classification", 3), ("regression", 1), ("forecasting", 4)])
+def test_ensemble_model_averages_and_onnx_matches(task, n_out):
+    ort = pytest.importorskip("onnxruntime")
+    from cellsearch.onnx_export import build_onnx
+
+    torch.manual_seed(0)
+    members = [build(ModelSpec(input_size=2, layers=(LayerSpec(cell, 5, bi),), n_outputs=n_out, task=task,
+                               patch=patch, pooling=pool, normalize=zn))
+               for cell, bi, patch, pool, zn in [("lstm", False, 1, "last", False), ("peephole", True, 2, "mean", True),
+                                                 ("cifg", False, 3, "max", False), ("gru", True, 1, "attention", True)]]
+    weights = [0.1, 0.2, 0.3, 0.4]
+    ens = EnsembleModel(members, weights).eval()
+    x, lengths = torch.randn(6, 11, 2), torch.tensor([11, 1, 4, 7, 9, 2])
+    with torch.no_grad():
+        out = ens(x, lengths)
+        outs = [m.eval()(x, lengths) for m in members]
+    if task == "classification":
+        expected = torch.log(sum(w * torch.softmax(o, 1) for w, o in zip(weights, outs)))
+    else:
+        expected = sum(w * o for w, o in zip(weights, outs))
+    assert torch.allclose(out, expected, atol=1e-6)
+    got = ort.InferenceSession(build_onnx(ens).SerializeToString()).run(None, {"x": x.numpy(),
+                                                                             "lengths": lengths.numpy()})
+    assert np.abs(got[0] - out.numpy()).max() < 1e-4
+    if task == "classification":
+        assert np.abs(got[1] - torch.softmax(out, 1).numpy()).max() < 1e-4
+
+
+# ---- the search ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cv_tuned(tiny_csv, tiny_space, tmp_path_factory):
+    from cellsearch.search import tune
+
+    run_dir = tmp_path_factory.mktemp("cv")
+    return tune(tiny_csv, space=str(tiny_space), trials=4, run_dir=run_dir, progress=False, seed=2, cv=3)
+
+
+def test_a_trial_trains_one_model_per_fold(cv_tuned):
+    from mlflow import MlflowClient
+
+    from cellsearch.tracking import default_tracking_uri
+
+    complete = cv_tuned.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert complete and cv_tuned.cv == "3 folds, stratified"
+    client = MlflowClient(default_tracking_uri(cv_tuned.run_dir))
+    for t in complete:
+        a = t.user_attrs
+        assert len(a["fold_scores"]) == 3 and abs(a["val_score"] - np.mean(a["fold_scores"])) < 1e-12
+        assert abs(a["val_spread"] - np.std(a["fold_scores"])) < 1e-12
+        oof = np.load(a["oof"])
+        n_pool = len(read_dataset(cv_tuned.study.user_attrs["data"], val_size=0.0).splits["train"])
+        assert oof.shape == (n_pool, 3)  # every non-test sequence predicted once, 3 classes
+        assert np.isfinite(a["oof_loss"]) and a["folds"] == 3
+        run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                                 f"tags.trial_number = '{t.number}'")[0]
+        assert [run.data.metrics[f"fold{k}_score"] for k in (1, 2, 3)] == pytest.approx(a["fold_scores"])
+        assert run.data.metrics["val_score_spread"] == pytest.approx(a["val_spread"])
+        assert any(f.path == "oof" for f in client.list_artifacts(run.info.run_id))
+        model, _ = cellsearch.model.load_checkpoint(a["checkpoint"])
+        assert isinstance(model, EnsembleModel) and len(model.members) == 3
+
+
+def test_single_objective_reports_after_each_fold(tiny_csv, tiny_space, tmp_path):
+    from cellsearch.search import tune
+
+    r = tune(tiny_csv, space=str(tiny_space), trials=2, run_dir=tmp_path, progress=False, track=False, cv=2,
+             objective="score", ensemble=False)
+    for t in r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        assert sorted(t.intermediate_values) == [0, 1]
+        assert t.intermediate_values[1] == pytest.approx(t.value)
+    assert not r.study.user_attrs["ensembles"]
+
+
+def test_ensemble_bundle_round_trip(cv_tuned, tiny_csv, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from cellsearch.export import export
+
+    assert cv_tuned.study.user_attrs["ensembles"], "the search selected no ensemble"
+    out = export(out=tmp_path / "model", run_dir=cv_tuned.run_dir, pick="best", formats=["onnx"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    bundle = cellsearch.load(out)
+    df = pd.read_csv(tiny_csv)
+    pred = bundle.predict(df)
+    assert len(pred) == df["id"].nunique() and set(pred["prediction"]) <= {"c0", "c1", "c2"}
+    probs = pred[[f"prob_c{k}" for k in range(3)]].to_numpy()
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    if metrics["ensemble"]:  # the best front member is an ensemble: its card lists members and weights
+        assert "## Members" in (out / "README.md").read_text()
+        spec = json.loads((out / "spec.json").read_text())
+        assert {m["trial"] for m in spec["members"]} == {int(k) for k in metrics["members"]}
+    from cellsearch.predict import transform
+
+    inputs = transform(df.drop(columns=["label"]), bundle.prep)
+    onnx_out = ort.InferenceSession(str(out / "model.onnx")).run(None, {"x": inputs.x, "lengths": inputs.lengths})
+    assert np.abs(onnx_out[1] - probs).max() < 1e-4
+    import mlflow.pyfunc
+
+    served = mlflow.pyfunc.load_model(str(out)).predict(df.drop(columns=["label"]))
+    assert (served["prediction"].to_numpy() == pred["prediction"].to_numpy()).all()
+
+
+def test_refit_export_and_no_test_split(tiny_csv, tiny_space, tmp_path):
+    from cellsearch.export import export
+    from cellsearch.search import tune
+
+    r = tune(tiny_csv, space=str(tiny_space), trials=2, run_dir=tmp_path / "runs", progress=False, track=False,
+             cv=2, test_size=0.0)
+    assert all(p["test_score"] is None for p in r.front)
+    st = r.study
+    assert read_dataset(tiny_csv, **st.user_attrs["preprocessing"]["options"]).splits["test"].x.shape[0] == 0
+    out = export(out=tmp_path / "refit", run_dir=tmp_path / "runs", weights="refit")
+    card = (out / "README.md").read_text()
+    assert "retrained on all non-test data" in card
+    pred = cellsearch.load(out).predict(pd.read_csv(tiny_csv))
+    assert len(pred) == 90
+    with pytest.raises(UserError, match="--weights"):
+        export(out=tmp_path / "bad", run_dir=tmp_path / "runs", weights="bagged")
+
+
+def test_cli_refuses_a_bad_cv(tiny_csv, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(tiny_csv), "--cv", "zero",
+                          "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--cv" in res.stderr and "Traceback" not in res.stderr
+    assert not Path(tmp_path / "optuna.db").exists()
