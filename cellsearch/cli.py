@@ -17,6 +17,7 @@ import typer
 
 from cellsearch.costs import COSTS
 from cellsearch.errors import UserError
+from cellsearch.files import dumps
 from cellsearch.formats import FORMATS
 
 app = typer.Typer(
@@ -75,7 +76,7 @@ def inspect(
     info = inspect_file(file, layout=layout, target=target, id_col=id_col, time_col=time_col, task=task,
                         window=window, horizon=horizon, fill=fill, season=season, seed=seed)
     if as_json:
-        print(json.dumps(info, indent=2))
+        print(dumps(info))
         return
     from cellsearch.report import print_inspect
 
@@ -126,7 +127,7 @@ def tune(
 
     result = run_tune(TuneConfig.create(file, **options, started_at=_STARTED))
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
+        print(dumps(result.to_dict()))
     else:
         from cellsearch.report import print_result
 
@@ -197,23 +198,39 @@ def ui(
     port: int = typer.Option(5000, "--port", help="Port for the dashboard."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
 ) -> None:
-    """The MLflow dashboard over the run directory's store."""
+    """The MLflow dashboard over the run directory's store: prints each study's runs-table link."""
+    import os
+    import signal
+    import socket
     import subprocess
 
-    from cellsearch.tracking import default_tracking_uri
+    from cellsearch.tracking import default_tracking_uri, view_url
 
     if not (run_dir / "mlflow.db").exists():
         raise UserError(f"{run_dir}: no MLflow store here (mlflow.db); run `cellsearch tune` first or pass --run-dir")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", default_tracking_uri(run_dir),
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"cellsearch: warning: the dashboard has no authentication; anyone who can reach {host}:{port} "
+              "can read and change the runs", file=sys.stderr)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", default_tracking_uri(run_dir),
            "--default-artifact-root", (run_dir / "mlartifacts").resolve().as_uri(), "--host", host,
-           "--port", str(port)]
-    import os
-    import signal
-
-    print(f"MLflow dashboard on http://{host}:{port}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
+           "--port", str(port), "--workers", "1"]
+    # One server worker and no background job consumers: a dashboard for one person, quick to start.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
+    print(f"MLflow dashboard on {base}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    for name, exp_id in _studies(run_dir):
+        print(f"  {name}: {view_url(base, exp_id)}", file=sys.stderr, flush=True)
     # MLflow's server forks workers that outlive their parent: run it in its own session and end
     # the whole session when we are interrupted or terminated.
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = proc.wait()
@@ -227,6 +244,20 @@ def ui(
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
     sys.exit(code)
+
+
+def _studies(run_dir: Path) -> list[tuple[str, str]]:
+    """(study name, MLflow experiment id) of each study tracked in the run directory's store (read
+    with SQLite directly: importing MLflow would take seconds)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{run_dir / 'mlflow.db'}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT name, experiment_id FROM experiments WHERE lifecycle_stage = 'active' "
+                              "AND name != 'Default' ORDER BY experiment_id").fetchall()
+    except sqlite3.Error:
+        return []
+    return [(str(name), str(exp_id)) for name, exp_id in rows]
 
 
 @app.command()

@@ -25,6 +25,7 @@ from typing import Any
 
 from cellsearch.data import Preprocessing, get_layout
 from cellsearch.errors import UserError
+from cellsearch.files import dumps
 from cellsearch.formats import Format, check_formats
 from cellsearch.tracking import default_tracking_uri
 
@@ -228,7 +229,7 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
         torch.save(model.state_dict(), bundle / "weights.pt")
         (bundle / "spec.json").write_text(json.dumps(describe(model), indent=2))
         prep.save(bundle / "preprocessing.json")
-        (bundle / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (bundle / "metrics.json").write_text(dumps(metrics))
         (bundle / "README.md").write_text(_card(model, prep, info, metrics))
         for fmt in formats:
             fmt.write(model, bundle / fmt.filename)

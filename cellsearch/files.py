@@ -1,16 +1,36 @@
-"""Writing result files atomically: a temporary name, then a rename, so nothing is half-written."""
+"""Writing result files: strict JSON (``null``, never ``NaN``), written atomically — a temporary name,
+then a rename, so nothing is half-written."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by ``None`` (JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:  # NumPy scalars
+        return strict(obj.item())
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON text of ``obj`` (``strict``; anything else unknown as its ``str``)."""
+    return json.dumps(strict(obj), indent=indent, default=str, allow_nan=False)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """``obj`` as indented JSON at ``path`` (folders created), replaced in one rename."""
+    """``obj`` as indented strict JSON at ``path`` (folders created), replaced in one rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.write_text(dumps(obj))
     os.replace(tmp, path)

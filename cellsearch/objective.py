@@ -241,7 +241,7 @@ class Objective:
         fold models)."""
         import numpy as np
 
-        from cellsearch.costs import ALWAYS, cost_value, measure_costs
+        from cellsearch.costs import COSTS, cost_value, measure_costs
         from cellsearch.folds import oof_loss
         from cellsearch.model import EnsembleModel, save_checkpoint
         from cellsearch.train import outputs
@@ -254,8 +254,8 @@ class Objective:
         model = (results[0].model if len(results) == 1 else
                  EnsembleModel([r.model for r in results], [1.0] * len(results),
                                [{"trial": trial.number, "fold": k} for k in range(len(results))]))
-        names = ALWAYS if config.cost in ALWAYS else (*ALWAYS, config.cost)
-        costs = measure_costs(model, self._length, names)
+        costs = measure_costs(model, self._length, tuple(COSTS))  # latency too: a few batch-1 passes
+        costs["latency_ms"] = round(costs["latency_ms"], 4)
         ckpt = ctx.sdir / "trials" / f"{trial.number}.pt"
         save_checkpoint(ckpt, model, trial=trial.number, val_score=float(np.mean(scores)))
         oof_file = ctx.sdir / "oof" / f"{trial.number}.npy"
@@ -273,7 +273,7 @@ class Objective:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         fold_metrics = {f"fold{k + 1}_score": v for k, v in enumerate(scores)} if len(scores) > 1 else {}
-        run.finish("FINISHED", metrics={"val_score_best": attrs["val_score"], "val_score_spread": attrs["val_spread"],
+        run.finish("FINISHED", metrics={"score": attrs["val_score"], "score_spread": attrs["val_spread"],
                                         "oof_loss": attrs["oof_loss"], **fold_metrics, **costs,
                                         "train_seconds": seconds, "epochs": attrs["epochs"], "steps": attrs["steps"]})
         if config.objective == "score":

@@ -14,11 +14,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import cellsearch
 from cellsearch.costs import COSTS
+from cellsearch.files import dumps
 
 if TYPE_CHECKING:
     from cellsearch.config import TuneConfig
 
 PLOT_EVERY_S = 30.0
+#: The runs-table view ``cellsearch ui`` links to (an MLflow shared view state on the experiment).
+VIEW_KEY = "cellsearch"
+#: The runs-table columns that view shows, in order (MLflow's column keys).
+VIEW_COLUMNS = ("tags.`arch`", "metrics.`score`", "metrics.`score_spread`", "metrics.`test_score`",
+                "metrics.`macs`", "metrics.`params`", "metrics.`latency_ms`", "tags.`state`", "tags.`pareto`",
+                "tags.`chosen`")
+
+
+def view_url(base: str, experiment_id: str) -> str:
+    """The link to a study's runs table in ``cellsearch ui``'s view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
 class TrialRun(Protocol):
@@ -167,20 +179,41 @@ class MLflowTracker:
             raise UserError(f"cannot reach the MLflow tracking store {tracking_uri}: "
                             f"{str(exc).strip().splitlines()[0][:200]}") from None
         self.experiment_id = exp_id
+        # The study opens on its runs table (not MLflow's GenAI traces page).
+        self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
         tags = {"data": data, "study": study_name, "command": " ".join(argv)[:4000],
                 "cellsearch_version": cellsearch.__version__, "role": "search",
                 **{f"search.{k}": str(v) for k, v in meta.items()}}
         if parent_id is None:  # a worker attaches its trials to its tune process's parent run
-            parent = self.client.create_run(exp_id, tags=tags, run_name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}")
+            name = f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
+            parent = self.client.create_run(exp_id, tags={**tags, "search": name}, run_name=name)
             parent_id = parent.info.run_id
         self.parent_id = parent_id
+        #: Every run of this search carries ``search`` = the parent run's name: the view groups by it.
+        self.search = self.client.get_run(parent_id).info.run_name
+        self._publish_view(meta.get("direction", "maximize"))
         self._last_plot = 0.0
         self.references: list[dict[str, Any]] = []
+
+    def _publish_view(self, direction: str) -> None:
+        """The runs table ``cellsearch ui`` links to: each search's runs grouped under it (by the
+        ``search`` tag; MLflow's shared views cannot expand nested runs), sorted by score, with
+        architecture, score, spread, test score, costs and state as columns."""
+        import json
+
+        state = {"searchFilter": "", "orderByKey": "metrics.`score`", "orderByAsc": direction == "minimize",
+                 "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+                 "startTime": "ALL", "selectedColumns": list(VIEW_COLUMNS), "runListHidden": False,
+                 "groupBy": {"aggregateFunction": "max" if direction == "maximize" else "min",
+                             "groupByKeys": [{"mode": "tag", "groupByData": "search"}]},
+                 "viewMaximized": False, "hideEmptyCharts": True}
+        self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
 
     def start_trial(self, number: int, spec: Any, cfg: dict[str, Any]) -> MLflowTrialRun:
         from mlflow.entities import Param
 
-        tags = {"mlflow.parentRunId": self.parent_id, "trial_number": str(number), "arch": spec.arch,
+        tags = {"mlflow.parentRunId": self.parent_id, "search": self.search, "trial_number": str(number),
+                "arch": spec.arch,
                 "study": self.study_name, "state": "RUNNING"}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number}-{spec.arch}")
         params = {"n_layers": len(spec.layers), "dropout": cfg["dropout"], "lr": cfg["lr"],
@@ -202,15 +235,37 @@ class MLflowTracker:
         self.references = list(references)
         ts = int(time.time() * 1000)
         for ref in references:
-            tags = {"mlflow.parentRunId": self.parent_id, "study": self.study_name, "role": "reference",
+            tags = {"mlflow.parentRunId": self.parent_id, "search": self.search, "study": self.study_name,
+                    "role": "reference",
                     "reference": ref["name"], "arch": ref["arch"], "state": "REFERENCE"}
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"reference-{ref['name']}")
-            values = {"val_score_best": ref["score"], **{k: v for k, v in ref.items() if k.startswith("test_")},
+            values = {"score": ref["score"], **{k: v for k, v in ref.items() if k.startswith("test_")},
                       "macs": ref["macs"],
                       "params": ref["params"], "fit_seconds": ref["fit_seconds"]}
             self.client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()
                                                             if _finite(v)])
             self.client.set_terminated(run.info.run_id, status="FINISHED")
+
+    def _mark_trials(self, result: Any) -> None:
+        """Tag each trial run ``pareto`` (on the front or not) and ``chosen``; front members get their
+        test scores."""
+        from mlflow.entities import Metric, RunTag
+
+        front = {str(p["trial"]): p for p in result.front if p.get("kind", "trial") == "trial"}
+        chosen = str(result.chosen["trial"]) if result.chosen and result.chosen.get("kind") == "trial" else None
+        members = {str(m) for m in (result.chosen or {}).get("members") or {}}
+        ts = int(time.time() * 1000)
+        runs = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+                                       max_results=50000)
+        for r in runs:
+            n = r.data.tags.get("trial_number")
+            if n is None:
+                continue
+            tags = [RunTag("pareto", str(n in front).lower()),
+                    RunTag("chosen", "true" if n == chosen else "member" if n in members else "false")]
+            values = {k: v for k, v in front.get(n, {}).items() if k.startswith("test_")}
+            self.client.log_batch(r.info.run_id, tags=tags,
+                                  metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if _finite(v)])
 
     def _record_ensembles(self, study: Any, result: Any) -> None:
         """One finished nested run per selected ensemble, tagged ``ensemble`` (state ``ENSEMBLE``),
@@ -221,11 +276,12 @@ class MLflowTracker:
         tested = {p["name"]: p for p in result.front if p.get("kind") == "ensemble"}
         for e in study.user_attrs.get("ensembles", []):
             members = ", ".join(f"{k}: {w:.2f}" for k, w in e["members"].items())
-            tags = {"mlflow.parentRunId": self.parent_id, "study": self.study_name, "role": "ensemble",
+            tags = {"mlflow.parentRunId": self.parent_id, "search": self.search, "study": self.study_name,
+                    "role": "ensemble",
                     "ensemble": e["name"], "arch": e["arch"], "members": members, "state": "ENSEMBLE",
                     "pareto": str(e["name"] in tested).lower()}
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"ensemble-{e['name']}")
-            values = {"val_score_best": e["score"], "val_score_spread": e.get("spread"), "oof_loss": e.get("oof_loss"),
+            values = {"score": e["score"], "score_spread": e.get("spread"), "oof_loss": e.get("oof_loss"),
                       **{c.attr: e.get(c.attr) for c in COSTS.values()},
                       **{k: v for k, v in tested.get(e["name"], {}).items() if k.startswith("test_")}}
             self.client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()
@@ -252,7 +308,6 @@ class MLflowTracker:
                 self.client.log_artifact(self.parent_id, str(f), artifact_path="plots")
 
     def finish(self, study: Any, result: Any, dataset: Any) -> None:
-        import json
         import tempfile
 
         from mlflow.entities import Metric
@@ -269,14 +324,48 @@ class MLflowTracker:
             self.client.set_tag(self.parent_id, "chosen_arch", result.chosen["arch"])
         self.client.log_batch(self.parent_id, metrics=metrics)
         self._record_ensembles(study, result)
+        self._mark_trials(result)
+        self.client.set_tag(self.parent_id, "mlflow.note.content", describe_result(result))
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "result.json"
-            p.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+            p.write_text(dumps(result.to_dict()))
             self.client.log_artifact(self.parent_id, str(p))
         from cellsearch.pareto import trial_points
 
         self._log_plots(study, trial_points(study, result.cost), result.front, dataset, result.chosen)
         self.client.set_terminated(self.parent_id, status="KILLED" if result.interrupted else "FINISHED")
+
+
+def describe_result(result: Any) -> str:
+    """The search's parent-run description (markdown): the chosen model, the Pareto table, the plots."""
+    def f(v: Any) -> str:
+        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else (
+            f"{v:.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
+
+    lines = [f"## cellsearch search: {result.study.study_name}", ""]
+    c = result.chosen
+    if c:
+        what = f"ensemble {c['name']}" if c.get("kind") == "ensemble" else f"trial {c['trial']}"
+        spread = f" ± {f(c['spread'])}" if c.get("spread") else ""
+        lines += [f"**Chosen ({result.pick}):** {what} `{c['arch']}` — validation {result.metric} "
+                  f"{f(c['score'])}{spread}, test {result.metric} {f(c.get('test_score'))}, "
+                  f"{f(c.get('macs'))} MACs per sequence, {f(c.get('params'))} parameters, "
+                  f"{f(c.get('latency_ms'))} ms at batch 1.", ""]
+    lines += [f"Validation: {result.cv}. Trials: " + ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())),
+              "", f"| trial | architecture | validation {result.metric} | test {result.metric} | MACs | params |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for p in result.front:
+        spread = f" ± {f(p['spread'])}" if p.get("spread") else ""
+        mark = " **(chosen)**" if c and p.get("name") == c.get("name") else ""
+        lines.append(f"| {p.get('name', p.get('trial'))}{mark} | `{p['arch']}` | {f(p['score'])}{spread} | "
+                     f"{f(p.get('test_score'))} | {f(p.get('macs'))} | {f(p.get('params'))} |")
+    for r in result.references:
+        lines.append(f"| reference | {r['arch']} | {f(r['score'])} | {f(r.get('test_score'))} | {f(r.get('macs'))} | "
+                     f"{f(r.get('params'))} |")
+    lines += ["", "Plots (Artifacts → `plots/`): `pareto_front.html` (score against cost, hover a point), "
+              "`pareto_front.png`, `cell_by_slot.png` (which cell where), `param_importance.png`, "
+              "`gates_chosen.png` (the chosen model's gates over time)."]
+    return "\n".join(lines)
 
 
 def make_tracker(config: TuneConfig, *, meta: dict[str, Any], argv: list[str],

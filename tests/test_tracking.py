@@ -48,7 +48,7 @@ def test_experiment_parent_and_child_runs(tuned):
         assert [m.step for m in history] == list(range(len(t.user_attrs["curve"])))
         assert [round(m.value, 6) for m in history] == [round(v, 6) for v in t.user_attrs["curve"]]
         if t.state == optuna.trial.TrialState.COMPLETE:
-            assert abs(r.data.metrics["val_score_best"] - t.values[0]) < 1e-9
+            assert abs(r.data.metrics["score"] - t.values[0]) < 1e-9
             assert r.data.metrics["macs"] == t.user_attrs["macs"]
             assert r.data.metrics["params"] == t.user_attrs["params"]
             assert r.data.metrics["train_seconds"] > 0
@@ -64,7 +64,7 @@ def test_study_rebuilt_from_mlflow_alone(tuned):
     runs = [r for state in ("COMPLETE", "ENSEMBLE")
             for r in client.search_runs([exp.experiment_id], f"tags.state = '{state}'")]
     pts = [{"name": r.data.tags.get("ensemble") or r.data.tags["trial_number"],
-            "score": r.data.metrics["val_score_best"], "oof_loss": r.data.metrics["oof_loss"],
+            "score": r.data.metrics["score"], "oof_loss": r.data.metrics["oof_loss"],
             "cost": r.data.metrics["macs"], "arch": ""} for r in runs]
     assert any(r.data.tags["state"] == "ENSEMBLE" for r in runs)
     assert sorted(p["name"] for p in pareto_front(pts, "maximize")) == sorted(p["name"] for p in tuned.front)
@@ -120,7 +120,7 @@ def test_references_are_runs_tagged_reference_under_the_search(tuned):
         want = by_name[r.data.tags["reference"]]
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id and r.info.status == "FINISHED"
         assert r.data.tags["state"] == "REFERENCE" and "trial_number" not in r.data.tags
-        assert abs(r.data.metrics["val_score_best"] - want["score"]) < 1e-9
+        assert abs(r.data.metrics["score"] - want["score"]) < 1e-9
         assert r.data.metrics["macs"] == want["macs"] and r.data.metrics["params"] == want["params"]
     result = json.loads((tuned.run_dir / "studies" / tuned.study.study_name / "result.json").read_text())
     assert [x["name"] for x in result["references"]] == ["1nn", "ridge"]
