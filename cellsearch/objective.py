@@ -273,7 +273,8 @@ class Objective:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         fold_metrics = {f"fold{k + 1}_score": v for k, v in enumerate(scores)} if len(scores) > 1 else {}
-        run.finish("FINISHED", metrics={"score": attrs["val_score"], "score_spread": attrs["val_spread"],
+        run.finish("FINISHED", metrics={"score": round(attrs["val_score"], 6),
+                                        "score_spread": round(attrs["val_spread"], 4),
                                         "oof_loss": attrs["oof_loss"], **fold_metrics, **costs,
                                         "train_seconds": seconds, "epochs": attrs["epochs"], "steps": attrs["steps"]})
         if config.objective == "score":

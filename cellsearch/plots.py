@@ -44,8 +44,11 @@ def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
         ax.scatter([p["cost"] for p in groups], [p["score"] for p in groups], s=30, marker="s", c="#e0a458",
                    label="ensembles of trials", zorder=2)
     fr = sorted(front, key=lambda p: p["cost"])
-    ax.plot([p["cost"] for p in fr], [p["score"] for p in fr], "-o", color="#d1495b", ms=6,
-            label="Pareto front", zorder=3)
+    ax.plot([p["cost"] for p in fr], [p["score"] for p in fr], "-", color="#d1495b", label="Pareto front", zorder=3)
+    for kind, marker in (("trial", "o"), ("ensemble", "s")):
+        members = [p for p in fr if p.get("kind", "trial") == kind]
+        ax.scatter([p["cost"] for p in members], [p["score"] for p in members], marker=marker, s=40,
+                   c="#d1495b", zorder=3)
     spread = [p.get("spread") or 0.0 for p in fr]
     if any(spread):
         ax.errorbar([p["cost"] for p in fr], [p["score"] for p in fr], yerr=spread, fmt="none",
@@ -54,7 +57,9 @@ def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
         label = p["arch"] if p.get("kind", "trial") == "trial" else f"{p['name']}: {p['arch']}"
         if p.get("test_score") is not None:
             label += f" (test {p['test_score']:.3g})"
-        ax.annotate(label, (p["cost"], p["score"]), textcoords="offset points", xytext=(5, 5), fontsize=7)
+        right = p is fr[-1] and len(fr) > 1  # the most expensive member: label to its left, inside the frame
+        ax.annotate(label, (p["cost"], p["score"]), textcoords="offset points", xytext=(-8, -12) if right else (5, 5),
+                    ha="right" if right else "left", fontsize=7)
     if chosen:
         ax.scatter([chosen["cost"]], [chosen["score"]], s=160, facecolors="none", edgecolors="#2e86ab",
                    linewidths=2, label=f"chosen: {chosen['arch']}", zorder=4)
@@ -66,14 +71,16 @@ def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
             ax.annotate(r["arch"], (r["cost"], r["score"]), textcoords="offset points", xytext=(6, -10), fontsize=7)
     everything = [p for p in [*points, *refs] if math.isfinite(p["cost"])]
     if everything and min(p["cost"] for p in everything) > 0:
-        from matplotlib.ticker import EngFormatter, LogLocator
+        from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
         ax.set_xscale("log")
         lo, hi = min(p["cost"] for p in everything), max(p["cost"] for p in everything)
         ax.set_xlim(lo / 1.6, hi * 1.6)  # padding, so no point sits on the frame
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        # Labels at 1, 2 and 5 of each decade over a narrow range, at each decade over a wide one.
+        narrow = math.log10(hi * 1.6) - math.log10(lo / 1.6) <= 2.5
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0, 3.0)))
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-        ax.xaxis.set_minor_formatter(EngFormatter(sep=""))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     if everything:
         s_lo, s_hi = min(p["score"] for p in everything), max(p["score"] for p in everything)
         pad = 0.08 * (s_hi - s_lo) or 0.05 * abs(s_hi) or 0.05
@@ -137,7 +144,9 @@ def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
         color = "#d1495b" if name(p) in on_front else "#e0a458" if p.get("kind") == "ensemble" else "#9aa5b1"
         ring = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="11" fill="none" stroke="#2e86ab" stroke-width="2"/>'
                 if chosen and name(p) == name(chosen) else "")
-        label = (f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" font-size="11">{html.escape(p["arch"])}</text>'
+        near_right = x > w - m - 0.3 * (w - 2 * m)  # label to the left, inside the frame
+        label = (f'<text x="{x + (-9 if near_right else 7):.1f}" y="{y - 9:.1f}" font-size="11" '
+                 f'text-anchor="{"end" if near_right else "start"}">{html.escape(p["arch"])}</text>'
                  if name(p) in on_front else "")
         mark = (f'<rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12" fill="{color}"/>'
                 if p.get("kind") == "ensemble" else f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"/>')
