@@ -191,21 +191,30 @@ class MLflowTracker:
         self.parent_id = parent_id
         #: Every run of this search carries ``search`` = the parent run's name: the view groups by it.
         self.search = self.client.get_run(parent_id).info.run_name
-        self._publish_view(meta.get("direction", "maximize"))
+        self._publish_view(meta.get("direction", "maximize"), meta.get("cost", "macs"))
         self._last_plot = 0.0
         self.references: list[dict[str, Any]] = []
 
-    def _publish_view(self, direction: str) -> None:
+    def _publish_view(self, direction: str, cost: str) -> None:
         """The runs table ``cellsearch ui`` links to: each search's runs grouped under it (by the
         ``search`` tag; MLflow's shared views cannot expand nested runs), sorted by score, with
-        architecture, score, spread, test score, costs and state as columns."""
+        architecture, score, spread, test score, costs and state as columns; its chart tab opens on
+        score against the search's cost, one point per run."""
         import json
 
+        cost_key = COSTS[cost].attr if cost in COSTS else "macs"
+        chart = {"uuid": "cellsearch-pareto", "type": "SCATTER", "deleted": False, "isGenerated": False,
+                 "metricSectionId": "cellsearch", "displayName": f"score against {cost_key}",
+                 "xaxis": {"key": cost_key, "type": "METRIC"}, "yaxis": {"key": "score", "type": "METRIC"},
+                 "runsCountToCompare": 500}
         state = {"searchFilter": "", "orderByKey": "metrics.`score`", "orderByAsc": direction == "minimize",
                  "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
                  "startTime": "ALL", "selectedColumns": list(VIEW_COLUMNS), "runListHidden": False,
                  "groupBy": {"aggregateFunction": "max" if direction == "maximize" else "min",
                              "groupByKeys": [{"mode": "tag", "groupByData": "search"}]},
+                 "compareRunCharts": [chart], "isAccordionReordered": True, "useGroupedValuesInCharts": False,
+                 "compareRunSections": [{"uuid": "cellsearch", "name": "Accuracy against compute", "display": True,
+                                         "isReordered": False}],
                  "viewMaximized": False, "hideEmptyCharts": True}
         self.client.set_experiment_tag(self.experiment_id, f"mlflow.sharedViewState.{VIEW_KEY}", json.dumps(state))
 

@@ -39,6 +39,8 @@ def test_study_opens_on_its_runs_table_view(tuned):
     view = json.loads(exp.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
     assert view["orderByKey"] == "metrics.`score`" and view["selectedColumns"] == list(VIEW_COLUMNS)
     assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "search"}]
+    chart = view["compareRunCharts"][0]  # the chart tab: score against the search's cost
+    assert chart["type"] == "SCATTER" and chart["yaxis"]["key"] == "score" and chart["xaxis"]["key"] == "macs"
     parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("role") == "search"][0]
     for r in client.search_runs([exp.experiment_id]):  # every run of the search is grouped under it
         assert r.data.tags["search"] == parent.info.run_name
