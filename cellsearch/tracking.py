@@ -334,7 +334,8 @@ class MLflowTracker:
         self.client.log_batch(self.parent_id, metrics=metrics)
         self._record_ensembles(study, result)
         self._mark_trials(result)
-        self.client.set_tag(self.parent_id, "mlflow.note.content", describe_result(result))
+        link = f"#/experiments/{self.experiment_id}/runs/{self.parent_id}/artifacts/plots/pareto_front.html"
+        self.client.set_tag(self.parent_id, "mlflow.note.content", describe_result(result, link))
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "result.json"
             p.write_text(dumps(result.to_dict()))
@@ -345,8 +346,9 @@ class MLflowTracker:
         self.client.set_terminated(self.parent_id, status="KILLED" if result.interrupted else "FINISHED")
 
 
-def describe_result(result: Any) -> str:
-    """The search's parent-run description (markdown): the chosen model, the Pareto table, the plots."""
+def describe_result(result: Any, plot_link: str | None = None) -> str:
+    """The search's parent-run description (markdown): the chosen model, the Pareto table, the plots
+    (``plot_link``: where the dashboard shows the interactive Pareto plot)."""
     def f(v: Any) -> str:
         return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else (
             f"{v:.4g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
@@ -371,6 +373,8 @@ def describe_result(result: Any) -> str:
     for r in result.references:
         lines.append(f"| reference | {r['arch']} | {f(r['score'])} | {f(r.get('test_score'))} | {f(r.get('macs'))} | "
                      f"{f(r.get('params'))} |")
+    if plot_link:
+        lines += ["", f"**[Score against cost, every trial (hover a point)]({plot_link})**"]
     lines += ["", "Plots (Artifacts → `plots/`): `pareto_front.html` (score against cost, hover a point), "
               "`pareto_front.png`, `cell_by_slot.png` (which cell where), `param_importance.png`, "
               "`gates_chosen.png` (the chosen model's gates over time)."]
