@@ -123,6 +123,10 @@ def tune(
     # Every parameter but the file and --json is a TuneConfig or DataOptions field of the same name.
     options = {k: v for k, v in locals().items() if k not in ("file", "as_json")}
     from cellsearch.config import TuneConfig
+    from cellsearch.files import check_readable
+
+    check_readable(file)  # before the heavy imports: a typo is reported at once
+    TuneConfig.create(file, **options).validate()
     from cellsearch.search import tune as run_tune
 
     result = run_tune(TuneConfig.create(file, **options, started_at=_STARTED))

@@ -7,6 +7,7 @@ in ``cli.py`` and the code that uses it — nothing else forwards it.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -16,6 +17,9 @@ from cellsearch.data.options import DataOptions
 from cellsearch.errors import UserError
 
 OBJECTIVES = ("pareto", "score")
+#: A study name: letters, digits, ``-``, ``_`` and ``.``, not starting with a dot (it names a folder
+#: under the run directory and must never leave it).
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 PICKS = ("knee", "best", "smallest")
 DEVICES = ("cpu", "cuda", "auto")
 
@@ -102,7 +106,10 @@ class TuneConfig:
 
     @property
     def study_name(self) -> str:
-        return self.study or self.data.stem
+        """``--study``, else the file's name made safe (other characters become ``_``)."""
+        if self.study:
+            return self.study
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.data.stem).lstrip(".")[:200] or "study"
 
     @property
     def deadline(self) -> float | None:
@@ -120,12 +127,20 @@ class TuneConfig:
                                      ("pick", self.pick, PICKS), ("device", self.device, DEVICES)):
             if value not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
-        from cellsearch.folds import resolve_cv
-
-        resolve_cv(self.cv, 0)
+        if self.cv != "auto" and not (str(self.cv).isdigit() and int(self.cv) >= 1):
+            raise UserError(f"--cv must be a number of folds (at least 1) or 'auto', got {self.cv!r}")
         for name in ("trials", "workers"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise UserError(f"--max-epochs must be at least 1, got {self.max_epochs}")
+        for name in ("timeout", "trial_timeout"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive number of seconds, got {v}")
+        if self.study is not None and not STUDY_NAME.fullmatch(self.study):
+            raise UserError(f"--study must be letters, digits, '-', '_' or '.' (not starting with a dot, no "
+                            f"path separators), got {self.study!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (for worker processes)."""

@@ -49,14 +49,27 @@ def load(path: str | Path) -> Any:
     """
     import torch
 
-    from cellsearch.model import from_description
+    from cellsearch.model import check_description, from_description
     from cellsearch.predict import Predictor
 
     path = Path(path)
     if not (path / "spec.json").exists() or not (path / "weights.pt").exists():
         raise UserError(f"{path}: not a cellsearch model bundle (spec.json and weights.pt expected)")
-    model = from_description(json.loads((path / "spec.json").read_text()))
-    model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+    try:
+        description = json.loads((path / "spec.json").read_text())
+        check_description(description)
+        model = from_description(description)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{path}/spec.json: not a valid model description ({exc})") from None
+    try:
+        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    except Exception:
+        raise UserError(f"{path}/weights.pt: refused — not a plain file of tensors (loading it would run code "
+                        "from the file)") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights.pt does not match spec.json ({str(exc).splitlines()[0][:200]})") from None
     model.eval()
     prep = Preprocessing.load(path / "preprocessing.json")
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
@@ -243,6 +256,20 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
 WEIGHTS = ("folds", "refit")
 
 
+def _check_out(out: Path, run_dir: Path, force: bool) -> None:
+    """Refuse an ``--out`` that is a file, a non-empty folder (unless ``force``), or — even with
+    ``force`` — the working directory, one of its parents, or a folder holding the run directory."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"{out}: exists and is not empty (use --force to replace it)")
+        target, here, runs = out.resolve(), Path.cwd().resolve(), run_dir.resolve()
+        if target == here or target in here.parents or target == runs or target in runs.parents:
+            raise UserError(f"--out {out}: refusing to replace a folder that holds the working directory or the "
+                            "run directory; choose a new folder")
+
+
 def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: str | None = None,
            trial: int | None = None, pick: str = "knee", storage: str | None = None,
            formats: list[str] | tuple[str, ...] = (), register: str | None = None,
@@ -271,14 +298,14 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     from cellsearch.train import quiet_lightning
 
     quiet_lightning()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars on stderr
     if pick not in PICKS:
         raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
     if weights not in WEIGHTS:
         raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     chosen_formats = check_formats(formats)
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out}: exists and is not empty (use --force to replace it)")
+    _check_out(out, run_dir, force)
     st = _open_study(run_dir, storage, study)
     attrs = st.user_attrs
     point = _select_point(st, trial, pick)

@@ -217,6 +217,35 @@ def describe(model: nn.Module) -> dict[str, Any]:
     return model.describe() if isinstance(model, EnsembleModel) else model.spec.to_dict()
 
 
+#: Bounds a model description must keep before anything is allocated (a bundle is untrusted input).
+LIMITS = {"input_size": 1_000_000, "hidden": 65_536, "layers": 64, "n_outputs": 1_000_000, "patch": 65_536,
+          "members": 10_000, "numbers": 2_000_000_000}
+
+
+def check_description(d: dict[str, Any]) -> None:
+    """Raise ``ValueError`` when a description (``describe``'s dict) asks for absurd sizes."""
+    specs = [m["spec"] for m in d["members"]] if "members" in d else [d]
+    if len(specs) > LIMITS["members"]:
+        raise ValueError(f"{len(specs)} members (at most {LIMITS['members']})")
+    total = 0
+    for spec in specs:
+        layers = spec["layers"]
+        if not 1 <= len(layers) <= LIMITS["layers"]:
+            raise ValueError(f"{len(layers)} layers (1 to {LIMITS['layers']})")
+        width = int(spec["input_size"]) * int(spec.get("patch", 1))
+        for key in ("input_size", "n_outputs", "patch"):
+            if not 1 <= int(spec.get(key, 1)) <= LIMITS[key]:
+                raise ValueError(f"{key} {spec.get(key)} (1 to {LIMITS[key]})")
+        for layer in layers:
+            h = int(layer["hidden"])
+            if not 1 <= h <= LIMITS["hidden"]:
+                raise ValueError(f"hidden size {h} (1 to {LIMITS['hidden']})")
+            total += 4 * h * (width + h + 1) * (2 if layer.get("bidirectional") else 1)
+            width = h * (2 if layer.get("bidirectional") else 1)
+    if total > LIMITS["numbers"]:
+        raise ValueError(f"about {total:,} parameters (at most {LIMITS['numbers']:,})")
+
+
 def from_description(d: dict[str, Any]) -> nn.Module:
     """An untrained model from ``describe``'s dict: a ``SequenceModel`` or an ``EnsembleModel``."""
     if "members" not in d:

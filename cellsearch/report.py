@@ -49,7 +49,10 @@ def _fmt_int(v: Any) -> str:
 
 
 def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
-    """The end of a search: the Pareto front, the chosen model with its test score, what next."""
+    """The end of a search: the Pareto front, the chosen model with its test score, what next (the
+    commands with their paths quoted for the shell)."""
+    from shlex import quote
+
     from rich.console import Console
     from rich.table import Table
 
@@ -91,5 +94,6 @@ def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
         console.print(f"[yellow]{line}[/yellow]")
     console.print("next:")
     if tracked:
-        console.print(f"  cellsearch ui --run-dir {run_dir}            # the MLflow dashboard")
-    console.print(f"  cellsearch export --run-dir {run_dir} --study {name} --out model/   # the chosen model")
+        console.print(f"  cellsearch ui --run-dir {quote(str(run_dir))}            # the MLflow dashboard")
+    console.print(f"  cellsearch export --run-dir {quote(str(run_dir))} --study {quote(name)} --out model/   "
+                  "# the chosen model")

@@ -140,7 +140,13 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.INFO if config.verbose else optuna.logging.ERROR)
     metric, direction = metric_of(dataset.task)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        probe = config.run_dir / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--run-dir {config.run_dir}: cannot write there ({exc.strerror or exc})") from None
     url = config.storage or default_storage(config.run_dir)
     storage = open_storage(url)
     directions = [direction] if config.objective == "score" else [direction, "minimize"]
@@ -187,5 +193,13 @@ def read_folds(config: TuneConfig) -> tuple[Any, Any]:
     if k > 1 and not dataset.preprocessing.split_col and opts.val_size > 0:
         dataset = read_dataset(config.data, replace(opts, val_size=0.0))
     folds = make_folds(dataset, k, config.seed)
+    n = len(dataset.splits["train"]) + len(dataset.splits["val"])
+    if folds.kind == "holdout" and not len(dataset.splits["val"]):
+        raise UserError(f"{config.data}: {n} {'windows' if dataset.task == 'forecasting' else 'sequences'} "
+                        "outside the test split are too few to validate on (at least 4 are needed); "
+                        "add data or lower --test-fraction")
+    if not len(dataset.splits["test"]) and opts.test_size > 0 and not dataset.preprocessing.split_col:
+        raise UserError(f"{config.data}: too few sequences for a test split; pass --test-fraction 0 to keep "
+                        "none (and test elsewhere)")
     dataset.info["cv"] = folds.describe()
     return dataset, folds

@@ -24,9 +24,20 @@ from cellsearch.config import TuneConfig
 from cellsearch.study import SearchContext, finished
 
 
+def worker_count(asked: int, cores: int, trials_left: int) -> int:
+    """``--workers`` clamped to the cores and the trials left (at least 1), with a warning when cut."""
+    n = max(1, min(asked, cores, trials_left))
+    if n < asked:
+        why = f"{cores} CPU cores" if n == cores else f"{trials_left} trial(s) left to run"
+        print(f"cellsearch: warning: --workers {asked} reduced to {n} ({why})", file=sys.stderr, flush=True)
+    return n
+
+
 def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callable[[Any], None]) -> None:
-    """Start ``ctx.config.workers`` workers over ``ctx.study`` and wait for them, refreshing the display."""
-    n = ctx.config.workers
+    """Start ``ctx.config.workers`` workers over ``ctx.study`` and wait for them, refreshing the display.
+    The count is clamped (with a warning) to this machine's cores and to the trials left to run:
+    more processes would only share the same cores and memory."""
+    n = worker_count(ctx.config.workers, os.cpu_count() or 1, ctx.config.trials - finished(ctx.study))
     threads = max(1, (os.cpu_count() or 1) // n)
     wdir = ctx.sdir / "workers"
     wdir.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,15 @@ def wait_for_server(call, proc, timeout: float = 120):
 def start_server(cmd: list[str]):
     """Start a server in its own session, so that ``stop_process`` can end it with all its children
     (MLflow's servers fork uvicorn workers and job consumers that outlive their parent otherwise)."""
+    import os
     import subprocess
+    import sys
 
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # The interpreter's bin folder first on PATH: MLflow starts ``uvicorn`` by name, which must be this
+    # environment's even when its virtualenv is not activated.
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
 
 
 def stop_process(proc) -> None:

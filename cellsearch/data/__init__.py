@@ -11,12 +11,22 @@
 
 from __future__ import annotations
 
-from cellsearch.data.dataset import Dataset, inspect, read_dataset
-from cellsearch.data.layouts import LAYOUTS, Inputs, Layout, get_layout, register_layout
-from cellsearch.data.options import DataOptions
-from cellsearch.data.preprocessing import Preprocessing, Scaler
-from cellsearch.data.reader import read_csv
-from cellsearch.data.splits import SplitTensors
+from importlib import import_module
+from typing import Any
 
-__all__ = ["LAYOUTS", "DataOptions", "Dataset", "Inputs", "Layout", "Preprocessing", "Scaler", "SplitTensors",
-           "get_layout", "inspect", "read_csv", "read_dataset", "register_layout"]
+# Names load on first use (PEP 562), so that ``cellsearch.data.options`` (what the CLI's option
+# checks need) does not import pandas and pyarrow.
+_WHERE = {"Dataset": "dataset", "inspect": "dataset", "read_dataset": "dataset", "LAYOUTS": "layouts",
+          "Inputs": "layouts", "Layout": "layouts", "get_layout": "layouts", "register_layout": "layouts",
+          "DataOptions": "options", "Preprocessing": "preprocessing", "Scaler": "preprocessing",
+          "read_csv": "reader", "SplitTensors": "splits"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'cellsearch.data' has no attribute {name!r}")
+    value = getattr(import_module(f"cellsearch.data.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
