@@ -208,10 +208,11 @@ def ui(
     import socket
     import subprocess
 
-    from cellsearch.tracking import default_tracking_uri, view_url
+    from cellsearch.tracking import default_tracking_uri, repoint_artifacts, view_url
 
     if not (run_dir / "mlflow.db").exists():
         raise UserError(f"{run_dir}: no MLflow store here (mlflow.db); run `cellsearch tune` first or pass --run-dir")
+    repoint_artifacts(run_dir)  # the run directory may have been moved or copied here
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be between 1 and 65535, got {port}")
     try:

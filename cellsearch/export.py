@@ -27,7 +27,7 @@ from cellsearch.data import Preprocessing, get_layout
 from cellsearch.errors import UserError
 from cellsearch.files import dumps
 from cellsearch.formats import Format, check_formats
-from cellsearch.tracking import default_tracking_uri
+from cellsearch.tracking import default_tracking_uri, repoint_artifacts
 
 PYFUNC_CODE = '''"""MLflow pyfunc entry point of a cellsearch bundle (models-from-code: nothing pickled)."""
 from pathlib import Path
@@ -95,13 +95,13 @@ def _open_study(run_dir: Path, storage: str | None, study: str | None) -> Any:
     return optuna.load_study(study_name=study, storage=st_obj)
 
 
-def _select_point(study: Any, trial: int | None, pick: str) -> dict[str, Any]:
+def _select_point(study: Any, trial: int | None, pick: str, root: Path) -> dict[str, Any]:
     """Trial ``trial``'s point if it completed, else the front member (a trial or an ensemble) that
     ``pick`` chooses."""
     from cellsearch.pareto import pareto_front, pick_trial, trial_points
 
     attrs = study.user_attrs
-    points = trial_points(study, attrs.get("cost", "macs"))
+    points = trial_points(study, attrs.get("cost", "macs"), root=root)
     complete = {p["trial"]: p for p in points if p["kind"] == "trial"}
     if not complete:
         raise UserError(f"study {study.study_name!r} has no finished trial to export")
@@ -308,7 +308,9 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     _check_out(out, run_dir, force)
     st = _open_study(run_dir, storage, study)
     attrs = st.user_attrs
-    point = _select_point(st, trial, pick)
+    point = _select_point(st, trial, pick, run_dir)
+    if tracking_uri is None:
+        repoint_artifacts(run_dir)  # the run directory may have been moved or copied here
     tracking = tracking_uri or default_tracking_uri(run_dir)
     trials = {t.number: t for t in st.get_trials(deepcopy=False)}
     prep, info = _study_preprocessing(study_dir(run_dir, st.study_name), attrs)
@@ -317,7 +319,7 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
         model = _refit(point, trials, data, prep)
         how = "each trial retrained on all non-test data for its cross-validated number of steps"
     else:
-        model = assemble(point, lambda n: _local_checkpoint(trials[n], tracking))
+        model = assemble(point, lambda n: _local_checkpoint(trials[n], tracking, run_dir))
         how = ("the best validation check of each fold's model, averaged" if point.get("folds", 1) > 1
                or point["kind"] == "ensemble" else "the trial's best validation check (not retrained)")
     source = (f"ensemble {point['name']} of trials {', '.join(map(str, point['members']))}"
@@ -372,9 +374,12 @@ def _refit(point: dict[str, Any], trials: dict[int, Any], data: str, prep: Prepr
     return EnsembleModel(models, weights, [{"trial": int(n), "refit": True} for n in members])
 
 
-def _local_checkpoint(trial: Any, tracking_uri: str) -> str:
-    """The trial's checkpoint file: local where it was trained, else fetched from its MLflow run."""
-    path = trial.user_attrs.get("checkpoint")
+def _local_checkpoint(trial: Any, tracking_uri: str, run_dir: Path) -> str:
+    """The trial's checkpoint file: in the run directory where it was trained (or moved, or copied),
+    else fetched from its MLflow run."""
+    from cellsearch.files import in_run_dir
+
+    path = in_run_dir(run_dir, trial.user_attrs.get("checkpoint"))
     if path and Path(path).exists():
         return path
     uri = trial.user_attrs.get("checkpoint_uri")

@@ -6,8 +6,34 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` exclusively: processes creating the same run directory's databases (the
+    study storage's and MLflow's schemas, a new study, its experiment) take turns instead of racing."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def in_run_dir(root: Path | None, stored: str | None) -> str | None:
+    """A path stored in a study (relative to its run directory, so that the folder can be moved or
+    copied) as a usable path; older studies' paths (relative to where ``tune`` ran) are kept."""
+    if not stored or root is None or Path(stored).is_absolute():
+        return stored
+    inside = Path(root) / stored
+    return str(inside) if inside.exists() or not Path(stored).exists() else stored
 
 
 def check_readable(path: Path, what: str = "") -> None:

@@ -269,7 +269,9 @@ class Objective:
                  "steps": int(sum(r.steps for r in results)), "best_steps": [r.best_step for r in results],
                  "fold_sizes": [len(f.train) for f in ctx.folds.folds],
                  "batch_size": results[0].batch_size, "train_seconds": seconds,
-                 "stopped_by": results[-1].stopped_by, "checkpoint": str(ckpt), "oof": str(oof_file), **costs}
+                 "stopped_by": results[-1].stopped_by, **costs,
+                 # relative to the run directory, which may be moved or copied
+                 "checkpoint": str(ckpt.relative_to(config.run_dir)), "oof": str(oof_file.relative_to(config.run_dir))}
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         fold_metrics = {f"fold{k + 1}_score": v for k, v in enumerate(scores)} if len(scores) > 1 else {}

@@ -18,11 +18,14 @@ from typing import Any
 from cellsearch.costs import COSTS, cost_value
 
 
-def trial_points(study: Any, cost: str, ensembles: bool = True) -> list[dict[str, Any]]:
+def trial_points(study: Any, cost: str, ensembles: bool = True, root: Any = None) -> list[dict[str, Any]]:
     """One point per complete trial — its score (mean over folds) and spread, out-of-fold loss,
     ``cost`` and what tables and plots show of it (``choices`` are its searched parameters, as Optuna
-    names them) — and, with ``ensembles``, one per ensemble the study holds."""
+    names them) — and, with ``ensembles``, one per ensemble the study holds. ``root``: the run
+    directory the stored checkpoint and out-of-fold paths are relative to."""
     import optuna
+
+    from cellsearch.files import in_run_dir
 
     pts = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -34,7 +37,8 @@ def trial_points(study: Any, cost: str, ensembles: bool = True) -> list[dict[str
                     "folds": a.get("folds", 1), "cost": cost_value(cost, a),
                     **{c.attr: a.get(c.attr) for c in COSTS.values()},
                     "epochs": a.get("epochs"), "train_seconds": a.get("train_seconds"),
-                    "checkpoint": a.get("checkpoint"), "oof": a.get("oof"), "choices": dict(t.params)})
+                    "checkpoint": in_run_dir(root, a.get("checkpoint")), "oof": in_run_dir(root, a.get("oof")),
+                    "choices": dict(t.params)})
     if ensembles:
         for e in study.user_attrs.get("ensembles", []):
             pts.append({**e, "trial": None, "kind": "ensemble", "cost": cost_value(cost, e),

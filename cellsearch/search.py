@@ -43,13 +43,13 @@ class TuneResult:
                 "pick": self.pick, "cv": self.cv}
 
 
-def _score_test(dataset: Any, study: Any, entries: list[dict[str, Any]]) -> None:
+def _score_test(dataset: Any, study: Any, entries: list[dict[str, Any]], root: Path) -> None:
     """Test scores for the finalists only (selection never sees the test split)."""
     from cellsearch.ensemble import assemble
     from cellsearch.train import evaluate_test
 
     test = dataset.splits["test"]
-    checkpoints = {p["trial"]: p.get("checkpoint") for p in trial_points(study, "macs", ensembles=False)}
+    checkpoints = {p["trial"]: p.get("checkpoint") for p in trial_points(study, "macs", False, root)}
     for e in entries:
         needed = list(e["members"]) if e.get("members") else [e["trial"]]
         if len(test) and all(checkpoints.get(t) and Path(checkpoints[t]).exists() for t in needed):
@@ -63,7 +63,7 @@ def _select_ensembles(ctx: Any) -> list[dict[str, Any]]:
     """Ensembles of the study's complete trials (``cellsearch.ensemble``), stored with the study."""
     from cellsearch.ensemble import select_ensembles
 
-    trials = trial_points(ctx.study, ctx.config.cost, ensembles=False)
+    trials = trial_points(ctx.study, ctx.config.cost, ensembles=False, root=ctx.config.run_dir)
     found = select_ensembles(trials, ctx.folds, ctx.dataset.task, ctx.direction,
                              ctx.dataset.preprocessing.target_scale, ctx.config.cost)
     ctx.study.set_user_attr("ensembles", found)
@@ -97,6 +97,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     ctx = prepare(config, create=True)
     dataset, direction, cost = ctx.dataset, ctx.direction, config.cost
     tracker = make_tracker(config, meta=ctx.meta, argv=sys.argv)
+    tracker.close_stale(ctx.study)  # records a killed process left running end failed
     references = []
     if config.references:
         from cellsearch.references import fit_references
@@ -109,7 +110,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
                         enabled=config.progress and not config.verbose) as bar:
 
         def on_trial(study_: Any) -> None:
-            pts = trial_points(study_, cost)
+            pts = trial_points(study_, cost, root=config.run_dir)
             front = pareto_front(pts, direction)
             best = pick_trial(front, direction, "best")
             bar.update(finished(study_), best["score"] if best else None, len(front))
@@ -129,9 +130,9 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         _select_ensembles(ctx)
     else:
         st.set_user_attr("ensembles", [])
-    front = pareto_front(trial_points(st, cost, ensembles=config.ensemble), direction)
+    front = pareto_front(trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir), direction)
     chosen = pick_trial(front, direction, config.pick)
-    _score_test(dataset, st, front)
+    _score_test(dataset, st, front, config.run_dir)
     result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,
                         chosen=chosen, run_dir=config.run_dir, counts=counts(st), interrupted=interrupted,
                         references=references, pick=config.pick, cv=ctx.folds.describe())

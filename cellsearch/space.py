@@ -163,6 +163,27 @@ def _check_dist(where: str, name: str, spec: Any, allowed: tuple[Any, ...] | Non
         raise UserError(f"{where}: {name}: a log scale needs low > 0, got {low}")
 
 
+#: Allowed ranges [low, high] of the numeric keys (a constant, or every value a distribution can draw).
+RANGES: dict[str, tuple[float, float]] = {
+    "layers.depth": (1, 16), "layers.hidden": (1, 65_536), "batch_size": (1, 1_000_000), "max_epochs": (1, 100_000),
+    "patience": (0, 100_000), "min_steps": (0, 10_000_000), "lr": (1e-12, 10.0), "dropout": (0.0, 0.99),
+    "weight_decay": (0.0, 10.0)}
+
+
+def _check_range(where: str, name: str, spec: Any) -> None:
+    """Refuse a numeric key whose values fall outside ``RANGES`` (e.g. ``hidden: 0``)."""
+    lo_ok, hi_ok = RANGES[name]
+    if isinstance(spec, dict):
+        values = spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
+    else:
+        values = [spec]
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
+        raise UserError(f"{where}: {name}: must be a number, got {values}")
+    if min(values) < lo_ok or max(values) > hi_ok:
+        raise UserError(f"{where}: {name}: values must lie in [{lo_ok:g}, {hi_ok:g}], got {min(values):g} to "
+                        f"{max(values):g}")
+
+
 def validate(config: Any, where: str) -> dict[str, Any]:
     """Check a loaded YAML document and fill in defaults; raises ``UserError`` naming the problem."""
     from cellsearch.cells import CELLS
@@ -189,6 +210,8 @@ def validate(config: Any, where: str) -> dict[str, Any]:
     _check_dist(where, "layers.bidirectional", cfg["layers"]["bidirectional"], (True, False))
     for key in TRAINING_KEYS:
         _check_dist(where, key, cfg[key])
+    for name in RANGES:
+        _check_range(where, name, cfg["layers"][name[7:]] if name.startswith("layers.") else cfg[name])
     from cellsearch.pooling import POOLINGS
 
     _check_dist(where, "pooling", cfg["pooling"], tuple(POOLINGS))

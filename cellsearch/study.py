@@ -14,7 +14,7 @@ from typing import Any
 
 from cellsearch.config import TuneConfig
 from cellsearch.errors import UserError
-from cellsearch.files import write_json
+from cellsearch.files import locked, write_json
 
 HEARTBEAT_S = 2
 GRACE_S = 8
@@ -148,14 +148,29 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     except OSError as exc:
         raise UserError(f"--run-dir {config.run_dir}: cannot write there ({exc.strerror or exc})") from None
     url = config.storage or default_storage(config.run_dir)
+    with locked(config.run_dir):
+        return _open_study(config, dataset, folds, spc, url, create, worker_index, metric, direction, accelerator)
+
+
+def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str, create: bool, worker_index: int,
+                metric: str, direction: str, accelerator: str) -> SearchContext:
+    """``prepare``'s second half, run holding the run directory's lock."""
+    import optuna
+
     storage = open_storage(url)
     directions = [direction] if config.objective == "score" else [direction, "minimize"]
     n_before = 0
+    print_ = fingerprint(dataset)
     try:
         existing = optuna.load_study(study_name=config.study_name, storage=storage)
         n_before = len(existing.trials)
         if [d.name.lower() for d in existing.directions] != directions:
             raise UserError(f"study {config.study_name!r} exists with other objectives; use another --study name")
+        theirs = existing.user_attrs.get("fingerprint")
+        if theirs is not None and theirs != print_:
+            differ = ", ".join(k for k in print_ if print_[k] != theirs.get(k))
+            raise UserError(f"study {config.study_name!r} in {config.run_dir} was made for other data (its "
+                            f"{differ} differ from this file's); give this file its own --study name")
     except KeyError:
         pass
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
@@ -170,12 +185,22 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
         optuna.storages.fail_stale_trials(st)
         for k, v in meta.items():
             st.set_user_attr(k, v)
+        st.set_user_attr("fingerprint", print_)
         prep = dataset.preprocessing.to_dict()
         st.set_user_attr("preprocessing", prep)
         st.set_user_attr("dataset_info", {k: v for k, v in dataset.info.items() if k != "warnings"})
         write_json(sdir / "preprocessing.json", prep)
         write_json(sdir / "dataset.json", dataset.info)
     return SearchContext(config, dataset, spc, st, url, sdir, meta, metric, direction, accelerator, folds)
+
+
+def fingerprint(dataset: Any) -> dict[str, Any]:
+    """What a study's data must keep to be continued: its layout, task, columns with their roles and
+    encodings — not its rows (a grown file may continue a study deliberately)."""
+    prep = dataset.preprocessing
+    return {"layout": prep.layout, "task": prep.task, "target": prep.target, "id column": prep.id_col,
+            "time column": prep.time_col, "features": list(prep.features), "inputs": list(prep.inputs),
+            "classes": [str(c) for c in prep.classes] if prep.classes is not None else None}
 
 
 def read_folds(config: TuneConfig) -> tuple[Any, Any]:

@@ -65,9 +65,41 @@ class Tracker(Protocol):
     def finish(self, study: Any, result: Any, dataset: Any) -> None:
         """The search ended: the chosen model, counts, final plots."""
 
+    def close_stale(self, study: Any) -> None:
+        """End the records a killed process left running (the study already failed its trials)."""
+
 
 def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def repoint_artifacts(run_dir: Path) -> int:
+    """Point the run directory's MLflow store at this directory's ``mlartifacts/``.
+
+    MLflow records artifact locations as absolute URIs; after the run directory was moved, copied or
+    unpacked elsewhere they would point at the old place (or, for a copy, at the original's files).
+    Every location under some ``.../mlartifacts`` is rewritten to this directory's before MLflow
+    opens the store (SQLite, directly). Returns the rows changed."""
+    import sqlite3
+
+    db = run_dir / "mlflow.db"
+    if not db.exists():
+        return 0
+    here = (run_dir / "mlartifacts").resolve().as_uri()
+    marker = "/mlartifacts"
+    changed = 0
+    with sqlite3.connect(db, timeout=60) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                              ("logged_models", "artifact_location")):
+            if table not in tables:
+                continue
+            cur = con.execute(
+                f"UPDATE {table} SET {column} = ? || substr({column}, instr({column}, ?) + ?) "
+                f"WHERE instr({column}, ?) > 0 AND substr({column}, 1, instr({column}, ?) + ? - 1) != ?",
+                (here, marker, len(marker), marker, marker, len(marker), here))
+            changed += cur.rowcount
+    return changed
 
 
 def _finite(v: Any) -> bool:
@@ -101,6 +133,9 @@ class NullTracker:
         pass
 
     def finish(self, study: Any, result: Any, dataset: Any) -> None:
+        pass
+
+    def close_stale(self, study: Any) -> None:
         pass
 
 
@@ -181,7 +216,11 @@ class MLflowTracker:
         self.experiment_id = exp_id
         # The study opens on its runs table (not MLflow's GenAI traces page).
         self.client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-        tags = {"data": data, "study": study_name, "command": " ".join(argv)[:4000],
+        import os
+        import socket
+
+        tags = {"data": data, "study": study_name, "command": " ".join(argv)[:4000], "host": socket.gethostname(),
+                "pid": str(os.getpid()),
                 "cellsearch_version": cellsearch.__version__, "role": "search",
                 **{f"search.{k}": str(v) for k, v in meta.items()}}
         if parent_id is None:  # a worker attaches its trials to its tune process's parent run
@@ -194,6 +233,38 @@ class MLflowTracker:
         self._publish_view(meta.get("direction", "maximize"), meta.get("cost", "macs"))
         self._last_plot = 0.0
         self.references: list[dict[str, Any]] = []
+
+    def close_stale(self, study: Any) -> None:
+        """Runs left RUNNING by a killed process end FAILED ("killed"): trial runs whose trial the study
+        no longer counts as running, and search runs of this machine whose process is gone."""
+        import os
+        import socket
+
+        import optuna
+        from mlflow.entities import RunTag
+
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        host = socket.gethostname()
+        for r in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=50000):
+            tags = r.data.tags
+            if r.info.run_id == self.parent_id:
+                continue
+            if "trial_number" in tags:
+                stale = int(tags["trial_number"]) not in running
+            elif tags.get("role") == "search" and tags.get("host") == host and tags.get("pid", "").isdigit():
+                try:
+                    os.kill(int(tags["pid"]), 0)
+                    stale = False
+                except ProcessLookupError:
+                    stale = True
+                except PermissionError:
+                    stale = False
+            else:
+                continue
+            if stale:
+                self.client.log_batch(r.info.run_id, tags=[RunTag("state", "FAILED"), RunTag(
+                    "reason", "killed: its process ended without finishing the run")])
+                self.client.set_terminated(r.info.run_id, status="FAILED")
 
     def _publish_view(self, direction: str, cost: str) -> None:
         """The runs table ``cellsearch ui`` links to: each search's runs grouped under it (by the
@@ -342,7 +413,8 @@ class MLflowTracker:
             self.client.log_artifact(self.parent_id, str(p))
         from cellsearch.pareto import trial_points
 
-        self._log_plots(study, trial_points(study, result.cost), result.front, dataset, result.chosen)
+        self._log_plots(study, trial_points(study, result.cost, root=result.run_dir), result.front, dataset,
+                        result.chosen)
         self.client.set_terminated(self.parent_id, status="KILLED" if result.interrupted else "FINISHED")
 
 
@@ -387,6 +459,11 @@ def make_tracker(config: TuneConfig, *, meta: dict[str, Any], argv: list[str],
     ``track=False``, nothing. Worker processes pass their ``tune`` process's ``parent_id``."""
     if not config.track:
         return NullTracker()
-    return MLflowTracker(tracking_uri=config.tracking_uri or default_tracking_uri(config.run_dir),
-                         run_dir=config.run_dir, study_name=config.study_name, data=str(config.data), meta=meta,
-                         argv=argv, parent_id=parent_id)
+    from cellsearch.files import locked
+
+    with locked(config.run_dir):  # a fresh store's schema is created once, not by two processes at once
+        if config.tracking_uri is None:
+            repoint_artifacts(config.run_dir)
+        return MLflowTracker(tracking_uri=config.tracking_uri or default_tracking_uri(config.run_dir),
+                             run_dir=config.run_dir, study_name=config.study_name, data=str(config.data),
+                             meta=meta, argv=argv, parent_id=parent_id)

@@ -204,7 +204,7 @@ def test_a_trial_trains_one_model_per_fold(cv_tuned):
         a = t.user_attrs
         assert len(a["fold_scores"]) == 3 and abs(a["val_score"] - np.mean(a["fold_scores"])) < 1e-12
         assert abs(a["val_spread"] - np.std(a["fold_scores"])) < 1e-12
-        oof = np.load(a["oof"])
+        oof = np.load(cv_tuned.run_dir / a["oof"])
         n_pool = len(read_dataset(cv_tuned.study.user_attrs["data"], val_size=0.0).splits["train"])
         assert oof.shape == (n_pool, 3)  # every non-test sequence predicted once, 3 classes
         assert np.isfinite(a["oof_loss"]) and a["folds"] == 3
@@ -213,7 +213,7 @@ def test_a_trial_trains_one_model_per_fold(cv_tuned):
         assert [run.data.metrics[f"fold{k}_score"] for k in (1, 2, 3)] == pytest.approx(a["fold_scores"])
         assert run.data.metrics["score_spread"] == pytest.approx(a["val_spread"])
         assert any(f.path == "oof" for f in client.list_artifacts(run.info.run_id))
-        model, _ = cellsearch.model.load_checkpoint(a["checkpoint"])
+        model, _ = cellsearch.model.load_checkpoint(cv_tuned.run_dir / a["checkpoint"])
         assert isinstance(model, EnsembleModel) and len(model.members) == 3
 
 
