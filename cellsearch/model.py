@@ -262,17 +262,18 @@ def model_arch(model: nn.Module) -> str:
 
 @torch.no_grad()
 def measure_latency(model: nn.Module, input_size: int, length: int, repeats: int = 20) -> float:
-    """Median milliseconds of one forward pass at batch 1 and the given length (CPU, eval mode)."""
+    """Median milliseconds of one forward pass at batch 1 and the given length (CPU, eval mode):
+    ``repeats`` passes, fewer (at least 3) when they take over 2 seconds together."""
     import statistics
     import time
 
     was_training = model.training
     model.eval()
     x = torch.randn(1, max(1, length), input_size)
-    for _ in range(3):
-        model(x)
-    times = []
-    for _ in range(repeats):
+    model(x)  # warm-up
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() - start < 2.0):  # at most ~2 s
         t0 = time.perf_counter()
         model(x)
         times.append(time.perf_counter() - t0)

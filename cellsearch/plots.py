@@ -282,7 +282,8 @@ GATE_NAMES = {"i": "input gate", "f": "forget gate", "o": "output gate", "g": "c
               "h": "hidden state", "r": "reset gate", "z": "update gate", "n": "candidate"}
 
 
-def gates_plot(path: Path, checkpoint: str, dataset: Any, n_sequences: int = 3) -> Path | None:
+def gates_plot(path: Path, checkpoint: str, dataset: Any, n_sequences: int = 3, max_steps: int = 200
+               ) -> Path | None:
     """Gate activations over time of the chosen model on a few validation sequences: one row per
     sequence and layer, one column per gate (names spelled out), time along x, a colour bar per
     column, each sequence's true class and prediction in its row label."""
@@ -299,8 +300,9 @@ def gates_plot(path: Path, checkpoint: str, dataset: Any, n_sequences: int = 3) 
         model = model.members[0]
     model.eval()
     k = min(n_sequences, len(split))
-    x = torch.from_numpy(split.x[:k])
-    lengths = torch.from_numpy(split.lengths[:k].astype("int64"))
+    steps = min(split.x.shape[1], max_steps)  # a long sequence: its first steps, readable and quick
+    x = torch.from_numpy(split.x[:k, :steps])
+    lengths = torch.from_numpy(np.minimum(split.lengths[:k], steps).astype("int64"))
     with torch.no_grad():
         out = model(x, lengths).numpy()
     classes = dataset.preprocessing.classes

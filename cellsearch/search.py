@@ -43,8 +43,12 @@ class TuneResult:
                 "pick": self.pick, "cv": self.cv}
 
 
-def _score_test(dataset: Any, study: Any, entries: list[dict[str, Any]], root: Path) -> None:
-    """Test scores for the finalists only (selection never sees the test split)."""
+def _score_test(dataset: Any, study: Any, entries: list[dict[str, Any]], root: Path, until: float | None = None
+                ) -> None:
+    """Test scores for the finalists only (selection never sees the test split); those whose turn
+    comes after ``until`` (the end of ``--timeout``) get none."""
+    import time
+
     from cellsearch.ensemble import assemble
     from cellsearch.train import evaluate_test
 
@@ -52,7 +56,9 @@ def _score_test(dataset: Any, study: Any, entries: list[dict[str, Any]], root: P
     checkpoints = {p["trial"]: p.get("checkpoint") for p in trial_points(study, "macs", False, root)}
     for e in entries:
         needed = list(e["members"]) if e.get("members") else [e["trial"]]
-        if len(test) and all(checkpoints.get(t) and Path(checkpoints[t]).exists() for t in needed):
+        if until is not None and time.time() >= until:
+            e["test_score"] = None
+        elif len(test) and all(checkpoints.get(t) and Path(checkpoints[t]).exists() for t in needed):
             model = assemble(e, checkpoints.__getitem__)
             e.update(evaluate_test(model, test, dataset.task, dataset.preprocessing.target_scale))
         else:
@@ -132,7 +138,8 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         st.set_user_attr("ensembles", [])
     front = pareto_front(trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir), direction)
     chosen = pick_trial(front, direction, config.pick)
-    _score_test(dataset, st, front, config.run_dir)
+    _score_test(dataset, st, front, config.run_dir,
+                None if config.timeout is None else config.started_at + config.timeout)
     result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,
                         chosen=chosen, run_dir=config.run_dir, counts=counts(st), interrupted=interrupted,
                         references=references, pick=config.pick, cv=ctx.folds.describe())

@@ -14,7 +14,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -228,6 +227,31 @@ class EpochHistory(pl.Callback):
             self.on_epoch(epoch, m)
 
 
+class TimeUpError(Exception):
+    """Raised inside Lightning's loop when a trial's time is up (``Deadline``)."""
+
+
+class Deadline(pl.Callback):
+    """Stop training at a wall-clock time, checked after every training and validation batch: a trial
+    ends within one batch of its budget, however long its epochs are (Lightning's own ``max_time``
+    waits for ``min_steps`` and is not checked during validation)."""
+
+    def __init__(self, at: float | None) -> None:
+        self.at = at
+        self.hit = False
+
+    def _check(self) -> None:
+        if self.at is not None and time.time() >= self.at:
+            self.hit = True
+            raise TimeUpError
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._check()
+
+    def on_validation_batch_end(self, *args: Any) -> None:
+        self._check()
+
+
 @dataclass
 class FitResult:
     """What training one candidate produced (``epochs``: validation checks, ``steps``: optimiser steps)."""
@@ -264,8 +288,10 @@ class Schedule:
     def plan(cls, n_train: int, batch_size: int, max_epochs: int, min_steps: int) -> Schedule:
         batch = max(1, min(batch_size, n_train // 4))
         per_epoch = -(-n_train // batch)
-        steps = max(min_steps, max_epochs * per_epoch)
-        return cls(batch, steps, max(1, -(-steps // max(1, max_epochs))), min(min_steps, steps))
+        checks = max(1, max_epochs)
+        val_every = max(1, -(-max(min_steps, checks * per_epoch) // checks))
+        steps = val_every * checks  # a whole number of intervals: the last check falls on the last step
+        return cls(batch, steps, val_every, min(min_steps, steps))
 
 
 def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, max_epochs: int,
@@ -300,16 +326,16 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
     mode = "max" if direction == "maximize" else "min"
     early = EarlyStopping(monitor="val_score", mode=mode, patience=patience, check_finite=False)
     fold = fold or holdout_fold(dataset)
+    deadline = Deadline(None if not max_seconds else time.time() + max_seconds)
     plan = Schedule.plan(len(fold.train), batch_size, max_epochs, min_steps)
     if fixed_steps is not None:
         plan = Schedule(plan.batch_size, max(1, fixed_steps), max(1, fixed_steps), max(1, fixed_steps))
     trainer = pl.Trainer(
         max_steps=plan.steps, max_epochs=-1, min_steps=plan.min_steps, val_check_interval=plan.val_every,
         check_val_every_n_epoch=None, limit_val_batches=0 if fixed_steps is not None else None,
-        max_time=timedelta(seconds=max_seconds) if max_seconds else None,
         accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=verbose, enable_model_summary=verbose, num_sanity_val_steps=0,
-        callbacks=[] if fixed_steps is not None else [history, early], deterministic=False,
+        callbacks=[deadline] + ([] if fixed_steps is not None else [history, early]), deterministic=False,
     )
     dm = SequenceDataModule(dataset, batch_size=plan.batch_size, seed=seed, fold=fold)
     sigint = signal.getsignal(signal.SIGINT)
@@ -319,6 +345,8 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
             if not verbose:
                 warnings.simplefilter("ignore")
             trainer.fit(task, datamodule=dm)
+    except TimeUpError:
+        pass  # the time limit fell inside an epoch: keep the best check so far
     except SystemExit:
         # Lightning answers Ctrl-C with exit(1) after ignoring SIGINT: restore and re-raise as such.
         signal.signal(signal.SIGINT, sigint)
@@ -334,10 +362,11 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
         model.eval()
         return FitResult(model, math.nan, -1, 0, [], seconds, "max_steps", steps, plan.batch_size, steps)
     if history.best_state is None:
-        raise NonFiniteLossError("no finite validation score")
+        raise NonFiniteLossError("the time limit came before the first validation" if deadline.hit
+                                 else "no finite validation score")
     model.load_state_dict(history.best_state)
     model.eval()
-    stopped = ("max_steps" if steps >= plan.steps else
+    stopped = ("time_limit" if deadline.hit else "max_steps" if steps >= plan.steps else
                "early_stopping" if early.wait_count >= early.patience else "time_limit")
     return FitResult(model, history.best_score, history.best_epoch, len(history.history),
                      history.history, seconds, stopped, steps, plan.batch_size,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from cellsearch.data.detect import check_stray_cells
 from cellsearch.data.layouts import detect, get_layout
 from cellsearch.data.options import SPLITS, DataOptions
 from cellsearch.data.preprocessing import Preprocessing
@@ -64,6 +65,7 @@ def read_dataset(path: str | Path, options: DataOptions | None = None, **overrid
     df = read_csv(path, keys=(opts.id_col, opts.time_col))
     n_rows = len(df)
     schema, warnings = detect(df, opts, path)
+    check_stray_cells(df, [c for c in schema.features if c != schema.target], path)
     layout = get_layout(schema.layout)
     splits, fitted = layout.build(df, schema, opts, path, warnings)
     if len(splits["val"]) == 0 and opts.val_size > 0:

@@ -31,6 +31,34 @@ def is_numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
 
 
+def check_stray_cells(df: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """Refuse a column that is numeric except for a few cells (``0x1F``, ``n/a``, a decimal comma):
+    read as text it would silently become one-hot categories. Names the column, the first bad value
+    and its line."""
+    import re
+
+    for c in columns:
+        s = df[c]
+        if is_numeric(s) or pd.api.types.is_bool_dtype(s):
+            continue
+        text = s.dropna().astype(str).str.strip()
+        if len(text) < 10:
+            continue
+        bad = pd.to_numeric(text, errors="coerce").isna().to_numpy()
+        if bad.all() or bad.mean() > 0.1:
+            if text.str.fullmatch(r"[-+]?\d+,\d+|[-+]?\d+").all():
+                first = text[text.str.contains(",")].iloc[0]
+                raise UserError(f"{path}: column {c!r} has decimal commas (such as {first!r}); write decimal "
+                                "points (e.g. read it with pandas.read_csv(..., decimal=',') and save it again)")
+            continue  # a text column
+        k = int(np.flatnonzero(bad)[0])
+        line = int(s.index.get_loc(text.index[k])) + 2 if s.index.is_unique else None
+        where = f" (line {line})" if line is not None else ""
+        value = re.sub(r"\s+", " ", text.iloc[k])[:40]
+        raise UserError(f"{path}: column {c!r} is numeric except for {int(bad.sum())} cell(s) such as "
+                        f"{value!r}{where}; fix or empty those cells")
+
+
 def find_column(columns: list[str], names: tuple[str, ...], exclude: set[str]) -> str | None:
     """The first column (case-insensitive) among ``names``, in the order of ``names``."""
     lower = {c.lower(): c for c in columns if c not in exclude}

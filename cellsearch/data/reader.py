@@ -102,7 +102,9 @@ def _read_columns(path: Path, keys: set[str], delimiter: str = ",") -> tuple[lis
             head += fh.read(1 << 20)
     if len(head) < size and b"\n" in head:
         head = head[:head.rindex(b"\n") + 1]
-    probe = pacsv.read_csv(pa.py_buffer(head), parse_options=parse, convert_options=convert({})).schema
+    # The probe's block holds the whole head: a header of 300,000 columns is several megabytes.
+    probe = pacsv.read_csv(pa.py_buffer(head), read_options=pacsv.ReadOptions(block_size=max(1 << 20, len(head) + 1)),
+                           parse_options=parse, convert_options=convert({})).schema
     names = list(probe.names)
     types = {f.name: pa.float32() for f in probe if pa.types.is_floating(f.type) and not _may_be_key(f.name, keys)}
     if len(set(names)) < len(names):  # before any column is keyed by name
