@@ -4,6 +4,11 @@ In multi-objective studies, where Optuna's pruners do not apply, a median-stoppi
 ends hopeless trials (``MedianStopper``): after ``warmup`` epochs, a trial whose best score so far is
 worse than the median of the finished trials' best-so-far at the same epoch is pruned. With
 ``objective="score"`` Optuna's own pruner decides from the reported epochs.
+
+Cross-validated trials race over their folds: after each fold but the last, a trial whose mean score
+so far is worse than the median of the finished trials' mean over the same first folds stops there
+(``_behind_after_folds``; with ``objective="score"``, Optuna's pruner sees that mean after each
+fold). The K-fold cost is paid only by trials that stay in the running.
 """
 
 from __future__ import annotations
@@ -56,6 +61,22 @@ def _finished_curves(study: Any) -> list[list[float]]:
         if curve:
             out.append(curve)
     return out
+
+
+def _behind_after_folds(study: Any, n_folds: int, mean: float, direction: str, min_trials: int = 4) -> bool:
+    """Racing over folds: whether a trial's mean score over its first ``n_folds`` folds is worse than
+    the median of the same mean over the complete trials (at least ``min_trials`` of them). Most
+    trials then stop after one or two folds; the promising ones earn all K."""
+    import optuna
+
+    means = sorted(float(sum(f[:n_folds]) / n_folds)
+                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                   if len(f := t.user_attrs.get("fold_scores") or []) >= n_folds)
+    if len(means) < min_trials:
+        return False
+    mid = len(means) // 2
+    median = means[mid] if len(means) % 2 else 0.5 * (means[mid - 1] + means[mid])
+    return mean < median if direction == "maximize" else mean > median
 
 
 class SurplusTrialError(RuntimeError):
@@ -161,11 +182,16 @@ class Objective:
                 weight_decay=float(cfg["weight_decay"]), seed=seed + 1009 * k, max_seconds=self._budget(),
                 on_epoch=self._epoch_hook(trial, run, curve, k), verbose=config.verbose,
                 accelerator=ctx.accelerator))
-            if config.objective == "score" and ctx.folds.k > 1 and config.prune:
-                mean = float(np.mean([r.best_score for r in results]))
+            if ctx.folds.k == 1 or not config.prune or k + 1 == ctx.folds.k:
+                continue
+            mean = float(np.mean([r.best_score for r in results]))
+            if config.objective == "score":
                 trial.report(mean, k)
-                if k + 1 < ctx.folds.k and trial.should_prune():
+                if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned by Optuna's pruner after fold {k + 1} of {ctx.folds.k}")
+            elif _behind_after_folds(trial.study, k + 1, mean, ctx.direction):
+                raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean {ctx.metric} so "
+                                         "far is worse than the median of finished trials' first folds")
         return results
 
     @property
