@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,9 @@ def load(path: str | Path) -> Any:
     except (ValueError, TypeError, KeyError) as exc:
         raise UserError(f"{path}/spec.json: not a valid model description ({exc})") from None
     try:
-        state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's own notice about the refused file would be a second line
+            warnings.simplefilter("ignore")
+            state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     except Exception:
         raise UserError(f"{path}/weights.pt: refused — not a plain file of tensors (loading it would run code "
                         "from the file)") from None

@@ -355,7 +355,7 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             signal.signal(signal.SIGINT, sigint)
     seconds = time.perf_counter() - t0
-    if trainer.interrupted:
+    if trainer.interrupted and not deadline.hit:  # (Lightning marks any exception, ours too, interrupted)
         raise KeyboardInterrupt
     steps = int(trainer.global_step)
     if fixed_steps is not None:

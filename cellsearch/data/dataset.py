@@ -65,7 +65,8 @@ def read_dataset(path: str | Path, options: DataOptions | None = None, **overrid
     df = read_csv(path, keys=(opts.id_col, opts.time_col))
     n_rows = len(df)
     schema, warnings = detect(df, opts, path)
-    check_stray_cells(df, [c for c in schema.features if c != schema.target], path)
+    roles = {schema.target, schema.id_col, schema.time_col, schema.split_col}
+    check_stray_cells(df, [c for c in df.columns if c not in roles], path)
     layout = get_layout(schema.layout)
     splits, fitted = layout.build(df, schema, opts, path, warnings)
     if len(splits["val"]) == 0 and opts.val_size > 0:
