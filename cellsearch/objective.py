@@ -63,14 +63,15 @@ def _finished_curves(study: Any) -> list[list[float]]:
     return out
 
 
-def _behind_after_folds(study: Any, n_folds: int, mean: float, direction: str, min_trials: int = 4) -> bool:
+def _behind_after_folds(study: Any, n_folds: int, mean: float, direction: str, min_trials: int = 3) -> bool:
     """Racing over folds: whether a trial's mean score over its first ``n_folds`` folds is worse than
-    the median of the same mean over the complete trials (at least ``min_trials`` of them). Most
-    trials then stop after one or two folds; the promising ones earn all K."""
+    the median of the same mean over the finished trials that got that far (complete, or pruned
+    later; at least ``min_trials`` of them). Most trials then stop after one or two folds; the
+    promising ones earn all K."""
     import optuna
 
-    means = sorted(float(sum(f[:n_folds]) / n_folds)
-                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    means = sorted(float(sum(f[:n_folds]) / n_folds) for t in study.get_trials(deepcopy=False, states=states)
                    if len(f := t.user_attrs.get("fold_scores") or []) >= n_folds)
     if len(means) < min_trials:
         return False
@@ -148,11 +149,13 @@ class Objective:
             trial.set_user_attr(k, v)
         run = self.tracker.start_trial(trial.number, model.spec, cfg)
         curve: list[float] = []
+        results: list[Any] = []
         try:
-            results = self._train_folds(trial, run, cfg, model, seed, curve)
+            self._train_folds(trial, run, cfg, model, seed, curve, results)
         except (Exception, KeyboardInterrupt) as exc:
             state, reason, error = _outcome(exc)
             trial.set_user_attr("curve", curve)
+            trial.set_user_attr("fold_scores", [float(r.best_score) for r in results])  # the folds it finished
             trial.set_user_attr("reason", reason)
             run.finish(state, reason=reason)
             if error is exc:
@@ -161,7 +164,7 @@ class Objective:
         return self._record(trial, run, results, curve)
 
     def _train_folds(self, trial: Any, run: Any, cfg: dict[str, Any], model: Any, seed: int,
-                     curve: list[float]) -> list[Any]:
+                     curve: list[float], results: list[Any]) -> None:
         """Train one model per fold (``cellsearch.folds``); after each fold, single-objective studies
         report the mean score so far to Optuna's pruner."""
         import numpy as np
@@ -171,7 +174,6 @@ class Objective:
 
         ctx, config = self.ctx, self.ctx.config
         self._started = time.time()
-        results = []
         for k, fold in enumerate(ctx.folds.folds):
             if k:
                 model = self._build(cfg, seed)
@@ -192,7 +194,6 @@ class Objective:
             elif _behind_after_folds(trial.study, k + 1, mean, ctx.direction):
                 raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean {ctx.metric} so "
                                          "far is worse than the median of finished trials' first folds")
-        return results
 
     @property
     def _season(self) -> tuple[int, int]:
