@@ -148,6 +148,8 @@ def export(
     run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="The run directory of the search."),
     study: str | None = typer.Option(None, "--study", help="Study name (needed when the run holds several)."),
     trial: int | None = typer.Option(None, "--trial", help="Export this trial instead of picking from the front."),
+    ensemble: str | None = typer.Option(None, "--ensemble", help="Export this ensemble (E1, E2, ... as the Pareto "
+                                        "table names them) instead of picking from the front."),
     pick: str = typer.Option("knee", "--pick", help="knee, best or smallest member of the Pareto front."),
     storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default: the run's SQLite)."),
     formats: list[str] = typer.Option([], "--format", help="Also write this format into the bundle (repeatable): "
@@ -164,7 +166,7 @@ def export(
 
     path = run_export(out=out, run_dir=run_dir, study=study, trial=trial, pick=pick, storage=storage,
                       formats=[*formats, *(["onnx"] if onnx else [])], register=register,
-                      tracking_uri=tracking_uri, force=force, weights=weights)
+                      tracking_uri=tracking_uri, force=force, weights=weights, ensemble=ensemble)
     print(f"exported to {path}  (cellsearch predict {path} data.csv)")
 
 

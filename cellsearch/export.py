@@ -98,9 +98,10 @@ def _open_study(run_dir: Path, storage: str | None, study: str | None) -> Any:
     return optuna.load_study(study_name=study, storage=st_obj)
 
 
-def _select_point(study: Any, trial: int | None, pick: str, root: Path) -> dict[str, Any]:
-    """Trial ``trial``'s point if it completed, else the front member (a trial or an ensemble) that
-    ``pick`` chooses."""
+def _select_point(study: Any, trial: int | None, pick: str, root: Path, ensemble: str | None = None
+                  ) -> dict[str, Any]:
+    """Trial ``trial``'s point if it completed, ensemble ``ensemble`` (``E2``), else the front member
+    (a trial or an ensemble) that ``pick`` chooses."""
     from cellsearch.pareto import pareto_front, pick_trial, trial_points
 
     attrs = study.user_attrs
@@ -113,6 +114,12 @@ def _select_point(study: Any, trial: int | None, pick: str, root: Path) -> dict[
             raise UserError(f"trial {trial} of study {study.study_name!r} did not complete; finished trials: "
                             f"{', '.join(map(str, sorted(complete)))}")
         return complete[trial]
+    if ensemble is not None:
+        found = {p["name"]: p for p in points if p["kind"] == "ensemble"}
+        if ensemble not in found:
+            raise UserError(f"no ensemble {ensemble!r} in study {study.study_name!r}; ensembles: "
+                            f"{', '.join(found) or 'none'}")
+        return found[ensemble]
     direction = attrs.get("direction", "maximize")
     return pick_trial(pareto_front(points, direction), direction, pick)
 
@@ -276,14 +283,16 @@ def _check_out(out: Path, run_dir: Path, force: bool) -> None:
 def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: str | None = None,
            trial: int | None = None, pick: str = "knee", storage: str | None = None,
            formats: list[str] | tuple[str, ...] = (), register: str | None = None,
-           tracking_uri: str | None = None, force: bool = False, weights: str = "folds") -> Path:
+           tracking_uri: str | None = None, force: bool = False, weights: str = "folds",
+           ensemble: str | None = None) -> Path:
     """Write the bundle of one trial or ensemble (a trial by number, or picked from the Pareto front,
     whose members are trials and ensembles) to ``out``.
 
     Args:
         out: the bundle folder (refused if it exists and is not empty, unless ``force``).
         run_dir, storage, study: where the study is (``storage`` overrides the run directory's).
-        trial, pick: trial ``trial``, else the front member chosen by ``pick``.
+        trial, ensemble, pick: trial ``trial``, or ensemble ``ensemble`` (``E2``, as the Pareto table
+            names it), else the front member chosen by ``pick``.
         formats: extra formats from ``cellsearch.formats.FORMATS`` (e.g. ``["onnx"]``).
         register: also register the bundle under this name in the MLflow model registry.
         weights: ``folds`` (default): each trial's fold models as trained and validated, averaged
@@ -311,7 +320,7 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     _check_out(out, run_dir, force)
     st = _open_study(run_dir, storage, study)
     attrs = st.user_attrs
-    point = _select_point(st, trial, pick, run_dir)
+    point = _select_point(st, trial, pick, run_dir, ensemble)
     if tracking_uri is None:
         repoint_artifacts(run_dir)  # the run directory may have been moved or copied here
     tracking = tracking_uri or default_tracking_uri(run_dir)

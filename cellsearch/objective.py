@@ -184,14 +184,15 @@ class Objective:
                 weight_decay=float(cfg["weight_decay"]), seed=seed + 1009 * k, max_seconds=self._budget(),
                 on_epoch=self._epoch_hook(trial, run, curve, k), verbose=config.verbose,
                 accelerator=ctx.accelerator))
-            if ctx.folds.k == 1 or not config.prune or k + 1 == ctx.folds.k:
+            if ctx.folds.k == 1 or not config.prune:
                 continue
             mean = float(np.mean([r.best_score for r in results]))
+            last = k + 1 == ctx.folds.k
             if config.objective == "score":
                 trial.report(mean, k)
-                if trial.should_prune():
+                if not last and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned by Optuna's pruner after fold {k + 1} of {ctx.folds.k}")
-            elif _behind_after_folds(trial.study, k + 1, mean, ctx.direction):
+            elif not last and _behind_after_folds(trial.study, k + 1, mean, ctx.direction):
                 raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean {ctx.metric} so "
                                          "far is worse than the median of finished trials' first folds")
 
@@ -302,7 +303,7 @@ class Objective:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         fold_metrics = {f"fold{k + 1}_score": v for k, v in enumerate(scores)} if len(scores) > 1 else {}
-        run.finish("FINISHED", metrics={"score": round(attrs["val_score"], 6),
+        run.finish("FINISHED", metrics={"score": attrs["val_score"],
                                         "score_spread": round(attrs["val_spread"], 4),
                                         "oof_loss": attrs["oof_loss"], **fold_metrics, **costs,
                                         "train_seconds": seconds, "epochs": attrs["epochs"], "steps": attrs["steps"]})
