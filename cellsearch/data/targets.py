@@ -24,8 +24,9 @@ def sequence_targets(df: pd.DataFrame, target: str, order: np.ndarray, starts: n
     if differs.any():
         k = int(np.flatnonzero(differs)[0])
         seq = py_scalar(keys[codes[k]])
+        a, b = py_scalar(first.iloc[codes[k]]), py_scalar(tgt.iloc[k])
         raise UserError(f"{path}: sequence {seq!r} has more than one target value in {target!r} "
-                        f"({first.iloc[codes[k]]!r} and {tgt.iloc[k]!r}, line {int(order[k]) + 2})")
+                        f"({a!r} and {b!r}, line {int(order[k]) + 2})")
     return first
 
 
@@ -37,7 +38,7 @@ def encode_target(first: pd.Series, task: str, train: np.ndarray, path: Path, ta
         labels = first.astype(str).to_numpy() if not is_numeric(first) else first.to_numpy()
         classes = np.unique(labels)
         if len(classes) < 2:
-            raise UserError(f"{path}: target {target!r} has only one class ({classes[0]!r}); "
+            raise UserError(f"{path}: target {target!r} has only one class ({py_scalar(classes[0])!r}); "
                             "classification needs at least two")
         y = np.searchsorted(classes, labels).astype(np.int64)
         counts = {str(py_scalar(c)): int((labels == c).sum()) for c in classes}
