@@ -181,7 +181,7 @@ def test_timeout_holds_on_one_long_series(tmp_path):
     pd.DataFrame({"t": t, "value": np.sin(t / 50) + 0.01 * t}).to_csv(tmp_path / "long.csv", index=False)
     t0 = time.time()
     res = run_cli("tune", str(tmp_path / "long.csv"), "--timeout", "25", "--trials", "1000", "--run-dir",
-                  str(tmp_path / "runs"), "--no-track", "--window", "2000", timeout=200)
+                  str(tmp_path / "runs"), "--no-track", timeout=200)
     elapsed = time.time() - t0
     assert res.returncode == 0, res.stderr[-2000:]
     assert elapsed <= 25 + 10, f"took {elapsed:.0f} s for --timeout 25"
