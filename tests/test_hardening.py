@@ -337,7 +337,7 @@ def test_suggested_commands_quote_paths_with_spaces(tmp_path, tiny_csv, space):
 
 
 def test_damaged_csvs_never_crash(tmp_path_factory, space):
-    hypothesis = pytest.importorskip("hypothesis")
+    hypothesis = pytest.importorskip("hypothesis")  # in the test extras: CI always runs it
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
@@ -351,7 +351,7 @@ def test_damaged_csvs_never_crash(tmp_path_factory, space):
         st.tuples(st.just("huge"), st.integers(1, len(lines) - 1)),
         st.tuples(st.just("empty"), st.integers(1, len(lines) - 1)))
 
-    @settings(max_examples=12, deadline=None, derandomize=True,
+    @settings(max_examples=8, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(damage)
     def check(d):
@@ -381,3 +381,15 @@ def test_damaged_csvs_never_crash(tmp_path_factory, space):
 
     assert hypothesis.__version__
     check()
+
+
+def test_messages_show_plain_values(tmp_path):
+    rows = [{"id": i, "t": t, "x": float(t), "label": 1} for i in range(6) for t in range(3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "one.csv", index=False)
+    res = run_cli("inspect", str(tmp_path / "one.csv"), "--task", "classification")
+    one_line_error(res, "only one class (1)")
+    rows[4]["label"] = 2
+    pd.DataFrame(rows).to_csv(tmp_path / "two.csv", index=False)
+    res = run_cli("inspect", str(tmp_path / "two.csv"), "--task", "classification")
+    one_line_error(res, "(1 and 2, line 6)")
+    assert "np." not in res.stderr
