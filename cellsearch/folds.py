@@ -1,6 +1,8 @@
 """Cross-validation: the folds a trial trains on, made once per process over the non-test examples.
 
-* ``K = 1``: the dataset's own train/validation split (no copy): today's holdout.
+* ``K = 1``: one validation split: the dataset's own (a ``split`` column's), else a share of the
+  training examples set aside by the folds themselves (``tune`` reads the file without a validation
+  split, once, whatever K turns out to be).
 * ``K > 1`` over whole sequences: each example in exactly one validation fold, stratified by class
   for classification; reproducible from the seed.
 * ``K > 1`` over forecast windows (examples with a ``position``): rolling origin. Fold ``j``
@@ -75,6 +77,7 @@ class Folds:
     kind: str
     oof: SplitTensors
     oof_fold: np.ndarray
+    validated: bool = True
 
     @property
     def k(self) -> int:
@@ -121,27 +124,56 @@ def _rolling(pool: SplitTensors, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def make_folds(dataset: Dataset, k: int, seed: int = 0) -> Folds:
+def _time_holdout(pool: SplitTensors, val_size: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One split of forecast windows by time: each series' windows forecasting its last ``val_size``
+    (at least one horizon) validate, those whose forecast ends before train; a series too short to
+    have both only trains."""
+    horizon = int(np.asarray(pool.y).reshape(len(pool), -1).shape[1])
+    _, series = np.unique(pool.keys.astype(str), return_inverse=True)
+    end = np.zeros(series.max() + 1, dtype=np.int64)
+    np.maximum.at(end, series, pool.position + horizon)
+    origin = end - np.maximum(horizon, np.round(end * val_size).astype(np.int64))
+    origin = np.where(origin >= horizon + 1, origin, end + 1)  # too short: no validation window
+    val = np.flatnonzero(pool.position >= origin[series])
+    train = np.flatnonzero(pool.position + horizon <= origin[series])
+    return [(train, val)] if len(train) and len(val) else []
+
+
+def make_folds(dataset: Dataset, k: int, seed: int = 0, val_size: float = 0.15) -> Folds:
     """The folds of a search (see the module doc). ``k`` is reduced where the data cannot fill it; with
-    fewer than two usable folds the search falls back to the holdout split."""
+    fewer than two usable folds the search uses one validation split: the dataset's own, or — read
+    without one, as ``tune`` reads — a ``val_size`` share carved from the training examples
+    (stratified sequences; each series' last part). With nothing to validate on, the one fold scores
+    on the training data and ``Folds.validated`` is false."""
     train, val = dataset.splits["train"], dataset.splits["val"]
-    folds: list[Fold] = []
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
     kind = "holdout"
+    pool = train
     if k > 1:
         pool = concat_splits([train, val]) if len(val) else train
-        n = len(pool)
         if pool.position is not None:
             pairs, kind = _rolling(pool, k), "rolling origin"
         else:
             classify = dataset.task == "classification"
+            n = len(pool)
             pairs = _shuffled(n, min(k, n // 2), np.asarray(pool.y) if classify else None, seed) if n >= 4 else []
             kind = "stratified" if classify else "shuffled"
-        folds = [Fold(Part(pool, tr), Part(pool, va)) for tr, va in pairs if len(tr) and len(va)]
-    if len(folds) < 2:
-        folds, kind = [holdout_fold(dataset)], "holdout"
+        pairs = [(tr, va) for tr, va in pairs if len(tr) and len(va)]
+        if len(pairs) < 2:
+            pairs, kind, pool = [], "holdout", train
+    if not pairs and not len(val) and val_size > 0 and len(train) >= 4:
+        if train.position is not None:
+            pairs = _time_holdout(train, val_size)
+        else:
+            labels = np.asarray(train.y) if dataset.task == "classification" else None
+            pairs = _shuffled(len(train), max(2, round(1 / val_size)), labels, seed)[:1]
+    if pairs:
+        folds = [Fold(Part(pool, tr), Part(pool, va)) for tr, va in pairs]
+    else:
+        folds = [holdout_fold(dataset)]
     oof = concat_splits([f.val.tensors() for f in folds])
     oof_fold = np.concatenate([np.full(len(f.val), j, dtype=np.int64) for j, f in enumerate(folds)])
-    return Folds(folds, kind, oof, oof_fold)
+    return Folds(folds, kind, oof, oof_fold, validated=bool(pairs) or len(val) > 0)
 
 
 def oof_loss(task: str, pred: np.ndarray, split: SplitTensors) -> float:

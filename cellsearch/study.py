@@ -204,22 +204,20 @@ def fingerprint(dataset: Any) -> dict[str, Any]:
 
 
 def read_folds(config: TuneConfig) -> tuple[Any, Any]:
-    """The dataset and its folds (``cellsearch.folds``). With more than one fold and no split column,
-    the file is read again without a validation split: the folds are made over everything but the
-    test split (windows then also span the former train/validation boundary)."""
+    """The dataset and its folds (``cellsearch.folds``). The file is read once, without a validation
+    split (a ``split`` column's is kept): the folds are made over everything but the test split, and
+    with one fold the validation share is set aside from it (so forecast windows may also span the
+    place where a fixed validation split would have cut each series)."""
     from dataclasses import replace
 
     from cellsearch.data import read_dataset
     from cellsearch.folds import make_folds, resolve_cv
 
     opts = config.data_options
-    dataset = read_dataset(config.data, opts)
-    k = resolve_cv(config.cv, len(dataset.splits["train"]) + len(dataset.splits["val"]))
-    if k > 1 and not dataset.preprocessing.split_col and opts.val_size > 0:
-        dataset = read_dataset(config.data, replace(opts, val_size=0.0))
-    folds = make_folds(dataset, k, config.seed)
+    dataset = read_dataset(config.data, replace(opts, val_size=0.0))
     n = len(dataset.splits["train"]) + len(dataset.splits["val"])
-    if folds.kind == "holdout" and not len(dataset.splits["val"]):
+    folds = make_folds(dataset, resolve_cv(config.cv, n), config.seed, opts.val_size)
+    if not folds.validated:
         raise UserError(f"{config.data}: {n} {'windows' if dataset.task == 'forecasting' else 'sequences'} "
                         "outside the test split are too few to validate on (at least 4 are needed); "
                         "add data or lower --test-fraction")
