@@ -4,9 +4,11 @@ Points are the complete trials and the ensembles selected from them (``cellsearc
 ``kind`` says which). Scores are compared with the out-of-fold loss as a tie-break (``rank``): of
 two trials with the same accuracy, the one more confident on the right answers ranks higher.
 
-The chosen model is the *knee* of the front: with score and log-cost each scaled to [0, 1] over
-the front, the front point farthest above the straight line between the front's two ends (the point
-where giving up compute starts to cost real accuracy). ``pick="best"`` takes the best score and
+The chosen model is the *knee* of the front, the point where giving up compute starts to cost real
+accuracy. Cross-validated, "real" is measured: the cheapest front member whose score is within one
+standard error (the spread over folds / sqrt(K - 1)) of the best one. With one validation split:
+with score and log-cost each scaled to [0, 1] over the front, the front point farthest above the
+straight line between the front's two ends. ``pick="best"`` takes the best score and
 ``pick="smallest"`` the cheapest front member.
 """
 
@@ -40,8 +42,9 @@ def trial_points(study: Any, cost: str, ensembles: bool = True, root: Any = None
                     "checkpoint": in_run_dir(root, a.get("checkpoint")), "oof": in_run_dir(root, a.get("oof")),
                     "choices": dict(t.params)})
     if ensembles:
+        k = max((p["folds"] or 1 for p in pts), default=1)
         for e in study.user_attrs.get("ensembles", []):
-            pts.append({**e, "trial": None, "kind": "ensemble", "cost": cost_value(cost, e),
+            pts.append({**e, "trial": None, "kind": "ensemble", "cost": cost_value(cost, e), "folds": k,
                         "members": {int(k): v for k, v in e["members"].items()}})
     return pts
 
@@ -71,10 +74,18 @@ def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee") 
         return None
     sign = 1.0 if direction == "maximize" else -1.0
     best = max(front, key=lambda p: (*rank(p, direction), -p["cost"]))
-    if rule == "best" or len(front) <= 2 and rule == "knee":
+    if rule == "best":
         return best
     if rule == "smallest":
         return min(front, key=lambda p: (p["cost"], *(-v for v in rank(p, direction))))
+    folds = best.get("folds") or 1
+    if best.get("spread") is not None and folds > 1:
+        # Cross-validated: the cheapest member within one standard error of the best score (the
+        # one-standard-error rule): compute is given up only where the folds cannot tell the scores apart.
+        se = best["spread"] / math.sqrt(folds - 1)
+        return min((p for p in front if sign * (best["score"] - p["score"]) <= se + 1e-12), key=lambda p: p["cost"])
+    if len(front) <= 2:
+        return best
     s = [sign * p["score"] for p in front]
     c = [math.log10(max(p["cost"], 1e-12)) for p in front]
     s_lo, s_hi, c_lo, c_hi = min(s), max(s), min(c), max(c)

@@ -108,6 +108,20 @@ def test_ties_are_broken_by_the_out_of_fold_loss():
     assert pick_trial(front, "maximize", "best")["name"] == "c"
 
 
+def test_cross_validated_knee_is_the_cheapest_within_one_standard_error():
+    def pt(name, score, spread, cost):
+        return {"name": name, "score": score, "spread": spread, "folds": 5, "cost": cost, "oof_loss": 0.1}
+
+    front = [pt("tiny", 0.80, 0.05, 10.0), pt("small", 0.89, 0.04, 100.0), pt("big", 0.91, 0.04, 1e4)]
+    # SE of the best = 0.04 / sqrt(4) = 0.02: "small" (0.02 behind) ties with it, "tiny" does not.
+    assert pick_trial(front, "maximize", "knee")["name"] == "small"
+    assert pick_trial(front, "maximize", "best")["name"] == "big"
+    front[1]["score"] = 0.88  # now 0.03 behind: a real loss, so the best is kept
+    assert pick_trial(front, "maximize", "knee")["name"] == "big"
+    rmse = [pt("a", 2.0, 0.2, 10.0), pt("b", 1.95, 0.2, 1e3)]  # minimised: 0.05 behind, SE 0.1
+    assert pick_trial(rmse, "minimize", "knee")["name"] == "a"
+
+
 # ---- ensemble selection ------------------------------------------------------------------------------
 
 
