@@ -105,7 +105,9 @@ def tune(
     references: bool = typer.Option(True, "--references/--no-references", help="Also score simple reference "
                                     "models (1-NN, ridge) on the same splits (default) or not."),
     max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override the space's max_epochs "
-                                            "(validation checks; epochs on large data)."),
+                                            "(validation checks; epochs on large data); training then ends at "
+                                            "max_epochs, or at min_steps on small data (the space's max_steps "
+                                            "is ignored)."),
     trial_timeout: float | None = typer.Option(None, "--trial-timeout", help="Seconds per trial at most."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop hopeless trials early (default) or never."),
     cv: str = typer.Option("auto", "--cv", help="Folds per trial: a number (1: one validation split), or auto: "

@@ -132,17 +132,17 @@ class Objective:
 
     def __call__(self, trial: Any) -> Any:
         from cellsearch.costs import measure_costs
-        from cellsearch.space import DataShape
+        from cellsearch.study import data_shape
 
         ctx = self.ctx
         if self.target_count is not None and not _claims_slot(trial, self.target_count):
             trial.set_user_attr("reason", "surplus: the study was already full")
             raise SurplusTrialError("the study already holds the requested number of trials")
-        cfg = ctx.space.suggest(trial, DataShape(length=self._length, task=ctx.dataset.task, season=self._season[0]))
+        cfg = ctx.space.suggest(trial, data_shape(ctx.dataset))
         seed = self.seed + trial.number
         model = self._build(cfg, seed)
         costs = measure_costs(model, self._length)
-        train_cfg = {k: cfg[k] for k in ("lr", "batch_size", "patience", "min_steps", "forecast_loss",
+        train_cfg = {k: cfg[k] for k in ("lr", "batch_size", "patience", "min_steps", "max_steps", "forecast_loss",
                                          "weight_decay")}
         for k, v in {"arch": model.spec.arch, "spec": model.spec.to_dict(), "train_cfg": train_cfg,
                      "folds": ctx.folds.k, **costs}.items():
@@ -180,7 +180,8 @@ class Objective:
             results.append(fit(
                 model, ctx.dataset, fold=fold, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
                 max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
-                min_steps=cfg["min_steps"], forecast_loss=cfg["forecast_loss"],
+                min_steps=cfg["min_steps"], max_steps=0 if config.max_epochs else cfg["max_steps"],
+                forecast_loss=cfg["forecast_loss"],
                 weight_decay=float(cfg["weight_decay"]), seed=seed + 1009 * k, max_seconds=self._budget(),
                 on_epoch=self._epoch_hook(trial, run, curve, k), verbose=config.verbose,
                 accelerator=ctx.accelerator))

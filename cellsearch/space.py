@@ -9,10 +9,16 @@ A value is either a constant or a distribution (Ludwig-style dicts)::
 Top-level keys: ``description``, ``sampler`` (tpe, random or nsga2), ``same_cell`` (one cell type for
 the whole stack, as in Greff et al.), ``layers`` (``depth``, ``cell``, ``hidden``, ``bidirectional``),
 ``dropout``, ``lr``, ``batch_size``, ``weight_decay``, ``max_epochs``, ``patience``, ``min_steps``,
+``max_steps`` (on small data, training may go on to this many steps while it improves; 0: to ``min_steps``),
 and the model options ``patch`` (steps read as one input), ``pooling`` (a key of ``POOLINGS``) and
 ``normalize`` (per-sequence z-normalisation), and ``forecast_loss`` (``l1``, the default, or ``mse``:
 what forecasting trains on), ``seasonal_base`` (forecasting with a season: the network corrects the
-seasonal naive forecast). Layers are fixed slots: parameters ``n_layers``,
+seasonal naive forecast), and ``starts``: the first trials of a fresh study, a short portfolio of settings
+known to do well across data sets (as AutoGluon's and auto-sklearn's portfolios do), so that a search
+cut short by ``--timeout`` has tried robust architectures before the sampler's random start-up. Each
+start names values by the same keys (``cell`` and ``hidden`` may list one value per layer); a value
+the space or the data does not offer is moved to the nearest one offered, and what a start leaves
+out the sampler draws. Layers are fixed slots: parameters ``n_layers``,
 ``l0_cell``, ``l0_hidden``, ``l1_cell``, ... so that importance analysis sees each slot.
 
 Options the data decides are bounded by it (``DataShape``): patch sizes that would leave fewer than
@@ -22,6 +28,8 @@ classification and regression. A distribution left with one value is a constant 
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +37,19 @@ from typing import Any
 from cellsearch.errors import UserError
 
 TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
-            "max_epochs", "patience", "min_steps", "patch", "pooling", "normalize", "forecast_loss", "seasonal_base"}
-TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps")
-INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps")
+            "max_epochs", "patience", "min_steps", "max_steps", "patch", "pooling", "normalize", "forecast_loss",
+            "seasonal_base", "starts"}
+TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps", "max_steps")
+INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps", "max_steps")
 #: A patch size is offered only if the median sequence still has this many steps after patching.
 MIN_PATCH_STEPS = 8
 LAYER_KEYS = {"depth", "cell", "hidden", "bidirectional"}
 SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
-                            "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "patch": 1,
-                            "pooling": "last", "normalize": False, "forecast_loss": "l1", "seasonal_base": False}
+                            "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "max_steps": 0,
+                            "patch": 1,
+                            "pooling": "last", "normalize": False, "forecast_loss": "l1", "seasonal_base": False,
+                            "starts": []}
 LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
 
 
@@ -106,6 +117,69 @@ class SearchSpace:
         out["seasonal_base"] = bool(_draw(trial, "seasonal_base", base))
         return out
 
+    def starts(self, shape: DataShape) -> list[dict[str, Any]]:
+        """The space's ``starts`` as Optuna parameters for ``study.enqueue_trial``: each start is drawn
+        through ``suggest`` itself, by a stand-in trial that answers every ``suggest_*`` with the
+        start's value moved into what the space and ``shape`` offer, so an enqueued value is always one
+        the sampler could have drawn."""
+        out = []
+        for start in self.config["starts"]:
+            trial = _Preferring(start)
+            self.suggest(trial, shape)
+            if trial.params not in out:
+                out.append(trial.params)
+        return out
+
+
+class _Preferring:
+    """A stand-in for an Optuna trial answering ``suggest_*`` with a start's values (see ``starts``).
+    Parameters the start leaves out are answered with the distribution's first value and not kept."""
+
+    def __init__(self, start: dict[str, Any]) -> None:
+        self.start = start
+        self.params: dict[str, Any] = {}
+
+    def _wanted(self, name: str) -> Any:
+        slot = re.fullmatch(r"l(\d+)_(cell|hidden|bidirectional)", name)
+        key, layer = (slot[2], int(slot[1])) if slot else ({"n_layers": "depth"}.get(name, name), 0)
+        value = self.start.get(key)
+        if isinstance(value, list):
+            value = value[min(layer, len(value) - 1)] if value else None
+        return value
+
+    def _keep(self, name: str, value: Any) -> Any:
+        if self._wanted(name) is not None:
+            self.params[name] = value
+        return value
+
+    def suggest_int(self, name: str, low: int, high: int, log: bool = False, step: int = 1) -> int:
+        want = self._wanted(name)
+        value = low if want is None else min(high, max(low, low + round((float(want) - low) / step) * step))
+        return self._keep(name, int(value))
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False, step: float | None = None) -> float:
+        want = self._wanted(name)
+        value = low if want is None else min(high, max(low, float(want)))
+        if step:
+            value = min(high, low + round((value - low) / step) * step)
+        return self._keep(name, value)
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        want = self._wanted(name)
+        same = [c for c in choices if c == want and isinstance(c, bool) == isinstance(want, bool)]
+        if same:
+            value = same[0]
+        elif _number(want) and choices and all(_number(c) for c in choices):
+            logs = want > 0 and all(c > 0 for c in choices)
+            value = min(choices, key=lambda c: abs(math.log(c / want)) if logs else abs(c - want))
+        else:
+            value = choices[0]
+        return self._keep(name, value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 def _only(spec: Any, keep: Any) -> Any:
     """A categorical distribution restricted to the choices ``keep`` accepts (a constant when one is
@@ -166,7 +240,8 @@ def _check_dist(where: str, name: str, spec: Any, allowed: tuple[Any, ...] | Non
 #: Allowed ranges [low, high] of the numeric keys (a constant, or every value a distribution can draw).
 RANGES: dict[str, tuple[float, float]] = {
     "layers.depth": (1, 16), "layers.hidden": (1, 65_536), "batch_size": (1, 1_000_000), "max_epochs": (1, 100_000),
-    "patience": (0, 100_000), "min_steps": (0, 10_000_000), "lr": (1e-12, 10.0), "dropout": (0.0, 0.99),
+    "patience": (0, 100_000), "min_steps": (0, 10_000_000), "max_steps": (0, 10_000_000), "lr": (1e-12, 10.0),
+    "dropout": (0.0, 0.99),
     "weight_decay": (0.0, 10.0)}
 
 
@@ -223,7 +298,22 @@ def validate(config: Any, where: str) -> dict[str, Any]:
         cfg["patch"]] if not isinstance(cfg["patch"], dict) else []
     if any(not isinstance(p, int) or isinstance(p, bool) or p < 1 for p in patches):
         raise UserError(f"{where}: patch: sizes must be positive integers, got {patches}")
+    _check_starts(where, cfg["starts"])
     return cfg
+
+
+#: What a start may name: the layer keys and every drawn top-level key.
+START_KEYS = LAYER_KEYS | (TOP_KEYS - {"description", "sampler", "same_cell", "layers", "starts"})
+
+
+def _check_starts(where: str, starts: Any) -> None:
+    if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
+        raise UserError(f"{where}: starts must be a list of mappings such as {{cell: gru, hidden: 64}}")
+    for k, start in enumerate(starts):
+        unknown = set(start) - START_KEYS
+        if unknown:
+            raise UserError(f"{where}: starts[{k}]: unknown key(s) {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(sorted(START_KEYS))}")
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:

@@ -183,6 +183,9 @@ def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str
     sdir = study_dir(config.run_dir, config.study_name)
     if create:
         optuna.storages.fail_stale_trials(st)
+        if n_before == 0:  # a fresh study begins with the space's portfolio of robust settings
+            for params in spc.starts(data_shape(dataset))[:config.trials]:
+                st.enqueue_trial(params, skip_if_exists=True)
         for k, v in meta.items():
             st.set_user_attr(k, v)
         st.set_user_attr("fingerprint", print_)
@@ -192,6 +195,16 @@ def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str
         write_json(sdir / "preprocessing.json", prep)
         write_json(sdir / "dataset.json", dataset.info)
     return SearchContext(config, dataset, spc, st, url, sdir, meta, metric, direction, accelerator, folds)
+
+
+def data_shape(dataset: Any) -> Any:
+    """What the search space needs of the data (``space.DataShape``): median length, task, season."""
+    from cellsearch.data import get_layout
+    from cellsearch.space import DataShape
+
+    prep = dataset.preprocessing
+    return DataShape(length=int(dataset.info["length"]["median"]), task=dataset.task,
+                     season=get_layout(prep.layout).seasonality(prep)[0])
 
 
 def fingerprint(dataset: Any) -> dict[str, Any]:

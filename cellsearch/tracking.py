@@ -298,8 +298,9 @@ class MLflowTracker:
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"trial-{number}-{spec.arch}")
         params = {"n_layers": len(spec.layers), "dropout": cfg["dropout"], "lr": cfg["lr"],
                   "batch_size": cfg["batch_size"], "weight_decay": cfg["weight_decay"],
-                  "max_epochs": cfg["max_epochs"], "min_steps": cfg.get("min_steps"), "patch": spec.patch,
-                  "pooling": spec.pooling, "normalize": spec.normalize, "seasonal_base": spec.season, "arch": spec.arch}
+                  "max_epochs": cfg["max_epochs"], "min_steps": cfg.get("min_steps"), "max_steps": cfg.get("max_steps"),
+                  "patch": spec.patch, "pooling": spec.pooling, "normalize": spec.normalize,
+                  "seasonal_base": spec.season, "arch": spec.arch}
         for k, layer in enumerate(spec.layers):
             params[f"l{k}_cell"] = layer.cell
             params[f"l{k}_hidden"] = layer.hidden

@@ -85,6 +85,9 @@ def test_schedule_counts_steps_with_a_floor_and_a_bounded_batch():
     large = Schedule.plan(n_train=100_000, batch_size=64, max_epochs=40, min_steps=400)
     assert large.batch_size == 64 and large.steps == 40 * 1563 and large.val_every == 1563
     assert Schedule.plan(n_train=2, batch_size=32, max_epochs=5, min_steps=0).batch_size == 1
+    longer = Schedule.plan(n_train=36, batch_size=32, max_epochs=40, min_steps=400, max_steps=2000)
+    assert (longer.steps, longer.val_every, longer.min_steps) == (2000, 50, 400)  # may go on; stops after 400
+    assert Schedule.plan(n_train=100_000, batch_size=64, max_epochs=40, min_steps=400, max_steps=2000) == large
 
 
 def test_fit_trains_at_least_the_step_floor_despite_early_stopping(tiny_csv):

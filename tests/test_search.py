@@ -52,6 +52,56 @@ def test_bad_space_gets_a_clear_error(tmp_path, text, message):
     assert message in str(err.value) and str(p) in str(err.value)
 
 
+def test_starts_are_projected_onto_what_the_space_and_data_offer():
+    from cellsearch.space import DataShape
+
+    default = load_space("default")
+    assert len(default.config["starts"]) >= 2
+    short = default.starts(DataShape(length=29, task="classification"))
+    # patches of 8 on 29 steps are not offered: the nearest offered size is taken
+    assert [p.get("patch") for p in short] == [2, 2, 2]
+    assert short[2]["l0_cell"] == "lstm" and short[2]["l1_cell"] == "gru" and short[2]["n_layers"] == 2
+    forecast = default.starts(DataShape(length=40, task="forecasting", season=12))
+    assert "normalize" not in forecast[0] and forecast[0]["seasonal_base"] is True
+    for params in short + forecast:  # each start is a configuration the sampler could draw
+        cfg = default.suggest(optuna.trial.FixedTrial(params),
+                              DataShape(length=29, task="classification") if params in short
+                              else DataShape(length=40, task="forecasting", season=12))
+        assert cfg["layers"][0][0] == params["l0_cell"]
+
+
+def test_starts_clamp_numbers_and_leave_the_rest_to_the_sampler(tmp_path):
+    from cellsearch.space import DataShape
+
+    p = tmp_path / "s.yaml"
+    p.write_text("layers: {depth: {type: int, low: 1, high: 2}, hidden: {type: int, low: 8, high: 32}}\n"
+                 "lr: {type: float, low: 0.001, high: 0.01, log: true}\n"
+                 "batch_size: {type: categorical, choices: [16, 64]}\n"
+                 "starts:\n  - {depth: 3, hidden: 500, lr: 0.5, batch_size: 40}\n  - {hidden: 1}\n")
+    starts = load_space(p).starts(DataShape(length=10, task="regression"))
+    assert starts[0] == {"n_layers": 2, "l0_hidden": 32, "l1_hidden": 32, "lr": 0.01, "batch_size": 64}
+    assert starts[1] == {"l0_hidden": 8}
+    p.write_text("starts:\n  - {cells: gru}\n")
+    with pytest.raises(UserError, match=r"starts\[0\]: unknown key\(s\) cells"):
+        load_space(p)
+
+
+def test_a_fresh_study_begins_with_the_starts(tiny_csv, tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("layers: {depth: {type: int, low: 1, high: 2}, cell: {type: categorical, choices: [lstm, gru]},"
+                 " hidden: {type: int, low: 4, high: 12}}\nmax_epochs: 2\nmin_steps: 4\n"
+                 "starts:\n  - {depth: 2, cell: [gru, lstm], hidden: 5}\n  - {cell: gru, hidden: 11}\n")
+    r = tune(tiny_csv, trials=3, space=str(p), run_dir=tmp_path, progress=False, track=False, references=False,
+             ensemble=False, cv="1")
+    first, second = r.study.trials[0], r.study.trials[1]
+    assert first.params == {"n_layers": 2, "l0_cell": "gru", "l0_hidden": 5, "l1_cell": "lstm", "l1_hidden": 5}
+    assert second.params["l0_cell"] == "gru" and second.params["l0_hidden"] == 11
+    assert len(r.study.trials) == 3
+    again = tune(tiny_csv, trials=4, space=str(p), run_dir=tmp_path, progress=False, track=False, references=False,
+                 ensemble=False, cv="1")  # a resumed study is not restarted from its starts
+    assert again.study.trials[3].params != first.params
+
+
 def test_unknown_space_name_lists_the_shipped_ones():
     with pytest.raises(UserError, match="quick"):
         load_space("nope")
