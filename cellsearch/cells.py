@@ -14,7 +14,9 @@ input gate, i = 1 - f. The LSTM family's forget-gate bias starts at 1.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -48,9 +50,36 @@ class Cell(nn.Module):
         """Trainable parameters of one direction, computed without building the module."""
         return sum(p.numel() for p in cls(input_size, hidden_size).parameters())
 
-    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Gate activations and state over time, each (T, B, hidden), for plots; no gradients."""
+    #: The gates ``clamp`` may fix (``cellsearch.explain``): true gates, not candidates or states.
+    clampable: ClassVar[tuple[str, ...]] = ()
+    #: Set only by ``clamped``: gate name → value (scalar or (hidden,)) fixed at every step. While it is
+    #: set the cell runs its plain step loop (``steps``); unset (always, outside ``explain``) the fused
+    #: path runs exactly as before — one attribute test per call.
+    clamp: dict[str, torch.Tensor] | None = None
+
+    def steps(self, x: torch.Tensor, record: bool = False, clamp: dict[str, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The plain step loop: outputs (T, B, hidden) and, with ``record``, the gates over time."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Gate activations and state over time, each (T, B, hidden), for plots; no gradients. Under
+        ``clamped`` the trace is the clamped cell's."""
+        y, gates = self.steps(x, True, self.clamp)
+        return {**{k: v for k, v in gates.items() if k in self.gate_names}, "h": y}
+
+    @contextmanager
+    def clamped(self, gates: dict[str, Any]) -> Iterator[Cell]:
+        """Within the block, fix the named gates (``clampable``) to the given values at every step."""
+        unknown = set(gates) - set(self.clampable)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} cannot clamp {sorted(unknown)}; it can clamp {self.clampable}")
+        self.clamp = {k: torch.as_tensor(v) for k, v in gates.items()}
+        try:
+            yield self
+        finally:
+            self.clamp = None
 
 
 def _init_uniform(module: nn.Module, hidden_size: int) -> None:
@@ -71,15 +100,18 @@ class LSTMCell(Cell):
             self.rnn.bias_ih_l0[hidden_size:2 * hidden_size].fill_(1.0)
             self.rnn.bias_hh_l0[hidden_size:2 * hidden_size].zero_()
 
+    clampable = ("i", "f", "o")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.clamp is not None:
+            return self.steps(x, False, self.clamp)[0]
         return self.rnn(x)[0]
 
-    @torch.no_grad()
-    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def steps(self, x: torch.Tensor, record: bool = False, clamp: dict[str, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         r = self.rnn
         xp = x @ r.weight_ih_l0.t() + r.bias_ih_l0 + r.bias_hh_l0
-        y, gates = kernels.lstm_family_steps(xp, r.weight_hh_l0, xp.new_zeros(0), False, False, True)
-        return {**gates, "h": y}
+        return kernels.lstm_family_steps(xp, r.weight_hh_l0, xp.new_zeros(0), False, False, record, clamp)
 
 
 class LSTMFamilyCell(Cell):
@@ -113,20 +145,22 @@ class LSTMFamilyCell(Cell):
         return torch.addmm(self.bias, x.reshape(T * B, -1), self.weight_ih.t()).view(T, B, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.clamp is not None:
+            return self.steps(x, False, self.clamp)[0]
         return kernels.lstm_family(self._project(x), self.weight_hh, self.peep,
                                    self.peephole, self.coupled)
 
-    @torch.no_grad()
-    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        y, gates = kernels.lstm_family_steps(self._project(x), self.weight_hh, self.peep,
-                                             self.peephole, self.coupled, True)
-        return {**gates, "h": y}
+    def steps(self, x: torch.Tensor, record: bool = False, clamp: dict[str, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return kernels.lstm_family_steps(self._project(x), self.weight_hh, self.peep, self.peephole,
+                                         self.coupled, record, clamp)
 
 
 class PeepholeCell(LSTMFamilyCell):
     """``peephole``: LSTM with diagonal peepholes (Gers & Schmidhuber 2000)."""
 
     gate_names = ("i", "f", "g", "o", "c", "h")
+    clampable = ("i", "f", "o")
     peephole = True
     pointwise_macs = 6  # f*c, i*g, o*tanh(c) and the three peephole products
 
@@ -135,14 +169,9 @@ class CIFGCell(LSTMFamilyCell):
     """``cifg``: coupled input-forget gate LSTM, i = 1 - f (no input-gate weights)."""
 
     gate_names = ("f", "g", "o", "c", "h")
+    clampable = ("f", "o")
     n_blocks = 3
     coupled = True
-
-    @torch.no_grad()
-    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().trace(x)
-        out.pop("i")
-        return out
 
 
 class GRUCell(Cell):
@@ -153,6 +182,7 @@ class GRUCell(Cell):
     """
 
     gate_names = ("r", "z", "n", "h")
+    clampable = ("r", "z")
     n_blocks = 3
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
@@ -160,6 +190,8 @@ class GRUCell(Cell):
         self.rnn = nn.GRU(input_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.clamp is not None:
+            return self.steps(x, False, self.clamp)[0]
         r = self.rnn
         if kernels.fused_cpu_ok(x):
             T, B, _ = x.shape  # noqa: N806
@@ -167,23 +199,11 @@ class GRUCell(Cell):
             return kernels.GRUFunction.apply(xp, r.weight_hh_l0, r.bias_hh_l0)
         return r(x)[0]
 
-    @torch.no_grad()
-    def trace(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        r_ = self.rnn
-        xp = (x @ r_.weight_ih_l0.t() + r_.bias_ih_l0).unbind(0)
-        h = x.new_zeros(x.shape[1], self.hidden_size)
-        out: dict[str, list[torch.Tensor]] = {k: [] for k in self.gate_names}
-        for x_t in xp:
-            hp = h @ r_.weight_hh_l0.t() + r_.bias_hh_l0
-            xr, xz, xn = x_t.chunk(3, 1)
-            hr, hz, hn = hp.chunk(3, 1)
-            r = torch.sigmoid(xr + hr)
-            z = torch.sigmoid(xz + hz)
-            n = torch.tanh(xn + r * hn)
-            h = (1 - z) * n + z * h
-            for k, v in zip(self.gate_names, (r, z, n, h)):
-                out[k].append(v)
-        return {k: torch.stack(v, 0) for k, v in out.items()}
+    def steps(self, x: torch.Tensor, record: bool = False, clamp: dict[str, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        r = self.rnn
+        xp = x @ r.weight_ih_l0.t() + r.bias_ih_l0
+        return kernels.gru_steps(xp, r.weight_hh_l0, r.bias_hh_l0, record, clamp)
 
 
 #: The registry: the only place that maps variant names to implementations.

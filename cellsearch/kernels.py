@@ -152,18 +152,21 @@ def fused_cpu_ok(x: torch.Tensor) -> bool:
 
 
 def lstm_family_steps(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
-                      use_peep: bool, coupled: bool,
-                      record: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      use_peep: bool, coupled: bool, record: bool = False,
+                      clamp: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The same recurrence as ``LSTMFamilyFunction`` as a plain autograd step loop.
 
     It is the fallback (no compiler, GPUs, export) and, with ``record=True``, the gate tracer used
     for the gate-activation plots. Returns ``y`` (T, B, H) and, when recording, each gate's
-    activations over time (``i``, ``f``, ``g``, ``o``, ``c``), each (T, B, H).
+    activations over time (``i``, ``f``, ``g``, ``o``, ``c``), each (T, B, H). ``clamp`` maps gate
+    names (``i``, ``f``, ``o``) to values (scalars or (H,)) that replace those gates' activations at
+    every step (``cellsearch.explain``); a coupled cell's input gate follows its clamped forget gate.
     """
     B, H = xp.shape[1], R.shape[1]  # noqa: N806
     h = xp.new_zeros(B, H)
     c = xp.new_zeros(B, H)
     p_i, p_f, p_o = peep.unbind(0) if use_peep else (None, None, None)
+    fixed = {k: torch.as_tensor(v, dtype=xp.dtype, device=xp.device).expand(B, H) for k, v in (clamp or {}).items()}
     outs: list[torch.Tensor] = []
     trace: dict[str, list[torch.Tensor]] = {k: [] for k in "ifgoc"} if record else {}
     for x_t in xp.unbind(0):
@@ -172,17 +175,41 @@ def lstm_family_steps(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # 
             a_f, a_g, a_o = a.chunk(3, dim=1)
         else:
             a_i, a_f, a_g, a_o = a.chunk(4, dim=1)
-        f = torch.sigmoid(a_f + p_f * c if use_peep else a_f)
+        f = fixed["f"] if "f" in fixed else torch.sigmoid(a_f + p_f * c if use_peep else a_f)
         if coupled:
             i = 1.0 - f
         else:
-            i = torch.sigmoid(a_i + p_i * c if use_peep else a_i)
+            i = fixed["i"] if "i" in fixed else torch.sigmoid(a_i + p_i * c if use_peep else a_i)
         g = torch.tanh(a_g)
         c = f * c + i * g
-        o = torch.sigmoid(a_o + p_o * c if use_peep else a_o)
+        o = fixed["o"] if "o" in fixed else torch.sigmoid(a_o + p_o * c if use_peep else a_o)
         h = o * torch.tanh(c)
         outs.append(h)
         for k, v in zip("ifgoc", (i, f, g, o, c)) if record else ():
+            trace[k].append(v)
+    return torch.stack(outs, 0), {k: torch.stack(v, 0) for k, v in trace.items()}
+
+
+def gru_steps(xp: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, record: bool = False,
+              clamp: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``nn.GRU``'s recurrence as a plain step loop over projected inputs ``xp`` (T, B, 3H): the gate
+    tracer (``record``: ``r``, ``z``, ``n`` over time) and the clamped path (``clamp``: ``r``/``z`` →
+    value), as ``lstm_family_steps`` is for the LSTM family."""
+    B, H = xp.shape[1], w_hh.shape[1]  # noqa: N806
+    h = xp.new_zeros(B, H)
+    fixed = {k: torch.as_tensor(v, dtype=xp.dtype, device=xp.device).expand(B, H) for k, v in (clamp or {}).items()}
+    outs: list[torch.Tensor] = []
+    trace: dict[str, list[torch.Tensor]] = {k: [] for k in "rzn"} if record else {}
+    for x_t in xp.unbind(0):
+        hp = h @ w_hh.t() + b_hh
+        xr, xz, xn = x_t.chunk(3, 1)
+        hr, hz, hn = hp.chunk(3, 1)
+        r = fixed["r"] if "r" in fixed else torch.sigmoid(xr + hr)
+        z = fixed["z"] if "z" in fixed else torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = (1 - z) * n + z * h
+        outs.append(h)
+        for k, v in zip("rzn", (r, z, n)) if record else ():
             trace[k].append(v)
     return torch.stack(outs, 0), {k: torch.stack(v, 0) for k, v in trace.items()}
 
