@@ -196,6 +196,32 @@ def predict(
     print(f"{len(preds)} predictions written to {out}", file=sys.stderr)
 
 
+@app.command()
+def explain(
+    model_dir: Path = typer.Argument(..., help="A bundle written by `cellsearch export`."),
+    file: Path = typer.Argument(..., help="CSV in the training layout (the target column, if there, is shown)."),
+    sequence: list[str] | None = typer.Option(None, "--sequence", help="A sequence id (forecasting: a series) "
+                                              "to explain; repeat for more (default: a few, one per class)."),
+    member: int | None = typer.Option(None, "--member", help="For an ensemble: which member (default: the "
+                                      "heaviest-weighted)."),
+    out: Path = typer.Option(Path("explain.html"), "--out", help="The page to write."),
+    max_steps: int = typer.Option(1000, "--max-steps", help="Longer sequences are shown by their last steps."),
+) -> None:
+    """An interactive page of what the model's cells do on your sequences: gates over time, the
+    prediction step by step, and the effect of clamping each gate."""
+    from cellsearch.explain import explain as run_explain
+    from cellsearch.explain import write_html
+
+    if max_steps < 1:
+        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a file name such as explain.html")
+    explanations = run_explain(model_dir, file, sequences=sequence or None, member=member, max_steps=max_steps)
+    write_html(explanations, out, title=f"cellsearch explain: {model_dir}",
+               about=f"{len(explanations)} sequence(s) of {file}")
+    print(f"explain page for {len(explanations)} sequence(s) written to {out}", file=sys.stderr)
+
+
 def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 

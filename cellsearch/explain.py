@@ -224,22 +224,14 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     Returns:
         One ``Explanation`` per sequence, with the arrays the page draws.
     """
-    import pandas as pd
-
+    from cellsearch.data import read_csv
     from cellsearch.export import load
     from cellsearch.predict import transform
 
     predictor = load(model_dir)
     prep = predictor.prep
     if isinstance(data, (str, Path)):
-        path = Path(data)
-        if not path.is_file():
-            raise UserError(f"{path}: file not found")
-        try:
-            df = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-        where = str(path)
+        df, where = read_csv(Path(data), keys=(prep.id_col, prep.time_col)), str(data)
     else:
         df, where = data, "data"
     inputs = transform(df, prep, where)
@@ -263,3 +255,154 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
         channels = [f"x{k}" for k in range(x.shape[2])]
     return explain_sequences(pick_member(predictor.model, member), prep, x, lengths, inputs.keys[picks], scale,
                              truth, channels)
+
+
+def _sequence_figure(e: Explanation, title: str) -> Any:
+    """One tall figure: inputs, the per-step prediction, every layer's gates and states as heatmaps,
+    the mean absolute hidden state per layer; a slider and a play button move a cursor over the
+    steps of all panels at once."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = [("inputs", "Input channels (as the model reads them)"),
+              ("pred", "Prediction if the sequence ended here")]
+    for tr in e.layers:
+        side = f" ({tr.direction})" if tr.direction != "forward" or any(
+            o.layer == tr.layer and o.direction == "backward" for o in e.layers) else ""
+        for g in tr.gates:
+            kind = "state" if g in STATES else "candidate" if g in CANDIDATES else "gate"
+            panels.append((("heat", tr, g), f"Layer {tr.layer + 1} {tr.cell}{side}: {GATE_WORDS[g]} [{kind}]"))
+    panels.append(("mag", "Mean |hidden state| per step, each layer"))
+    heights = [1.3 if p[0] in ("inputs", "pred", "mag") else 1.0 for p in panels]
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.35 / len(panels),
+                        subplot_titles=[p[1] for p in panels], row_heights=heights)
+    t_raw = np.arange(1, len(e.inputs) + 1)
+    for c in range(e.inputs.shape[1]):
+        fig.add_trace(go.Scatter(x=t_raw, y=e.inputs[:, c], mode="lines", name=e.channels[c], legendgroup="in",
+                                 legendgrouptitle_text="inputs" if c == 0 else None), row=1, col=1)
+    for j, name in enumerate(e.output_names[:10]):
+        fig.add_trace(go.Scatter(x=e.step_ends, y=e.per_step[:, j], mode="lines+markers", marker_size=4,
+                                 name=name, legendgroup="out",
+                                 legendgrouptitle_text="prediction" if j == 0 else None), row=2, col=1)
+    total = sum(heights)
+    row_top = 1.0
+    for r, (kind, _) in enumerate(panels, start=1):
+        share = heights[r - 1] / total
+        if isinstance(kind, tuple):
+            _, tr, g = kind
+            z = tr.gates[g]
+            state = g in STATES or g in CANDIDATES
+            lim = float(np.abs(z).max()) or 1.0
+            fig.add_trace(go.Heatmap(
+                z=z, x=e.step_ends, y=np.arange(1, z.shape[0] + 1), colorscale="RdBu",
+                zmin=-lim if state else 0.0, zmax=lim if state else 1.0, showscale=True,
+                colorbar=dict(len=share * 0.8, y=row_top - share / 2, yanchor="middle", thickness=12,
+                              title=dict(text="value" if state else "open", side="right"),
+                              tickvals=None if state else [0, 0.5, 1],
+                              ticktext=None if state else ["0 shut", "0.5", "1 open"]),
+                hovertemplate="step %{x}<br>unit %{y}<br>%{z:.3f}<extra></extra>"), row=r, col=1)
+            fig.update_yaxes(title_text="unit", row=r, col=1)
+        row_top -= share
+    for tr in e.layers:
+        fig.add_trace(go.Scatter(x=e.step_ends, y=tr.mean_abs_hidden, mode="lines",
+                                 name=f"layer {tr.layer + 1} {tr.cell}" + (
+                                     "" if tr.direction == "forward" else " (backward)"),
+                                 legendgroup="mag", legendgrouptitle_text="mean |h|" if tr is e.layers[0] else None),
+                      row=len(panels), col=1)
+    fig.update_xaxes(title_text="step", row=len(panels), col=1)
+    # the cursor: a vertical line over every panel, moved by the slider and the play button
+    def cursor(x: float) -> list[dict[str, Any]]:
+        return [dict(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1,
+                     line=dict(color="black", width=1.5, dash="dot"))]
+
+    frames = [go.Frame(name=str(k), layout=dict(shapes=cursor(float(x)),
+                                                title_text=f"{title} — step {int(x)} / {len(e.inputs)}"))
+              for k, x in enumerate(e.step_ends)]
+    fig.frames = frames
+    anim = dict(frame=dict(duration=250, redraw=True), mode="immediate", transition=dict(duration=0))
+    fig.update_layout(
+        title_text=f"{title} — step {int(e.step_ends[-1])} / {len(e.inputs)}", shapes=cursor(float(e.step_ends[-1])),
+        height=max(700, 190 * len(panels)), margin=dict(l=70, r=40, t=90, b=110), legend=dict(x=1.08, y=1),
+        updatemenus=[dict(type="buttons", x=0.0, y=-0.02, yanchor="top", xanchor="left", direction="left",
+                          buttons=[dict(label="▶ play", method="animate", args=[None, {**anim, "fromcurrent": True}]),
+                                   dict(label="❚❚ pause", method="animate",
+                                        args=[[None], dict(frame=dict(duration=0, redraw=False),
+                                                           mode="immediate")])])],
+        sliders=[dict(active=len(frames) - 1, x=0.2, len=0.78, y=-0.02, yanchor="top",
+                      currentvalue=dict(prefix="Current step: "),
+                      steps=[dict(label=f"{int(x)} / {len(e.inputs)}", method="animate",
+                                  args=[[str(k)], {**anim, "frame": dict(duration=0, redraw=True)}])
+                             for k, x in enumerate(e.step_ends)])])
+    return fig
+
+
+def _clamp_figure(e: Explanation) -> Any:
+    """Output before and after each clamp; a drop-down picks the clamp (ranked by effect)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    names = e.output_names[:10]
+    for n, c in enumerate(e.clamps):
+        fig.add_trace(go.Bar(x=names, y=e.output[:10], name="as trained", marker_color="#888", visible=n == 0))
+        fig.add_trace(go.Bar(x=names, y=c.output[:10], name="clamped", marker_color="#c0392b", visible=n == 0))
+    buttons = []
+    for n, c in enumerate(e.clamps):
+        visible = [k // 2 == n for k in range(2 * len(e.clamps))]
+        buttons.append(dict(label=c.text.split(":")[0], method="update",
+                            args=[{"visible": visible}, {"title.text": c.text}]))
+    fig.update_layout(title_text=e.clamps[0].text if e.clamps else "no clampable gates", barmode="group",
+                      height=420, margin=dict(t=110),
+                      yaxis_title="probability" if len(names) > 1 and e.output.sum() > 0.99 and
+                      e.output.sum() < 1.01 else "prediction",
+                      updatemenus=[dict(buttons=buttons, x=0, y=1.22, xanchor="left", yanchor="top")]
+                      if buttons else [])
+    return fig
+
+
+def write_html(explanations: list[Explanation], path: str | Path, title: str = "cellsearch explain",
+               about: str = "") -> Path:
+    """One self-contained page (plotly's JavaScript inlined) for the explanations."""
+    import html
+
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    path = Path(path)
+    parts = []
+    toc = []
+    for n, e in enumerate(explanations):
+        label = f"sequence {e.key}" + (f" — true {e.truth}" if e.truth is not None else "") + \
+            f" — predicted {e.prediction}"
+        toc.append(f'<li><a href="#s{n}">{html.escape(label)}</a></li>')
+        rows = "".join(f"<tr><td>{k + 1}</td><td>{html.escape(c.text)}</td><td>{c.change:+.3g}</td></tr>"
+                       for k, c in enumerate(e.clamps[:15]))
+        parts.append(
+            f'<section id="s{n}"><h2>{html.escape(label)}</h2>'
+            + pio.to_html(_sequence_figure(e, f"Sequence {e.key}"), include_plotlyjs=False, full_html=False,
+                          auto_play=False)
+            + "<h3>Gate manipulation</h3><p>Each gate of each layer fixed to 0, to 1 or to its own mean over "
+              "this sequence, at every step, inside the cell (the weights are untouched); the rest of the "
+              "model runs as trained. Pick a clamp in the drop-down; the table ranks them by how far they "
+              "move the prediction.</p>"
+            + pio.to_html(_clamp_figure(e), include_plotlyjs=False, full_html=False)
+            + f"<table><tr><th>#</th><th>clamp</th><th>change</th></tr>{rows}</table></section>")
+    guide = ("<p><b>Reading this page.</b> Gates are fractions between 0 (shut, red) and 1 (open, blue): "
+             "an <i>input gate</i> near 1 writes the new candidate into the cell, a <i>forget gate</i> near 1 "
+             "keeps the cell's memory (near 0 wipes it), an <i>output gate</i> near 1 shows the cell to the "
+             "next layer; in a GRU the <i>update gate</i> near 1 keeps the old state and the <i>reset gate</i> "
+             "near 0 ignores it when forming the candidate. States and candidates (marked so) are signed "
+             "values: blue positive, red negative. The top panel's cursor follows the slider; the second "
+             "panel shows the prediction the model would make if the sequence ended at each step — where it "
+             "settles is where the model made up its mind.</p>")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script>"
+            "<style>body{font-family:sans-serif;max-width:1300px;margin:auto;padding:1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+            "section{margin-top:2em;border-top:2px solid #444}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{html.escape(about)}</p>{guide}<ul>{''.join(toc)}</ul>"
+            + "".join(parts) + "</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
