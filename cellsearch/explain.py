@@ -284,25 +284,22 @@ def _sequence_figure(e: Explanation, title: str) -> Any:
         fig.add_trace(go.Scatter(x=e.step_ends, y=e.per_step[:, j], mode="lines+markers", marker_size=4,
                                  name=name, legendgroup="out",
                                  legendgrouptitle_text="prediction" if j == 0 else None), row=2, col=1)
-    total = sum(heights)
-    row_top = 1.0
     for r, (kind, _) in enumerate(panels, start=1):
-        share = heights[r - 1] / total
         if isinstance(kind, tuple):
             _, tr, g = kind
             z = tr.gates[g]
             state = g in STATES or g in CANDIDATES
             lim = float(np.abs(z).max()) or 1.0
+            lo, hi = fig.layout[f"yaxis{r if r > 1 else ''}"].domain  # the colour bar beside its own panel
             fig.add_trace(go.Heatmap(
                 z=z, x=e.step_ends, y=np.arange(1, z.shape[0] + 1), colorscale="RdBu",
                 zmin=-lim if state else 0.0, zmax=lim if state else 1.0, showscale=True,
-                colorbar=dict(len=share * 0.8, y=row_top - share / 2, yanchor="middle", thickness=12,
+                colorbar=dict(len=hi - lo, y=(lo + hi) / 2, yanchor="middle", thickness=12,
                               title=dict(text="value" if state else "open", side="right"),
                               tickvals=None if state else [0, 0.5, 1],
                               ticktext=None if state else ["0 shut", "0.5", "1 open"]),
                 hovertemplate="step %{x}<br>unit %{y}<br>%{z:.3f}<extra></extra>"), row=r, col=1)
             fig.update_yaxes(title_text="unit", row=r, col=1)
-        row_top -= share
     for tr in e.layers:
         fig.add_trace(go.Scatter(x=e.step_ends, y=tr.mean_abs_hidden, mode="lines",
                                  name=f"layer {tr.layer + 1} {tr.cell}" + (
@@ -364,45 +361,64 @@ def write_html(explanations: list[Explanation], path: str | Path, title: str = "
     """One self-contained page (plotly's JavaScript inlined) for the explanations."""
     import html
 
-    import plotly.io as pio
-    from plotly.offline import get_plotlyjs
+    from cellsearch.plots import html_page
 
-    path = Path(path)
-    parts = []
-    toc = []
+    toc, parts = [], []
     for n, e in enumerate(explanations):
-        label = f"sequence {e.key}" + (f" — true {e.truth}" if e.truth is not None else "") + \
+        truth = f"{e.truth:.4g}" if isinstance(e.truth, float) else e.truth
+        label = f"sequence {e.key}" + (f" — true {truth}" if e.truth is not None else "") + \
             f" — predicted {e.prediction}"
         toc.append(f'<li><a href="#s{n}">{html.escape(label)}</a></li>')
         rows = "".join(f"<tr><td>{k + 1}</td><td>{html.escape(c.text)}</td><td>{c.change:+.3g}</td></tr>"
                        for k, c in enumerate(e.clamps[:15]))
-        parts.append(
-            f'<section id="s{n}"><h2>{html.escape(label)}</h2>'
-            + pio.to_html(_sequence_figure(e, f"Sequence {e.key}"), include_plotlyjs=False, full_html=False,
-                          auto_play=False)
-            + "<h3>Gate manipulation</h3><p>Each gate of each layer fixed to 0, to 1 or to its own mean over "
-              "this sequence, at every step, inside the cell (the weights are untouched); the rest of the "
-              "model runs as trained. Pick a clamp in the drop-down; the table ranks them by how far they "
-              "move the prediction.</p>"
-            + pio.to_html(_clamp_figure(e), include_plotlyjs=False, full_html=False)
-            + f"<table><tr><th>#</th><th>clamp</th><th>change</th></tr>{rows}</table></section>")
+        parts += [f'<section id="s{n}"><h2>{html.escape(label)}</h2>', _sequence_figure(e, f"Sequence {e.key}"),
+                  "<h3>Gate manipulation</h3><p>Each gate of each layer fixed to 0, to 1 or to its own mean over "
+                  "this sequence, at every step, inside the cell (the weights are untouched); the rest of the "
+                  "model runs as trained. Pick a clamp in the drop-down; the table ranks them by how far they "
+                  "move the prediction.</p>", _clamp_figure(e),
+                  f"<table><tr><th>#</th><th>clamp</th><th>change</th></tr>{rows}</table></section>"]
     guide = ("<p><b>Reading this page.</b> Gates are fractions between 0 (shut, red) and 1 (open, blue): "
              "an <i>input gate</i> near 1 writes the new candidate into the cell, a <i>forget gate</i> near 1 "
              "keeps the cell's memory (near 0 wipes it), an <i>output gate</i> near 1 shows the cell to the "
              "next layer; in a GRU the <i>update gate</i> near 1 keeps the old state and the <i>reset gate</i> "
              "near 0 ignores it when forming the candidate. States and candidates (marked so) are signed "
-             "values: blue positive, red negative. The top panel's cursor follows the slider; the second "
-             "panel shows the prediction the model would make if the sequence ended at each step — where it "
-             "settles is where the model made up its mind.</p>")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<script type='text/javascript'>{get_plotlyjs()}</script>"
-            "<style>body{font-family:sans-serif;max-width:1300px;margin:auto;padding:1em}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-            "section{margin-top:2em;border-top:2px solid #444}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{html.escape(about)}</p>{guide}<ul>{''.join(toc)}</ul>"
-            + "".join(parts) + "</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+             "values: blue positive, red negative. The cursor follows the slider (or ▶ play) through the "
+             "steps; the second panel shows the prediction the model would make if the sequence ended at "
+             "each step — where it settles is where the model made up its mind.</p>")
+    head = f"<h1>{html.escape(title)}</h1><p>{html.escape(about)}</p>{guide}<ul>{''.join(toc)}</ul>"
+    return html_page(Path(path), title, [head, *parts])
+
+
+def explain_checkpoint(path: str | Path, checkpoint: str | Path, dataset: Any, limit: int = 4,
+                       max_steps: int = 500, title: str = "The chosen model, explained") -> Path | None:
+    """The explain page of a trained checkpoint on a few of the search's own sequences (validation,
+    else training): what a search records for its chosen model. ``None`` when there is nothing to show."""
+    import torch
+
+    from cellsearch.model import load_checkpoint
+
+    split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["train"]
+    if not len(split) or not Path(checkpoint).exists():
+        return None
+    model = pick_member(load_checkpoint(checkpoint)[0])
+    model.eval()
+    prep = dataset.preprocessing
+    n = min(len(split), 256)
+    steps = min(split.x.shape[1], max_steps)  # a long sequence: its first steps
+    x, lengths = split.x[:n, :steps], np.minimum(split.lengths[:n], steps).astype(np.int64)
+    scale = None if split.origin is None else (split.origin[:n, 0], split.origin[:n, 1])
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(lengths)).numpy()
+    picks = _choose(split.keys[:n], _units(out, prep, None) if prep.classes is not None else out, prep, None, limit)
+    keys = np.asarray([str(k) for k in split.keys[:n]])
+    truth = None
+    if prep.task != "forecasting":
+        y = np.asarray(split.y[:n])
+        truth = {keys[i]: (prep.classes[int(y[i])] if prep.classes is not None else
+                           round(float(np.ravel(y[i])[0]) * prep.target_std + prep.target_mean, 6)) for i in picks}
+    channels = [str(c) for c in (prep.inputs or prep.features or [])]
+    explanations = explain_sequences(model, prep, x[picks], lengths[picks], keys[picks],
+                                     None if scale is None else (scale[0][picks], scale[1][picks]), truth,
+                                     channels if len(channels) == x.shape[2] else None)
+    return write_html(explanations, path, title=title,
+                      about=f"{model.spec.arch}, on {len(explanations)} of the search's own sequences")

@@ -107,81 +107,77 @@ def _eng(v: float) -> str:
 def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, Any]],
                 chosen: dict[str, Any] | None, metric: str, cost: str,
                 references: list[dict[str, Any]] | None = None) -> Path:
-    """The Pareto plot as one self-contained HTML page (inline SVG): hover a point for its trial,
-    architecture, score and cost. No JavaScript library, opens anywhere (MLflow shows it inline)."""
-    import html
-
-    w, h, m = 900, 560, 70
-    refs = _plotted(references)
-    costs = [max(p["cost"], 1e-12) for p in [*points, *refs]] or [1.0]
-    scores = [p["score"] for p in [*points, *refs]] or [0.0]
-    lx = math.log10
-    c_lo, c_hi = lx(min(costs)) - 0.1, lx(max(costs)) + 0.1  # padding: no point on the frame
-    s_pad = 0.06 * (max(scores) - min(scores)) or 0.05 * abs(max(scores)) or 0.05
-    s_lo, s_hi = min(scores) - s_pad, max(scores) + s_pad
-
-    def xy(p: dict[str, Any]) -> tuple[float, float]:
-        x = m + (lx(max(p["cost"], 1e-12)) - c_lo) / (c_hi - c_lo) * (w - 2 * m)
-        y = h - m - (p["score"] - s_lo) / (s_hi - s_lo) * (h - 2 * m)
-        return x, y
-
-    on_front = {p.get("name", str(p.get("trial"))) for p in front}
-    items = []
-    fr = sorted(front, key=lambda p: p["cost"])
-    if fr:
-        items.append('<polyline fill="none" stroke="#d1495b" stroke-width="2" points="'
-                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in map(xy, fr)) + '"/>')
+    """The Pareto plot as one self-contained interactive page (plotly, its JavaScript inlined: opens
+    offline and inside MLflow's artifact viewer): hover any point for what it is (trial or ensemble,
+    architecture, score ± spread over folds, test score, cost), zoom, toggle groups in the legend."""
+    import plotly.graph_objects as go
 
     def name(p: dict[str, Any]) -> str:
         return p.get("name", str(p.get("trial")))
 
-    for p in points:
-        x, y = xy(p)
-        what = "ensemble " + p["name"] if p.get("kind") == "ensemble" else f"trial {p['trial']}"
+    def hover(p: dict[str, Any]) -> str:
+        what = ("ensemble " + p["name"] if p.get("kind") == "ensemble" else "reference" if p.get("kind") ==
+                "reference" else f"trial {p.get('trial')}")
         spread = f" ± {p['spread']:.2g} over folds" if p.get("spread") else ""
-        test = f"\ntest {metric} {p['test_score']:.4g}" if p.get("test_score") is not None else ""
-        tip = html.escape(f"{what}: {p['arch']}\n{metric} {p['score']:.4g}{spread}{test}\n{cost} {p['cost']:.4g}")
-        color = "#d1495b" if name(p) in on_front else "#e0a458" if p.get("kind") == "ensemble" else "#9aa5b1"
-        ring = (f'<circle cx="{x:.1f}" cy="{y:.1f}" r="11" fill="none" stroke="#2e86ab" stroke-width="2"/>'
-                if chosen and name(p) == name(chosen) else "")
-        near_right = x > w - m - 0.3 * (w - 2 * m)  # label to the left, inside the frame
-        label = (f'<text x="{x + (-9 if near_right else 7):.1f}" y="{y - 9:.1f}" font-size="11" '
-                 f'text-anchor="{"end" if near_right else "start"}">{html.escape(p["arch"])}</text>'
-                 if name(p) in on_front else "")
-        mark = (f'<rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12" fill="{color}"/>'
-                if p.get("kind") == "ensemble" else f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="{color}"/>')
-        items.append(f"<g><title>{tip}</title>{ring}{mark}{label}</g>")
-    for r in refs:
-        x, y = xy(r)
-        tip = html.escape(f"reference: {r['arch']}\n{metric} {r['score']:.4g}\n{cost} {r['cost']:.4g}")
-        items.append(f'<g><title>{tip}</title><rect x="{x - 6:.1f}" y="{y - 6:.1f}" width="12" height="12" '
-                     f'transform="rotate(45 {x:.1f} {y:.1f})" fill="#222"/><text x="{x + 9:.1f}" y="{y + 14:.1f}" '
-                     f'font-size="11">{html.escape(r["arch"])}</text></g>')
-    ticks = []
-    for decade in range(math.floor(c_lo), math.ceil(c_hi) + 1):
-        for mult in (1, 2, 5):
-            v = mult * 10.0 ** decade
-            if c_lo <= lx(v) <= c_hi:
-                x = m + (lx(v) - c_lo) / (c_hi - c_lo) * (w - 2 * m)
-                ticks.append(f'<line x1="{x:.1f}" y1="{h - m}" x2="{x:.1f}" y2="{h - m + 5}" stroke="#333"/>'
-                             f'<line x1="{x:.1f}" y1="{m}" x2="{x:.1f}" y2="{h - m}" stroke="#eee"/>'
-                             f'<text x="{x:.1f}" y="{h - m + 18}" font-size="11" text-anchor="middle">'
-                             f"{_eng(v)}</text>")
-    for k in range(6):
-        v = s_lo + (s_hi - s_lo) * k / 5
-        y = h - m - k / 5 * (h - 2 * m)
-        ticks.append(f'<line x1="{m - 5}" y1="{y:.1f}" x2="{m}" y2="{y:.1f}" stroke="#333"/>'
-                     f'<line x1="{m}" y1="{y:.1f}" x2="{w - m}" y2="{y:.1f}" stroke="#eee"/>'
-                     f'<text x="{m - 8}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{v:.3g}</text>')
-    axes = ("".join(ticks) + f'<line x1="{m}" y1="{h - m}" x2="{w - m}" y2="{h - m}" stroke="#333"/>'
-            f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h - m}" stroke="#333"/>'
-            f'<text x="{w / 2}" y="{h - 12}" text-anchor="middle">{html.escape(cost)} (log scale)</text>'
-            f'<text x="14" y="{h / 2}" transform="rotate(-90 14 {h / 2})" text-anchor="middle">validation '
-            f"{html.escape(metric)}</text>")
-    page = (f"<!doctype html><meta charset='utf-8'><title>Pareto front</title><h3 style='font-family:sans-serif'>"
-            f"Accuracy against compute — hover a point</h3><svg xmlns='http://www.w3.org/2000/svg' width='{w}' "
-            f"height='{h}' font-family='sans-serif'>{axes}{''.join(items)}</svg>")
-    path.write_text(page)
+        test = f"<br>test {metric} {p['test_score']:.4g}" if p.get("test_score") is not None else ""
+        pick = "<br><b>chosen</b>" if chosen and name(p) == name(chosen) else ""
+        return f"{what}: {p['arch']}<br>{metric} {p['score']:.4g}{spread}{test}<br>{cost} {p['cost']:.4g}{pick}"
+
+    on_front = {name(p) for p in front}
+    groups = [("other trials", [p for p in points if name(p) not in on_front and p.get("kind") != "ensemble"],
+               "circle", "#9aa5b1"),
+              ("other ensembles", [p for p in points if name(p) not in on_front and p.get("kind") == "ensemble"],
+               "square", "#e0a458"),
+              ("Pareto front", sorted(front, key=lambda p: p["cost"]), "circle", "#d1495b"),
+              ("references", _plotted(references), "diamond", "#222222")]
+    fig = go.Figure()
+    for label, group, symbol, color in groups:
+        if not group:
+            continue
+        symbols = ["square" if p.get("kind") == "ensemble" else symbol for p in group]
+        fig.add_trace(go.Scatter(
+            x=[max(p["cost"], 1e-12) for p in group], y=[p["score"] for p in group], name=label,
+            mode="lines+markers+text" if label == "Pareto front" else "markers",
+            text=[p["arch"] for p in group] if label in ("Pareto front", "references") else None,
+            textposition="top center", textfont=dict(size=10),
+            marker=dict(symbol=symbols, size=10, color=color, line=dict(width=0)),
+            line=dict(color=color, width=2),
+            error_y=dict(type="data", array=[p.get("spread") or 0 for p in group], visible=True, thickness=1,
+                         color=color) if any(p.get("spread") for p in group) else None,
+            hovertext=[hover(p) for p in group], hoverinfo="text"))
+    if chosen:
+        fig.add_trace(go.Scatter(x=[max(chosen["cost"], 1e-12)], y=[chosen["score"]], name="chosen",
+                                 mode="markers", hovertext=[hover(chosen)], hoverinfo="text",
+                                 marker=dict(symbol="circle-open", size=22, color="#2e86ab", line=dict(width=3))))
+    fig.update_layout(title_text="Accuracy against compute — hover a point, drag to zoom, click the legend",
+                      xaxis=dict(type="log", title_text=f"{cost} (log scale)"),
+                      yaxis=dict(title_text=f"validation {metric}"), height=620, template="plotly_white",
+                      legend=dict(orientation="h", y=-0.15))
+    return html_page(path, "Pareto front", [fig])
+
+
+def html_page(path: Path, title: str, parts: list[Any]) -> Path:
+    """One self-contained page: ``parts`` in order, each a plotly figure or an HTML string; plotly's
+    JavaScript is inlined once (no network: the page opens offline and in MLflow's artifact viewer).
+    Written to a temporary name first, so a page is never half-written."""
+    import html
+
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    body = "".join(p if isinstance(p, str) else pio.to_html(p, include_plotlyjs=False, full_html=False,
+                                                                auto_play=False)
+                   for p in parts)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script>"
+            "<style>body{font-family:sans-serif;max-width:1300px;margin:auto;padding:1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+            "section{margin-top:2em;border-top:2px solid #444}</style></head><body>" + body + "</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
     return path
 
 
@@ -277,77 +273,6 @@ def importance_plot(path: Path, imp: dict[str, float], metric: str, n_trials: in
     return path
 
 
-#: What the letters of a cell's trace mean, for the gate plots' titles.
-GATE_NAMES = {"i": "input gate", "f": "forget gate", "o": "output gate", "g": "candidate", "c": "cell state",
-              "h": "hidden state", "r": "reset gate", "z": "update gate", "n": "candidate"}
-
-
-def gates_plot(path: Path, checkpoint: str, dataset: Any, n_sequences: int = 3, max_steps: int = 200
-               ) -> Path | None:
-    """Gate activations over time of the chosen model on a few validation sequences: one row per
-    sequence and layer, one column per gate (names spelled out), time along x, a colour bar per
-    column, each sequence's true class and prediction in its row label."""
-    import numpy as np
-    import torch
-
-    from cellsearch.model import EnsembleModel, load_checkpoint
-
-    split = dataset.splits["val"] if len(dataset.splits["val"]) else dataset.splits["train"]
-    if not len(split) or not Path(checkpoint).exists():
-        return None
-    model, _ = load_checkpoint(checkpoint)
-    if isinstance(model, EnsembleModel):  # a cross-validated trial: its first fold's model
-        model = model.members[0]
-    model.eval()
-    k = min(n_sequences, len(split))
-    steps = min(split.x.shape[1], max_steps)  # a long sequence: its first steps, readable and quick
-    x = torch.from_numpy(split.x[:k, :steps])
-    lengths = torch.from_numpy(np.minimum(split.lengths[:k], steps).astype("int64"))
-    with torch.no_grad():
-        out = model(x, lengths).numpy()
-    classes = dataset.preprocessing.classes
-    if classes:
-        truth = [str(classes[int(v)]) for v in np.asarray(split.y[:k])]
-        guess = [str(classes[int(v)]) for v in out.argmax(axis=1)]
-    else:
-        truth = [f"{float(np.ravel(v)[0]):.3g}" for v in np.asarray(split.y[:k])]
-        guess = [f"{float(np.ravel(v)[0]):.3g}" for v in out]
-    xs, lens = model.prepare(x, lengths)  # what the stack reads (normalised, in patches)
-    with torch.no_grad():
-        traces = model.stack.trace(xs, lens)
-    plt = _plt()
-    n_cols = max(len(t) for t in traces)
-    fig, axes = plt.subplots(len(traces) * k, n_cols, figsize=(2.9 * n_cols, 2.0 * len(traces) * k), dpi=100,
-                             squeeze=False)
-    for s in range(k):
-        n = int(lens[s])
-        for li, (trace, spec) in enumerate(zip(traces, model.spec.layers)):
-            row = s * len(traces) + li
-            for j in range(n_cols):
-                ax = axes[row][j]
-                if j >= len(trace):
-                    ax.axis("off")
-                    continue
-                name = list(trace)[j]
-                vals = trace[name][s, :n].T.numpy()
-                lo, hi = (0, 1) if name in ("i", "f", "o", "r", "z") else (-1, 1)
-                im = ax.imshow(vals, aspect="auto", cmap="magma" if lo == 0 else "coolwarm", vmin=lo, vmax=hi,
-                               interpolation="nearest", extent=(-0.5, n - 0.5, vals.shape[0] - 0.5, -0.5))
-                fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-                ax.set_title(GATE_NAMES.get(name, name), fontsize=8)
-                ax.tick_params(labelsize=6)
-                ax.set_xlabel("step" + (f" (patches of {model.spec.patch})" if model.spec.patch > 1 else ""),
-                              fontsize=7)
-                if j == 0:
-                    ax.set_ylabel(f"seq {s}: true {truth[s]}, predicted {guess[s]}\nlayer {li} {spec.cell} "
-                                  "(units)", fontsize=7)
-    fig.suptitle("The chosen model's gates over time (first fold's model, validation sequences)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
 def study_plots(out: Path, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]], dataset: Any,
                 chosen: dict[str, Any] | None, meta: dict[str, Any],
                 references: list[dict[str, Any]] | None = None) -> list[Path]:
@@ -368,8 +293,17 @@ def study_plots(out: Path, study: Any, points: list[dict[str, Any]], front: list
         (out / "param_importance.json").write_text(dumps(imp))
         n = sum(1 for p in points if p.get("kind", "trial") == "trial")
         files += [importance_plot(out / "param_importance.png", imp, metric, n), out / "param_importance.json"]
-    if chosen and chosen.get("checkpoint"):
-        g = gates_plot(out / "gates_chosen.png", chosen["checkpoint"], dataset)
-        if g:
-            files.append(g)
+    shown = chosen
+    if chosen and chosen.get("members"):  # an ensemble: its heaviest-weighted member
+        heaviest = max(chosen["members"], key=lambda t: chosen["members"][t])
+        shown = next((p for p in points if p.get("trial") == heaviest and p.get("kind", "trial") == "trial"), None)
+    if shown and shown.get("checkpoint"):
+        from cellsearch.explain import explain_checkpoint
+
+        page = explain_checkpoint(out / "explain_chosen.html", shown["checkpoint"], dataset,
+                                  title="The chosen model, explained" if shown is chosen else
+                                  f"The chosen ensemble {chosen.get('name')}, explained by its heaviest member "
+                                  f"(trial {shown['trial']})")
+        if page:
+            files.append(page)
     return files

@@ -447,10 +447,13 @@ def describe_result(result: Any, plot_link: str | None = None) -> str:
         lines.append(f"| reference | {r['arch']} | {f(r['score'])} | {f(r.get('test_score'))} | {f(r.get('macs'))} | "
                      f"{f(r.get('params'))} |")
     if plot_link:
-        lines += ["", f"**[Score against cost, every trial (hover a point)]({plot_link})**"]
+        lines += ["", f"**[Score against cost, every trial (hover a point)]({plot_link})** · "
+                      f"**[The chosen model, explained: its gates step by step]"
+                      f"({plot_link.replace('pareto_front.html', 'explain_chosen.html')})**"]
     lines += ["", "Plots (Artifacts → `plots/`): `pareto_front.html` (score against cost, hover a point), "
               "`pareto_front.png`, `cell_by_slot.png` (which cell where), `param_importance.png`, "
-              "`gates_chosen.png` (the chosen model's gates over time)."]
+              "`explain_chosen.html` (the chosen model's gates over time, its prediction step by step and "
+              "the effect of clamping each gate; `cellsearch explain` makes the same page for any bundle)."]
     return "\n".join(lines)
 
 

@@ -75,14 +75,18 @@ def test_plots_are_valid_images(tuned, tmp_path):
     exp = client.get_experiment_by_name(tuned.study.study_name)
     parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("role") == "search"][0]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    for png in ("plots/pareto_front.png", "plots/cell_by_slot.png", "plots/gates_chosen.png"):
+    for png in ("plots/pareto_front.png", "plots/cell_by_slot.png"):
         assert png in names, names
         local = client.download_artifacts(parent.info.run_id, png, str(tmp_path))
         with Image.open(local) as im:
             im.verify()
             assert im.size[0] > 200 and im.size[1] > 100
     page = open(client.download_artifacts(parent.info.run_id, "plots/pareto_front.html", str(tmp_path))).read()
-    assert "<svg" in page and page.count("<circle") >= len(tuned.front)
+    assert "Plotly.newPlot" in page and "<script src=" not in page  # interactive, self-contained
+    for p in tuned.front:  # every front member is identifiable by hovering
+        assert (f"trial {p['trial']}: " if p.get("kind", "trial") == "trial" else f"ensemble {p['name']}") in page
+    explain = open(client.download_artifacts(parent.info.run_id, "plots/explain_chosen.html", str(tmp_path))).read()
+    assert "Plotly.newPlot" in explain and "Gate manipulation" in explain and "clamped to" in explain
     table = json.loads(open(client.download_artifacts(parent.info.run_id, "plots/cell_by_slot.json",
                                                       str(tmp_path))).read())
     assert "layer 0" in table
