@@ -19,6 +19,7 @@ _LAZY = {
     "build": "cellsearch.model",
     "tune": "cellsearch.search",
     "load": "cellsearch.export",
+    "explain": "cellsearch.explain",
     "read_dataset": "cellsearch.data",
 }
 
