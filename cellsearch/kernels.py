@@ -69,6 +69,7 @@ def _build() -> None:
         tmp.write_bytes(source)
         os.replace(tmp, copy)
     clear_stale_lock(folder / "lock")
+    _state["folder"] = folder
     cpp_extension.load(
         name=name,
         sources=[str(copy)],
@@ -99,8 +100,108 @@ def available() -> bool:
 def status() -> str:
     """A one-line description of the kernel in use, for `cellsearch bench` and bug reports."""
     if available():
-        return f"compiled ({torch.backends.cpu.get_cpu_capability()})"
+        forced = os.environ.get("CELLSEARCH_GEMM")
+        how = f"forced by CELLSEARCH_GEMM={forced}" if forced else "chosen per shape by measurement"
+        return (f"compiled ({torch.backends.cpu.get_cpu_capability()}); recurrent GEMM backends "
+                f"{', '.join(gemm_backends())}, {how}")
     return f"pure PyTorch fallback ({_state['error']})"
+
+
+# ---- the recurrent product's backend ---------------------------------------------------------------
+#: The backends of the per-step product h @ R^T, as the compiled loop numbers them: MKL's packed GEMM,
+#: ATen's mm (torch's BLAS), and the loop's own register-blocked kernel.
+GEMMS = {"mkl": 0, "aten": 1, "blocked": 2}
+_CACHE_NAME = "gemm_choice.json"
+
+
+def gemm_backends() -> list[str]:
+    """The backends this machine's build can run (MKL only where torch links it)."""
+    if not available():
+        return []
+    return torch.ops.cellsearch_kernels.info().split(";")[0].split(",")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``lscpu``'s), part of the choice's cache key."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _bucket(batch: int) -> int:
+    return 1 << max(0, int(batch) - 1).bit_length()
+
+
+def gemm_for(batch: int, hidden: int, blocks: int) -> int:
+    """The backend for a recurrent product of ``batch`` rows, ``hidden`` units and ``blocks`` gate
+    blocks: ``CELLSEARCH_GEMM`` when set, else the fastest measured on this machine for that shape
+    (batch rounded up to a power of two; forward and backward timed together), measured once and
+    cached beside the built extension, keyed by CPU model, capability and thread count."""
+    forced = os.environ.get("CELLSEARCH_GEMM")
+    if forced:
+        if forced not in gemm_backends():
+            raise ValueError(f"CELLSEARCH_GEMM={forced}: this machine has {', '.join(gemm_backends())}")
+        return GEMMS[forced]
+    key = f"{cpu_model()}|{torch.backends.cpu.get_cpu_capability()}|t{torch.get_num_threads()}|" \
+          f"b{_bucket(batch)}|h{hidden}|g{blocks}"
+    cache = _cache()
+    if key not in cache:
+        cache[key] = min(gemm_backends(), key=lambda b: measure_gemm(b, _bucket(batch), hidden, blocks))
+        _save_cache(cache)
+    return GEMMS[cache[key]]
+
+
+def measure_gemm(backend: str, batch: int, hidden: int, blocks: int, steps: int = 16, repeats: int = 3) -> float:
+    """Seconds for one forward and backward pass of the compiled loop over ``steps`` steps with
+    ``backend`` (the best of ``repeats``); what ``gemm_for`` compares."""
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    xp = torch.randn(steps, batch, blocks * hidden, generator=g)
+    R = torch.randn(blocks * hidden, hidden, generator=g) / hidden ** 0.5  # noqa: N806
+    peep = torch.zeros(0)
+    coupled = blocks == 3
+    ops = torch.ops.cellsearch_kernels
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            y, c, tc, gates = ops.lstm_family_forward(xp, R, peep, False, coupled, GEMMS[backend])
+            ops.lstm_family_backward(y, y, c, tc, gates, R, peep, False, coupled, GEMMS[backend])
+            times.append(time.perf_counter() - t0)
+    return min(times[1:])  # the first pass only warms caches and threads up
+
+
+def _cache() -> dict[str, str]:
+    if "gemm" not in _state:
+        import json
+
+        path = _state.get("folder")
+        try:
+            _state["gemm"] = json.loads((path / _CACHE_NAME).read_text()) if path else {}
+        except (OSError, ValueError):
+            _state["gemm"] = {}
+    return _state["gemm"]
+
+
+def _save_cache(cache: dict[str, str]) -> None:
+    import json
+
+    path = _state.get("folder")
+    if path is None:
+        return
+    try:
+        tmp = path / f".{_CACHE_NAME}.{os.getpid()}"
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        os.replace(tmp, path / _CACHE_NAME)
+    except OSError:  # a read-only extension folder: measure again next time
+        pass
 
 
 class LSTMFamilyFunction(torch.autograd.Function):
@@ -113,10 +214,11 @@ class LSTMFamilyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
                 use_peep: bool, coupled: bool) -> torch.Tensor:
+        gemm = gemm_for(xp.shape[1], R.shape[1], R.shape[0] // R.shape[1])
         y, c, tc, gates = torch.ops.cellsearch_kernels.lstm_family_forward(
-            xp.contiguous(), R.contiguous(), peep.contiguous(), use_peep, coupled)
+            xp.contiguous(), R.contiguous(), peep.contiguous(), use_peep, coupled, gemm)
         ctx.save_for_backward(y, c, tc, gates, R, peep)
-        ctx.flags = (use_peep, coupled)
+        ctx.flags = (use_peep, coupled, gemm)
         return y
 
     @staticmethod
@@ -135,14 +237,17 @@ class GRUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, xp: torch.Tensor, R: torch.Tensor, bh: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        y, gates, hn = torch.ops.cellsearch_kernels.gru_forward(xp.contiguous(), R.contiguous(), bh.contiguous())
+        ctx.gemm = gemm_for(xp.shape[1], R.shape[1], 3)
+        y, gates, hn = torch.ops.cellsearch_kernels.gru_forward(xp.contiguous(), R.contiguous(), bh.contiguous(),
+                                                                ctx.gemm)
         ctx.save_for_backward(y, gates, hn, R)
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, ...]:
         y, gates, hn, R = ctx.saved_tensors  # noqa: N806
-        return tuple(torch.ops.cellsearch_kernels.gru_backward(dy.contiguous(), y, gates, hn, R.contiguous()))
+        return tuple(torch.ops.cellsearch_kernels.gru_backward(dy.contiguous(), y, gates, hn, R.contiguous(),
+                                                               ctx.gemm))
 
 
 def fused_cpu_ok(x: torch.Tensor) -> bool:

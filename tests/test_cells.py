@@ -56,22 +56,28 @@ def _grads(module: torch.nn.Module, x: torch.Tensor, fn) -> tuple[torch.Tensor, 
     return y.detach(), [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
 
 
-@pytest.fixture(params=["compiled", "fallback"])
+@pytest.fixture(params=[f"compiled-{b}" for b in kernels.GEMMS] + ["fallback"])
 def kernel_path(request, monkeypatch):
-    if request.param == "compiled":
+    """Every path a cell can run: the compiled loop with each recurrent-GEMM backend this machine
+    has (``CELLSEARCH_GEMM`` forces one), and the pure-PyTorch fallback."""
+    if request.param.startswith("compiled"):
         if not kernels.available():
             pytest.skip(f"compiled kernel unavailable: {kernels.status()}")
+        backend = request.param.split("-", 1)[1]
+        if backend not in kernels.gemm_backends():
+            pytest.skip(f"no {backend} backend on this machine")
+        monkeypatch.setenv("CELLSEARCH_GEMM", backend)
     else:
         monkeypatch.setattr(kernels, "available", lambda: False)
     return request.param
 
 
 @pytest.mark.parametrize("name", ["peephole", "cifg"])
-@pytest.mark.parametrize("hidden", [7, 33])  # odd widths exercise the vector tails
-def test_custom_cells_match_equations(name, hidden, kernel_path):
+@pytest.mark.parametrize("hidden,batch", [(7, 4), (33, 13)])  # odd widths and batches: vector, panel, row tails
+def test_custom_cells_match_equations(name, hidden, batch, kernel_path):
     torch.manual_seed(1)
     cell = CELLS[name](5, hidden)
-    x = torch.randn(9, 4, 5)
+    x = torch.randn(9, batch, 5)
     y, grads = _grads(cell, x, cell)
     y_ref, grads_ref = _grads(cell, x, lambda xx: reference_lstm_family(cell, xx))
     assert torch.allclose(y, y_ref, atol=TOL), (y - y_ref).abs().max()
@@ -222,17 +228,41 @@ def test_param_counts(name):
     assert cls.n_params(3, 6) == expected
 
 
-@pytest.mark.parametrize("hidden", [7, 33])
-def test_gru_loop_matches_torch_gru_outputs_and_gradients(hidden, kernel_path):
+@pytest.mark.parametrize("hidden,batch", [(7, 4), (33, 13)])
+def test_gru_loop_matches_torch_gru_outputs_and_gradients(hidden, batch, kernel_path):
     """The compiled GRU loop (CPU) against torch's own nn.GRU holding the same parameters."""
     torch.manual_seed(9)
     cell = CELLS["gru"](5, hidden)
-    x = torch.randn(9, 4, 5)
+    x = torch.randn(9, batch, 5)
     y, grads = _grads(cell, x, cell)
     y_ref, grads_ref = _grads(cell, x, lambda xx: cell.rnn(xx)[0])
     assert torch.allclose(y, y_ref, atol=TOL)
     for g, g_ref in zip(grads, grads_ref):
         assert torch.allclose(g, g_ref, atol=TOL), (g - g_ref).abs().max()
+
+
+def test_gemm_choice_is_measured_once_cached_and_forced_by_the_environment(monkeypatch):
+    if not kernels.available():
+        pytest.skip(f"compiled kernel unavailable: {kernels.status()}")
+    monkeypatch.delenv("CELLSEARCH_GEMM", raising=False)
+    calls = []
+    real = kernels.measure_gemm
+    monkeypatch.setattr(kernels, "measure_gemm", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setitem(kernels._state, "gemm", {})
+    first = kernels.gemm_for(50, 24, 4)  # batch 50 measures as 64
+    assert first in [kernels.GEMMS[b] for b in kernels.gemm_backends()]
+    assert sorted(c[0] for c in calls) == sorted(kernels.gemm_backends()) and {c[1] for c in calls} == {64}
+    assert kernels.gemm_for(60, 24, 4) == first and len(calls) == len(kernels.gemm_backends())  # cached
+    if kernels._state.get("folder"):
+        import json
+
+        on_disk = json.loads((kernels._state["folder"] / "gemm_choice.json").read_text())
+        assert any(k.endswith("|b64|h24|g4") for k in on_disk)
+    monkeypatch.setenv("CELLSEARCH_GEMM", "aten")
+    assert kernels.gemm_for(50, 24, 4) == kernels.GEMMS["aten"]
+    monkeypatch.setenv("CELLSEARCH_GEMM", "nope")
+    with pytest.raises(ValueError, match="CELLSEARCH_GEMM=nope"):
+        kernels.gemm_for(50, 24, 4)
 
 
 def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):

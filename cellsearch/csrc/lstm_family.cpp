@@ -52,23 +52,108 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
 }
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kBMatrix = 162, kPacked = 151;
 
-// C (m x n, row-major) = A (m x k) @ op(W) + beta * C, with op(W) packed once up front.
+// The recurrent product's backends (chosen per machine and shape by measurement in kernels.py):
+// kMkl: MKL's packed GEMM (when the torch build links MKL; else ATen); kAten: at::mm (whatever BLAS
+// torch uses); kBlocked: the register-blocked kernel below, written with ATen's vector types, so it
+// runs at the width this file was built for on any x86-64 CPU (MKL picks slower paths on some).
+constexpr int64_t kMkl = 0, kAten = 1, kBlocked = 2;
+
+// ---- the blocked kernel: op(W) (k x n) packed into column panels of NR floats (k-major inside a
+// panel, zero-padded), each MR x NR block of C accumulated in registers over the whole k.
+constexpr int64_t NR = 2 * kW;
+constexpr int MR = 6;
+
+void pack_panels(const float* W, int64_t ldw, bool trans, int64_t k, int64_t n, float* out) {
+  const int64_t panels = (n + NR - 1) / NR;
+  for (int64_t p = 0; p < panels; ++p) {
+    for (int64_t kk = 0; kk < k; ++kk) {
+      float* dst = out + (p * k + kk) * NR;
+      for (int64_t jj = 0; jj < NR; ++jj) {
+        const int64_t j = p * NR + jj;
+        dst[jj] = j < n ? (trans ? W[j * ldw + kk] : W[kk * ldw + j]) : 0.f;
+      }
+    }
+  }
+}
+
+template <int ROWS>
+inline void micro(const float* A, int64_t lda, const float* P, int64_t k, float* C, int64_t ldc,
+                  int64_t ncols, float beta) {
+  Vec acc0[ROWS], acc1[ROWS];
+  for (int r = 0; r < ROWS; ++r) {
+    acc0[r] = Vec(0.f);
+    acc1[r] = Vec(0.f);
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const Vec b0 = Vec::loadu(P + kk * NR);
+    const Vec b1 = Vec::loadu(P + kk * NR + kW);
+    for (int r = 0; r < ROWS; ++r) {
+      const Vec a(A[r * lda + kk]);
+      acc0[r] = at::vec::fmadd(a, b0, acc0[r]);
+      acc1[r] = at::vec::fmadd(a, b1, acc1[r]);
+    }
+  }
+  const int64_t n0 = std::min<int64_t>(kW, ncols), n1 = ncols - n0;
+  for (int r = 0; r < ROWS; ++r) {
+    float* c = C + r * ldc;
+    if (beta != 0.f) {
+      acc0[r] = at::vec::fmadd(Vec(beta), Vec::loadu(c, n0), acc0[r]);
+      if (n1 > 0) acc1[r] = at::vec::fmadd(Vec(beta), Vec::loadu(c + kW, n1), acc1[r]);
+    }
+    acc0[r].store(c, n0);
+    if (n1 > 0) acc1[r].store(c + kW, n1);
+  }
+}
+
+template <int ROWS>
+void micro_rows(int rows, const float* A, int64_t lda, const float* P, int64_t k, float* C, int64_t ldc,
+                int64_t ncols, float beta) {
+  if constexpr (ROWS > 0) {
+    if (rows == ROWS) return micro<ROWS>(A, lda, P, k, C, ldc, ncols, beta);
+    micro_rows<ROWS - 1>(rows, A, lda, P, k, C, ldc, ncols, beta);
+  }
+}
+
+// C (m x n) = A (m x k) @ panels + beta * C; threads split the panels.
+void blocked_gemm(const float* A, int64_t m, int64_t k, const float* P, int64_t n, float* C, float beta) {
+  const int64_t panels = (n + NR - 1) / NR;
+  const int64_t work = std::max<int64_t>(1, m * k * NR);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / work);  // >= ~128k FMAs per task
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t ncols = std::min<int64_t>(NR, n - p * NR);
+      const float* Pp = P + p * k * NR;
+      int64_t r = 0;
+      for (; r + MR <= m; r += MR) micro<MR>(A + r * k, k, Pp, k, C + r * n + p * NR, n, ncols, beta);
+      if (r < m) micro_rows<MR - 1>(static_cast<int>(m - r), A + r * k, k, Pp, k, C + r * n + p * NR, n, ncols, beta);
+    }
+  });
+}
+
+// C (m x n, row-major) = A (m x k) @ op(W) + beta * C, op(W) prepared once per call for the backend.
 class PackedRight {
  public:
-  PackedRight(const at::Tensor& W, bool transpose, int64_t n, int64_t k, int64_t m) : W_(W), t_(transpose) {
-    use_mkl_ = cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
-    if (use_mkl_) {
+  PackedRight(const at::Tensor& W, bool transpose, int64_t n, int64_t k, int64_t m, int64_t backend)
+      : W_(W), t_(transpose) {
+    const bool mkl = cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
+    backend_ = backend == kMkl && !mkl ? kAten : backend;
+    n_ = n; k_ = k; Wop_ = t_ ? W.t() : W;
+    if (backend_ == kMkl) {
       const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, m, n, k);
       buf_ = at::empty({static_cast<int64_t>(bytes / sizeof(float) + 16)}, W.options());
       cblas_sgemm_pack(kRowMajor, kBMatrix, t_ ? kTrans : kNoTrans, m, n, k, 1.f,
                        W.data_ptr<float>(), W.size(1), buf_.data_ptr<float>());
+    } else if (backend_ == kBlocked) {
+      buf_ = at::empty({((n + NR - 1) / NR) * k * NR + 16}, W.options());
+      pack_panels(W.data_ptr<float>(), W.size(1), t_, k, n, buf_.data_ptr<float>());
     }
-    n_ = n; k_ = k; Wop_ = t_ ? W.t() : W;
   }
   void run(const at::Tensor& A, at::Tensor C, float beta) const {
-    if (use_mkl_) {
+    if (backend_ == kMkl) {
       cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, A.size(0), n_, k_, A.data_ptr<float>(), k_,
                           buf_.data_ptr<float>(), n_, beta, C.data_ptr<float>(), n_);
+    } else if (backend_ == kBlocked) {
+      blocked_gemm(A.data_ptr<float>(), A.size(0), k_, buf_.data_ptr<float>(), n_, C.data_ptr<float>(), beta);
     } else if (beta == 0.f) {
       at::mm_out(C, A, Wop_);
     } else {
@@ -77,8 +162,8 @@ class PackedRight {
   }
  private:
   at::Tensor W_, Wop_, buf_;
-  bool t_, use_mkl_ = false;
-  int64_t n_ = 0, k_ = 0;
+  bool t_;
+  int64_t backend_ = kAten, n_ = 0, k_ = 0;
 };
 
 struct Ptrs {
@@ -222,7 +307,7 @@ void check(const at::Tensor& xp, const at::Tensor& R, int64_t G) {
 
 // Returns (y, c, tanh(c), activated gates), all time-major.
 template <bool PEEP, bool COUPLED>
-std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, const at::Tensor& peep) {
+std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, const at::Tensor& peep, int64_t gemm) {
   constexpr int G = Layout<COUPLED>::G;
   check(xp, R, G);
   const int64_t T = xp.size(0), B = xp.size(1), H = R.size(1);
@@ -231,7 +316,7 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, cons
   at::Tensor c = at::empty({T, B, H}, xp.options());
   at::Tensor tc = at::empty({T, B, H}, xp.options());
   at::Tensor zero = at::zeros({B, H}, xp.options());
-  const PackedRight rec(R, /*transpose=*/true, G * H, H, B);
+  const PackedRight rec(R, /*transpose=*/true, G * H, H, B, gemm);
   const Ptrs p = peep_ptrs(peep, H);
   float* gp = gates.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -256,7 +341,7 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, cons
 template <bool PEEP, bool COUPLED>
 std::vector<at::Tensor> bwd_impl(const at::Tensor& dy_in, const at::Tensor& y, const at::Tensor& c,
                                  const at::Tensor& tc, const at::Tensor& gates, const at::Tensor& R,
-                                 const at::Tensor& peep) {
+                                 const at::Tensor& peep, int64_t gemm) {
   constexpr int G = Layout<COUPLED>::G;
   const int64_t T = y.size(0), B = y.size(1), H = R.size(1);
   at::Tensor dy = dy_in.contiguous();
@@ -271,7 +356,7 @@ std::vector<at::Tensor> bwd_impl(const at::Tensor& dy_in, const at::Tensor& y, c
   const float* dyp = dy.data_ptr<float>();
   float* dgp = dgates.data_ptr<float>();
   float* dcp = dc.data_ptr<float>();
-  const PackedRight rec(R, /*transpose=*/false, H, G * H, B);
+  const PackedRight rec(R, /*transpose=*/false, H, G * H, B, gemm);
   // One peephole-gradient accumulator per thread, summed at the end.
   at::Tensor dpeep_acc = at::zeros({at::get_num_threads(), 3, H}, y.options());
   float* dpa = dpeep_acc.data_ptr<float>();
@@ -294,24 +379,26 @@ std::vector<at::Tensor> bwd_impl(const at::Tensor& dy_in, const at::Tensor& y, c
 }
 
 std::vector<at::Tensor> forward(const at::Tensor& xp, const at::Tensor& R, const at::Tensor& peep,
-                                bool use_peep, bool coupled) {
-  if (use_peep) return coupled ? fwd_impl<true, true>(xp, R, peep) : fwd_impl<true, false>(xp, R, peep);
-  return coupled ? fwd_impl<false, true>(xp, R, peep) : fwd_impl<false, false>(xp, R, peep);
+                                bool use_peep, bool coupled, int64_t gemm) {
+  if (use_peep)
+    return coupled ? fwd_impl<true, true>(xp, R, peep, gemm) : fwd_impl<true, false>(xp, R, peep, gemm);
+  return coupled ? fwd_impl<false, true>(xp, R, peep, gemm) : fwd_impl<false, false>(xp, R, peep, gemm);
 }
 
 std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& y, const at::Tensor& c,
                                  const at::Tensor& tc, const at::Tensor& gates, const at::Tensor& R,
-                                 const at::Tensor& peep, bool use_peep, bool coupled) {
+                                 const at::Tensor& peep, bool use_peep, bool coupled, int64_t gemm) {
   if (use_peep)
-    return coupled ? bwd_impl<true, true>(dy, y, c, tc, gates, R, peep)
-                   : bwd_impl<true, false>(dy, y, c, tc, gates, R, peep);
-  return coupled ? bwd_impl<false, true>(dy, y, c, tc, gates, R, peep)
-                 : bwd_impl<false, false>(dy, y, c, tc, gates, R, peep);
+    return coupled ? bwd_impl<true, true>(dy, y, c, tc, gates, R, peep, gemm)
+                   : bwd_impl<true, false>(dy, y, c, tc, gates, R, peep, gemm);
+  return coupled ? bwd_impl<false, true>(dy, y, c, tc, gates, R, peep, gemm)
+                 : bwd_impl<false, false>(dy, y, c, tc, gates, R, peep, gemm);
 }
 
+// "mkl,aten,blocked;512-bit": the GEMM backends this build can use, and its vector width.
 std::string info() {
   const bool mkl = cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
-  return std::string(mkl ? "mkl-packed-gemm" : "aten-gemm") + "," + std::to_string(kW * 32) + "-bit";
+  return std::string(mkl ? "mkl,aten,blocked" : "aten,blocked") + ";" + std::to_string(kW * 32) + "-bit";
 }
 
 
@@ -375,7 +462,7 @@ void gru_backward_rows(int64_t b0, int64_t b1, int64_t H, const float* gates, co
 }
 
 // Returns (y, gates [r, z, n], hn = W_hn h + b_hn), time-major.
-std::vector<at::Tensor> gru_forward(const at::Tensor& xp, const at::Tensor& R, const at::Tensor& bh) {
+std::vector<at::Tensor> gru_forward(const at::Tensor& xp, const at::Tensor& R, const at::Tensor& bh, int64_t gemm) {
   check(xp, R, 3);
   const int64_t T = xp.size(0), B = xp.size(1), H = R.size(1);
   at::Tensor y = at::empty({T, B, H}, xp.options());
@@ -383,7 +470,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xp, const at::Tensor& R, c
   at::Tensor hn = at::empty({T, B, H}, xp.options());
   at::Tensor hp = at::zeros({B, 3 * H}, xp.options());
   at::Tensor zero = at::zeros({B, H}, xp.options());
-  const PackedRight rec(R, /*transpose=*/true, 3 * H, H, B);
+  const PackedRight rec(R, /*transpose=*/true, 3 * H, H, B, gemm);
   const float* bp = bh.data_ptr<float>();
   for (int64_t t = 0; t < T; ++t) {
     if (t > 0) rec.run(y.select(0, t - 1), hp, 0.f);
@@ -402,7 +489,7 @@ std::vector<at::Tensor> gru_forward(const at::Tensor& xp, const at::Tensor& R, c
 
 // Returns (dxp, dR, dbh).
 std::vector<at::Tensor> gru_backward(const at::Tensor& dy_in, const at::Tensor& y, const at::Tensor& gates,
-                                     const at::Tensor& hn, const at::Tensor& R) {
+                                     const at::Tensor& hn, const at::Tensor& R, int64_t gemm) {
   const int64_t T = y.size(0), B = y.size(1), H = R.size(1);
   at::Tensor dy = dy_in.contiguous();
   at::Tensor dxp = at::empty_like(gates);
@@ -410,7 +497,7 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dy_in, const at::Tensor& 
   at::Tensor dh = at::zeros({B, H}, y.options());
   at::Tensor carry = at::empty({B, H}, y.options());
   at::Tensor zero = at::zeros({B, H}, y.options());
-  const PackedRight rec(R, /*transpose=*/false, H, 3 * H, B);
+  const PackedRight rec(R, /*transpose=*/false, H, 3 * H, B, gemm);
   for (int64_t t = T - 1; t >= 0; --t) {
     const float* h_prev = t > 0 ? y.data_ptr<float>() + (t - 1) * B * H : zero.data_ptr<float>();
     const float* gt = gates.data_ptr<float>() + t * B * 3 * H;
@@ -437,12 +524,13 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dy_in, const at::Tensor& 
 }  // namespace
 
 TORCH_LIBRARY(cellsearch_kernels, m) {
-  m.def("gru_forward(Tensor xp, Tensor R, Tensor bh) -> Tensor[]", &gru_forward);
-  m.def("gru_backward(Tensor dy, Tensor y, Tensor gates, Tensor hn, Tensor R) -> Tensor[]", &gru_backward);
+  m.def("gru_forward(Tensor xp, Tensor R, Tensor bh, int gemm) -> Tensor[]", &gru_forward);
+  m.def("gru_backward(Tensor dy, Tensor y, Tensor gates, Tensor hn, Tensor R, int gemm) -> Tensor[]",
+        &gru_backward);
   m.def("info() -> str", &info);
-  m.def("lstm_family_forward(Tensor xp, Tensor R, Tensor peep, bool use_peep, bool coupled) -> Tensor[]",
+  m.def("lstm_family_forward(Tensor xp, Tensor R, Tensor peep, bool use_peep, bool coupled, int gemm) -> Tensor[]",
         &forward);
   m.def("lstm_family_backward(Tensor dy, Tensor y, Tensor c, Tensor tc, Tensor gates, Tensor R, "
-        "Tensor peep, bool use_peep, bool coupled) -> Tensor[]",
+        "Tensor peep, bool use_peep, bool coupled, int gemm) -> Tensor[]",
         &backward);
 }
