@@ -302,6 +302,8 @@ def bench(
     threads: int = typer.Option(2, help="torch threads on the CPU."),
     repeats: int = typer.Option(7, help="Timed repeats (median reported)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    all_backends: bool = typer.Option(False, "--all-backends", help="Also time the custom cells with each "
+                                      "recurrent-GEMM backend this machine has (mkl, aten, blocked)."),
 ) -> None:
     """Speed of each cell variant (forward + backward) against torch's nn.LSTM on this machine."""
     if device not in ("cpu", "cuda"):
@@ -315,9 +317,16 @@ def bench(
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
     rows = bench_mod.run_bench(hidden=sizes, device=device, threads=threads, repeats=repeats)
+    chosen = {h: {b: n for n, b in kernels.GEMMS.items()}.get(kernels.gemm_for(64, h, 4)) for h in sizes} \
+        if device == "cpu" and kernels.available() else {}
+    per_backend = {b: bench_mod.run_bench(hidden=sizes, device=device, threads=threads, repeats=repeats,
+                                          variants=("peephole", "cifg", "gru"), backend=b)
+                   for b in kernels.gemm_backends()} if all_backends and device == "cpu" else {}
     if as_json:
         print(json.dumps({"device": device, "threads": threads, "kernel": kernels.status(),
-                          "torch": torch.__version__, "rows": bench_mod.rows_to_json(rows)}, indent=2))
+                          "cpu": kernels.cpu_model(), "backend": chosen, "torch": torch.__version__,
+                          "rows": bench_mod.rows_to_json(rows),
+                          "backends": {b: bench_mod.rows_to_json(r) for b, r in per_backend.items()}}, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -330,6 +339,11 @@ def bench(
         ref = "vs nn.LSTM(2 layers)" if r.variant.startswith("stack") else ""
         table.add_row(r.variant, str(r.hidden), f"{r.ms:.1f}", f"{r.ratio:.2f}x {ref}".strip())
     Console().print(table)
+    if chosen:
+        print(f"CPU {kernels.cpu_model()}; recurrent GEMM in use (batch 64, LSTM shape): "
+              + ", ".join(f"hidden {h}: {b}" for h, b in chosen.items()))
+    for b, brows in per_backend.items():
+        print(f"  backend {b}: " + ", ".join(f"{r.variant} h{r.hidden} {r.ratio:.2f}x" for r in brows))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ cells use a pure-PyTorch step loop with the same equations: slower, never differ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -121,8 +122,9 @@ def gemm_backends() -> list[str]:
     return torch.ops.cellsearch_kernels.info().split(";")[0].split(",")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
-    """The CPU's model name (``lscpu``'s), part of the choice's cache key."""
+    """The CPU's model name (``lscpu``'s), part of the choice's cache key (read once per process)."""
     import platform
 
     try:

@@ -5,7 +5,9 @@ forward + backward of ``out.sum()``, 3 warm-up calls, 7 timed repeats, against a
 same hidden size in the same process; the timings are interleaved (reference, then each variant, in
 every repeat) and the ratio is the median of the per-repeat ratios, which keeps it steady on a busy
 machine. A last row times a stack of native layers
-against torch's multi-layer module of the same shape.
+against torch's multi-layer module of the same shape, and ``gru vs nn.GRU`` times the GRU cell against
+torch's own ``nn.GRU``. ``backend`` forces the compiled loop's recurrent-GEMM backend
+(``CELLSEARCH_GEMM``) for the run; by default each shape uses the one measured fastest here.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _median_seconds(step: Callable[[], None], device: str, warmup: int = 3, repe
 
 def run_bench(*, hidden: tuple[int, ...] = (64, 256), device: str = "cpu", threads: int = 2,
               batch: int = 64, steps: int = 100, inputs: int = 16, repeats: int = 7,
-              variants: tuple[str, ...] | None = None) -> list[BenchRow]:
+              variants: tuple[str, ...] | None = None, backend: str | None = None) -> list[BenchRow]:
     """Time forward + backward of each variant; returns one row per variant and width.
 
     Example:
@@ -53,6 +55,23 @@ def run_bench(*, hidden: tuple[int, ...] = (64, 256), device: str = "cpu", threa
         >>> {r.variant for r in rows} >= {"lstm", "peephole", "cifg", "gru"}
         True
     """
+    import os
+
+    if backend is None:
+        return _run(hidden, device, threads, batch, steps, inputs, repeats, variants)
+    before = os.environ.get("CELLSEARCH_GEMM")
+    os.environ["CELLSEARCH_GEMM"] = backend
+    try:
+        return _run(hidden, device, threads, batch, steps, inputs, repeats, variants)
+    finally:
+        if before is None:
+            os.environ.pop("CELLSEARCH_GEMM", None)
+        else:
+            os.environ["CELLSEARCH_GEMM"] = before
+
+
+def _run(hidden: tuple[int, ...], device: str, threads: int, batch: int, steps: int, inputs: int, repeats: int,
+         variants: tuple[str, ...] | None) -> list[BenchRow]:
     import torch
 
     from cellsearch.cells import CELLS
@@ -77,19 +96,26 @@ def run_bench(*, hidden: tuple[int, ...] = (64, 256), device: str = "cpu", threa
         cands = {name: fwd_bwd(CellStack(input_size=inputs, layers=[(name, h)]).to(device), x) for name in names}
         cands["stack lstm x2"] = fwd_bwd(CellStack(input_size=inputs, layers=[("lstm", h), ("lstm", h)]).to(device), x)
         ref2 = fwd_bwd(torch.nn.LSTM(inputs, h, num_layers=2, batch_first=True).to(device), x)
+        if "gru" in names:
+            cands["gru vs nn.GRU"] = cands["gru"]
+        ref3 = fwd_bwd(torch.nn.GRU(inputs, h, batch_first=True).to(device), x)
         # Interleaved: each repeat times the reference and then every candidate, so a noisy machine
         # disturbs both sides of a ratio alike; the ratio reported is the median of per-repeat ratios.
-        times: dict[str, list[float]] = {k: [] for k in [*cands, "ref", "ref2"]}
-        for step in [ref, ref2, *cands.values()]:
+        refs = {"ref": ref, "ref2": ref2, "ref3": ref3}
+        times: dict[str, list[float]] = {k: [] for k in [*cands, *refs]}
+        for step in [*refs.values(), *cands.values()]:
             for _ in range(3):
                 step()
         for _ in range(repeats):
-            times["ref"].append(_median_seconds(ref, device, warmup=0, repeats=1))
-            times["ref2"].append(_median_seconds(ref2, device, warmup=0, repeats=1))
-            for k, step in cands.items():
+            for k, step in refs.items():
                 times[k].append(_median_seconds(step, device, warmup=0, repeats=1))
+            for k, step in cands.items():
+                if k != "gru vs nn.GRU":  # the same module as "gru": timed once, compared twice
+                    times[k].append(_median_seconds(step, device, warmup=0, repeats=1))
+        if "gru vs nn.GRU" in cands:
+            times["gru vs nn.GRU"] = times["gru"]
         for k in cands:
-            base = times["ref2" if k.startswith("stack") else "ref"]
+            base = times["ref2" if k.startswith("stack") else "ref3" if k == "gru vs nn.GRU" else "ref"]
             ratio = statistics.median(a / b for a, b in zip(times[k], base))
             rows.append(BenchRow(k, h, statistics.median(times[k]) * 1e3, ratio, statistics.median(base) * 1e3))
     return rows

@@ -18,7 +18,11 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
+#include <algorithm>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -61,7 +65,7 @@ constexpr int64_t kMkl = 0, kAten = 1, kBlocked = 2;
 // ---- the blocked kernel: op(W) (k x n) packed into column panels of NR floats (k-major inside a
 // panel, zero-padded), each MR x NR block of C accumulated in registers over the whole k.
 constexpr int64_t NR = 2 * kW;
-constexpr int MR = 6;
+constexpr int MR = 8;
 
 void pack_panels(const float* W, int64_t ldw, bool trans, int64_t k, int64_t n, float* out) {
   const int64_t panels = (n + NR - 1) / NR;
@@ -76,24 +80,27 @@ void pack_panels(const float* W, int64_t ldw, bool trans, int64_t k, int64_t n, 
   }
 }
 
+// One ROWS x NR block of C = beta * C + A @ B over k: A(r, kk) = A[r * ars + kk * aks] (row-major A:
+// ars = lda, aks = 1; a transposed one: ars = 1, aks = lda); B's rows are ldb apart (NR for packed
+// panels, the matrix's row stride when read in place); only ncols columns are read and written.
 template <int ROWS>
-inline void micro(const float* A, int64_t lda, const float* P, int64_t k, float* C, int64_t ldc,
-                  int64_t ncols, float beta) {
+inline void micro(const float* A, int64_t ars, int64_t aks, const float* P, int64_t ldb, int64_t k, float* C,
+                  int64_t ldc, int64_t ncols, float beta) {
   Vec acc0[ROWS], acc1[ROWS];
   for (int r = 0; r < ROWS; ++r) {
     acc0[r] = Vec(0.f);
     acc1[r] = Vec(0.f);
   }
+  const int64_t n0 = std::min<int64_t>(kW, ncols), n1 = ncols - n0;
   for (int64_t kk = 0; kk < k; ++kk) {
-    const Vec b0 = Vec::loadu(P + kk * NR);
-    const Vec b1 = Vec::loadu(P + kk * NR + kW);
+    const Vec b0 = Vec::loadu(P + kk * ldb, n0);
+    const Vec b1 = n1 > 0 ? Vec::loadu(P + kk * ldb + kW, n1) : Vec(0.f);
     for (int r = 0; r < ROWS; ++r) {
-      const Vec a(A[r * lda + kk]);
+      const Vec a(A[r * ars + kk * aks]);
       acc0[r] = at::vec::fmadd(a, b0, acc0[r]);
       acc1[r] = at::vec::fmadd(a, b1, acc1[r]);
     }
   }
-  const int64_t n0 = std::min<int64_t>(kW, ncols), n1 = ncols - n0;
   for (int r = 0; r < ROWS; ++r) {
     float* c = C + r * ldc;
     if (beta != 0.f) {
@@ -105,29 +112,116 @@ inline void micro(const float* A, int64_t lda, const float* P, int64_t k, float*
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// AVX-512 blocks of ROWS x 32 with intrinsics: the 2 x ROWS accumulators stay in registers for the
+// whole k loop (the generic version above leaves that to the compiler, which spills them).
 template <int ROWS>
-void micro_rows(int rows, const float* A, int64_t lda, const float* P, int64_t k, float* C, int64_t ldc,
-                int64_t ncols, float beta) {
+inline void micro_avx512(const float* A, int64_t ars, int64_t aks, const float* P, int64_t ldb, int64_t k,
+                         float* C, int64_t ldc, int64_t ncols, float beta) {
+  static_assert(NR == 32, "the AVX-512 block is 32 columns wide");
+  const __mmask16 m0 = ncols >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << ncols) - 1);
+  const __mmask16 m1 = ncols >= 32 ? 0xFFFF : ncols <= 16 ? 0 : static_cast<__mmask16>((1u << (ncols - 16)) - 1);
+  __m512 acc0[ROWS], acc1[ROWS];
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r) acc0[r] = acc1[r] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, P + kk * ldb), b1 = _mm512_maskz_loadu_ps(m1, P + kk * ldb + 16);
+    const float* a_k = A + kk * aks;
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) {
+      const __m512 a = _mm512_set1_ps(a_k[r * ars]);
+      acc0[r] = _mm512_fmadd_ps(a, b0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(a, b1, acc1[r]);
+    }
+  }
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int r = 0; r < ROWS; ++r) {
+    float* c = C + r * ldc;
+    __m512 x0 = acc0[r], x1 = acc1[r];
+    if (beta != 0.f) {
+      x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, c), x0);
+      x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, c + 16), x1);
+    }
+    _mm512_mask_storeu_ps(c, m0, x0);
+    if (m1) _mm512_mask_storeu_ps(c + 16, m1, x1);
+  }
+}
+#define CELLSEARCH_MICRO micro_avx512
+#else
+#define CELLSEARCH_MICRO micro
+#endif
+
+template <int ROWS>
+void micro_rows(int rows, const float* A, int64_t ars, int64_t aks, const float* P, int64_t ldb, int64_t k,
+                float* C, int64_t ldc, int64_t ncols, float beta) {
   if constexpr (ROWS > 0) {
-    if (rows == ROWS) return micro<ROWS>(A, lda, P, k, C, ldc, ncols, beta);
-    micro_rows<ROWS - 1>(rows, A, lda, P, k, C, ldc, ncols, beta);
+    if (rows == ROWS) return CELLSEARCH_MICRO<ROWS>(A, ars, aks, P, ldb, k, C, ldc, ncols, beta);
+    micro_rows<ROWS - 1>(rows, A, ars, aks, P, ldb, k, C, ldc, ncols, beta);
   }
 }
 
-// C (m x n) = A (m x k) @ panels + beta * C; threads split the panels.
+// One panel column of C: every MR-row block, then the remaining rows.
+inline void panel_rows(const float* A, int64_t ars, int64_t aks, int64_t m, const float* P, int64_t ldb,
+                       int64_t k, float* C, int64_t ldc, int64_t ncols, float beta) {
+  int64_t r = 0;
+  for (; r + MR <= m; r += MR) CELLSEARCH_MICRO<MR>(A + r * ars, ars, aks, P, ldb, k, C + r * ldc, ldc, ncols, beta);
+  if (r < m) micro_rows<MR - 1>(static_cast<int>(m - r), A + r * ars, ars, aks, P, ldb, k, C + r * ldc, ldc, ncols, beta);
+}
+
+// C (m x n) = A (m x k, row-major) @ panels + beta * C; threads split the panels.
 void blocked_gemm(const float* A, int64_t m, int64_t k, const float* P, int64_t n, float* C, float beta) {
   const int64_t panels = (n + NR - 1) / NR;
   const int64_t work = std::max<int64_t>(1, m * k * NR);
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / work);  // >= ~128k FMAs per task
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t ncols = std::min<int64_t>(NR, n - p * NR);
-      const float* Pp = P + p * k * NR;
-      int64_t r = 0;
-      for (; r + MR <= m; r += MR) micro<MR>(A + r * k, k, Pp, k, C + r * n + p * NR, n, ncols, beta);
-      if (r < m) micro_rows<MR - 1>(static_cast<int>(m - r), A + r * k, k, Pp, k, C + r * n + p * NR, n, ncols, beta);
-    }
+    for (int64_t p = p0; p < p1; ++p)
+      panel_rows(A, k, 1, m, P + p * k * NR, NR, k, C + p * NR, n, std::min<int64_t>(NR, n - p * NR), beta);
   });
+}
+
+// C (m x n) = A^T @ B for A (k x m) and B (k x n), both row-major: the weight gradients' large
+// products. k is taken in chunks; each thread copies its panel's slice of B (KC x NR) into a contiguous
+// buffer first (read in place, its rows sit 4n bytes apart and thrash the L1 cache's sets).
+void blocked_gemm_tn(const float* A, const float* B, int64_t k, int64_t m, int64_t n, float* C) {
+  constexpr int64_t KC = 256;
+  const int64_t panels = (n + NR - 1) / NR, blocks = (m + MR - 1) / MR;
+  std::vector<float> apack(blocks * KC * MR);  // A's chunk, MR rows at a time, k-major: contiguous broadcasts
+  for (int64_t k0 = 0; k0 < k; k0 += KC) {
+    const int64_t kc = std::min<int64_t>(KC, k - k0);
+    at::parallel_for(0, blocks, 1, [&](int64_t q0, int64_t q1) {
+      for (int64_t q = q0; q < q1; ++q)
+        for (int64_t kk = 0; kk < kc; ++kk)
+          for (int64_t r = 0; r < MR; ++r)
+            apack[(q * kc + kk) * MR + r] = q * MR + r < m ? A[(k0 + kk) * m + q * MR + r] : 0.f;
+    });
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<float> buf(KC * NR);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t ncols = std::min<int64_t>(NR, n - p * NR);
+        for (int64_t kk = 0; kk < kc; ++kk)
+          std::copy_n(B + (k0 + kk) * n + p * NR, ncols, buf.data() + kk * NR);
+        for (int64_t q = 0; q < blocks; ++q) {
+          const int rows = static_cast<int>(std::min<int64_t>(MR, m - q * MR));
+          const float* a = apack.data() + q * kc * MR;
+          float* c = C + q * MR * n + p * NR;
+          const float beta = k0 == 0 ? 0.f : 1.f;
+          if (rows == MR) CELLSEARCH_MICRO<MR>(a, 1, MR, buf.data(), NR, kc, c, n, ncols, beta);
+          else micro_rows<MR - 1>(rows, a, 1, MR, buf.data(), NR, kc, c, n, ncols, beta);
+        }
+      }
+    });
+  }
+}
+
+// dW = dG^T @ Hs for dG (k x g) and Hs (k x h): the recurrent weights' gradient (g x h).
+at::Tensor weight_grad(const at::Tensor& dG_in, const at::Tensor& Hs_in, int64_t backend) {
+  if (backend != kBlocked) return at::mm(dG_in.t(), Hs_in);
+  const at::Tensor dG = dG_in.contiguous(), Hs = Hs_in.contiguous();
+  const int64_t k = dG.size(0), g = dG.size(1), h = Hs.size(1);
+  at::Tensor dWt = at::empty({h, g}, dG.options());  // Hs^T @ dG, then transposed once (small)
+  blocked_gemm_tn(Hs.data_ptr<float>(), dG.data_ptr<float>(), k, h, g, dWt.data_ptr<float>());
+  return dWt.t().contiguous();
 }
 
 // C (m x n, row-major) = A (m x k) @ op(W) + beta * C, op(W) prepared once per call for the backend.
@@ -184,12 +278,16 @@ struct Layout {
 
 // One forward step for rows [b0, b1): gates holds pre-activations on entry, activations on exit.
 template <bool PEEP, bool COUPLED>
-void forward_rows(int64_t b0, int64_t b1, int64_t H, float* gates, const float* c_prev, float* c_out,
-                  float* tc_out, float* h_out, const Ptrs& p) {
+void forward_rows(int64_t b0, int64_t b1, int64_t H, const float* xp, const float* rec, float* gates,
+                  const float* c_prev, float* c_out, float* tc_out, float* h_out, const Ptrs& p) {
+  // Pre-activations are xp + rec (rec: this step's recurrent product, nullptr at the first step);
+  // the activations go to gates (kept for the backward pass).
   using L = Layout<COUPLED>;
   const int64_t GH = L::G * H;
   const Vec one(1.f);
   for (int64_t b = b0; b < b1; ++b) {
+    const float* xr = xp + b * GH;
+    const float* rr = rec ? rec + b * GH : nullptr;
     float* gr = gates + b * GH;
     const float* cp = c_prev + b * H;
     float* co = c_out + b * H;
@@ -197,22 +295,26 @@ void forward_rows(int64_t b0, int64_t b1, int64_t H, float* gates, const float* 
     float* ho = h_out + b * H;
     for (int64_t j = 0; j < H; j += kW) {
       const int64_t n = std::min<int64_t>(kW, H - j);
+      auto pre = [&](int64_t off) {
+        const Vec v = Vec::loadu(xr + off + j, n);
+        return rr ? v + Vec::loadu(rr + off + j, n) : v;
+      };
       const Vec c = Vec::loadu(cp + j, n);
-      Vec af = Vec::loadu(gr + L::f(H) + j, n);
+      Vec af = pre(L::f(H));
       if constexpr (PEEP) af = at::vec::fmadd(Vec::loadu(p.p_f + j, n), c, af);
       const Vec f = vsigmoid(af);
       Vec i;
       if constexpr (COUPLED) {
         i = one - f;
       } else {
-        Vec ai = Vec::loadu(gr + L::i(H) + j, n);
+        Vec ai = pre(L::i(H));
         if constexpr (PEEP) ai = at::vec::fmadd(Vec::loadu(p.p_i + j, n), c, ai);
         i = vsigmoid(ai);
         i.store(gr + L::i(H) + j, n);
       }
-      const Vec g = vtanh(Vec::loadu(gr + L::g(H) + j, n));
+      const Vec g = vtanh(pre(L::g(H)));
       const Vec cn = at::vec::fmadd(f, c, i * g);
-      Vec ao = Vec::loadu(gr + L::o(H) + j, n);
+      Vec ao = pre(L::o(H));
       if constexpr (PEEP) ao = at::vec::fmadd(Vec::loadu(p.p_o + j, n), cn, ao);
       const Vec o = vsigmoid(ao);
       const Vec tc = vtanh(cn);
@@ -311,7 +413,8 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, cons
   constexpr int G = Layout<COUPLED>::G;
   check(xp, R, G);
   const int64_t T = xp.size(0), B = xp.size(1), H = R.size(1);
-  at::Tensor gates = xp.clone();
+  at::Tensor gates = at::empty_like(xp);
+  at::Tensor rec_out = at::empty({B, G * H}, xp.options());
   at::Tensor y = at::empty({T, B, H}, xp.options());
   at::Tensor c = at::empty({T, B, H}, xp.options());
   at::Tensor tc = at::empty({T, B, H}, xp.options());
@@ -322,16 +425,19 @@ std::vector<at::Tensor> fwd_impl(const at::Tensor& xp, const at::Tensor& R, cons
   float* yp = y.data_ptr<float>();
   float* cp = c.data_ptr<float>();
   float* tcp = tc.data_ptr<float>();
+  const float* xpp = xp.data_ptr<float>();
+  const float* rp = rec_out.data_ptr<float>();
   for (int64_t t = 0; t < T; ++t) {
-    at::Tensor g_t = gates.select(0, t);
-    if (t > 0) rec.run(y.select(0, t - 1), g_t, 1.f);
+    if (t > 0) rec.run(y.select(0, t - 1), rec_out, 0.f);
     const float* c_prev = t > 0 ? cp + (t - 1) * B * H : zero.data_ptr<float>();
+    const float* xt = xpp + t * B * G * H;
+    const float* rt = t > 0 ? rp : nullptr;
     float* gt = gp + t * B * G * H;
     float* ct = cp + t * B * H;
     float* tct = tcp + t * B * H;
     float* yt = yp + t * B * H;
     at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-      forward_rows<PEEP, COUPLED>(b0, b1, H, gt, c_prev, ct, tct, yt, p);
+      forward_rows<PEEP, COUPLED>(b0, b1, H, xt, rt, gt, c_prev, ct, tct, yt, p);
     });
   }
   return {y, c, tc, gates};
@@ -373,7 +479,7 @@ std::vector<at::Tensor> bwd_impl(const at::Tensor& dy_in, const at::Tensor& y, c
   // Weight gradients in a few large operations.
   at::Tensor h_prev = y.narrow(0, 0, T - 1).reshape({(T - 1) * B, H});
   at::Tensor dg_rest = dgates.narrow(0, 1, T - 1).reshape({(T - 1) * B, G * H});
-  at::Tensor dR = T > 1 ? at::mm(dg_rest.t(), h_prev) : at::zeros_like(R);
+  at::Tensor dR = T > 1 ? weight_grad(dg_rest, h_prev, gemm) : at::zeros_like(R);
   at::Tensor dpeep = PEEP ? dpeep_acc.sum(0) : at::zeros_like(peep);
   return {dgates, dR, dpeep};
 }
@@ -393,6 +499,16 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& y, cons
                    : bwd_impl<true, false>(dy, y, c, tc, gates, R, peep, gemm);
   return coupled ? bwd_impl<false, true>(dy, y, c, tc, gates, R, peep, gemm)
                  : bwd_impl<false, false>(dy, y, c, tc, gates, R, peep, gemm);
+}
+
+// C + A @ W^T through one backend, ``repeats`` times (C accumulates): the recurrent product alone, for
+// the backends' parity test and for timing (``kernels.measure_product``).
+at::Tensor recurrent_product(const at::Tensor& A, const at::Tensor& W, const at::Tensor& C_in, int64_t backend,
+                             int64_t repeats) {
+  at::Tensor C = C_in.clone();
+  const PackedRight rec(W, /*transpose=*/true, W.size(0), W.size(1), A.size(0), backend);
+  for (int64_t r = 0; r < repeats; ++r) rec.run(A, C, 1.f);
+  return C;
 }
 
 // "mkl,aten,blocked;512-bit": the GEMM backends this build can use, and its vector width.
@@ -514,8 +630,8 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& dy_in, const at::Tensor& 
     rec.run(dhp.select(0, t), carry, 1.f);
     std::swap(dh, carry);
   }
-  at::Tensor dR = T > 1 ? at::mm(dhp.narrow(0, 1, T - 1).reshape({(T - 1) * B, 3 * H}).t(),
-                                 y.narrow(0, 0, T - 1).reshape({(T - 1) * B, H}))
+  at::Tensor dR = T > 1 ? weight_grad(dhp.narrow(0, 1, T - 1).reshape({(T - 1) * B, 3 * H}),
+                                      y.narrow(0, 0, T - 1).reshape({(T - 1) * B, H}), gemm)
                         : at::zeros_like(R);
   at::Tensor dbh = dhp.sum({0, 1});
   return {dxp, dR, dbh};
@@ -528,6 +644,7 @@ TORCH_LIBRARY(cellsearch_kernels, m) {
   m.def("gru_backward(Tensor dy, Tensor y, Tensor gates, Tensor hn, Tensor R, int gemm) -> Tensor[]",
         &gru_backward);
   m.def("info() -> str", &info);
+  m.def("recurrent_product(Tensor A, Tensor W, Tensor C, int backend, int repeats) -> Tensor", &recurrent_product);
   m.def("lstm_family_forward(Tensor xp, Tensor R, Tensor peep, bool use_peep, bool coupled, int gemm) -> Tensor[]",
         &forward);
   m.def("lstm_family_backward(Tensor dy, Tensor y, Tensor c, Tensor tc, Tensor gates, Tensor R, "
