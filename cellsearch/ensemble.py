@@ -34,12 +34,13 @@ def _probabilities(logits: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _evaluate(task: str, pred: np.ndarray, folds: Any, target_scale: float) -> tuple[float, float, float]:
-    """(mean fold score, spread over folds, out-of-fold loss) of out-of-fold outputs."""
+def _evaluate(task: str, pred: np.ndarray, folds: Any, target_scale: float
+              ) -> tuple[float, float, float, list[float]]:
+    """(mean fold score, spread over folds, out-of-fold loss, each fold's score) of out-of-fold outputs."""
     from cellsearch.folds import fold_scores, oof_loss
 
     scores = fold_scores(task, pred, folds, target_scale)
-    return float(np.mean(scores)), float(np.std(scores)), oof_loss(task, pred, folds.oof)
+    return float(np.mean(scores)), float(np.std(scores)), oof_loss(task, pred, folds.oof), [float(v) for v in scores]
 
 
 def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direction: str, target_scale: float,
@@ -48,7 +49,7 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
     file of its out-of-fold outputs) and its costs), by greedy forward selection (module doc).
 
     Returns one dict per distinct member set of two or more trials: ``members`` (trial → weight),
-    ``score``, ``spread``, ``oof_loss``, the summed costs and ``cost``.
+    ``score``, ``spread``, ``oof_loss``, ``fold_scores``, the summed costs and ``cost``.
     """
     sign = 1.0 if direction == "maximize" else -1.0
 
@@ -74,18 +75,18 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
         for n, p in preds.items():
             avg = p if total is None else (total + p) / r
             out = np.log(np.clip(avg, 1e-30, None)) if task == "classification" else avg
-            s, spread, loss = _evaluate(task, out, folds, target_scale)
+            s, spread, loss, per_fold = _evaluate(task, out, folds, target_scale)
             key = (sign * s, -loss)
             if best is None or key > best[0]:
-                best = (key, n, s, spread, loss)
-        _, n, s, spread, loss = best
+                best = (key, n, s, spread, loss, per_fold)
+        _, n, s, spread, loss, per_fold = best
         total = preds[n] if total is None else total + preds[n]
         counts[n] = counts.get(n, 0) + 1
         members = frozenset(counts)
         if len(members) < 2:
             continue
         entry = {"members": {int(k): v / r for k, v in sorted(counts.items())}, "score": s, "spread": spread,
-                 "oof_loss": loss, "rounds": r}
+                 "oof_loss": loss, "rounds": r, "fold_scores": per_fold}
         old = best_by_set.get(members)
         if old is None or (sign * s, -loss) > (sign * old["score"], -old["oof_loss"]):
             best_by_set[members] = entry

@@ -36,7 +36,7 @@ def trial_points(study: Any, cost: str, ensembles: bool = True, root: Any = None
             continue
         pts.append({"trial": t.number, "name": str(t.number), "kind": "trial", "arch": a.get("arch", ""),
                     "score": float(a["val_score"]), "spread": a.get("val_spread"), "oof_loss": a.get("oof_loss"),
-                    "folds": a.get("folds", 1), "cost": cost_value(cost, a),
+                    "folds": a.get("folds", 1), "fold_scores": a.get("fold_scores"), "cost": cost_value(cost, a),
                     **{c.attr: a.get(c.attr) for c in COSTS.values()},
                     "epochs": a.get("epochs"), "train_seconds": a.get("train_seconds"),
                     "checkpoint": in_run_dir(root, a.get("checkpoint")), "oof": in_run_dir(root, a.get("oof")),
@@ -68,6 +68,21 @@ def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str,
     return sorted(front, key=lambda p: p["cost"])
 
 
+def _within_one_se(best: dict[str, Any], p: dict[str, Any], sign: float, se: float) -> bool:
+    """Whether ``p`` scores within one standard error of ``best``. Paired by fold where both have
+    every fold's score: the mean of the per-fold differences against their own standard error. The
+    folds differ in difficulty (rolling-origin windows above all), and that variation, shared by
+    every model, is not uncertainty about which is better; the paired error leaves it out, so a
+    cheaper model is taken only where it is as good fold by fold. Else the best score's own error."""
+    a, b = best.get("fold_scores"), p.get("fold_scores")
+    if a and b and len(a) == len(b) > 1:
+        d = [sign * (x - y) for x, y in zip(a, b)]
+        mean = sum(d) / len(d)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1))
+        return mean <= sd / math.sqrt(len(d)) + 1e-12
+    return sign * (best["score"] - p["score"]) <= se + 1e-12
+
+
 def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee") -> dict[str, Any] | None:
     """Choose from the front by ``rule``: knee (default), best or smallest. See the module doc."""
     if not front:
@@ -83,7 +98,7 @@ def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee") 
         # Cross-validated: the cheapest member within one standard error of the best score (the
         # one-standard-error rule): compute is given up only where the folds cannot tell the scores apart.
         se = best["spread"] / math.sqrt(folds - 1)
-        return min((p for p in front if sign * (best["score"] - p["score"]) <= se + 1e-12), key=lambda p: p["cost"])
+        return min((p for p in front if _within_one_se(best, p, sign, se)), key=lambda p: p["cost"])
     if len(front) <= 2:
         return best
     s = [sign * p["score"] for p in front]

@@ -122,6 +122,25 @@ def test_cross_validated_knee_is_the_cheapest_within_one_standard_error():
     assert pick_trial(rmse, "minimize", "knee")["name"] == "a"
 
 
+def test_knee_pairs_the_folds_when_every_fold_score_is_known():
+    """Rolling-origin folds differ in difficulty; that spread is shared by every model and says
+    nothing about which is better. Paired by fold, a model worse in every fold is not a tie."""
+    def pt(name, folds, cost):
+        mean = sum(folds) / len(folds)
+        spread = (sum((f - mean) ** 2 for f in folds) / len(folds)) ** 0.5
+        return {"name": name, "score": mean, "spread": spread, "folds": len(folds), "fold_scores": folds,
+                "cost": cost, "oof_loss": 0.1}
+
+    hard_and_easy = [1.0, 2.0, 0.5, 1.5, 3.0]  # MASE by window: the windows differ far more than the models
+    best = pt("big", hard_and_easy, 1e4)
+    worse = pt("small", [v + 0.1 for v in hard_and_easy], 10.0)  # 0.1 worse in every window
+    assert pick_trial([worse, best], "minimize", "knee")["name"] == "big"
+    unpaired = [{k: v for k, v in p.items() if k != "fold_scores"} for p in (worse, best)]
+    assert pick_trial(unpaired, "minimize", "knee")["name"] == "small"  # the unpaired error calls it a tie
+    noisy = pt("noisy", [1.2, 1.8, 0.7, 1.3, 3.0], 10.0)  # better in some windows, worse in others
+    assert pick_trial([noisy, best], "minimize", "knee")["name"] == "noisy"
+
+
 # ---- ensemble selection ------------------------------------------------------------------------------
 
 

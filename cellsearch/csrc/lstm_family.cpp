@@ -173,7 +173,8 @@ inline void panel_rows(const float* A, int64_t ars, int64_t aks, int64_t m, cons
 void blocked_gemm(const float* A, int64_t m, int64_t k, const float* P, int64_t n, float* C, float beta) {
   const int64_t panels = (n + NR - 1) / NR;
   const int64_t work = std::max<int64_t>(1, m * k * NR);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / work);  // >= ~128k FMAs per task
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / work);  // >= ~1M FMAs per task: a
+  // smaller product is done before a second thread would have started
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p)
       panel_rows(A, k, 1, m, P + p * k * NR, NR, k, C + p * NR, n, std::min<int64_t>(NR, n - p * NR), beta);
@@ -391,7 +392,7 @@ void backward_rows(int64_t b0, int64_t b1, int64_t H, const float* gates, const 
 
 inline int64_t grain(int64_t H) {
   // Rows per task: keep each task at a few thousand elements so tiny layers stay single-threaded.
-  return std::max<int64_t>(1, 1024 / std::max<int64_t>(H, 1));
+  return std::max<int64_t>(1, 8192 / std::max<int64_t>(H, 1));
 }
 
 Ptrs peep_ptrs(const at::Tensor& peep, int64_t H) {
