@@ -40,3 +40,18 @@ def test_bench_json_reports_every_variant():
     assert {"lstm", "peephole", "cifg", "gru", "stack lstm x2"} <= set(rows)
     for r in rows.values():
         assert r["hidden"] == 8 and r["ms"] > 0 and r["ratio"] > 0
+
+
+def test_bench_names_the_backend_and_times_each_with_all_backends():
+    from cellsearch import kernels
+
+    res = run_cli("bench", "--hidden", "8", "--repeats", "1", "--json", "--all-backends")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert "gru vs nn.GRU" in {r["variant"] for r in data["rows"]}
+    if not kernels.available():
+        return
+    assert data["backend"]["8"] in kernels.gemm_backends() and data["cpu"]
+    assert set(data["backends"]) == set(kernels.gemm_backends())
+    for rows in data["backends"].values():
+        assert {r["variant"] for r in rows} >= {"peephole", "cifg", "gru"} and all(r["ms"] > 0 for r in rows)
