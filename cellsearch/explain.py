@@ -113,10 +113,14 @@ def pick_member(model: Any, member: int | None = None) -> Any:
 def explain_sequences(model: Any, prep: Any, x: np.ndarray, lengths: np.ndarray, keys: np.ndarray,
                       scale: tuple[np.ndarray, np.ndarray] | None = None, truth: dict[str, Any] | None = None,
                       channels: list[str] | None = None, clamps: bool = True) -> list[Explanation]:
-    """Explain each sequence of a padded batch ``x`` (N, T, F) with ``model`` (a ``SequenceModel``)."""
+    """Explain each sequence of a padded batch ``x`` (N, T, F) with ``model`` (a ``SequenceModel``);
+    ``channels`` name the inputs (default: the preprocessing's model inputs, else x0, x1, ...)."""
     import torch
 
     model.eval()
+    if channels is None:
+        named = [str(c) for c in (getattr(prep, "inputs", None) or getattr(prep, "features", None) or [])]
+        channels = named if len(named) == x.shape[2] else [f"x{k}" for k in range(x.shape[2])]
     names = [str(c) for c in prep.classes] if prep.classes is not None else (
         ["value"] if model.spec.n_outputs == 1 else [f"step {k + 1}" for k in range(model.spec.n_outputs)])
     out = []
@@ -125,7 +129,7 @@ def explain_sequences(model: Any, prep: Any, x: np.ndarray, lengths: np.ndarray,
         xs = torch.from_numpy(np.ascontiguousarray(x[n:n + 1, :length])).float()
         sc = None if scale is None else (float(scale[0][n]), float(scale[1][n]))
         out.append(_explain_one(model, prep, xs, str(keys[n]), sc, (truth or {}).get(str(keys[n])), names,
-                                channels or [f"x{k}" for k in range(x.shape[2])], clamps))
+                                channels, clamps))
     return out
 
 
@@ -250,11 +254,8 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     truth = None
     if prep.task != "forecasting" and prep.id_col and prep.target in df.columns and prep.id_col in df.columns:
         truth = {str(k): v for k, v in df.groupby(prep.id_col, sort=False)[prep.target].first().items()}
-    channels = [str(c) for c in (prep.inputs or prep.features or [])]
-    if len(channels) != x.shape[2]:
-        channels = [f"x{k}" for k in range(x.shape[2])]
     return explain_sequences(pick_member(predictor.model, member), prep, x, lengths, inputs.keys[picks], scale,
-                             truth, channels)
+                             truth)
 
 
 def _sequence_figure(e: Explanation, title: str) -> Any:
@@ -416,9 +417,7 @@ def explain_checkpoint(path: str | Path, checkpoint: str | Path, dataset: Any, l
         y = np.asarray(split.y[:n])
         truth = {keys[i]: (prep.classes[int(y[i])] if prep.classes is not None else
                            round(float(np.ravel(y[i])[0]) * prep.target_std + prep.target_mean, 6)) for i in picks}
-    channels = [str(c) for c in (prep.inputs or prep.features or [])]
     explanations = explain_sequences(model, prep, x[picks], lengths[picks], keys[picks],
-                                     None if scale is None else (scale[0][picks], scale[1][picks]), truth,
-                                     channels if len(channels) == x.shape[2] else None)
+                                     None if scale is None else (scale[0][picks], scale[1][picks]), truth)
     return write_html(explanations, path, title=title,
                       about=f"{model.spec.arch}, on {len(explanations)} of the search's own sequences")

@@ -208,7 +208,9 @@ class Objective:
     @property
     def _length(self) -> int:
         """The sequence length costs are measured at: the data's median."""
-        return int(self.ctx.dataset.info["length"]["median"])
+        from cellsearch.study import data_shape
+
+        return data_shape(self.ctx.dataset).length
 
     def _build(self, cfg: dict[str, Any], seed: int) -> Any:
         """The trial's model, from the drawn configuration, initialised from ``seed``."""

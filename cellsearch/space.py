@@ -47,9 +47,8 @@ LAYER_KEYS = {"depth", "cell", "hidden", "bidirectional"}
 SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
                             "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "max_steps": 0,
-                            "patch": 1,
-                            "pooling": "last", "normalize": False, "forecast_loss": "l1", "seasonal_base": False,
-                            "starts": []}
+                            "patch": 1, "pooling": "last", "normalize": False, "forecast_loss": "l1",
+                            "seasonal_base": False, "starts": []}
 LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
 
 
