@@ -75,6 +75,7 @@ class Explanation:
     output: np.ndarray
     output_names: list[str]
     prediction: str
+    probabilities: bool = False
     layers: list[LayerTrace] = field(default_factory=list)
     clamps: list[ClampEffect] = field(default_factory=list)
 
@@ -164,7 +165,7 @@ def _explain_one(model: Any, prep: Any, xs: Any, key: str, scale: tuple[float, f
             h = layer(h, lens, None)
         effects = _clamp_effects(model, prep, xs, scale, final, names, cells) if clamps else []
     return Explanation(key=key, truth=truth, inputs=xs[0].numpy(), channels=channels, patch=p, step_ends=ends,
-                       per_step=per_step, output=final, output_names=names,
+                       per_step=per_step, output=final, output_names=names, probabilities=prep.classes is not None,
                        prediction=_describe(final, names, prep), layers=layers, clamps=effects)
 
 
@@ -350,8 +351,7 @@ def _clamp_figure(e: Explanation) -> Any:
                             args=[{"visible": visible}, {"title.text": c.text}]))
     fig.update_layout(title_text=e.clamps[0].text if e.clamps else "no clampable gates", barmode="group",
                       height=420, margin=dict(t=110),
-                      yaxis_title="probability" if len(names) > 1 and e.output.sum() > 0.99 and
-                      e.output.sum() < 1.01 else "prediction",
+                      yaxis_title="probability" if e.probabilities else "prediction",
                       updatemenus=[dict(buttons=buttons, x=0, y=1.22, xanchor="left", yanchor="top")]
                       if buttons else [])
     return fig
