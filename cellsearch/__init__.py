@@ -18,7 +18,7 @@ _LAZY = {
     "ModelSpec": "cellsearch.model",
     "build": "cellsearch.model",
     "tune": "cellsearch.search",
-    "load": "cellsearch.export",
+    "load": "cellsearch.predict",
     "explain": "cellsearch.explain",
     "read_dataset": "cellsearch.data",
 }

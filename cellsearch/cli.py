@@ -180,7 +180,7 @@ def predict(
 ) -> None:
     """Predict from a CSV in the training layout, preprocessing included."""
     from cellsearch.data import read_csv
-    from cellsearch.export import load
+    from cellsearch.predict import load
 
     predictor = load(model_dir)
     keys = (predictor.prep.id_col, predictor.prep.time_col)

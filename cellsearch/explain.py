@@ -230,8 +230,7 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
         One ``Explanation`` per sequence, with the arrays the page draws.
     """
     from cellsearch.data import read_csv
-    from cellsearch.export import load
-    from cellsearch.predict import transform
+    from cellsearch.predict import load, transform
 
     predictor = load(model_dir)
     prep = predictor.prep
@@ -362,7 +361,7 @@ def write_html(explanations: list[Explanation], path: str | Path, title: str = "
     """One self-contained page (plotly's JavaScript inlined) for the explanations."""
     import html
 
-    from cellsearch.plots import html_page
+    from cellsearch.pages import html_page
 
     toc, parts = [], []
     for n, e in enumerate(explanations):

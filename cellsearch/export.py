@@ -41,44 +41,6 @@ mlflow.models.set_model(PyfuncModel(Path(__file__).resolve().parent))
 '''
 
 
-def load(path: str | Path) -> Any:
-    """Load a bundle written by ``export`` (or ``cellsearch export``) as a ``Predictor``.
-
-    Example:
-        >>> model = cellsearch.load("model/")              # doctest: +SKIP
-        >>> model.predict(pd.read_csv("new.csv"))          # doctest: +SKIP
-    """
-    import torch
-
-    from cellsearch.model import check_description, from_description
-    from cellsearch.predict import Predictor
-
-    path = Path(path)
-    if not (path / "spec.json").exists() or not (path / "weights.pt").exists():
-        raise UserError(f"{path}: not a cellsearch model bundle (spec.json and weights.pt expected)")
-    try:
-        description = json.loads((path / "spec.json").read_text())
-        check_description(description)
-        model = from_description(description)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"{path}/spec.json: not a valid model description ({exc})") from None
-    try:
-        with warnings.catch_warnings():  # torch's own notice about the refused file would be a second line
-            warnings.simplefilter("ignore")
-            state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-    except Exception:
-        raise UserError(f"{path}/weights.pt: refused — not a plain file of tensors (loading it would run code "
-                        "from the file)") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights.pt does not match spec.json ({str(exc).splitlines()[0][:200]})") from None
-    model.eval()
-    prep = Preprocessing.load(path / "preprocessing.json")
-    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
-    return Predictor(model, prep, metrics)
-
-
 def _open_study(run_dir: Path, storage: str | None, study: str | None) -> Any:
     """The study to export from: named, or the run directory's only one."""
     import optuna
@@ -409,7 +371,6 @@ def _local_checkpoint(trial: Any, tracking_uri: str, run_dir: Path) -> str:
 
 def _write_mlflow_model(path: Path, model: Any, prep: Preprocessing, data: str) -> None:
     import logging
-    import warnings
 
     import mlflow.pyfunc
     import torch

@@ -153,32 +153,9 @@ def pareto_html(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
                       xaxis=dict(type="log", title_text=f"{cost} (log scale)"),
                       yaxis=dict(title_text=f"validation {metric}"), height=620, template="plotly_white",
                       legend=dict(orientation="h", y=-0.15))
+    from cellsearch.pages import html_page
+
     return html_page(path, "Pareto front", [fig])
-
-
-def html_page(path: Path, title: str, parts: list[Any]) -> Path:
-    """One self-contained page: ``parts`` in order, each a plotly figure or an HTML string; plotly's
-    JavaScript is inlined once (no network: the page opens offline and in MLflow's artifact viewer).
-    Written to a temporary name first, so a page is never half-written."""
-    import html
-
-    import plotly.io as pio
-    from plotly.offline import get_plotlyjs
-
-    body = "".join(p if isinstance(p, str) else pio.to_html(p, include_plotlyjs=False, full_html=False,
-                                                                auto_play=False)
-                   for p in parts)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<script type='text/javascript'>{get_plotlyjs()}</script>"
-            "<style>body{font-family:sans-serif;max-width:1300px;margin:auto;padding:1em}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-            "section{margin-top:2em;border-top:2px solid #444}</style></head><body>" + body + "</body></html>")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def cell_by_slot(points: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -9,6 +9,8 @@ each series).
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,40 @@ class Predictor:
         values = out * std[:, None] + mean[:, None]
         return pd.DataFrame({key_name: np.repeat(keys, horizon), "step": np.tile(np.arange(1, horizon + 1), len(keys)),
                              "prediction": values.reshape(-1)})
+
+
+def load(path: str | Path) -> Any:
+    """Load a bundle written by ``export`` (or ``cellsearch export``) as a ``Predictor``.
+
+    Example:
+        >>> model = cellsearch.load("model/")              # doctest: +SKIP
+        >>> model.predict(pd.read_csv("new.csv"))          # doctest: +SKIP
+    """
+    import torch
+
+    from cellsearch.model import check_description, from_description
+
+    path = Path(path)
+    if not (path / "spec.json").exists() or not (path / "weights.pt").exists():
+        raise UserError(f"{path}: not a cellsearch model bundle (spec.json and weights.pt expected)")
+    try:
+        description = json.loads((path / "spec.json").read_text())
+        check_description(description)
+        model = from_description(description)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{path}/spec.json: not a valid model description ({exc})") from None
+    try:
+        with warnings.catch_warnings():  # torch's own notice about the refused file would be a second line
+            warnings.simplefilter("ignore")
+            state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    except Exception:
+        raise UserError(f"{path}/weights.pt: refused — not a plain file of tensors (loading it would run code "
+                        "from the file)") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights.pt does not match spec.json ({str(exc).splitlines()[0][:200]})") from None
+    model.eval()
+    prep = Preprocessing.load(path / "preprocessing.json")
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    return Predictor(model, prep, metrics)

@@ -17,7 +17,7 @@ class PyfuncModel(mlflow.pyfunc.PythonModel):
         self.predictor: Any = None
 
     def load_context(self, context: Any) -> None:
-        from cellsearch.export import load
+        from cellsearch.predict import load
 
         self.predictor = load(self.bundle)
 
