@@ -279,3 +279,27 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
     os.utime(lock, (old, old))
     kernels.clear_stale_lock(lock)
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("name", ["peephole", "cifg", "gru"])
+def test_reused_buffers_never_overwrite_an_output_still_held(name):
+    """The compiled loop reuses its large buffers between calls (fresh pages cost more than the
+    arithmetic); a result the caller still holds, or a view of one, must never be handed out again."""
+    if not kernels.available():
+        pytest.skip(f"compiled kernel unavailable: {kernels.status()}")
+    torch.manual_seed(3)
+    cell = CELLS[name](4, 16)
+    x1, x2 = torch.randn(12, 8, 4), torch.randn(12, 8, 4)
+    with torch.no_grad():
+        y1 = cell(x1)
+        kept = y1.clone()
+        view = cell(x2)[3:].transpose(0, 1)  # only a view of the second result survives
+        expected = cell(x2)[3:].transpose(0, 1).clone()
+        for _ in range(3):  # later calls of the same shape must take other blocks
+            cell(torch.randn(12, 8, 4))
+    assert torch.equal(y1, kept)
+    assert torch.equal(view, expected)
+    y = cell(x1.requires_grad_(True))  # and a training step: saved tensors stay intact until backward
+    cell(torch.randn(12, 8, 4)).sum().backward()
+    y.sum().backward()
+    assert torch.allclose(y.detach(), kept, atol=1e-6)
