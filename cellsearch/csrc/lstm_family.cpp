@@ -66,7 +66,7 @@ constexpr int64_t kMkl = 0, kAten = 1, kBlocked = 2;
 // ---- the blocked kernel: op(W) (k x n) packed into column panels of NR floats (k-major inside a
 // panel, zero-padded), each MR x NR block of C accumulated in registers over the whole k.
 constexpr int64_t NR = 2 * kW;
-constexpr int MR = 8;
+constexpr int MR = kW == 16 ? 8 : 6;  // AVX-512: 16 accumulators of its 32 registers; else 12
 
 void pack_panels(const float* W, int64_t ldw, bool trans, int64_t k, int64_t n, float* out) {
   const int64_t panels = (n + NR - 1) / NR;
