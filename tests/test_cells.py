@@ -303,3 +303,17 @@ def test_reused_buffers_never_overwrite_an_output_still_held(name):
     cell(torch.randn(12, 8, 4)).sum().backward()
     y.sum().backward()
     assert torch.allclose(y.detach(), kept, atol=1e-6)
+
+
+@pytest.mark.parametrize("m,k,n", [(13, 33, 70), (64, 64, 256), (1, 7, 3)])
+def test_every_gemm_backend_computes_the_recurrent_product(m, k, n):
+    """The product alone, accumulated twice into a non-zero C, on shapes with row, panel and vector
+    tails: every backend this machine has gives C + 2 A W^T."""
+    if not kernels.available():
+        pytest.skip(f"compiled kernel unavailable: {kernels.status()}")
+    torch.manual_seed(5)
+    a, w, c = torch.randn(m, k), torch.randn(n, k), torch.randn(m, n)
+    want = c + 2 * a @ w.t()
+    for backend in kernels.gemm_backends():
+        got = torch.ops.cellsearch_kernels.recurrent_product(a, w, c, kernels.GEMMS[backend], 2)
+        assert torch.allclose(got, want, atol=1e-4), (backend, (got - want).abs().max())

@@ -537,7 +537,7 @@ std::vector<at::Tensor> backward(const at::Tensor& dy, const at::Tensor& y, cons
 }
 
 // C + A @ W^T through one backend, ``repeats`` times (C accumulates): the recurrent product alone, for
-// the backends' parity test and for timing (``kernels.measure_product``).
+// the backends' parity test (tests/test_cells.py) and for timing the product by itself.
 at::Tensor recurrent_product(const at::Tensor& A, const at::Tensor& W, const at::Tensor& C_in, int64_t backend,
                              int64_t repeats) {
   at::Tensor C = C_in.clone();
