@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from cellsearch.errors import UserError
+from cellsearch.predict import to_units
 
 #: Gate letters in words (the cells' ``gate_names``), and which are states rather than gates.
 GATE_WORDS = {"i": "input gate", "f": "forget gate", "o": "output gate", "g": "candidate (cell input)",
@@ -78,16 +79,6 @@ class Explanation:
     probabilities: bool = False
     layers: list[LayerTrace] = field(default_factory=list)
     clamps: list[ClampEffect] = field(default_factory=list)
-
-
-def _units(out: np.ndarray, prep: Any, scale: tuple[float, float] | None) -> np.ndarray:
-    """Model outputs (N, O) → probabilities (classification) or values in the target's units."""
-    if prep.classes is not None:
-        z = np.exp(out - out.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
-    if scale is None:
-        return out * prep.target_std + prep.target_mean
-    return out * scale[1] + scale[0]
 
 
 def _describe(values: np.ndarray, names: list[str], prep: Any) -> str:
@@ -145,7 +136,7 @@ def _explain_one(model: Any, prep: Any, xs: Any, key: str, scale: tuple[float, f
         steps = -(-length // p)
         ends = np.minimum((np.arange(steps) + 1) * p, length)
         prefix = torch.from_numpy(ends.astype(np.int64))
-        per_step = _units(model(xs.expand(steps, -1, -1), prefix).numpy(), prep, scale)
+        per_step = to_units(model(xs.expand(steps, -1, -1), prefix).numpy(), prep, scale)
         final = per_step[-1]
         h, lens = model.prepare(xs, torch.tensor([length]))
         h = h.transpose(0, 1)  # time-major, as the cells read it
@@ -179,7 +170,7 @@ def _clamp_effects(model: Any, prep: Any, xs: Any, scale: Any, base: np.ndarray,
             for to in CLAMP_TO:
                 value = gates[gate].mean(axis=1) if to == "mean" else float(to)
                 with cell.clamped({gate: value}):
-                    out = _units(model(xs).numpy(), prep, scale)[0]
+                    out = to_units(model(xs).numpy(), prep, scale)[0]
                 where = f"{GATE_WORDS[gate]} of layer {k + 1}" + (f" ({direction})" if direction != "forward" or
                                                                    model.stack.specs[k].bidirectional else "")
                 if target is not None:
@@ -239,7 +230,7 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     else:
         df, where = data, "data"
     inputs = transform(df, prep, where)
-    probs = _units(predictor.raw_outputs(inputs.x, inputs.lengths), prep, None) if prep.classes is not None else \
+    probs = to_units(predictor.raw_outputs(inputs.x, inputs.lengths), prep, None) if prep.classes is not None else \
         predictor.raw_outputs(inputs.x, inputs.lengths)
     picks = _choose(inputs.keys, probs, prep, sequences, limit)
     x, lengths = inputs.x[picks], inputs.lengths[picks].copy()
@@ -409,7 +400,7 @@ def explain_checkpoint(path: str | Path, checkpoint: str | Path, dataset: Any, l
     scale = None if split.origin is None else (split.origin[:n, 0], split.origin[:n, 1])
     with torch.no_grad():
         out = model(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(lengths)).numpy()
-    picks = _choose(split.keys[:n], _units(out, prep, None) if prep.classes is not None else out, prep, None, limit)
+    picks = _choose(split.keys[:n], to_units(out, prep, None) if prep.classes is not None else out, prep, None, limit)
     keys = np.asarray([str(k) for k in split.keys[:n]])
     truth = None
     if prep.task != "forecasting":

@@ -50,6 +50,19 @@ def transform(df: pd.DataFrame, prep: Preprocessing, where: str = "input") -> In
     return layout.transform(df, prep, Path(where))
 
 
+def to_units(out: np.ndarray, prep: Preprocessing, scale: tuple[Any, Any] | None = None) -> np.ndarray:
+    """Model outputs (N, O) in the target's terms: class probabilities (classification), values in
+    the target's units through the training standardisation, or, with ``scale`` (per-row mean and
+    std, or one of each), through that — the forecasting windows' own scale."""
+    if prep.classes is not None:
+        p = np.exp(out - out.max(axis=1, keepdims=True))
+        return p / p.sum(axis=1, keepdims=True)
+    if scale is None:
+        return out * prep.target_std + prep.target_mean
+    mean, std = (np.reshape(v, (-1, 1)) for v in scale)
+    return out * std + mean
+
+
 class Predictor:
     """A trained model with its preprocessing: ``predict(df)`` answers in the training target's units."""
 
@@ -81,21 +94,17 @@ class Predictor:
         out = self.raw_outputs(inputs.x, inputs.lengths)
         keys = inputs.keys
         key_name = self.prep.id_col or ("row" if inputs.scale is None else "series")
+        values = to_units(out, self.prep, inputs.scale)
         if self.prep.classes is not None:
-            z = out - out.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
+            p = values
             classes = self.prep.classes
             res = pd.DataFrame({key_name: keys, "prediction": [classes[i] for i in p.argmax(axis=1)]})
             for j, c in enumerate(classes):
                 res[f"prob_{c}"] = p[:, j]
             return res
         if inputs.scale is None:
-            values = out[:, 0] * self.prep.target_std + self.prep.target_mean
-            return pd.DataFrame({key_name: keys, "prediction": values})
-        mean, std = inputs.scale
+            return pd.DataFrame({key_name: keys, "prediction": values[:, 0]})
         horizon = out.shape[1]
-        values = out * std[:, None] + mean[:, None]
         return pd.DataFrame({key_name: np.repeat(keys, horizon), "step": np.tile(np.arange(1, horizon + 1), len(keys)),
                              "prediction": values.reshape(-1)})
 
