@@ -43,13 +43,20 @@ def _evaluate(task: str, pred: np.ndarray, folds: Any, target_scale: float
     return float(np.mean(scores)), float(np.std(scores)), oof_loss(task, pred, folds.oof), [float(v) for v in scores]
 
 
+def _members_output(task: str, preds: dict[int, np.ndarray], counts: dict[int, int]) -> np.ndarray:
+    """The out-of-fold output of members weighted by ``counts``: log of the averaged probabilities
+    for classification, the averaged values otherwise."""
+    avg = sum(preds[n] * c for n, c in counts.items()) / sum(counts.values())
+    return np.log(np.clip(avg, 1e-30, None)) if task == "classification" else avg
+
+
 def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direction: str, target_scale: float,
                      cost: str) -> list[dict[str, Any]]:
     """Candidate ensembles of ``trials`` (dicts with ``trial``, ``score``, ``oof_loss``, ``oof`` (the
     file of its out-of-fold outputs) and its costs), by greedy forward selection (module doc).
 
     Returns one dict per distinct member set of two or more trials: ``members`` (trial → weight),
-    ``score``, ``spread``, ``oof_loss``, ``fold_scores``, the summed costs and ``cost``.
+    ``score``, ``spread``, ``oof_loss``, ``fold_scores``, ``fold_losses``, the summed costs and ``cost``.
     """
     sign = 1.0 if direction == "maximize" else -1.0
 
@@ -86,12 +93,15 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
         if len(members) < 2:
             continue
         entry = {"members": {int(k): v / r for k, v in sorted(counts.items())}, "score": s, "spread": spread,
-                 "oof_loss": loss, "rounds": r, "fold_scores": per_fold}
+                 "oof_loss": loss, "rounds": r, "fold_scores": per_fold, "counts": dict(counts)}
         old = best_by_set.get(members)
         if old is None or (sign * s, -loss) > (sign * old["score"], -old["oof_loss"]):
             best_by_set[members] = entry
+    from cellsearch.folds import fold_losses
+
     out = []
     for k, (members, e) in enumerate(sorted(best_by_set.items(), key=lambda kv: kv[1]["rounds"])):
+        e["fold_losses"] = fold_losses(task, _members_output(task, preds, e.pop("counts")), folds)
         for c in COSTS.values():
             vals = [by_trial[m].get(c.attr) for m in members]
             e[c.attr] = None if any(v is None for v in vals) else float(sum(vals))

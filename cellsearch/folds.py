@@ -176,19 +176,31 @@ def make_folds(dataset: Dataset, k: int, seed: int = 0, val_size: float = 0.15) 
     return Folds(folds, kind, oof, oof_fold, validated=bool(pairs) or len(val) > 0)
 
 
-def oof_loss(task: str, pred: np.ndarray, split: SplitTensors) -> float:
-    """The continuous out-of-fold loss that breaks ties between equal scores: log-loss of the class
-    scores (``pred`` holds logits or log-probabilities) for classification, mean squared error of the
-    model's (scaled) outputs otherwise."""
+def row_losses(task: str, pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each example's continuous loss: log-loss of the class scores (``pred`` holds logits or
+    log-probabilities) for classification, mean squared error of the model's (scaled) outputs
+    otherwise."""
     pred = np.asarray(pred, dtype=np.float64)
-    if not len(pred):
-        return float("nan")
     if task == "classification":
         z = pred - pred.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return float(-np.mean(logp[np.arange(len(pred)), np.asarray(split.y, dtype=np.int64)]))
-    err = pred.reshape(len(pred), -1) - np.asarray(split.y, dtype=np.float64).reshape(len(pred), -1)
-    return float(np.mean(err ** 2))
+        return -logp[np.arange(len(pred)), np.asarray(y, dtype=np.int64)]
+    err = pred.reshape(len(pred), -1) - np.asarray(y, dtype=np.float64).reshape(len(pred), -1)
+    return np.mean(err ** 2, axis=1)
+
+
+def oof_loss(task: str, pred: np.ndarray, split: SplitTensors) -> float:
+    """The continuous out-of-fold loss that breaks ties between equal scores: the mean of
+    ``row_losses`` (log-loss for classification, mean squared error of the scaled outputs otherwise)."""
+    if not len(pred):
+        return float("nan")
+    return float(np.mean(row_losses(task, pred, split.y)))
+
+
+def fold_losses(task: str, pred: np.ndarray, folds: Folds) -> list[float]:
+    """The out-of-fold loss (``oof_loss``), fold by fold: what the knee pairs by fold."""
+    losses = row_losses(task, pred, np.asarray(folds.oof.y))
+    return [float(np.mean(losses[folds.oof_fold == j])) for j in range(folds.k)]
 
 
 def fold_scores(task: str, pred: np.ndarray, folds: Folds, target_scale: float = 1.0) -> list[float]:

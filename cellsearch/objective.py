@@ -273,7 +273,7 @@ class Objective:
         import numpy as np
 
         from cellsearch.costs import COSTS, cost_value, measure_costs
-        from cellsearch.folds import oof_loss
+        from cellsearch.folds import fold_losses, oof_loss
         from cellsearch.model import EnsembleModel, save_checkpoint
         from cellsearch.train import outputs
 
@@ -295,6 +295,7 @@ class Objective:
         seconds = float(sum(r.train_seconds for r in results))
         attrs = {"curve": curve, "val_score": float(np.mean(scores)), "val_spread": float(np.std(scores)),
                  "fold_scores": scores, "oof_loss": oof_loss(task, oof, ctx.folds.oof),
+                 "fold_losses": fold_losses(task, oof, ctx.folds),
                  "checkpoint_uri": run.log_file(ckpt, "checkpoint"), "oof_uri": run.log_file(oof_file, "oof"),
                  "best_epoch": results[0].best_epoch, "epochs": int(sum(r.epochs for r in results)),
                  "steps": int(sum(r.steps for r in results)), "best_steps": [r.best_step for r in results],

@@ -5,8 +5,8 @@ Points are the complete trials and the ensembles selected from them (``cellsearc
 two trials with the same accuracy, the one more confident on the right answers ranks higher.
 
 The chosen model is the *knee* of the front, the point where giving up compute starts to cost real
-accuracy. Cross-validated, "real" is measured: the cheapest front member whose score is within one
-standard error (the spread over folds / sqrt(K - 1)) of the best one. With one validation split:
+accuracy. Cross-validated, "real" is measured: the cheapest front member whose score — and
+out-of-fold loss — is within one standard error of the best one's, paired by fold. With one validation split:
 with score and log-cost each scaled to [0, 1] over the front, the front point farthest above the
 straight line between the front's two ends. ``pick="best"`` takes the best score and
 ``pick="smallest"`` the cheapest front member.
@@ -36,7 +36,8 @@ def trial_points(study: Any, cost: str, ensembles: bool = True, root: Any = None
             continue
         pts.append({"trial": t.number, "name": str(t.number), "kind": "trial", "arch": a.get("arch", ""),
                     "score": float(a["val_score"]), "spread": a.get("val_spread"), "oof_loss": a.get("oof_loss"),
-                    "folds": a.get("folds", 1), "fold_scores": a.get("fold_scores"), "cost": cost_value(cost, a),
+                    "folds": a.get("folds", 1), "fold_scores": a.get("fold_scores"),
+                    "fold_losses": a.get("fold_losses"), "cost": cost_value(cost, a),
                     **{c.attr: a.get(c.attr) for c in COSTS.values()},
                     "epochs": a.get("epochs"), "train_seconds": a.get("train_seconds"),
                     "checkpoint": in_run_dir(root, a.get("checkpoint")), "oof": in_run_dir(root, a.get("oof")),
@@ -68,18 +69,34 @@ def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str,
     return sorted(front, key=lambda p: p["cost"])
 
 
+def _paired_within_one_se(best: list[float], other: list[float], sign: float) -> bool:
+    """Whether ``other`` is within one standard error of ``best``, paired by fold: the mean of the
+    per-fold differences (``sign`` makes larger better) against their own standard error."""
+    d = [sign * (x - y) for x, y in zip(best, other)]
+    mean = sum(d) / len(d)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1))
+    return mean <= sd / math.sqrt(len(d)) + 1e-12
+
+
 def _within_one_se(best: dict[str, Any], p: dict[str, Any], sign: float, se: float) -> bool:
-    """Whether ``p`` scores within one standard error of ``best``. Paired by fold where both have
+    """Whether ``p`` is as good as ``best`` within one standard error. Paired by fold where both have
     every fold's score: the mean of the per-fold differences against their own standard error. The
     folds differ in difficulty (rolling-origin windows above all), and that variation, shared by
     every model, is not uncertainty about which is better; the paired error leaves it out, so a
-    cheaper model is taken only where it is as good fold by fold. Else the best score's own error."""
+    cheaper model is taken only where it is as good fold by fold. Else the best score's own error.
+
+    Where both also have every fold's out-of-fold loss, ``p`` must be within one paired standard
+    error of ``best`` on that too. On small data the score saturates (many trials classify every
+    validation sequence right) and a coarse score cannot tell them apart; the continuous loss can:
+    a model that is right but barely sure is not taken in place of one that is right and sure."""
     a, b = best.get("fold_scores"), p.get("fold_scores")
     if a and b and len(a) == len(b) > 1:
-        d = [sign * (x - y) for x, y in zip(a, b)]
-        mean = sum(d) / len(d)
-        sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1))
-        return mean <= sd / math.sqrt(len(d)) + 1e-12
+        if not _paired_within_one_se(a, b, sign):
+            return False
+        la, lb = best.get("fold_losses"), p.get("fold_losses")
+        if la and lb and len(la) == len(lb) == len(a) and all(map(math.isfinite, [*la, *lb])):
+            return _paired_within_one_se(la, lb, -1.0)
+        return True
     return sign * (best["score"] - p["score"]) <= se + 1e-12
 
 

@@ -17,7 +17,7 @@ import torch
 import cellsearch
 from cellsearch.data import read_dataset
 from cellsearch.errors import UserError
-from cellsearch.folds import fold_scores, make_folds, oof_loss, resolve_cv
+from cellsearch.folds import fold_losses, fold_scores, make_folds, oof_loss, resolve_cv
 from cellsearch.model import EnsembleModel, ModelSpec, build
 from cellsearch.pareto import pareto_front, pick_trial, trial_points
 from cellsearch.stack import LayerSpec
@@ -96,6 +96,12 @@ def test_oof_loss_and_fold_scores():
     assert fold_scores("classification", timid, folds) == [1.0, 1.0]
     assert oof_loss("classification", confident, folds.oof) < oof_loss("classification", timid, folds.oof)
     assert oof_loss("regression", np.array([[1.0], [2.0]]), SimpleNamespace(y=np.array([1.0, 4.0]))) == 2.0
+    # Fold by fold: each fold's own log-loss, computed here by hand.
+    p_true = np.array([0.9, 0.9, 0.8, 0.6])
+    expected = [-np.mean(np.log(p_true[:2])), -np.mean(np.log(p_true[2:]))]
+    assert fold_losses("classification", confident, folds) == pytest.approx(expected)
+    reg = SimpleNamespace(k=2, oof=SimpleNamespace(y=np.array([1.0, 4.0, 0.0])), oof_fold=np.array([1, 0, 1]))
+    assert fold_losses("regression", np.array([[1.0], [2.0], [3.0]]), reg) == pytest.approx([4.0, 4.5])
 
 
 def test_ties_are_broken_by_the_out_of_fold_loss():
@@ -141,6 +147,22 @@ def test_knee_pairs_the_folds_when_every_fold_score_is_known():
     assert pick_trial([noisy, best], "minimize", "knee")["name"] == "noisy"
 
 
+def test_knee_needs_the_out_of_fold_loss_within_one_standard_error_too():
+    """Scores saturate on small data (every validation sequence right); the paired fold losses tell
+    a right-but-unsure model from a right-and-sure one, and the unsure one is not the knee."""
+    def pt(name, losses, cost):
+        return {"name": name, "score": 1.0, "spread": 0.0, "folds": 5, "fold_scores": [1.0] * 5,
+                "fold_losses": losses, "oof_loss": sum(losses) / 5, "cost": cost}
+
+    sure = pt("ensemble", [0.05, 0.04, 0.06, 0.05, 0.03], 1e4)
+    unsure = pt("small", [0.40, 0.35, 0.50, 0.30, 0.45], 10.0)  # far worse in every fold
+    assert pick_trial([unsure, sure], "maximize", "knee")["name"] == "ensemble"
+    close = pt("small", [0.06, 0.03, 0.07, 0.04, 0.03], 10.0)  # better in some folds, worse in others
+    assert pick_trial([close, sure], "maximize", "knee")["name"] == "small"
+    no_losses = [{k: v for k, v in p.items() if k != "fold_losses"} for p in (unsure, sure)]
+    assert pick_trial(no_losses, "maximize", "knee")["name"] == "small"  # studies from before: scores only
+
+
 # ---- ensemble selection ------------------------------------------------------------------------------
 
 
@@ -173,6 +195,10 @@ def test_caruana_selection_finds_the_complementary_pair(tmp_path):
     assert abs(sum(best["members"].values()) - 1.0) < 1e-9
     assert best["macs"] == sum(trials[m]["macs"] for m in best["members"])
     assert best["latency_ms"] is None and best["cost"] == best["macs"]
+    # Its fold losses are those of its weighted average, as the knee pairs them.
+    avg = sum(w * np.exp(np.load(trials[m]["oof"]).astype(np.float64)) for m, w in best["members"].items())
+    assert best["fold_losses"] == pytest.approx(fold_losses("classification", np.log(avg), folds))
+    assert np.mean(best["fold_losses"]) == pytest.approx(best["oof_loss"])
 
 
 # ---- the ensemble model, ONNX ----------------------------------------------------------------------
@@ -254,6 +280,7 @@ def test_a_trial_trains_one_model_per_fold(cv_tuned):
     for t in complete:
         a = t.user_attrs
         assert len(a["fold_scores"]) == 3 and abs(a["val_score"] - np.mean(a["fold_scores"])) < 1e-12
+        assert len(a["fold_losses"]) == 3 and all(v > 0 for v in a["fold_losses"])
         assert abs(a["val_spread"] - np.std(a["fold_scores"])) < 1e-12
         oof = np.load(cv_tuned.run_dir / a["oof"])
         n_pool = len(read_dataset(cv_tuned.study.user_attrs["data"], val_size=0.0).splits["train"])

@@ -24,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 
-def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[str]) -> dict[str, Any]:
+def _keep(tmp: str, keep: Path | None, name: str) -> None:
+    """Copy the run directory (study, checkpoints, out-of-fold outputs) to ``keep/name``, so the
+    pick rules can be studied again without a new search."""
+    if keep is not None:
+        import shutil
+
+        shutil.copytree(f"{tmp}/runs", keep / name, dirs_exist_ok=True)
+
+
+def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[str],
+            keep: Path | None = None) -> dict[str, Any]:
     """Tune on the training rows, export, predict the test rows; score network and references.
     Besides the exported (chosen) model, the best single trial, the best-scoring front member
     (``--pick best``: an ensemble where one wins) and the chosen one refit on all training rows
@@ -63,6 +73,7 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
         tune_s = time.time() - t0
         score = test_score(model)
         variants = {name: test_score(m) for name, m in _variants(tmp, result).items()}
+        _keep(tmp, keep, path.stem)
     chosen = result.get("chosen") or {}
     return {"file": path.name, "task": task, "metric": "accuracy" if task == "classification" else "rmse",
             "network_test": score, "references_test": refs, "chosen": chosen.get("arch"),
@@ -109,7 +120,7 @@ def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int, ext
 
 
 def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int, space: str, timeout: float,
-                 seed: int, extra: list[str]) -> dict[str, Any]:
+                 seed: int, extra: list[str], keep: Path | None = None) -> dict[str, Any]:
     """Tune on the training panel, forecast each series' next ``horizon`` values, score MASE."""
     import numpy as np
     import pandas as pd
@@ -153,6 +164,7 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
 
         variants = {name: score_of(m) for name, m in _variants(tmp, result).items()}
         network = score_of(model, preds)
+        _keep(tmp, keep, train_path.stem)
     chosen = result.get("chosen") or {}
     row.update(network_test=network, chosen=chosen.get("arch"), chosen_val=chosen.get("score"),
                trials=result.get("counts"), tune_seconds=round(tune_s, 1), cv=result.get("cv"), variants=variants)
@@ -169,13 +181,14 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--keep", type=Path, help="copy each run directory here (DIR/FILE-STEM)")
     args, extra = ap.parse_known_args()
     rows = []
     jobs = [(run_one, f, {}) for f in args.files] + [
         (run_forecast, pair[0], {"test_path": pair[1], "horizon": h, "season": m})
         for pair, h, m in zip(args.forecast, args.horizon, args.season)]
     for fn, f, kw in jobs:
-        row = fn(f, **kw, space=args.space, timeout=args.timeout, seed=args.seed, extra=extra)
+        row = fn(f, **kw, space=args.space, timeout=args.timeout, seed=args.seed, extra=extra, keep=args.keep)
         rows.append(row)
         refs = ", ".join(f"{k} {v:.3f}" for k, v in row["references_test"].items())
         net = "failed: " + row["error"] if row.get("error") else f"{row['network_test']:.3f}"
