@@ -15,6 +15,7 @@ scaled units, which every member shares) — ``cellsearch.model.EnsembleModel`` 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,39 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
             f"#{m}" for m in sorted(members, key=lambda m: -e["members"][m]))
         out.append(e)
     return out
+
+
+#: The true values of the out-of-fold rows, saved beside the trials' out-of-fold outputs.
+TRUTH_FILE = "truth.npy"
+
+
+def loss_reader(points: list[dict[str, Any]], task: str) -> Callable[[dict[str, Any]], np.ndarray | None]:
+    """A function giving each example's out-of-fold loss (``cellsearch.folds.row_losses``) of a point
+    of ``points``: a trial's from its saved outputs, an ensemble's from its members' weighted average.
+    It gives ``None`` where a file is missing (a study from before, or exported on another machine)."""
+    from cellsearch.folds import row_losses
+
+    files = {p["trial"]: p.get("oof") for p in points if p.get("kind", "trial") == "trial"}
+    some = next((Path(f) for f in files.values() if f), None)
+    truth = None if some is None or not (some.parent / TRUTH_FILE).exists() else np.load(some.parent / TRUTH_FILE)
+    cache: dict[int, np.ndarray | None] = {}
+
+    def outputs(trial: int) -> np.ndarray | None:
+        if trial not in cache:
+            f = files.get(trial)
+            p = np.load(f).astype(np.float64) if f and Path(f).exists() else None
+            ok = p is not None and truth is not None and len(p) == len(truth) and np.isfinite(p).all()
+            cache[trial] = (_probabilities(p) if task == "classification" else p) if ok else None
+        return cache[trial]
+
+    def losses(point: dict[str, Any]) -> np.ndarray | None:
+        members = point.get("members") or {point.get("trial"): 1.0}
+        preds = {int(m): outputs(int(m)) for m in members if m is not None}
+        if truth is None or not preds or any(v is None for v in preds.values()):
+            return None
+        return row_losses(task, _members_output(task, preds, {int(m): w for m, w in members.items()}), truth)
+
+    return losses
 
 
 def assemble(point: dict[str, Any], checkpoint: Any) -> Any:

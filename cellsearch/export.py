@@ -82,8 +82,11 @@ def _select_point(study: Any, trial: int | None, pick: str, root: Path, ensemble
             raise UserError(f"no ensemble {ensemble!r} in study {study.study_name!r}; ensembles: "
                             f"{', '.join(found) or 'none'}")
         return found[ensemble]
+    from cellsearch.ensemble import loss_reader
+
     direction = attrs.get("direction", "maximize")
-    return pick_trial(pareto_front(points, direction), direction, pick)
+    return pick_trial(pareto_front(points, direction), direction, pick,
+                      losses=loss_reader(points, attrs.get("task", "classification")))
 
 
 def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessing, dict[str, Any]]:

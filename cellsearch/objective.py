@@ -273,6 +273,7 @@ class Objective:
         import numpy as np
 
         from cellsearch.costs import COSTS, cost_value, measure_costs
+        from cellsearch.ensemble import TRUTH_FILE
         from cellsearch.folds import fold_losses, oof_loss
         from cellsearch.model import EnsembleModel, save_checkpoint
         from cellsearch.train import outputs
@@ -292,6 +293,9 @@ class Objective:
         oof_file = ctx.sdir / "oof" / f"{trial.number}.npy"
         oof_file.parent.mkdir(parents=True, exist_ok=True)
         np.save(oof_file, oof)
+        truth = oof_file.parent / TRUTH_FILE  # the same in every process of the study
+        if not truth.exists():
+            np.save(truth, np.asarray(ctx.folds.oof.y))
         seconds = float(sum(r.train_seconds for r in results))
         attrs = {"curve": curve, "val_score": float(np.mean(scores)), "val_spread": float(np.std(scores)),
                  "fold_scores": scores, "oof_loss": oof_loss(task, oof, ctx.folds.oof),

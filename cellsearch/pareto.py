@@ -5,16 +5,17 @@ Points are the complete trials and the ensembles selected from them (``cellsearc
 two trials with the same accuracy, the one more confident on the right answers ranks higher.
 
 The chosen model is the *knee* of the front, the point where giving up compute starts to cost real
-accuracy. Cross-validated, "real" is measured: the cheapest front member whose score — and
-out-of-fold loss — is within one standard error of the best one's, paired by fold. With one validation split:
-with score and log-cost each scaled to [0, 1] over the front, the front point farthest above the
-straight line between the front's two ends. ``pick="best"`` takes the best score and
+accuracy. Cross-validated, "real" is measured: the cheapest front member whose score (paired by
+fold) and out-of-fold loss (paired by example) are within one standard error of the best one's.
+With one validation split: with score and log-cost each scaled to [0, 1] over the front, the front
+point farthest above the straight line between the front's two ends. ``pick="best"`` takes the best score and
 ``pick="smallest"`` the cheapest front member.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from cellsearch.costs import COSTS, cost_value
@@ -69,39 +70,49 @@ def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str,
     return sorted(front, key=lambda p: p["cost"])
 
 
-def _paired_within_one_se(best: list[float], other: list[float], sign: float) -> bool:
-    """Whether ``other`` is within one standard error of ``best``, paired by fold: the mean of the
-    per-fold differences (``sign`` makes larger better) against their own standard error."""
-    d = [sign * (x - y) for x, y in zip(best, other)]
+def _paired_within_one_se(best: Any, other: Any, sign: float) -> bool:
+    """Whether ``other`` is within one standard error of ``best``, paired (by fold or by example):
+    the mean of the paired differences (``sign`` makes larger better) against their own standard
+    error."""
+    d = [sign * (float(x) - float(y)) for x, y in zip(best, other)]
     mean = sum(d) / len(d)
     sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1))
     return mean <= sd / math.sqrt(len(d)) + 1e-12
 
 
-def _within_one_se(best: dict[str, Any], p: dict[str, Any], sign: float, se: float) -> bool:
+def _within_one_se(best: dict[str, Any], p: dict[str, Any], sign: float, se: float,
+                   losses: Callable[[dict[str, Any]], Any] | None = None) -> bool:
     """Whether ``p`` is as good as ``best`` within one standard error. Paired by fold where both have
     every fold's score: the mean of the per-fold differences against their own standard error. The
     folds differ in difficulty (rolling-origin windows above all), and that variation, shared by
     every model, is not uncertainty about which is better; the paired error leaves it out, so a
     cheaper model is taken only where it is as good fold by fold. Else the best score's own error.
 
-    Where both also have every fold's out-of-fold loss, ``p`` must be within one paired standard
-    error of ``best`` on that too. On small data the score saturates (many trials classify every
-    validation sequence right) and a coarse score cannot tell them apart; the continuous loss can:
-    a model that is right but barely sure is not taken in place of one that is right and sure."""
+    ``p`` must also be within one paired standard error of ``best`` on the out-of-fold loss. On
+    small data the score saturates (many trials classify every validation sequence right) and a
+    coarse score cannot tell them apart; the continuous loss can: a model that is right but barely
+    sure is not taken in place of one that is right and sure. The loss is paired by example where
+    ``losses`` gives each example's (N − 1 degrees of freedom instead of K − 1: with five folds
+    the error of the error is itself large), else by fold."""
     a, b = best.get("fold_scores"), p.get("fold_scores")
-    if a and b and len(a) == len(b) > 1:
-        if not _paired_within_one_se(a, b, sign):
-            return False
-        la, lb = best.get("fold_losses"), p.get("fold_losses")
-        if la and lb and len(la) == len(lb) == len(a) and all(map(math.isfinite, [*la, *lb])):
-            return _paired_within_one_se(la, lb, -1.0)
-        return True
-    return sign * (best["score"] - p["score"]) <= se + 1e-12
+    if not (a and b and len(a) == len(b) > 1):
+        return sign * (best["score"] - p["score"]) <= se + 1e-12
+    if not _paired_within_one_se(a, b, sign):
+        return False
+    ea, eb = (losses(best), losses(p)) if losses is not None else (None, None)
+    if ea is not None and eb is not None and len(ea) == len(eb) > 1:
+        return _paired_within_one_se(ea, eb, -1.0)
+    la, lb = best.get("fold_losses"), p.get("fold_losses")
+    if la and lb and len(la) == len(lb) == len(a) and all(map(math.isfinite, [*la, *lb])):
+        return _paired_within_one_se(la, lb, -1.0)
+    return True
 
 
-def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee") -> dict[str, Any] | None:
-    """Choose from the front by ``rule``: knee (default), best or smallest. See the module doc."""
+def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee",
+               losses: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any] | None:
+    """Choose from the front by ``rule``: knee (default), best or smallest. See the module doc.
+    ``losses`` gives a point's out-of-fold loss example by example (``ensemble.loss_reader``), which
+    the cross-validated knee pairs; without it the knee pairs the fold losses."""
     if not front:
         return None
     sign = 1.0 if direction == "maximize" else -1.0
@@ -115,7 +126,7 @@ def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee") 
         # Cross-validated: the cheapest member within one standard error of the best score (the
         # one-standard-error rule): compute is given up only where the folds cannot tell the scores apart.
         se = best["spread"] / math.sqrt(folds - 1)
-        return min((p for p in front if _within_one_se(best, p, sign, se)), key=lambda p: p["cost"])
+        return min((p for p in front if _within_one_se(best, p, sign, se, losses)), key=lambda p: p["cost"])
     if len(front) <= 2:
         return best
     s = [sign * p["score"] for p in front]

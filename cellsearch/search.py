@@ -94,6 +94,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         >>> result.chosen["arch"], result.chosen["test_score"]              # doctest: +SKIP
         ('peephole48', 0.96)
     """
+    from cellsearch.ensemble import loss_reader
     from cellsearch.objective import Objective
     from cellsearch.progress import SearchProgress
     from cellsearch.runner import run_trials
@@ -136,8 +137,9 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         _select_ensembles(ctx)
     else:
         st.set_user_attr("ensembles", [])
-    front = pareto_front(trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir), direction)
-    chosen = pick_trial(front, direction, config.pick)
+    points = trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir)
+    front = pareto_front(points, direction)
+    chosen = pick_trial(front, direction, config.pick, losses=loss_reader(points, dataset.task))
     _score_test(dataset, st, front, config.run_dir,
                 None if config.timeout is None else config.started_at + config.timeout)
     result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,

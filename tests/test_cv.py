@@ -16,6 +16,7 @@ import torch
 
 import cellsearch
 from cellsearch.data import read_dataset
+from cellsearch.ensemble import loss_reader
 from cellsearch.errors import UserError
 from cellsearch.folds import fold_losses, fold_scores, make_folds, oof_loss, resolve_cv
 from cellsearch.model import EnsembleModel, ModelSpec, build
@@ -163,6 +164,45 @@ def test_knee_needs_the_out_of_fold_loss_within_one_standard_error_too():
     assert pick_trial(no_losses, "maximize", "knee")["name"] == "small"  # studies from before: scores only
 
 
+def test_knee_pairs_the_loss_by_example_where_the_outputs_are_saved(tmp_path):
+    """With each example's out-of-fold loss at hand (``ensemble.loss_reader``: the saved outputs and
+    the saved truth), the knee pairs the loss by example: a cheap model less sure on every example
+    is not a tie, however the five fold losses happen to fall; an ensemble's losses are those of
+    its members' weighted average."""
+    from cellsearch.ensemble import TRUTH_FILE, loss_reader
+    from cellsearch.folds import row_losses
+
+    rng = np.random.default_rng(0)
+    n = 40
+    y = rng.integers(0, 2, n)
+    np.save(tmp_path / TRUTH_FILE, y)
+
+    def saved(trial, p_true):
+        p1 = np.where(y == 1, p_true, 1 - p_true)
+        np.save(tmp_path / f"{trial}.npy", np.log(np.stack([1 - p1, p1], axis=1)).astype(np.float32))
+        return {"trial": trial, "name": str(trial), "kind": "trial", "score": 1.0, "spread": 0.0, "folds": 5,
+                "fold_scores": [1.0] * 5, "oof": str(tmp_path / f"{trial}.npy")}
+
+    sure, unsure = saved(1, rng.uniform(0.9, 0.99, n)), saved(0, rng.uniform(0.6, 0.7, n))  # unsure: right, barely
+    points = [unsure, sure]
+    losses = loss_reader(points, "classification")
+    for p, cost in ((unsure, 10.0), (sure, 1e4)):
+        p.update(cost=cost, oof_loss=float(np.mean(losses(p))))
+    assert np.mean(losses(unsure)) > np.mean(losses(sure))
+    assert pick_trial(points, "maximize", "knee")["name"] == "0"  # scores alone: a tie
+    assert pick_trial(points, "maximize", "knee", losses=losses)["name"] == "1"
+    twin = {**saved(2, np.clip(np.exp(-losses(sure)) + rng.normal(0, 0.01, n), 0.5, 0.999)), "cost": 5.0}
+    twin["oof_loss"] = float(np.mean(loss_reader([twin], "classification")(twin)))
+    assert pick_trial([twin, sure], "maximize", "knee", losses=loss_reader([twin, sure], "classification")
+                      )["name"] == "2"  # as sure, example by example: the cheaper one is taken
+    ens = {"kind": "ensemble", "members": {0: 0.25, 1: 0.75}}
+    probs = [np.exp(np.load(tmp_path / f"{t}.npy").astype(np.float64)) for t in (0, 1)]
+    expected = row_losses("classification", np.log(0.25 * probs[0] + 0.75 * probs[1]), y)
+    assert losses(ens) == pytest.approx(expected)
+    (tmp_path / TRUTH_FILE).unlink()  # a study from before: no truth saved, no per-example losses
+    assert loss_reader(points, "classification")(sure) is None
+
+
 # ---- ensemble selection ------------------------------------------------------------------------------
 
 
@@ -281,6 +321,8 @@ def test_a_trial_trains_one_model_per_fold(cv_tuned):
         a = t.user_attrs
         assert len(a["fold_scores"]) == 3 and abs(a["val_score"] - np.mean(a["fold_scores"])) < 1e-12
         assert len(a["fold_losses"]) == 3 and all(v > 0 for v in a["fold_losses"])
+        point = {"trial": t.number, "oof": str(cv_tuned.run_dir / a["oof"])}
+        assert np.mean(loss_reader([point], "classification")(point)) == pytest.approx(a["oof_loss"], rel=1e-5)
         assert abs(a["val_spread"] - np.std(a["fold_scores"])) < 1e-12
         oof = np.load(cv_tuned.run_dir / a["oof"])
         n_pool = len(read_dataset(cv_tuned.study.user_attrs["data"], val_size=0.0).splits["train"])
