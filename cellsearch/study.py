@@ -7,6 +7,7 @@ process died), so a crash never leaves a trial counted as running.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +41,26 @@ def _pg_driver(url: str) -> str:
     return url
 
 
+def _storage_class() -> type:
+    """Optuna's RDB storage whose heartbeat outlives a database outage. Optuna beats from a thread
+    of its own; one failed beat would end that thread with a traceback, the beats would stop, and
+    the trial — still running — would later be failed as stale. Here a failed beat is one line on
+    stderr and the next beat tries again (the search loop waits the outage out, ``runner``)."""
+    import optuna
+
+    class ResilientRDBStorage(optuna.storages.RDBStorage):
+        def record_heartbeat(self, trial_id: int) -> None:
+            try:
+                super().record_heartbeat(trial_id)
+            except Exception as exc:  # the database is away: beat again at the next interval
+                print(f"cellsearch: storage unavailable ({type(exc).__name__}) for trial {trial_id}'s "
+                      "heartbeat; retrying at the next beat", file=sys.stderr, flush=True)
+
+    return ResilientRDBStorage
+
+
 def open_storage(url: str) -> Any:
     """Optuna's RDB storage with heartbeats, so a trial of a killed process ends failed."""
-    import optuna
 
     url = _pg_driver(url)
     kwargs: dict[str, Any] = {}
@@ -52,8 +70,8 @@ def open_storage(url: str) -> Any:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     for attempt in range(6):
         try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                              failed_trial_callback=None, **kwargs)
+            return _storage_class()(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                    failed_trial_callback=None, **kwargs)
         except Exception as exc:  # unreachable server, bad URL, missing driver
             text = str(exc)
             # Several processes creating the schema of a fresh database at once: the losers retry.

@@ -173,3 +173,30 @@ def test_worker_survives_a_database_outage(tiny_csv, tiny_space, tmp_path):
     assert "retrying" in err
     st = optuna.load_study(study_name=study, storage=PG)
     assert sum(t.state in FINISHED for t in st.trials) == 3
+
+
+def test_a_failed_heartbeat_is_one_line_and_the_next_beat_goes_on(tmp_path, monkeypatch, capsys):
+    """Optuna beats from a thread of its own: a beat that meets a database outage must not end that
+    thread (a traceback, then no more beats, then the live trial failed as stale)."""
+    import sqlalchemy
+
+    from cellsearch.study import open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/beats.db")
+    trial = optuna.create_study(storage=storage, study_name="beats").ask()
+    beats = []
+    real_beat = optuna.storages.RDBStorage.record_heartbeat
+
+    def flaky(self, trial_id):
+        beats.append(trial_id)
+        if len(beats) == 1:
+            raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return real_beat(self, trial_id)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", flaky)
+    storage.record_heartbeat(trial._trial_id)  # the outage: no exception out of the beat
+    err = capsys.readouterr().err
+    assert "storage unavailable (OperationalError)" in err and "retrying" in err and "Traceback" not in err
+    storage.record_heartbeat(trial._trial_id)
+    assert beats == [trial._trial_id] * 2
+    assert storage._get_stale_trial_ids(trial.study._study_id) == []  # it did beat: the trial is alive
