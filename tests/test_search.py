@@ -194,9 +194,12 @@ def test_single_objective_reports_epochs_for_pruning(tiny_csv, tiny_space, tmp_p
 
 
 def _spawn_tune(csv: Path, space: Path, run_dir: Path, trials: int, extra: list[str] = ()) -> subprocess.Popen:
-    """A search whose first trial runs long (no early stopping) so it can be killed mid-trial."""
+    """A search whose first trial runs for minutes (no early stopping, a step floor far beyond the tiny
+    data) so it is surely still running when it is killed or interrupted: a trial that could end
+    within the test's poll interval would leave the signal to land after the search."""
     slow = run_dir / "slow.yaml"
-    slow.write_text(space.read_text().replace("patience: 2", "patience: 1000"))
+    slow.write_text(space.read_text().replace("patience: 2", "patience: 1000") + "min_steps: 1000000\n"
+                    "max_steps: 1000000\n")
     return subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "tune", str(csv), "--space", str(slow),
                              "--trials", str(trials), "--run-dir", str(run_dir), "--no-track", "--max-epochs",
                              "200", "--study", "crash", *extra],
