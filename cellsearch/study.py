@@ -7,6 +7,7 @@ process died), so a crash never leaves a trial counted as running.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ def _pg_driver(url: str) -> str:
     return url
 
 
+@functools.cache
 def _storage_class() -> type:
     """Optuna's RDB storage whose heartbeat outlives a database outage. Optuna beats from a thread
     of its own; one failed beat would end that thread with a traceback, the beats would stop, and
@@ -61,7 +63,6 @@ def _storage_class() -> type:
 
 def open_storage(url: str) -> Any:
     """Optuna's RDB storage with heartbeats, so a trial of a killed process ends failed."""
-
     url = _pg_driver(url)
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):

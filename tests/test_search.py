@@ -203,7 +203,14 @@ def _spawn_tune(csv: Path, space: Path, run_dir: Path, trials: int, extra: list[
     return subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "tune", str(csv), "--space", str(slow),
                              "--trials", str(trials), "--run-dir", str(run_dir), "--no-track", "--max-epochs",
                              "200", "--study", "crash", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it. A child inherits an ignored SIGINT (Python then leaves it
+    ignored, as nohup expects): the suite run as a background job (``.ci/run &``) would otherwise
+    spawn a search that Ctrl-C cannot stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_running(run_dir: Path, timeout: float = 120) -> None:
@@ -225,9 +232,11 @@ def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tin
     from cellsearch.study import GRACE_S
 
     proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 2)
-    _wait_running(tmp_path)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        _wait_running(tmp_path)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     time.sleep(GRACE_S + 1)
     r = tune(tiny_csv, trials=2, space=str(tiny_space), run_dir=tmp_path, progress=False, track=False,
              study="crash", max_epochs=2)
@@ -239,9 +248,14 @@ def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tin
 
 def test_ctrl_c_stops_cleanly_and_marks_the_trial(tiny_csv, tiny_space, tmp_path):
     proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 3)
-    _wait_running(tmp_path)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        _wait_running(tmp_path)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # it did not stop: leave no search running (it would slow every later test)
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     st = optuna.load_study(study_name="crash", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
