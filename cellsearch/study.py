@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,18 @@ def _storage_class() -> type:
                       "heartbeat; retrying at the next beat", file=sys.stderr, flush=True)
 
     return ResilientRDBStorage
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` if needed and prove it writable, or raise ``UserError`` in one line. The
+    probe file has a name of its own: with a fixed name, a search starting beside another could
+    find the other's probe already removed and take the run directory for unwritable."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"--run-dir {run_dir}: cannot write there ({exc.strerror or exc})") from None
 
 
 def open_storage(url: str) -> Any:
@@ -159,13 +172,7 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.INFO if config.verbose else optuna.logging.ERROR)
     metric, direction = metric_of(dataset.task)
-    try:
-        config.run_dir.mkdir(parents=True, exist_ok=True)
-        probe = config.run_dir / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"--run-dir {config.run_dir}: cannot write there ({exc.strerror or exc})") from None
+    check_writable(config.run_dir)
     url = config.storage or default_storage(config.run_dir)
     with locked(config.run_dir):
         return _open_study(config, dataset, folds, spc, url, create, worker_index, metric, direction, accelerator)

@@ -393,3 +393,32 @@ def test_messages_show_plain_values(tmp_path):
     res = run_cli("inspect", str(tmp_path / "two.csv"), "--task", "classification")
     one_line_error(res, "(1 and 2, line 6)")
     assert "np." not in res.stderr
+
+
+def test_the_run_directory_probe_is_one_line_and_does_not_race(tmp_path):
+    """Searches starting together on one run directory each prove it writable: a shared probe name
+    made one of them fail ("cannot write there (No such file or directory)") when the other removed
+    the probe first. A run directory that cannot be made is one clear line."""
+    import threading
+
+    from cellsearch.errors import UserError
+    from cellsearch.study import check_writable
+
+    runs, errors = tmp_path / "runs", []
+
+    def probe() -> None:
+        for _ in range(300):
+            try:
+                check_writable(runs)
+            except UserError as exc:
+                errors.append(str(exc))
+
+    threads = [threading.Thread(target=probe) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(p.name for p in runs.iterdir()) == []
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match=r"^--run-dir .*a-file/runs: cannot write there \(Not a directory\)$"):
+        check_writable(tmp_path / "a-file" / "runs")
