@@ -116,7 +116,8 @@ def tune(
                                   "their out-of-fold predictions (default) or not."),
     test_size: float = typer.Option(0.15, "--test-fraction", help="Share of sequences (forecasting: of each "
                                     "series' end) held out as the test split; 0 keeps none."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes on this machine sharing the study."),
+    workers: str = typer.Option("auto", "--workers", help="Worker processes on this machine sharing the study: "
+                                "a number, or auto: one per CPU core (at most 4; 1 on a GPU)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     verbose: bool = typer.Option(False, "--verbose", help="Lightning's own progress and notices."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),

@@ -48,7 +48,9 @@ class TuneConfig:
         cv: folds per trial (``cellsearch.folds``): a number, or ``auto`` (5 for at most 2,000
             sequences or windows, else 1: one validation split).
         ensemble: also select ensembles of trials on their out-of-fold predictions (``cellsearch.ensemble``).
-        workers: processes on this machine sharing the study.
+        workers: processes on this machine sharing the study: a number, or ``auto`` (one per CPU
+            core, at most ``cellsearch.workers.AUTO_MAX``; the CLI's default). The models searched
+            are small: one trial gains little from a second core, a second trial all of it.
         verbose: Lightning's own output; progress: the live progress display.
         device: cpu, cuda or auto.
         started_at: when the search started (``time.time()``); the CLI passes its own start so
@@ -74,7 +76,7 @@ class TuneConfig:
     prune: bool = True
     cv: str | int = "auto"
     ensemble: bool = True
-    workers: int = 1
+    workers: int | str = 1
     verbose: bool = False
     progress: bool = True
     device: str = "cpu"
@@ -131,9 +133,10 @@ class TuneConfig:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.cv != "auto" and not (str(self.cv).isdigit() and int(self.cv) >= 1):
             raise UserError(f"--cv must be a number of folds (at least 1) or 'auto', got {self.cv!r}")
-        for name in ("trials", "workers"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.trials < 1:
+            raise UserError(f"--trials must be at least 1, got {self.trials}")
+        if self.workers != "auto" and not (str(self.workers).isdigit() and int(self.workers) >= 1):
+            raise UserError(f"--workers must be a number of processes (at least 1) or 'auto', got {self.workers!r}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"--max-epochs must be at least 1, got {self.max_epochs}")
         for name in ("timeout", "trial_timeout"):

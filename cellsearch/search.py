@@ -87,7 +87,8 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
 
     ``trials`` is the number of finished (complete or pruned) trials the study should hold: running
     ``tune`` again on the same study continues it up to that count. ``workers`` > 1 runs that many
-    worker processes on this machine over the same study, each with its share of the CPU threads.
+    worker processes on this machine over the same study, each with its share of the CPU threads;
+    ``workers="auto"`` (the CLI's default) one per core (``cellsearch.workers.worker_count``).
 
     Example:
         >>> result = tune("examples/digits.csv", space="quick", trials=6)   # doctest: +SKIP
@@ -102,6 +103,11 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
 
     config = data.replace(**options) if isinstance(data, TuneConfig) else TuneConfig.create(data, **options)
     ctx = prepare(config, create=True)
+    from cellsearch.workers import cpu_cores, worker_count
+
+    n_workers = worker_count(config.workers, cpu_cores(), config.trials - finished(ctx.study),
+                             "cuda" if ctx.accelerator == "gpu" else "cpu")
+    ctx.config = config = config.replace(workers=n_workers)
     dataset, direction, cost = ctx.dataset, ctx.direction, config.cost
     tracker = make_tracker(config, meta=ctx.meta, argv=sys.argv)
     tracker.close_stale(ctx.study)  # records a killed process left running end failed

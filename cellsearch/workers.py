@@ -23,9 +23,34 @@ from typing import Any
 from cellsearch.config import TuneConfig
 from cellsearch.study import SearchContext, finished
 
+#: ``--workers auto`` starts at most this many processes: each one reads the data and holds it, and
+#: the sampler proposes that many trials without the others' results.
+AUTO_MAX = 4
 
-def worker_count(asked: int, cores: int, trials_left: int) -> int:
-    """``--workers`` clamped to the cores and the trials left (at least 1), with a warning when cut."""
+
+def cpu_cores() -> int:
+    """The CPU cores this process may use: its affinity mask, within a container's CPU quota
+    (cgroup v2 ``cpu.max``) where one is set — ``os.cpu_count()`` counts the host's."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def worker_count(asked: int | str, cores: int, trials_left: int, device: str = "cpu") -> int:
+    """``--workers`` clamped to the cores and the trials left (at least 1), with a warning when cut.
+    ``auto``: one per core, at most ``AUTO_MAX``, without a warning; 1 when training on a GPU (the
+    processes would share it)."""
+    if asked == "auto":
+        return 1 if device == "cuda" else max(1, min(cores, AUTO_MAX, trials_left))
+    asked = int(asked)
     n = max(1, min(asked, cores, trials_left))
     if n < asked:
         why = f"{cores} CPU cores" if n == cores else f"{trials_left} trial(s) left to run"
@@ -34,16 +59,15 @@ def worker_count(asked: int, cores: int, trials_left: int) -> int:
 
 
 def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callable[[Any], None]) -> None:
-    """Start ``ctx.config.workers`` workers over ``ctx.study`` and wait for them, refreshing the display.
-    The count is clamped (with a warning) to this machine's cores and to the trials left to run:
-    more processes would only share the same cores and memory."""
-    n = worker_count(ctx.config.workers, os.cpu_count() or 1, ctx.config.trials - finished(ctx.study))
-    threads = max(1, (os.cpu_count() or 1) // n)
+    """Start ``ctx.config.workers`` workers (a number ``worker_count`` made) over ``ctx.study`` and
+    wait for them, refreshing the display."""
+    n = int(ctx.config.workers)
+    threads = max(1, cpu_cores() // n)
     wdir = ctx.sdir / "workers"
     wdir.mkdir(parents=True, exist_ok=True)
     cfg_path = wdir / f"config-{os.getpid()}.json"
     cfg_path.write_text(json.dumps({"config": ctx.config.to_dict(), "parent_run_id": parent_run_id,
-                                    "threads": threads}))
+                                    "threads": threads, "parent_pid": os.getpid()}))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     procs = []
     for i in range(n):
@@ -76,8 +100,25 @@ def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callabl
         cfg_path.unlink(missing_ok=True)
 
 
+def _die_with_parent(parent_pid: int | None) -> None:
+    """End this worker when the ``tune`` process that started it ends, however it ends (``kill -9``
+    included): nobody would wait for its trials, and it would go on taking the CPU. Linux delivers
+    SIGTERM then (``PR_SET_PDEATHSIG``); a parent already gone before that was set is seen by the
+    worker's new parent id."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's own Ctrl-C handling still applies
+        pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        sys.exit(1)
+
+
 def worker_main(cfg_path: str, index: int) -> int:
     """One worker: the same preparation as ``tune``, then trials until the study is full."""
+    blob = json.loads(Path(cfg_path).read_text())
+    _die_with_parent(blob.get("parent_pid"))
     import torch
 
     from cellsearch.objective import Objective
@@ -85,7 +126,6 @@ def worker_main(cfg_path: str, index: int) -> int:
     from cellsearch.study import prepare
     from cellsearch.tracking import NullTracker, make_tracker
 
-    blob = json.loads(Path(cfg_path).read_text())
     torch.set_num_threads(int(blob["threads"]))
     config = TuneConfig.from_dict(blob["config"])
     ctx = prepare(config, create=False, worker_index=index + 1)

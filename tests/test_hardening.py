@@ -171,6 +171,26 @@ def test_workers_are_clamped_to_cores_and_trials_left(capsys):
     assert worker_count(6, 2, 100) == 2 and "reduced to 2 (2 CPU cores)" in capsys.readouterr().err
     assert worker_count(4, 16, 3) == 3 and "3 trial(s) left" in capsys.readouterr().err
     assert worker_count(2, 16, 10) == 2 and capsys.readouterr().err == ""
+    # auto (the CLI's default): one per core, at most AUTO_MAX, never more than the trials left,
+    # one on a GPU; no warning, since nothing was asked for
+    from cellsearch.workers import AUTO_MAX, cpu_cores
+
+    assert worker_count("auto", 2, 100) == 2 and worker_count("auto", 64, 100) == AUTO_MAX
+    assert worker_count("auto", 8, 3) == 3 and worker_count("auto", 1, 100) == 1
+    assert worker_count("auto", 8, 100, "cuda") == 1 and worker_count("auto", 8, 0) == 1
+    assert capsys.readouterr().err == ""
+    assert 1 <= cpu_cores() <= (os.cpu_count() or 1)
+
+
+def test_workers_option_is_a_number_or_auto(tmp_path):
+    from cellsearch.config import TuneConfig
+    from cellsearch.errors import UserError
+
+    for bad in ("0", "two", -1, "1.5"):
+        with pytest.raises(UserError, match="--workers must be a number of processes"):
+            TuneConfig.create(tmp_path / "x.csv", workers=bad).validate()
+    for good in ("auto", "3", 2):
+        TuneConfig.create(tmp_path / "x.csv", workers=good).validate()
 
 
 # ---- 5: --timeout holds whatever the data ----------------------------------------------------------------------
