@@ -230,13 +230,19 @@ def _wait_running(run_dir: Path, timeout: float = 120) -> None:
 
 def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tiny_space, tmp_path):
     from cellsearch.study import GRACE_S
+    from tests.test_scale import _wait, _worker_pids
 
-    proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 2)
+    proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 2)  # the CLI's default: --workers auto
     try:
         _wait_running(tmp_path)
+        from cellsearch.workers import cpu_cores
+
+        assert _worker_pids(tmp_path) or cpu_cores() == 1, "on 2 cores or more, auto runs worker processes"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    # its workers end with it: none trains on for a search nobody waits for
+    _wait(lambda: not _worker_pids(tmp_path), timeout=30, what="the workers to end with their tune process")
     time.sleep(GRACE_S + 1)
     r = tune(tiny_csv, trials=2, space=str(tiny_space), run_dir=tmp_path, progress=False, track=False,
              study="crash", max_epochs=2)
