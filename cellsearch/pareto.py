@@ -5,8 +5,10 @@ Points are the complete trials and the ensembles selected from them (``cellsearc
 two trials with the same accuracy, the one more confident on the right answers ranks higher.
 
 The chosen model is the *knee* of the front, the point where giving up compute starts to cost real
-accuracy. Cross-validated, "real" is measured: the cheapest front member whose score (paired by
-fold) and out-of-fold loss (paired by example) are within one standard error of the best one's.
+accuracy. Cross-validated, that is measured: the cheapest front member shown to be as good as the
+best one within small margins (``SCORE_MARGIN`` of its score, paired by fold, and ``LOSS_MARGIN`` of
+its out-of-fold loss, paired by example: the upper one-standard-error bound of the shortfall within
+the margin).
 With one validation split: with score and log-cost each scaled to [0, 1] over the front, the front
 point farthest above the straight line between the front's two ends. ``pick="best"`` takes the best score and
 ``pick="smallest"`` the cheapest front member.
@@ -70,41 +72,51 @@ def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str,
     return sorted(front, key=lambda p: p["cost"])
 
 
-def _paired_within_one_se(best: Any, other: Any, sign: float) -> bool:
-    """Whether ``other`` is within one standard error of ``best``, paired (by fold or by example):
-    the mean of the paired differences (``sign`` makes larger better) against their own standard
-    error."""
+#: The cross-validated knee's equivalence margins: a cheaper model is taken in place of the best
+#: only where it is shown to lose at most this share of the best's score (paired by fold) ...
+SCORE_MARGIN = 0.01
+#: ... and of its out-of-fold loss (paired by example).
+LOSS_MARGIN = 0.05
+
+
+def _shown_within(best: Any, other: Any, sign: float, margin: float) -> bool:
+    """Whether ``other`` is shown to be at most ``margin`` worse than ``best``, paired (by fold or by
+    example): the mean of the paired shortfalls (``sign`` makes larger better) plus their standard
+    error, an upper bound of the shortfall, within the margin."""
     d = [sign * (float(x) - float(y)) for x, y in zip(best, other)]
     mean = sum(d) / len(d)
     sd = math.sqrt(sum((v - mean) ** 2 for v in d) / (len(d) - 1))
-    return mean <= sd / math.sqrt(len(d)) + 1e-12
+    return mean + sd / math.sqrt(len(d)) <= margin + 1e-12
 
 
-def _within_one_se(best: dict[str, Any], p: dict[str, Any], sign: float, se: float,
-                   losses: Callable[[dict[str, Any]], Any] | None = None) -> bool:
-    """Whether ``p`` is as good as ``best`` within one standard error. Paired by fold where both have
-    every fold's score: the mean of the per-fold differences against their own standard error. The
-    folds differ in difficulty (rolling-origin windows above all), and that variation, shared by
-    every model, is not uncertainty about which is better; the paired error leaves it out, so a
-    cheaper model is taken only where it is as good fold by fold. Else the best score's own error.
+def _equivalent(best: dict[str, Any], p: dict[str, Any], sign: float, se: float,
+                losses: Callable[[dict[str, Any]], Any] | None = None) -> bool:
+    """Whether ``p`` is shown to be as good as ``best`` within the margins (``SCORE_MARGIN``,
+    ``LOSS_MARGIN``): the upper one-standard-error bound of its shortfall within the margin, on the
+    score paired by fold and on the out-of-fold loss paired by example (by fold where the examples'
+    losses are not at hand; the score's own error where the folds' scores are not either).
 
-    ``p`` must also be within one paired standard error of ``best`` on the out-of-fold loss. On
-    small data the score saturates (many trials classify every validation sequence right) and a
-    coarse score cannot tell them apart; the continuous loss can: a model that is right but barely
-    sure is not taken in place of one that is right and sure. The loss is paired by example where
-    ``losses`` gives each example's (N − 1 degrees of freedom instead of K − 1: with five folds
-    the error of the error is itself large), else by fold."""
+    An equivalence test, not a difference test: "the folds cannot tell the two apart" is what a
+    handful of validation sequences always says, and it chose cheap models that lost on new data;
+    "the folds show the cheaper one loses little" needs enough data to show it. On small data the
+    best (most often an ensemble) is kept; on large data the knee still trades compute away.
+    Paired by fold, the folds' shared differences in difficulty (rolling-origin windows above all)
+    are left out; the loss tells apart models that saturate the score (every validation sequence
+    right) by how sure they are of it."""
+    if p is best:
+        return True
     a, b = best.get("fold_scores"), p.get("fold_scores")
+    margin = SCORE_MARGIN * abs(best["score"])
     if not (a and b and len(a) == len(b) > 1):
-        return sign * (best["score"] - p["score"]) <= se + 1e-12
-    if not _paired_within_one_se(a, b, sign):
+        return sign * (best["score"] - p["score"]) + se <= margin + 1e-12
+    if not _shown_within(a, b, sign, margin):
         return False
     ea, eb = (losses(best), losses(p)) if losses is not None else (None, None)
     if ea is not None and eb is not None and len(ea) == len(eb) > 1:
-        return _paired_within_one_se(ea, eb, -1.0)
+        return _shown_within(ea, eb, -1.0, LOSS_MARGIN * abs(sum(ea) / len(ea)))
     la, lb = best.get("fold_losses"), p.get("fold_losses")
     if la and lb and len(la) == len(lb) == len(a) and all(map(math.isfinite, [*la, *lb])):
-        return _paired_within_one_se(la, lb, -1.0)
+        return _shown_within(la, lb, -1.0, LOSS_MARGIN * abs(sum(la) / len(la)))
     return True
 
 
@@ -123,10 +135,10 @@ def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee",
         return min(front, key=lambda p: (p["cost"], *(-v for v in rank(p, direction))))
     folds = best.get("folds") or 1
     if best.get("spread") is not None and folds > 1:
-        # Cross-validated: the cheapest member within one standard error of the best score (the
-        # one-standard-error rule): compute is given up only where the folds cannot tell the scores apart.
+        # Cross-validated: the cheapest member shown to be as good as the best within the margins:
+        # compute is given up only where the folds show that it costs little.
         se = best["spread"] / math.sqrt(folds - 1)
-        return min((p for p in front if _within_one_se(best, p, sign, se, losses)), key=lambda p: p["cost"])
+        return min((p for p in front if _equivalent(best, p, sign, se, losses)), key=lambda p: p["cost"])
     if len(front) <= 2:
         return best
     s = [sign * p["score"] for p in front]

@@ -115,23 +115,35 @@ def test_ties_are_broken_by_the_out_of_fold_loss():
     assert pick_trial(front, "maximize", "best")["name"] == "c"
 
 
-def test_cross_validated_knee_is_the_cheapest_within_one_standard_error():
+def test_cross_validated_knee_is_the_cheapest_shown_to_be_as_good():
+    """The knee takes a cheaper model only where the folds show it loses little (an equivalence
+    test): its shortfall plus one standard error within SCORE_MARGIN of the best's score. A model the
+    folds merely cannot tell apart from the best is not enough."""
+    from cellsearch.pareto import SCORE_MARGIN
+
     def pt(name, score, spread, cost):
         return {"name": name, "score": score, "spread": spread, "folds": 5, "cost": cost, "oof_loss": 0.1}
 
-    front = [pt("tiny", 0.80, 0.05, 10.0), pt("small", 0.89, 0.04, 100.0), pt("big", 0.91, 0.04, 1e4)]
-    # SE of the best = 0.04 / sqrt(4) = 0.02: "small" (0.02 behind) ties with it, "tiny" does not.
+    assert SCORE_MARGIN == pytest.approx(0.01)
+    front = [pt("tiny", 0.80, 0.004, 10.0), pt("small", 0.905, 0.004, 100.0), pt("big", 0.91, 0.004, 1e4)]
+    # SE of the best = 0.004 / sqrt(4) = 0.002: "small" is 0.005 + 0.002 behind at most, within 1% of
+    # 0.91; "tiny" is not.
     assert pick_trial(front, "maximize", "knee")["name"] == "small"
     assert pick_trial(front, "maximize", "best")["name"] == "big"
-    front[1]["score"] = 0.88  # now 0.03 behind: a real loss, so the best is kept
+    front[1]["score"] = 0.90  # 0.01 + 0.002 behind: more than the margin, so the best is kept
     assert pick_trial(front, "maximize", "knee")["name"] == "big"
-    rmse = [pt("a", 2.0, 0.2, 10.0), pt("b", 1.95, 0.2, 1e3)]  # minimised: 0.05 behind, SE 0.1
+    noisy = [pt("small", 0.905, 0.04, 100.0), pt("big", 0.91, 0.04, 1e4)]  # as close, but SE 0.02
+    assert pick_trial(noisy, "maximize", "knee")["name"] == "big"  # nothing shown: the best is kept
+    rmse = [pt("a", 1.955, 0.02, 10.0), pt("b", 1.95, 0.02, 1e3)]  # minimised: 0.005 + 0.01 behind
     assert pick_trial(rmse, "minimize", "knee")["name"] == "a"
+    rmse[0]["score"] = 2.0
+    assert pick_trial(rmse, "minimize", "knee")["name"] == "b"
 
 
 def test_knee_pairs_the_folds_when_every_fold_score_is_known():
     """Rolling-origin folds differ in difficulty; that spread is shared by every model and says
-    nothing about which is better. Paired by fold, a model worse in every fold is not a tie."""
+    nothing about which is better. Paired by fold, a model worse in every fold is not equivalent,
+    and one that matches the best window by window is, though the windows differ far more."""
     def pt(name, folds, cost):
         mean = sum(folds) / len(folds)
         spread = (sum((f - mean) ** 2 for f in folds) / len(folds)) ** 0.5
@@ -142,13 +154,15 @@ def test_knee_pairs_the_folds_when_every_fold_score_is_known():
     best = pt("big", hard_and_easy, 1e4)
     worse = pt("small", [v + 0.1 for v in hard_and_easy], 10.0)  # 0.1 worse in every window
     assert pick_trial([worse, best], "minimize", "knee")["name"] == "big"
-    unpaired = [{k: v for k, v in p.items() if k != "fold_scores"} for p in (worse, best)]
-    assert pick_trial(unpaired, "minimize", "knee")["name"] == "small"  # the unpaired error calls it a tie
-    noisy = pt("noisy", [1.2, 1.8, 0.7, 1.3, 3.0], 10.0)  # better in some windows, worse in others
-    assert pick_trial([noisy, best], "minimize", "knee")["name"] == "noisy"
+    twin = pt("twin", [1.005, 1.995, 0.505, 1.495, 3.005], 10.0)  # window by window within 0.005
+    assert pick_trial([twin, best], "minimize", "knee")["name"] == "twin"
+    unpaired = [{k: v for k, v in p.items() if k != "fold_scores"} for p in (twin, best)]
+    assert pick_trial(unpaired, "minimize", "knee")["name"] == "big"  # unpaired, the windows' spread hides it
+    noisy = pt("noisy", [1.2, 1.8, 0.7, 1.3, 3.01], 10.0)  # about as good on average, 0.2 apart window by window
+    assert pick_trial([noisy, best], "minimize", "knee")["name"] == "big"
 
 
-def test_knee_needs_the_out_of_fold_loss_within_one_standard_error_too():
+def test_knee_needs_the_out_of_fold_loss_shown_within_its_margin_too():
     """Scores saturate on small data (every validation sequence right); the paired fold losses tell
     a right-but-unsure model from a right-and-sure one, and the unsure one is not the knee."""
     def pt(name, losses, cost):
@@ -158,8 +172,10 @@ def test_knee_needs_the_out_of_fold_loss_within_one_standard_error_too():
     sure = pt("ensemble", [0.05, 0.04, 0.06, 0.05, 0.03], 1e4)
     unsure = pt("small", [0.40, 0.35, 0.50, 0.30, 0.45], 10.0)  # far worse in every fold
     assert pick_trial([unsure, sure], "maximize", "knee")["name"] == "ensemble"
-    close = pt("small", [0.06, 0.03, 0.07, 0.04, 0.03], 10.0)  # better in some folds, worse in others
-    assert pick_trial([close, sure], "maximize", "knee")["name"] == "small"
+    close = pt("small", [0.06, 0.03, 0.07, 0.04, 0.035], 10.0)  # 0.01 either side: not shown within 5%
+    assert pick_trial([close, sure], "maximize", "knee")["name"] == "ensemble"
+    twin = pt("small", [0.051, 0.039, 0.061, 0.049, 0.03], 10.0)  # within 0.001 fold by fold
+    assert pick_trial([twin, sure], "maximize", "knee")["name"] == "small"
     no_losses = [{k: v for k, v in p.items() if k != "fold_losses"} for p in (unsure, sure)]
     assert pick_trial(no_losses, "maximize", "knee")["name"] == "small"  # studies from before: scores only
 
@@ -191,7 +207,7 @@ def test_knee_pairs_the_loss_by_example_where_the_outputs_are_saved(tmp_path):
     assert np.mean(losses(unsure)) > np.mean(losses(sure))
     assert pick_trial(points, "maximize", "knee")["name"] == "0"  # scores alone: a tie
     assert pick_trial(points, "maximize", "knee", losses=losses)["name"] == "1"
-    twin = {**saved(2, np.clip(np.exp(-losses(sure)) + rng.normal(0, 0.01, n), 0.5, 0.999)), "cost": 5.0}
+    twin = {**saved(2, np.clip(np.exp(-losses(sure)) + rng.normal(0, 0.001, n), 0.5, 0.999)), "cost": 5.0}
     twin["oof_loss"] = float(np.mean(loss_reader([twin], "classification")(twin)))
     assert pick_trial([twin, sure], "maximize", "knee", losses=loss_reader([twin, sure], "classification")
                       )["name"] == "2"  # as sure, example by example: the cheaper one is taken
