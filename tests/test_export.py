@@ -76,7 +76,16 @@ def test_round_trip_in_a_fresh_process(bundle, tuned, tiny_csv, tmp_path):
                           "--out", str(out_csv)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     fresh = pd.read_csv(out_csv).set_index("id").sort_index()
-    model, _ = load_checkpoint(tuned.chosen["checkpoint"])
+    # the chosen model: a trial's fold models, or an ensemble's members (the knee keeps the best,
+    # most often an ensemble, on data this small)
+    from cellsearch.ensemble import assemble
+    from cellsearch.pareto import trial_points
+
+    paths = {p["trial"]: p["checkpoint"] for p in trial_points(tuned.study, tuned.cost, ensembles=False,
+                                                               root=tuned.run_dir)}
+    model = assemble(tuned.chosen, paths.__getitem__) if tuned.chosen.get("members") else \
+        load_checkpoint(tuned.chosen["checkpoint"])[0]
+    model.eval()
     with torch.no_grad():
         split = ds.splits["test"]
         logits = model(torch.from_numpy(split.x), torch.from_numpy(split.lengths))

@@ -29,7 +29,7 @@ def test_experiment_parent_and_child_runs(tuned):
     p = parents[0]
     for tag in ("data", "study", "command", "cellsearch_version"):
         assert p.data.tags.get(tag), tag
-    assert p.info.status == "FINISHED" and p.data.tags["chosen_trial"] == str(tuned.chosen["trial"])
+    assert p.info.status == "FINISHED" and p.data.tags["chosen_trial"] == tuned.chosen["name"]  # a trial or E1, E2, ...
     trials = tuned.study.trials
     assert len(children) == len(trials)
     by_number = {int(r.data.tags["trial_number"]): r for r in children}
