@@ -161,8 +161,9 @@ def test_nan_loss_ends_the_trial_with_a_reason_and_the_search_goes_on(tiny_csv, 
 def test_worker_survives_a_database_outage(tiny_csv, tiny_space, tmp_path):
     study = f"outage-{uuid.uuid4().hex[:8]}"
     space = _slow_space(tmp_path, tiny_space, patience=3)
+    # in-process (--workers 1): the retry notices are this process's own stderr (a worker's go to its log)
     proc = subprocess.Popen(_cli(str(tiny_csv), "--space", str(space), "--trials", "3", "--storage", PG,
-                                 "--study", study, "--run-dir", str(tmp_path), "--no-track"),
+                                 "--study", study, "--run-dir", str(tmp_path), "--no-track", "--workers", "1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait(lambda: bool(_running(PG, study)), what="a running trial")
     subprocess.run(f"{PG_CTL} stop -m fast", shell=True, check=True)
