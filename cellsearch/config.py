@@ -131,12 +131,12 @@ class TuneConfig:
                                      ("pick", self.pick, PICKS), ("device", self.device, DEVICES)):
             if value not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.cv != "auto" and not (str(self.cv).isdigit() and int(self.cv) >= 1):
-            raise UserError(f"--cv must be a number of folds (at least 1) or 'auto', got {self.cv!r}")
+        for name, what in (("cv", "folds"), ("workers", "processes")):
+            value = getattr(self, name)
+            if value != "auto" and not (str(value).isdigit() and int(value) >= 1):
+                raise UserError(f"--{name} must be a number of {what} (at least 1) or 'auto', got {value!r}")
         if self.trials < 1:
             raise UserError(f"--trials must be at least 1, got {self.trials}")
-        if self.workers != "auto" and not (str(self.workers).isdigit() and int(self.workers) >= 1):
-            raise UserError(f"--workers must be a number of processes (at least 1) or 'auto', got {self.workers!r}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"--max-epochs must be at least 1, got {self.max_epochs}")
         for name in ("timeout", "trial_timeout"):

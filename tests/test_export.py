@@ -62,7 +62,6 @@ def test_existing_out_is_refused_without_force(bundle, tuned):
 def test_round_trip_in_a_fresh_process(bundle, tuned, tiny_csv, tmp_path):
     """Predictions on the test split from a fresh process equal the in-memory model's."""
     from cellsearch.data import read_dataset
-    from cellsearch.model import load_checkpoint
 
     prep = json.loads((bundle / "preprocessing.json").read_text())
     ds = read_dataset(tiny_csv, **{k: v for k, v in prep["options"].items() if v is not None})
@@ -77,14 +76,13 @@ def test_round_trip_in_a_fresh_process(bundle, tuned, tiny_csv, tmp_path):
     assert res.returncode == 0, res.stderr
     fresh = pd.read_csv(out_csv).set_index("id").sort_index()
     # the chosen model: a trial's fold models, or an ensemble's members (the knee keeps the best,
-    # most often an ensemble, on data this small)
+    # most often an ensemble, on data this small); ``assemble`` builds either
     from cellsearch.ensemble import assemble
     from cellsearch.pareto import trial_points
 
     paths = {p["trial"]: p["checkpoint"] for p in trial_points(tuned.study, tuned.cost, ensembles=False,
                                                                root=tuned.run_dir)}
-    model = assemble(tuned.chosen, paths.__getitem__) if tuned.chosen.get("members") else \
-        load_checkpoint(tuned.chosen["checkpoint"])[0]
+    model = assemble(tuned.chosen, paths.__getitem__)
     model.eval()
     with torch.no_grad():
         split = ds.splits["test"]
