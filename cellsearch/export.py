@@ -342,8 +342,8 @@ def _refit(point: dict[str, Any], trials: dict[int, Any], data: str, prep: Prepr
         torch.manual_seed(int(n))
         res = fit(build(ModelSpec.from_dict(a["spec"])), ds, fold=Fold(Part(pool), Part(pool, None)),
                   lr=float(cfg["lr"]), batch_size=int(cfg["batch_size"]), max_epochs=1, patience=1,
-                  weight_decay=float(cfg["weight_decay"]), forecast_loss=cfg["forecast_loss"], seed=int(n),
-                  fixed_steps=max(1, steps))
+                  weight_decay=float(cfg["weight_decay"]), forecast_loss=cfg["forecast_loss"],
+                  crop=float(cfg.get("crop", 0.0)), seed=int(n), fixed_steps=max(1, steps))
         models.append(res.model)
         weights.append(float(w))
     if len(models) == 1:

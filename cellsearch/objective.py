@@ -143,7 +143,7 @@ class Objective:
         model = self._build(cfg, seed)
         costs = measure_costs(model, self._length)
         train_cfg = {k: cfg[k] for k in ("lr", "batch_size", "patience", "min_steps", "max_steps", "forecast_loss",
-                                         "weight_decay")}
+                                         "weight_decay", "crop")}
         for k, v in {"arch": model.spec.arch, "spec": model.spec.to_dict(), "train_cfg": train_cfg,
                      "folds": ctx.folds.k, **costs}.items():
             trial.set_user_attr(k, v)
@@ -181,7 +181,7 @@ class Objective:
                 model, ctx.dataset, fold=fold, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
                 max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
                 min_steps=cfg["min_steps"], max_steps=0 if config.max_epochs else cfg["max_steps"],
-                forecast_loss=cfg["forecast_loss"],
+                forecast_loss=cfg["forecast_loss"], crop=float(cfg["crop"]),
                 weight_decay=float(cfg["weight_decay"]), seed=seed + 1009 * k, max_seconds=self._budget(),
                 on_epoch=self._epoch_hook(trial, run, curve, k), verbose=config.verbose,
                 accelerator=ctx.accelerator))

@@ -11,7 +11,9 @@ the whole stack, as in Greff et al.), ``layers`` (``depth``, ``cell``, ``hidden`
 ``dropout``, ``lr``, ``batch_size``, ``weight_decay``, ``max_epochs``, ``patience``, ``min_steps``,
 ``max_steps`` (on small data, training may go on to this many steps while it improves; 0: to ``min_steps``),
 and the model options ``patch`` (steps read as one input), ``pooling`` (a key of ``POOLINGS``) and
-``normalize`` (per-sequence z-normalisation), and ``forecast_loss`` (``l1``, the default, or ``mse``:
+``normalize`` (per-sequence z-normalisation), ``crop`` (window slicing: each training sequence loses
+a random part of up to this fraction of its steps, split between its start and its end, so the model
+learns not to depend on where in the window a pattern falls), and ``forecast_loss`` (``l1``, the default, or ``mse``:
 what forecasting trains on), ``seasonal_base`` (forecasting with a season: the network corrects the
 seasonal naive forecast), and ``starts``: the first trials of a fresh study, a short portfolio of settings
 known to do well across data sets (as AutoGluon's and auto-sklearn's portfolios do), so that a search
@@ -22,8 +24,10 @@ out the sampler draws. Layers are fixed slots: parameters ``n_layers``,
 ``l0_cell``, ``l0_hidden``, ``l1_cell``, ... so that importance analysis sees each slot.
 
 Options the data decides are bounded by it (``DataShape``): patch sizes that would leave fewer than
-``MIN_PATCH_STEPS`` steps are dropped from the choices, and ``normalize`` is only drawn for
-classification and regression. A distribution left with one value is a constant (no parameter).
+``MIN_PATCH_STEPS`` steps are dropped from the choices, a crop fraction that cannot remove
+``MIN_CROP_STEPS`` steps of the median sequence is dropped, and ``normalize`` and ``crop`` are only
+drawn for classification and regression (a forecasting window is anchored at its end). A
+distribution left with one value is a constant (no parameter).
 """
 
 from __future__ import annotations
@@ -37,17 +41,19 @@ from typing import Any
 from cellsearch.errors import UserError
 
 TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
-            "max_epochs", "patience", "min_steps", "max_steps", "patch", "pooling", "normalize", "forecast_loss",
-            "seasonal_base", "starts"}
+            "max_epochs", "patience", "min_steps", "max_steps", "patch", "pooling", "normalize", "crop",
+            "forecast_loss", "seasonal_base", "starts"}
 TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps", "max_steps")
 INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps", "max_steps")
 #: A patch size is offered only if the median sequence still has this many steps after patching.
 MIN_PATCH_STEPS = 8
+#: A crop fraction is offered only if it can remove this many steps of the median sequence.
+MIN_CROP_STEPS = 2
 LAYER_KEYS = {"depth", "cell", "hidden", "bidirectional"}
 SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
                             "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "max_steps": 0,
-                            "patch": 1, "pooling": "last", "normalize": False, "forecast_loss": "l1",
+                            "patch": 1, "pooling": "last", "normalize": False, "crop": 0.0, "forecast_loss": "l1",
                             "seasonal_base": False, "starts": []}
 LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
 
@@ -87,7 +93,7 @@ class SearchSpace:
 
     def suggest(self, trial: Any, shape: DataShape | None = None) -> dict[str, Any]:
         """Draw ``{"layers": [(cell, hidden, bidirectional), ...], "dropout", "lr", ..., "patch",
-        "pooling", "normalize"}``; ``shape`` bounds the data-dependent options (see the module doc)."""
+        "pooling", "normalize", "crop"}``; ``shape`` bounds the data-dependent options (see the module doc)."""
         cfg = self.config
         lay = cfg["layers"]
         depth = int(_draw(trial, "n_layers", lay["depth"]))
@@ -110,6 +116,12 @@ class SearchSpace:
         out["pooling"] = str(_draw(trial, "pooling", cfg["pooling"]))
         zn = cfg["normalize"] if shape is None or shape.task in ("classification", "regression") else False
         out["normalize"] = bool(_draw(trial, "normalize", zn))
+        crop = cfg["crop"]
+        if shape is not None and shape.task in ("classification", "regression"):
+            crop = _only(crop, lambda f: f == 0 or shape.length * f >= MIN_CROP_STEPS)
+        elif shape is not None:
+            crop = 0.0
+        out["crop"] = float(_draw(trial, "crop", crop))
         loss = cfg["forecast_loss"] if shape is None or shape.task == "forecasting" else "l1"
         out["forecast_loss"] = str(_draw(trial, "forecast_loss", loss))
         base = cfg["seasonal_base"] if shape is None or (shape.task == "forecasting" and shape.season > 1) else False
@@ -240,7 +252,7 @@ def _check_dist(where: str, name: str, spec: Any, allowed: tuple[Any, ...] | Non
 RANGES: dict[str, tuple[float, float]] = {
     "layers.depth": (1, 16), "layers.hidden": (1, 65_536), "batch_size": (1, 1_000_000), "max_epochs": (1, 100_000),
     "patience": (0, 100_000), "min_steps": (0, 10_000_000), "max_steps": (0, 10_000_000), "lr": (1e-12, 10.0),
-    "dropout": (0.0, 0.99),
+    "dropout": (0.0, 0.99), "crop": (0.0, 0.5),
     "weight_decay": (0.0, 10.0)}
 
 
@@ -282,7 +294,7 @@ def validate(config: Any, where: str) -> dict[str, Any]:
     for key in ("depth", "hidden"):
         _check_dist(where, f"layers.{key}", cfg["layers"][key])
     _check_dist(where, "layers.bidirectional", cfg["layers"]["bidirectional"], (True, False))
-    for key in TRAINING_KEYS:
+    for key in (*TRAINING_KEYS, "crop"):
         _check_dist(where, key, cfg[key])
     for name in RANGES:
         _check_range(where, name, cfg["layers"][name[7:]] if name.startswith("layers.") else cfg[name])

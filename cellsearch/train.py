@@ -25,6 +25,7 @@ from cellsearch.data import Dataset, SplitTensors
 from cellsearch.folds import Fold, holdout_fold
 from cellsearch.metrics import metric_of, score, test_scores
 from cellsearch.model import SequenceModel
+from cellsearch.pooling import real_steps
 
 
 def quiet_lightning() -> None:
@@ -113,8 +114,9 @@ class SequenceTask(pl.LightningModule):
     """Trains a ``SequenceModel``: cross-entropy or mean squared error, Adam, per-epoch metrics."""
 
     def __init__(self, model: SequenceModel, task: str, lr: float = 3e-3, weight_decay: float = 0.0,
-                 target_std: float = 1.0, forecast_loss: str = "l1") -> None:
+                 target_std: float = 1.0, forecast_loss: str = "l1", crop: float = 0.0) -> None:
         super().__init__()
+        self.crop = crop
         self.model = model
         self.task = task
         self.lr = lr
@@ -138,6 +140,8 @@ class SequenceTask(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, lengths, y, _ = batch
+        if self.crop > 0:
+            x, lengths = crop_batch(x, lengths, self.crop)
         loss = self._loss(self(x, lengths), y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}")
@@ -163,6 +167,26 @@ class SequenceTask(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def crop_batch(x: torch.Tensor, lengths: torch.Tensor, fraction: float,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window slicing (Le Guennec et al., 2016), a training-time augmentation: each sequence loses a
+    random number of its real steps, up to ``fraction`` of them (at least one step is kept), a random
+    part of them at its start and the rest at its end. The kept steps move to the front of the padded
+    batch (trimmed to the longest one left), so the model learns patterns wherever in the window they
+    fall; predictions always read whole sequences."""
+    def uniform() -> torch.Tensor:
+        return torch.rand(len(lengths), generator=generator, dtype=torch.float64, device=lengths.device)
+
+    cut = torch.floor(uniform() * fraction * lengths.to(torch.float64)).long()
+    cut = torch.minimum(cut, (lengths - 1).clamp(min=0))
+    start = torch.floor(uniform() * (cut + 1)).long()
+    kept = lengths - cut
+    steps = int(kept.max()) if len(kept) else 0
+    index = (torch.arange(steps, device=x.device)[None, :] + start.to(x.device)[:, None]).clamp(max=x.shape[1] - 1)
+    x = torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[2]))
+    return x * real_steps(kept, steps, x.device).unsqueeze(-1).to(x.dtype), kept
 
 
 def score_outputs(out: torch.Tensor, y: torch.Tensor, task: str, target_std: float = 1.0,
@@ -299,7 +323,7 @@ class Schedule:
 
 def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, max_epochs: int,
         patience: int, min_steps: int = 0, max_steps: int = 0, weight_decay: float = 0.0, seed: int = 0,
-        forecast_loss: str = "l1",
+        forecast_loss: str = "l1", crop: float = 0.0,
         max_seconds: float | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: bool = False, accelerator: str = "cpu", fold: Fold | None = None,
         fixed_steps: int | None = None) -> FitResult:
@@ -326,7 +350,7 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
     metric, direction = metric_of(dataset.task)
     target_std = dataset.preprocessing.target_scale
     task = SequenceTask(model, dataset.task, lr=lr, weight_decay=weight_decay, target_std=target_std,
-                        forecast_loss=forecast_loss)
+                        forecast_loss=forecast_loss, crop=crop)
     history = EpochHistory(direction, on_epoch)
     mode = "max" if direction == "maximize" else "min"
     early = EarlyStopping(monitor="val_score", mode=mode, patience=patience, check_finite=False)

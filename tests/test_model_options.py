@@ -169,3 +169,82 @@ def test_forecasting_with_patches_and_pooling_predicts_through_the_bundle(tmp_pa
     sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"))
     onnx_out = sess.run(None, {"x": inputs.x, "lengths": inputs.lengths})[0]
     assert np.abs(onnx_out - model.raw_outputs(inputs.x, inputs.lengths)).max() < 1e-4
+
+
+def test_window_slicing_keeps_a_contiguous_part_of_each_sequence():
+    from cellsearch.train import crop_batch
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([40, 25, 1, 12])
+    x = torch.zeros(4, 40, 2)
+    for i, n in enumerate(lengths.tolist()):  # step t of sequence i holds (t + 1, i): where it came from
+        x[i, :n, 0] = torch.arange(1, n + 1, dtype=torch.float32)
+        x[i, :n, 1] = i
+    starts, ends = set(), set()
+    for _ in range(200):
+        out, kept = crop_batch(x, lengths, 0.3, generator=gen)
+        assert out.shape[1] == int(kept.max())
+        for i, n in enumerate(lengths.tolist()):
+            k = int(kept[i])
+            assert max(1, n - int(0.3 * n)) <= k <= n
+            first = int(out[i, 0, 0])
+            assert torch.equal(out[i, :k, 0], torch.arange(first, first + k, dtype=torch.float32))  # contiguous
+            assert bool((out[i, :k, 1] == i).all()) and bool((out[i, k:] == 0).all())  # padding stays zero
+            assert first + k - 1 <= n  # never reads a padded step
+            if n == 40:
+                starts.add(first > 1)
+                ends.add(first + k - 1 < n)
+    assert starts == {True, False} and ends == {True, False}  # cut at the start, the end, or neither
+    same, same_lengths = crop_batch(x, lengths, 0.0)
+    assert torch.equal(same_lengths, lengths) and torch.equal(same, x)
+
+
+def test_fit_slices_training_batches_only(tiny_csv, monkeypatch):
+    from cellsearch import train
+    from cellsearch.data import read_dataset
+
+    seen: list[int] = []
+    real = train.crop_batch
+
+    def spy(x, lengths, fraction, generator=None):
+        seen.append(x.shape[0])
+        out, kept = real(x, lengths, fraction, generator)
+        assert bool((kept <= lengths).all())
+        return out, kept
+
+    monkeypatch.setattr(train, "crop_batch", spy)
+    ds = read_dataset(tiny_csv, seed=0)
+    model = build(ModelSpec(ds.n_features, (LayerSpec("gru", 4),), ds.n_outputs, ds.task))
+    res = train.fit(model, ds, lr=0.01, batch_size=8, max_epochs=2, patience=5, min_steps=10, seed=0, crop=0.2)
+    assert len(seen) == res.steps > 0  # every optimiser step, and nothing else (validation reads whole sequences)
+    seen.clear()
+    train.fit(model, ds, lr=0.01, batch_size=8, max_epochs=2, patience=5, min_steps=10, seed=0)
+    assert seen == []
+
+
+def test_space_offers_window_slicing_for_long_enough_classification_and_regression(tmp_path):
+    import optuna
+
+    from cellsearch.errors import UserError
+    from cellsearch.space import DataShape, load_space
+
+    space = load_space("default")
+
+    def crops(shape: DataShape) -> tuple[set, set]:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        values, names = set(), set()
+        for _ in range(20):
+            trial = study.ask()
+            values.add(space.suggest(trial, shape)["crop"])
+            names |= set(trial.params)
+        return values, names
+
+    assert crops(DataShape(length=150, task="classification"))[0] == {0.0, 0.1}
+    assert crops(DataShape(length=60, task="regression"))[0] == {0.0, 0.1}
+    for shape in (DataShape(length=12, task="classification"), DataShape(length=150, task="forecasting", season=12)):
+        values, names = crops(shape)  # 10% of 12 steps is under 2; a forecasting window is anchored at its end
+        assert values == {0.0} and "crop" not in names
+    p = tmp_path / "s.yaml"
+    p.write_text("crop: 0.7\n")
+    with pytest.raises(UserError, match=r"crop: values must lie in \[0, 0.5\]"):
+        load_space(p)

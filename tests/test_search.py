@@ -27,10 +27,11 @@ def test_shipped_spaces_load_and_suggest_fixed_slots():
     space = load_space("default")
     trial = optuna.trial.FixedTrial({"n_layers": 2, "l0_cell": "peephole", "l0_hidden": 64, "l1_cell": "gru",
                                      "l1_hidden": 32, "dropout": 0.1, "lr": 1e-3, "batch_size": 64, "patch": 4,
-                                     "pooling": "mean", "normalize": True, "seasonal_base": False})
+                                     "pooling": "mean", "normalize": True, "crop": 0.1, "seasonal_base": False})
     cfg = space.suggest(trial)
     assert cfg["layers"] == [("peephole", 64, False), ("gru", 32, False)]
-    assert (cfg["patch"], cfg["pooling"], cfg["normalize"], cfg["min_steps"]) == (4, "mean", True, 400)
+    assert (cfg["patch"], cfg["pooling"], cfg["normalize"], cfg["crop"]) == (4, "mean", True, 0.1)
+    assert cfg["min_steps"] == 400
     greff = load_space("greff")
     cfg = greff.suggest(optuna.trial.FixedTrial({"cell": "cifg", "l0_hidden": 50, "lr": 1e-3}))
     assert cfg["layers"] == [("cifg", 50, False)] and greff.sampler == "random"
@@ -62,7 +63,8 @@ def test_starts_are_projected_onto_what_the_space_and_data_offer():
     assert [p.get("patch") for p in short] == [2, 2, 2]
     assert short[2]["l0_cell"] == "lstm" and short[2]["l1_cell"] == "gru" and short[2]["n_layers"] == 2
     forecast = default.starts(DataShape(length=40, task="forecasting", season=12))
-    assert "normalize" not in forecast[0] and forecast[0]["seasonal_base"] is True
+    assert "normalize" not in forecast[0] and "crop" not in forecast[0] and forecast[0]["seasonal_base"] is True
+    assert [p["crop"] for p in short] == [0.1, 0.0, 0.1]  # 10% of 29 steps can cut 2
     for params in short + forecast:  # each start is a configuration the sampler could draw
         cfg = default.suggest(optuna.trial.FixedTrial(params),
                               DataShape(length=29, task="classification") if params in short
