@@ -69,15 +69,19 @@ def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callabl
     cfg_path.write_text(json.dumps({"config": ctx.config.to_dict(), "parent_run_id": parent_run_id,
                                     "threads": threads, "parent_pid": os.getpid()}))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    procs = []
+    procs, logs = [], []
     for i in range(n):
-        log = (wdir / f"worker-{i}.log").open("w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "cellsearch.workers", str(cfg_path), str(i)],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT))
+        path = wdir / f"worker-{i}.log"
+        with path.open("w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "cellsearch.workers", str(cfg_path), str(i)],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+        logs.append(NoticeForwarder(path, f"worker {i + 1}"))
     seen = -1
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(1.0)
+            for log in logs:
+                log.forward()
             try:
                 done = finished(ctx.study)
             except Exception:  # storage briefly unavailable: the workers retry, the display waits
@@ -85,6 +89,8 @@ def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callabl
             if done != seen:
                 seen = done
                 on_trial(ctx.study)
+        for log in logs:
+            log.forward()
         on_trial(ctx.study)
     except KeyboardInterrupt:
         for p in procs:
@@ -98,6 +104,37 @@ def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callabl
         raise
     finally:
         cfg_path.unlink(missing_ok=True)
+
+
+class NoticeForwarder:
+    """Copies a worker's own notices (its lines starting ``cellsearch:``: warnings, storage retries,
+    errors) from its log file to this process's stderr, naming the worker, so a search with workers
+    tells the terminal what a search without them does; the rest of the log (Lightning's output with
+    ``--verbose``) stays in the file. ``forward`` prints the complete lines written since its last call."""
+
+    PREFIX = "cellsearch:"
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path = path
+        self.name = name
+        self.offset = 0
+
+    def forward(self) -> int:
+        """Print the new notices; returns how many."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return 0
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next call
+        self.offset += end
+        count = 0
+        for line in chunk[:end].decode("utf-8", "replace").splitlines():
+            if line.startswith(self.PREFIX):
+                print(f"{self.PREFIX} {self.name}:{line[len(self.PREFIX):]}", file=sys.stderr, flush=True)
+                count += 1
+        return count
 
 
 def _die_with_parent(parent_pid: int | None) -> None:

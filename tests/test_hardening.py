@@ -182,6 +182,23 @@ def test_workers_are_clamped_to_cores_and_trials_left(capsys):
     assert 1 <= cpu_cores() <= (os.cpu_count() or 1)
 
 
+def test_worker_notices_reach_the_terminal_and_the_rest_stays_in_the_log(tmp_path, capsys):
+    from cellsearch.workers import NoticeForwarder
+
+    log = tmp_path / "worker-0.log"
+    log.write_text("Epoch 3: 100%|####| loss 0.41\ncellsearch: storage unavailable (OperationalError); "
+                   "retrying in 0.5 s\ncellsearch: warning: half a li")
+    fwd = NoticeForwarder(log, "worker 1")
+    assert fwd.forward() == 1
+    assert capsys.readouterr().err == ("cellsearch: worker 1: storage unavailable (OperationalError); "
+                                       "retrying in 0.5 s\n")
+    with log.open("a") as f:  # the line being written is printed once it is whole, and only once
+        f.write("ne\nGPU available: False\n")
+    assert fwd.forward() == 1 and fwd.forward() == 0
+    assert capsys.readouterr().err == "cellsearch: worker 1: warning: half a line\n"
+    assert NoticeForwarder(tmp_path / "missing.log", "worker 2").forward() == 0
+
+
 def test_workers_option_is_a_number_or_auto(tmp_path):
     from cellsearch.config import TuneConfig
     from cellsearch.errors import UserError

@@ -158,12 +158,13 @@ def test_nan_loss_ends_the_trial_with_a_reason_and_the_search_goes_on(tiny_csv, 
 
 @needs_pg
 @pytest.mark.skipif(not PG_CTL, reason="needs CELLSEARCH_TEST_PG_CTL to restart the server")
-def test_worker_survives_a_database_outage(tiny_csv, tiny_space, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_worker_survives_a_database_outage(tiny_csv, tiny_space, tmp_path, workers):
     study = f"outage-{uuid.uuid4().hex[:8]}"
     space = _slow_space(tmp_path, tiny_space, patience=3)
-    # in-process (--workers 1): the retry notices are this process's own stderr (a worker's go to its log)
+    # in-process (--workers 1) the retry notices are this process's own; worker processes' are forwarded
     proc = subprocess.Popen(_cli(str(tiny_csv), "--space", str(space), "--trials", "3", "--storage", PG,
-                                 "--study", study, "--run-dir", str(tmp_path), "--no-track", "--workers", "1"),
+                                 "--study", study, "--run-dir", str(tmp_path), "--no-track", "--workers", workers),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait(lambda: bool(_running(PG, study)), what="a running trial")
     subprocess.run(f"{PG_CTL} stop -m fast", shell=True, check=True)
@@ -171,7 +172,7 @@ def test_worker_survives_a_database_outage(tiny_csv, tiny_space, tmp_path):
     subprocess.run(f"{PG_CTL} start", shell=True, check=True)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert "retrying" in err
+    assert "retrying" in err and ("cellsearch: worker " in err) == (workers == "2"), err
     st = optuna.load_study(study_name=study, storage=PG)
     assert sum(t.state in FINISHED for t in st.trials) == 3
 
