@@ -114,13 +114,12 @@ class SearchSpace:
             patch = _only(patch, lambda p: p == 1 or shape.length / p >= MIN_PATCH_STEPS)
         out["patch"] = int(_draw(trial, "patch", patch))
         out["pooling"] = str(_draw(trial, "pooling", cfg["pooling"]))
-        zn = cfg["normalize"] if shape is None or shape.task in ("classification", "regression") else False
-        out["normalize"] = bool(_draw(trial, "normalize", zn))
-        crop = cfg["crop"]
-        if shape is not None and shape.task in ("classification", "regression"):
+        # per-sequence options: whole sequences, not forecasting windows (anchored at their end)
+        whole = shape is None or shape.task in ("classification", "regression")
+        out["normalize"] = bool(_draw(trial, "normalize", cfg["normalize"] if whole else False))
+        crop = cfg["crop"] if whole else 0.0
+        if shape is not None:
             crop = _only(crop, lambda f: f == 0 or shape.length * f >= MIN_CROP_STEPS)
-        elif shape is not None:
-            crop = 0.0
         out["crop"] = float(_draw(trial, "crop", crop))
         loss = cfg["forecast_loss"] if shape is None or shape.task == "forecasting" else "l1"
         out["forecast_loss"] = str(_draw(trial, "forecast_loss", loss))
