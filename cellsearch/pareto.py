@@ -4,11 +4,17 @@ Points are the complete trials and the ensembles selected from them (``cellsearc
 ``kind`` says which). Scores are compared with the out-of-fold loss as a tie-break (``rank``): of
 two trials with the same accuracy, the one more confident on the right answers ranks higher.
 
+A single trial never dominates the ensemble: the trial at the top of a search was chosen as the best
+of many on the same out-of-fold rows its score is read on, so that score is the most optimistic of
+the study (the winner's curse); the bagged ensemble's weights were chosen on resamples of those rows
+and its score is the less flattering of the two. On the development sets' held-out folds, the
+trials that outscored the ensemble on the folds lost to it on new rows more often than not.
+
 The chosen model is the *knee* of the front, the point where giving up compute starts to cost real
 accuracy. Cross-validated, that is measured: the cheapest front member shown to be as good as the
-best one within small margins (``SCORE_MARGIN`` of its score, paired by fold, and ``LOSS_MARGIN`` of
-its out-of-fold loss, paired by example: the upper one-standard-error bound of the shortfall within
-the margin).
+reference — the ensemble where the search built one, else the best-scoring member — within small
+margins (``SCORE_MARGIN`` of its score, paired by fold, and ``LOSS_MARGIN`` of its out-of-fold loss,
+paired by example: the upper one-standard-error bound of the shortfall within the margin).
 With one validation split: with score and log-cost each scaled to [0, 1] over the front, the front
 point farthest above the straight line between the front's two ends. ``pick="best"`` takes the best score and
 ``pick="smallest"`` the cheapest front member.
@@ -62,9 +68,12 @@ def rank(point: dict[str, Any], direction: str) -> tuple[float, float]:
 
 def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
     """Non-dominated points on (score, cost), cheapest first; ``cost`` is always minimised and equal
-    scores are told apart by the out-of-fold loss (``rank``)."""
+    scores are told apart by the out-of-fold loss (``rank``). A single trial never dominates an
+    ensemble (module doc)."""
 
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        if b.get("kind") == "ensemble" and a.get("kind") != "ensemble":
+            return False
         sa, sb = rank(a, direction), rank(b, direction)
         return sa >= sb and a["cost"] <= b["cost"] and (sa > sb or a["cost"] < b["cost"])
 
@@ -133,12 +142,15 @@ def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee",
         return best
     if rule == "smallest":
         return min(front, key=lambda p: (p["cost"], *(-v for v in rank(p, direction))))
-    folds = best.get("folds") or 1
-    if best.get("spread") is not None and folds > 1:
-        # Cross-validated: the cheapest member shown to be as good as the best within the margins:
-        # compute is given up only where the folds show that it costs little.
-        se = best["spread"] / math.sqrt(folds - 1)
-        return min((p for p in front if _equivalent(best, p, sign, se, losses)), key=lambda p: p["cost"])
+    ensembles = [p for p in front if p.get("kind") == "ensemble"]
+    ref = max(ensembles, key=lambda p: (*rank(p, direction), -p["cost"])) if ensembles else best
+    folds = ref.get("folds") or 1
+    if ref.get("spread") is not None and folds > 1:
+        # Cross-validated: the cheapest member shown to be as good as the reference within the
+        # margins: compute is given up only where the folds show that it costs little.
+        se = ref["spread"] / math.sqrt(folds - 1)
+        return min((p for p in front if p["cost"] <= ref["cost"] and _equivalent(ref, p, sign, se, losses)),
+                   key=lambda p: p["cost"])
     if len(front) <= 2:
         return best
     s = [sign * p["score"] for p in front]

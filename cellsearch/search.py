@@ -66,12 +66,12 @@ def _score_test(dataset: Any, study: Any, entries: list[dict[str, Any]], root: P
 
 
 def _select_ensembles(ctx: Any) -> list[dict[str, Any]]:
-    """Ensembles of the study's complete trials (``cellsearch.ensemble``), stored with the study."""
+    """The ensemble of the study's complete trials (``cellsearch.ensemble``), stored with the study."""
     from cellsearch.ensemble import select_ensembles
 
     trials = trial_points(ctx.study, ctx.config.cost, ensembles=False, root=ctx.config.run_dir)
     found = select_ensembles(trials, ctx.folds, ctx.dataset.task, ctx.direction,
-                             ctx.dataset.preprocessing.target_scale, ctx.config.cost)
+                             ctx.dataset.preprocessing.target_scale, ctx.config.cost, seed=ctx.config.seed or 0)
     ctx.study.set_user_attr("ensembles", found)
     return found
 

@@ -257,6 +257,104 @@ def test_caruana_selection_finds_the_complementary_pair(tmp_path):
     assert np.mean(best["fold_losses"]) == pytest.approx(best["oof_loss"])
 
 
+def test_bootstrap_resamples_within_each_fold_reproducibly():
+    from cellsearch.ensemble import _bootstrap
+
+    fold = np.array([0] * 7 + [1] * 5 + [2] * 9)
+    y = np.arange(len(fold)) * 10
+    w = np.linspace(0.5, 1.5, len(fold))
+    folds = SimpleNamespace(k=3, oof=SimpleNamespace(y=y, weight=w), oof_fold=fold)
+    view, rows = _bootstrap(folds, np.random.default_rng(7))
+    assert [int(np.sum(view.oof_fold == j)) for j in range(3)] == [7, 5, 9]  # every fold keeps its size
+    assert np.array_equal(fold[rows], view.oof_fold)  # each drawn row stays in its own fold
+    assert np.array_equal(view.oof.y, y[rows]) and np.array_equal(view.oof.weight, w[rows])
+    assert len(set(rows.tolist())) < len(rows)  # drawn with replacement
+    again, rows2 = _bootstrap(folds, np.random.default_rng(7))
+    assert np.array_equal(rows, rows2)
+    assert not np.array_equal(rows, _bootstrap(folds, np.random.default_rng(8))[1])
+
+
+def _noisy_trials(tmp_path, n=40, n_noisy=6, seed=0):
+    """Two-class out-of-fold outputs: trial 0 right on 80% of the rows with moderate confidence;
+    trials 1.. sure and right on a random quarter of the rows, timidly wrong on the rest — each
+    fixes a few rows of the good trial, by chance."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    folds = SimpleNamespace(k=4, oof=SimpleNamespace(y=y, weight=None), oof_fold=np.arange(n) % 4)
+
+    def logits(p_true):
+        p1 = np.where(y == 1, p_true, 1 - p_true)
+        return np.log(np.stack([1 - p1, p1], axis=1))
+
+    outs = [logits(np.where(rng.random(n) < 0.8, 0.7, 0.4))]
+    outs += [logits(np.where(rng.random(n) < 0.25, 0.99, 0.45)) for _ in range(n_noisy)]
+    trials = []
+    for t, out in enumerate(outs):
+        f = tmp_path / f"{t}.npy"
+        np.save(f, out.astype(np.float32))
+        trials.append({"trial": t, "score": float(np.mean(out.argmax(1) == y)), "oof_loss": 0.5, "oof": str(f),
+                       "macs": 100.0, "params": 10.0, "latency_ms": 1.0})
+    return trials, folds
+
+
+def test_bagged_selection_is_reproducible_and_scored_on_all_rows(tmp_path):
+    from cellsearch.ensemble import BAGS, ROUNDS, _greedy, _members_output, _probabilities, select_ensembles
+
+    trials, folds = _noisy_trials(tmp_path)
+    found = select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs", seed=3)
+    assert len(found) == 1 and found[0]["name"] == "E1" and found[0]["bags"] == BAGS
+    e = found[0]
+    assert sum(e["members"].values()) == pytest.approx(1.0)
+    # Weights are whole shares of BAGS x ROUNDS picks.
+    assert all(abs(w * BAGS * ROUNDS - round(w * BAGS * ROUNDS)) < 1e-9 for w in e["members"].values())
+    assert [e] == select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs", seed=3)
+    assert e["members"] != select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs",
+                                            seed=4)[0]["members"]
+    # Its scores are those of its weighted average on every out-of-fold row, not on a resample.
+    preds = {t["trial"]: _probabilities(np.load(t["oof"]).astype(np.float64)) for t in trials}
+    out = _members_output("classification", preds, e["members"])
+    assert e["fold_scores"] == pytest.approx(fold_scores("classification", out, folds))
+    assert e["oof_loss"] == pytest.approx(oof_loss("classification", out, folds.oof))
+    assert e["macs"] == 100.0 * len(e["members"]) and e["cost"] == e["macs"]
+    # Spread over resamples: more members than the one greedy run on all the rows keeps, and the
+    # trial that is good everywhere weighs the most.
+    one_run = _greedy("classification", preds, folds, 1.0, 1.0)
+    assert len(e["members"]) > len(one_run)
+    assert max(e["members"], key=e["members"].get) == 0
+
+
+def test_bagged_selection_uses_fewer_bags_on_many_rows(tmp_path, monkeypatch):
+    import cellsearch.ensemble as ensemble
+
+    trials, folds = _noisy_trials(tmp_path)  # 40 rows
+    monkeypatch.setattr(ensemble, "BAG_ROWS", 40 * 5)
+    assert ensemble.select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")[0]["bags"] == 5
+    monkeypatch.setattr(ensemble, "BAG_ROWS", 39)  # one bag: one greedy run on all the rows
+    (e,) = ensemble.select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")
+    preds = {t["trial"]: ensemble._probabilities(np.load(t["oof"]).astype(np.float64)) for t in trials}
+    counts = ensemble._greedy("classification", preds, folds, 1.0, 1.0)
+    assert e["bags"] == 1 and e["members"] == pytest.approx({n: c / ensemble.ROUNDS for n, c in counts.items()})
+
+
+def test_a_single_trial_never_dominates_the_ensemble_and_the_knee_measures_against_it():
+    def pt(name, score, cost, loss, kind="trial", fold=None):
+        return {"name": name, "score": score, "spread": 0.004, "folds": 4, "cost": cost, "oof_loss": loss,
+                "kind": kind, "fold_scores": fold or [score] * 4, "fold_losses": [loss] * 4}
+
+    lucky = pt("lucky", 0.95, 10.0, 0.50)  # the search's top trial: best score, cheaper, but unsure
+    ens = pt("E1", 0.93, 50.0, 0.20, kind="ensemble")
+    front = pareto_front([lucky, ens], "maximize")
+    assert [p["name"] for p in front] == ["lucky", "E1"]
+    assert pick_trial(front, "maximize", "best")["name"] == "lucky"
+    assert pick_trial(front, "maximize", "knee")["name"] == "E1"  # its loss is far worse than E1's
+    # A cheaper trial shown as good as the ensemble, score and loss, is still taken by the knee.
+    close = pt("close", 0.93, 5.0, 0.205, fold=[0.93, 0.93, 0.932, 0.928])
+    front = pareto_front([lucky, ens, close], "maximize")
+    assert pick_trial(front, "maximize", "knee")["name"] == "close"
+    # Between trials, dominance is as before.
+    assert [p["name"] for p in pareto_front([lucky, pt("worse", 0.9, 20.0, 0.6)], "maximize")] == ["lucky"]
+
+
 # ---- the ensemble model, ONNX ----------------------------------------------------------------------
 
 
