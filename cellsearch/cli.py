@@ -151,8 +151,8 @@ def export(
     run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="The run directory of the search."),
     study: str | None = typer.Option(None, "--study", help="Study name (needed when the run holds several)."),
     trial: int | None = typer.Option(None, "--trial", help="Export this trial instead of picking from the front."),
-    ensemble: str | None = typer.Option(None, "--ensemble", help="Export this ensemble (E1, E2, ... as the Pareto "
-                                        "table names them) instead of picking from the front."),
+    ensemble: str | None = typer.Option(None, "--ensemble", help="Export this ensemble (E1, as the Pareto "
+                                        "table names it) instead of picking from the front."),
     pick: str = typer.Option("knee", "--pick", help="knee, best or smallest member of the Pareto front."),
     storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default: the run's SQLite)."),
     formats: list[str] = typer.Option([], "--format", help="Also write this format into the bundle (repeatable): "

@@ -62,7 +62,7 @@ def _open_study(run_dir: Path, storage: str | None, study: str | None) -> Any:
 
 def _select_point(study: Any, trial: int | None, pick: str, root: Path, ensemble: str | None = None
                   ) -> dict[str, Any]:
-    """Trial ``trial``'s point if it completed, ensemble ``ensemble`` (``E2``), else the front member
+    """Trial ``trial``'s point if it completed, ensemble ``ensemble`` (``E1``), else the front member
     (a trial or an ensemble) that ``pick`` chooses."""
     from cellsearch.pareto import pareto_front, pick_trial, trial_points
 
@@ -256,7 +256,7 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     Args:
         out: the bundle folder (refused if it exists and is not empty, unless ``force``).
         run_dir, storage, study: where the study is (``storage`` overrides the run directory's).
-        trial, ensemble, pick: trial ``trial``, or ensemble ``ensemble`` (``E2``, as the Pareto table
+        trial, ensemble, pick: trial ``trial``, or ensemble ``ensemble`` (``E1``, as the Pareto table
             names it), else the front member chosen by ``pick``.
         formats: extra formats from ``cellsearch.formats.FORMATS`` (e.g. ``["onnx"]``).
         register: also register the bundle under this name in the MLflow model registry.

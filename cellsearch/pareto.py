@@ -7,8 +7,8 @@ two trials with the same accuracy, the one more confident on the right answers r
 A single trial never dominates the ensemble: the trial at the top of a search was chosen as the best
 of many on the same out-of-fold rows its score is read on, so that score is the most optimistic of
 the study (the winner's curse); the bagged ensemble's weights were chosen on resamples of those rows
-and its score is the less flattering of the two. On the development sets' held-out folds, the
-trials that outscored the ensemble on the folds lost to it on new rows more often than not.
+and its score is the less flattering of the two. On held-out folds of the development sets' kept
+studies, letting such a trial win over the ensemble did worse every time it changed the choice.
 
 The chosen model is the *knee* of the front, the point where giving up compute starts to cost real
 accuracy. Cross-validated, that is measured: the cheapest front member shown to be as good as the
