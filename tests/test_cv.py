@@ -298,16 +298,21 @@ def _noisy_trials(tmp_path, n=40, n_noisy=6, seed=0):
 
 
 def test_bagged_selection_is_reproducible_and_scored_on_all_rows(tmp_path):
-    from cellsearch.ensemble import BAGS, ROUNDS, _greedy, _members_output, _probabilities, select_ensembles
+    from cellsearch.ensemble import BAGS, ROUNDS, TRIM, _greedy, _members_output, _probabilities, select_ensembles
 
     trials, folds = _noisy_trials(tmp_path)
     found = select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs", seed=3)
-    assert len(found) == 1 and found[0]["name"] == "E1" and found[0]["bags"] == BAGS
-    e = found[0]
+    assert [f["name"] for f in found] == ["E1", "E2"] and found[0]["bags"] == BAGS
+    e, trimmed = found
+    # The trimmed twin: the members weighing at least TRIM, reweighted to sum to 1.
+    heavy = {m: w for m, w in e["members"].items() if w >= TRIM}
+    assert 2 <= len(heavy) < len(e["members"])
+    assert trimmed["members"] == pytest.approx({m: w / sum(heavy.values()) for m, w in heavy.items()})
+    assert trimmed["macs"] == 100.0 * len(heavy) < e["macs"]
     assert sum(e["members"].values()) == pytest.approx(1.0)
     # Weights are whole shares of BAGS x ROUNDS picks.
     assert all(abs(w * BAGS * ROUNDS - round(w * BAGS * ROUNDS)) < 1e-9 for w in e["members"].values())
-    assert [e] == select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs", seed=3)
+    assert found == select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs", seed=3)
     assert e["members"] != select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs",
                                             seed=4)[0]["members"]
     # Its scores are those of its weighted average on every out-of-fold row, not on a resample.
@@ -330,7 +335,7 @@ def test_bagged_selection_uses_fewer_bags_on_many_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(ensemble, "BAG_ROWS", 40 * 5)
     assert ensemble.select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")[0]["bags"] == 5
     monkeypatch.setattr(ensemble, "BAG_ROWS", 39)  # one bag: one greedy run on all the rows
-    (e,) = ensemble.select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")
+    e = ensemble.select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")[0]
     preds = {t["trial"]: ensemble._probabilities(np.load(t["oof"]).astype(np.float64)) for t in trials}
     counts = ensemble._greedy("classification", preds, folds, 1.0, 1.0)
     assert e["bags"] == 1 and e["members"] == pytest.approx({n: c / ensemble.ROUNDS for n, c in counts.items()})
