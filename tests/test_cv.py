@@ -20,6 +20,7 @@ from cellsearch.ensemble import loss_reader
 from cellsearch.errors import UserError
 from cellsearch.folds import fold_losses, fold_scores, make_folds, oof_loss, resolve_cv
 from cellsearch.model import EnsembleModel, ModelSpec, build
+from cellsearch.objective import TIE_WEIGHT
 from cellsearch.pareto import pareto_front, pick_trial, trial_points
 from cellsearch.stack import LayerSpec
 from tests.conftest import make_classification_csv, make_sales_csv
@@ -411,6 +412,18 @@ def cv_tuned(tiny_csv, cv_space, tmp_path_factory):
     return tune(tiny_csv, space=str(cv_space), trials=4, run_dir=run_dir, progress=False, seed=2, cv=3, prune=False)
 
 
+def test_the_search_value_breaks_ties_by_the_loss_and_only_ties():
+    from cellsearch.objective import search_value
+
+    n = 40
+    sure, unsure = search_value("classification", 1.0, 0.05, n), search_value("classification", 1.0, 0.6, n)
+    assert 1.0 > sure > unsure  # equal accuracy: the surer model ranks higher
+    # One sequence more right outweighs any plausible difference of log-loss (up to 10).
+    assert search_value("classification", 1.0 - 1 / n, 0.01, n) < search_value("classification", 1.0, 9.0, n)
+    assert search_value("regression", 0.7, 0.3, n) == 0.7 == search_value("forecasting", 0.7, 0.3, n)
+    assert search_value("classification", 0.9, None, n) == 0.9 == search_value("classification", 0.9, float("nan"), n)
+
+
 def test_racing_stops_trials_behind_after_a_fold():
     from cellsearch.objective import _behind_after_folds
 
@@ -447,6 +460,9 @@ def test_a_trial_trains_one_model_per_fold(cv_tuned):
         n_pool = len(read_dataset(cv_tuned.study.user_attrs["data"], val_size=0.0).splits["train"])
         assert oof.shape == (n_pool, 3)  # every non-test sequence predicted once, 3 classes
         assert np.isfinite(a["oof_loss"]) and a["folds"] == 3
+        # What the sampler sees: the score with the loss as its tie-break (cost unchanged).
+        assert t.values[0] == pytest.approx(a["val_score"] - TIE_WEIGHT / n_pool * a["oof_loss"], abs=1e-12)
+        assert t.values[0] < a["val_score"]
         run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
                                  f"tags.trial_number = '{t.number}'")[0]
         assert [run.data.metrics[f"fold{k}_score"] for k in (1, 2, 3)] == pytest.approx(a["fold_scores"])
@@ -463,7 +479,11 @@ def test_single_objective_reports_after_each_fold(tiny_csv, cv_space, tmp_path):
              objective="score", ensemble=False)
     for t in r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         assert sorted(t.intermediate_values) == [0, 1]
-        assert t.intermediate_values[1] == pytest.approx(t.value)
+        # The pruner saw the mean score after each fold; the trial's value is that score with the
+        # out-of-fold loss as its tie-break.
+        assert t.intermediate_values[1] == pytest.approx(t.user_attrs["val_score"])
+        a, n = t.user_attrs, len(np.load(tmp_path / t.user_attrs["oof"]))
+        assert t.value == pytest.approx(a["val_score"] - TIE_WEIGHT / n * a["oof_loss"], abs=1e-12)
     assert not r.study.user_attrs["ensembles"]
 
 

@@ -57,7 +57,7 @@ def test_parent_description_tags_and_metrics(tuned):
     front = {str(p["trial"]) for p in tuned.front if p["kind"] == "trial"}
     for t in tuned.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         run = client.search_runs([exp.experiment_id], f"tags.trial_number = '{t.number}'")[0]
-        assert run.data.metrics["score"] == pytest.approx(t.values[0])  # what the search optimised
+        assert run.data.metrics["score"] == pytest.approx(t.user_attrs["val_score"])  # the trial's score
         assert run.data.metrics["latency_ms"] > 0  # every complete trial, whatever the cost objective
         assert run.data.tags["pareto"] == str(str(t.number) in front).lower()
         expected = ("true" if chosen.get("trial") == t.number else
@@ -133,8 +133,8 @@ def test_ui_in_a_real_browser(tuned, tmp_path):
             assert f"trial-{t.number}-" in dom, f"trial {t.number} not rendered"
         for column in ("score", "macs"):
             assert re.search(rf">\s*{column}\s*<", dom), f"column {column} not rendered"
-        best = max(complete, key=lambda t: t.values[0])
-        assert f"{best.values[0]:.4g}"[:4] in dom  # a score value rendered in the table
+        best = max(complete, key=lambda t: t.user_attrs["val_score"])
+        assert f"{best.user_attrs['val_score']:.4g}"[:4] in dom  # a score value rendered in the table
         assert f"{int(best.user_attrs['macs'])}" in dom  # and a cost value
     finally:
         stop_process(proc)
