@@ -125,9 +125,8 @@ def search_value(task: str, score: float, loss: float | None, n_rows: int) -> fl
     trials (score, then loss) as one number; the score itself elsewhere.
 
     Why: on a few dozen sequences many trials classify every out-of-fold sequence right. Seeing
-    them all at 1.0, a two-objective search has only cost left to improve, and it drove the
-    population to the smallest models — which, right but unsure, did worst on new sequences
-    (README, "Results on real data": GunPoint). With the loss in the value, a model that is right
+    them all at 1.0, a two-objective search has only cost left to improve and cannot tell a sure
+    model from one that barely scrapes through; with the loss in the value, a model that is right
     and sure stays on the search's front beside the cheaper ones, and the sampler keeps exploring
     there. Trials' recorded scores (``val_score``) are unchanged."""
     if task != "classification" or loss is None or not math.isfinite(loss) or n_rows < 1:
