@@ -130,7 +130,7 @@ def test_space_offers_only_what_the_data_affords():
     for cfg, _ in draw(DataShape(length=150, task="forecasting")):
         seen["patch"].add(cfg["patch"])
         assert cfg["normalize"] is False
-    assert seen["patch"] == {1, 2, 4, 8, 16}  # 32 would leave fewer than 8 steps of 150
+    assert seen["patch"] == {1, 2, 4, 8}  # 16 would leave fewer than 12 steps of 150
 
 
 def test_bad_pooling_or_patch_is_refused(tmp_path):
