@@ -46,10 +46,11 @@ TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "b
 TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps", "max_steps")
 INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps", "max_steps")
 #: A patch size is offered only if the median sequence still has this many steps after patching.
-#: Coarser patches left the recurrent stack 8.5-9.4 steps (patches of 16 on 136-150 steps, of 4 on
-#: 36-step windows) and won the folds (cheaper, and the folds could not tell) but lost on the test
-#: rows to the next finer size in every kept study that held both (README, "Results on real data");
-#: patches leaving 12-12.5 steps (8 on 100 steps) did not.
+#: Coarser patches left the recurrent stack 8.5-9.4 steps and, cheaper and as good on the folds,
+#: took the searches over, but did worse on the test rows: patches of 16 on GunPoint's 150 steps and
+#: PickupGesture's median 136 lost to patches of 8 in all 8 kept studies holding both, patches of 4
+#: on 36-step monthly windows to patches of 1 in all 3 (README, "Results on real data"). Patches
+#: leaving 12-12.5 steps (8 on Tecator's and BasicMotions' 100) were their sets' best.
 MIN_PATCH_STEPS = 12
 #: A crop fraction is offered only if it can remove this many steps of the median sequence.
 MIN_CROP_STEPS = 2
