@@ -50,7 +50,7 @@ INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps", "max_steps")
 #: took the searches over, but did worse on the test rows: patches of 16 on GunPoint's 150 steps and
 #: PickupGesture's median 136 lost to patches of 8 in all 8 kept studies holding both, patches of 4
 #: on 36-step monthly windows to patches of 1 in all 3 (README, "Results on real data"). Patches
-#: leaving 12-12.5 steps (8 on Tecator's and BasicMotions' 100) were their sets' best.
+#: leaving 12.5 steps (8 on Tecator's 100) were that set's best, on the folds and the test rows.
 MIN_PATCH_STEPS = 12
 #: A crop fraction is offered only if it can remove this many steps of the median sequence.
 MIN_CROP_STEPS = 2
