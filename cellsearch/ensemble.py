@@ -45,6 +45,9 @@ BAGS = 16
 BAG_ROWS = 40_000
 #: The trimmed twin keeps the members weighing at least this (one round's share of the picks).
 TRIM = 1.0 / ROUNDS
+#: The architecture tag names this many members, heaviest first (the tables stay readable; the
+#: model card and the MLflow run list them all).
+ARCH_MEMBERS = 6
 
 
 def _probabilities(logits: np.ndarray) -> np.ndarray:
@@ -159,7 +162,9 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
             e[c.attr] = None if any(v is None for v in vals) else float(sum(vals))
         e["cost"] = cost_value(cost, e)
         e["name"] = f"E{k + 1}"
-        e["arch"] = f"ensemble of {len(members)}: " + "+".join(f"#{m}" for m in members)
+        shown = [f"#{m}" for m in list(members)[:ARCH_MEMBERS]]  # the heaviest first
+        more = len(members) - len(shown)
+        e["arch"] = f"ensemble of {len(members)}: " + "+".join(shown) + (f" +{more} more" if more else "")
         found.append(e)
     return found
 

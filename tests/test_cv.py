@@ -299,7 +299,16 @@ def _noisy_trials(tmp_path, n=40, n_noisy=6, seed=0):
 
 
 def test_bagged_selection_is_reproducible_and_scored_on_all_rows(tmp_path):
-    from cellsearch.ensemble import BAGS, ROUNDS, TRIM, _greedy, _members_output, _probabilities, select_ensembles
+    from cellsearch.ensemble import (
+        ARCH_MEMBERS,
+        BAGS,
+        ROUNDS,
+        TRIM,
+        _greedy,
+        _members_output,
+        _probabilities,
+        select_ensembles,
+    )
 
     trials, folds = _noisy_trials(tmp_path)
     found = select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs", seed=3)
@@ -310,6 +319,11 @@ def test_bagged_selection_is_reproducible_and_scored_on_all_rows(tmp_path):
     assert 2 <= len(heavy) < len(e["members"])
     assert trimmed["members"] == pytest.approx({m: w / sum(heavy.values()) for m, w in heavy.items()})
     assert trimmed["macs"] == 100.0 * len(heavy) < e["macs"]
+    # The tag names the heaviest members first, at most ARCH_MEMBERS of them.
+    heaviest = sorted(e["members"], key=lambda m: -e["members"][m])
+    more = len(heaviest) - ARCH_MEMBERS
+    assert e["arch"] == (f"ensemble of {len(heaviest)}: " + "+".join(f"#{m}" for m in heaviest[:ARCH_MEMBERS])
+                         + (f" +{more} more" if more > 0 else ""))
     assert sum(e["members"].values()) == pytest.approx(1.0)
     # Weights are whole shares of BAGS x ROUNDS picks.
     assert all(abs(w * BAGS * ROUNDS - round(w * BAGS * ROUNDS)) < 1e-9 for w in e["members"].values())
