@@ -1,10 +1,12 @@
 """The recurrent cell variants and their registry, ``CELLS``.
 
 Every variant is an ``nn.Module`` with one signature: ``forward(x) -> y`` on time-major input
-``x`` (T, B, input_size) giving ``y`` (T, B, hidden), zero initial state. Each also knows its
-gate names (for the gate plots), how to trace its gates over time, and its analytic cost. The stack
-and everything above it only ever look variants up here: adding a variant means adding a class and
-one line in ``CELLS``, nothing else.
+``x`` (T, B, input_size) giving ``y`` (T, B, hidden), zero initial state. Each also owns everything
+else that differs between variants: its gate names and their meaning in words (the explain page),
+which gates may be clamped, how to trace its gates over time, its analytic cost, and its ONNX
+operator (``onnx_layer``). The stack, the search spaces, the benchmarks, explain and the ONNX export
+only ever look variants up here: adding a variant is one class registered in ``CELLS`` (in this
+module, or from the user's own code with ``CELLS["name"] = MyCell``), nothing else.
 
 Equations (the README's cell table): ``lstm`` and ``gru`` are torch's ``nn.LSTM`` / ``nn.GRU`` (fused kernels);
 ``peephole`` adds diagonal peepholes p_i, p_f (previous cell) and p_o (new cell); ``cifg`` couples the
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +36,14 @@ class Cell(nn.Module):
     n_blocks: ClassVar[int] = 4
     #: Elementwise multiplies per hidden unit and step, beyond the matrix products (see ``macs``).
     pointwise_macs: ClassVar[int] = 3
+    #: Each name of ``gate_names`` in words, as the explain page titles its panels.
+    gate_words: ClassVar[dict[str, str]] = {"h": "hidden state"}
+    #: What each name of ``gate_names`` is: ``gate`` (0 shut to 1 open, the default), ``candidate`` or
+    #: ``state`` (signed values, drawn on a symmetric scale).
+    gate_kinds: ClassVar[dict[str, str]] = {"h": "state"}
+    #: Whether the time loop runs on the measured GEMM backend (``cellsearch bench --all-backends``
+    #: times such cells once per backend).
+    uses_gemm: ClassVar[bool] = False
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -69,6 +80,24 @@ class Cell(nn.Module):
         y, gates = self.steps(x, True, self.clamp)
         return {**{k: v for k, v in gates.items() if k in self.gate_names}, "h": y}
 
+    def onnx_weights(self) -> dict[str, np.ndarray]:
+        """This direction's weights as its ONNX operator takes them (``W``, ``R``, ``B``, ...)."""
+        raise NotImplementedError
+
+    @classmethod
+    def onnx_layer(cls, g: Any, cells: list[Cell], x: str, seq_lens: str, name: str) -> tuple[str, str]:
+        """Append one layer (``cells``: its forward and, if bidirectional, backward direction) to the
+        ONNX graph builder ``g`` (``cellsearch.onnx_export.Graph``), reading ``x`` (time, batch, in)
+        and ``seq_lens`` (batch,) int32; returns the names of its outputs Y (time, directions, batch,
+        hidden) and Y_h (directions, batch, hidden), as ONNX's recurrent operators give them.
+
+        Raises:
+            UserError: the variant has no ONNX mapping (the export names it in one line).
+        """
+        from cellsearch.errors import UserError
+
+        raise UserError(f"cell {cls.__name__} has no ONNX mapping (Cell.onnx_layer); export without --onnx")
+
     @contextmanager
     def clamped(self, gates: dict[str, Any]) -> Iterator[Cell]:
         """Within the block, fix the named gates (``clampable``) to the given values at every step."""
@@ -92,6 +121,9 @@ class LSTMCell(Cell):
     """``lstm``: torch's fused ``nn.LSTM`` (one layer, one direction)."""
 
     gate_names = ("i", "f", "g", "o", "c", "h")
+    gate_words = {"i": "input gate", "f": "forget gate", "g": "candidate (cell input)", "o": "output gate",
+                  "c": "cell state", "h": "hidden state"}
+    gate_kinds = {"g": "candidate", "c": "state", "h": "state"}
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
@@ -113,6 +145,20 @@ class LSTMCell(Cell):
         xp = x @ r.weight_ih_l0.t() + r.bias_ih_l0 + r.bias_hh_l0
         return kernels.lstm_family_steps(xp, r.weight_hh_l0, xp.new_zeros(0), False, False, record, clamp)
 
+    def onnx_weights(self) -> dict[str, np.ndarray]:
+        from cellsearch.onnx_export import IOFC, gate_blocks
+
+        r = self.rnn
+        return {"W": gate_blocks(r.weight_ih_l0, IOFC), "R": gate_blocks(r.weight_hh_l0, IOFC),
+                "B": np.concatenate([gate_blocks(r.bias_ih_l0, IOFC), gate_blocks(r.bias_hh_l0, IOFC)])}
+
+    @classmethod
+    def onnx_layer(cls, g: Any, cells: list[Cell], x: str, seq_lens: str, name: str) -> tuple[str, str]:
+        from cellsearch.onnx_export import recurrent_operator
+
+        return recurrent_operator(g, "LSTM", [c.onnx_weights() for c in cells], x, seq_lens, name,
+                                  cells[0].hidden_size)
+
 
 class LSTMFamilyCell(Cell):
     """Custom LSTM-family cells: one input projection for all steps, then the fused time loop.
@@ -124,6 +170,10 @@ class LSTMFamilyCell(Cell):
 
     peephole: ClassVar[bool] = False
     coupled: ClassVar[bool] = False
+    uses_gemm = True
+    gate_words = {"i": "input gate", "f": "forget gate", "g": "candidate (cell input)", "o": "output gate",
+                  "c": "cell state", "h": "hidden state"}
+    gate_kinds = {"g": "candidate", "c": "state", "h": "state"}
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
@@ -155,6 +205,33 @@ class LSTMFamilyCell(Cell):
         return kernels.lstm_family_steps(self._project(x), self.weight_hh, self.peep, self.peephole,
                                          self.coupled, record, clamp)
 
+    def onnx_weights(self) -> dict[str, np.ndarray]:
+        """W, R, B (and P) in ONNX's gate order i, o, f, c. ONNX's ``input_forget`` (onnxruntime)
+        computes i from the input-gate block and sets f = 1 - i; a coupled cell has f = sigmoid(a_f),
+        i = 1 - f = sigmoid(-a_f): so ONNX's i block holds -(f weights) and its f block zeros."""
+        from cellsearch.onnx_export import IOFC, gate_blocks
+
+        if self.coupled:
+            def cifg(t: torch.Tensor) -> np.ndarray:
+                f, g, o = np.split(t.detach().cpu().numpy().astype(np.float32), 3, axis=0)
+                return np.concatenate([-f, o, np.zeros_like(f), g])
+
+            w, r, b = cifg(self.weight_ih), cifg(self.weight_hh), cifg(self.bias)
+        else:
+            w, r, b = (gate_blocks(t, IOFC) for t in (self.weight_ih, self.weight_hh, self.bias))
+        out = {"W": w, "R": r, "B": np.concatenate([b, np.zeros_like(b)])}
+        if self.peephole:  # (a coupled cell with peepholes would need P_i = -p_f; none is registered)
+            p = self.peep.detach().cpu().numpy().astype(np.float32)
+            out["P"] = np.concatenate([p[0], p[2], p[1]])  # ONNX order i, o, f
+        return out
+
+    @classmethod
+    def onnx_layer(cls, g: Any, cells: list[Cell], x: str, seq_lens: str, name: str) -> tuple[str, str]:
+        from cellsearch.onnx_export import recurrent_operator
+
+        return recurrent_operator(g, "LSTM", [c.onnx_weights() for c in cells], x, seq_lens, name,
+                                  cells[0].hidden_size, input_forget=1 if cls.coupled else None)
+
 
 class PeepholeCell(LSTMFamilyCell):
     """``peephole``: LSTM with diagonal peepholes (Gers & Schmidhuber 2000)."""
@@ -182,8 +259,11 @@ class GRUCell(Cell):
     """
 
     gate_names = ("r", "z", "n", "h")
+    gate_words = {"r": "reset gate", "z": "update gate", "n": "candidate (new state)", "h": "hidden state"}
+    gate_kinds = {"n": "candidate", "h": "state"}
     clampable = ("r", "z")
     n_blocks = 3
+    uses_gemm = True
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
@@ -204,6 +284,21 @@ class GRUCell(Cell):
         r = self.rnn
         xp = x @ r.weight_ih_l0.t() + r.bias_ih_l0
         return kernels.gru_steps(xp, r.weight_hh_l0, r.bias_hh_l0, record, clamp)
+
+    def onnx_weights(self) -> dict[str, np.ndarray]:
+        """W, R, B in ONNX's gate order z, r, h (torch: r, z, n)."""
+        from cellsearch.onnx_export import gate_blocks
+
+        r, zrh = self.rnn, [1, 0, 2]
+        return {"W": gate_blocks(r.weight_ih_l0, zrh), "R": gate_blocks(r.weight_hh_l0, zrh),
+                "B": np.concatenate([gate_blocks(r.bias_ih_l0, zrh), gate_blocks(r.bias_hh_l0, zrh)])}
+
+    @classmethod
+    def onnx_layer(cls, g: Any, cells: list[Cell], x: str, seq_lens: str, name: str) -> tuple[str, str]:
+        from cellsearch.onnx_export import recurrent_operator
+
+        return recurrent_operator(g, "GRU", [c.onnx_weights() for c in cells], x, seq_lens, name,
+                                  cells[0].hidden_size, linear_before_reset=1)
 
 
 #: The registry: the only place that maps variant names to implementations.

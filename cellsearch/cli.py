@@ -314,6 +314,7 @@ def bench(
 
     from cellsearch import kernels
     from cellsearch.benchmarks import cells as bench_mod
+    from cellsearch.cells import CELLS
 
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
@@ -321,7 +322,7 @@ def bench(
     chosen = {h: {b: n for n, b in kernels.GEMMS.items()}.get(kernels.gemm_for(64, h, 4)) for h in sizes} \
         if device == "cpu" and kernels.available() else {}
     per_backend = {b: bench_mod.run_bench(hidden=sizes, device=device, threads=threads, repeats=repeats,
-                                          variants=("peephole", "cifg", "gru"), backend=b)
+                                          variants=tuple(n for n, c in CELLS.items() if c.uses_gemm), backend=b)
                    for b in kernels.gemm_backends()} if all_backends and device == "cpu" else {}
     if as_json:
         print(json.dumps({"device": device, "threads": threads, "kernel": kernels.status(),

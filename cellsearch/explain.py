@@ -28,12 +28,6 @@ import numpy as np
 from cellsearch.errors import UserError
 from cellsearch.predict import to_units
 
-#: Gate letters in words (the cells' ``gate_names``), and which are states rather than gates.
-GATE_WORDS = {"i": "input gate", "f": "forget gate", "o": "output gate", "g": "candidate (cell input)",
-              "c": "cell state", "h": "hidden state", "r": "reset gate", "z": "update gate",
-              "n": "candidate (new state)"}
-STATES = ("c", "h")
-CANDIDATES = ("g", "n")
 #: Values each clampable gate is fixed to.
 CLAMP_TO = ("0", "1", "mean")
 
@@ -171,8 +165,8 @@ def _clamp_effects(model: Any, prep: Any, xs: Any, scale: Any, base: np.ndarray,
                 value = gates[gate].mean(axis=1) if to == "mean" else float(to)
                 with cell.clamped({gate: value}):
                     out = to_units(model(xs).numpy(), prep, scale)[0]
-                where = f"{GATE_WORDS[gate]} of layer {k + 1}" + (f" ({direction})" if direction != "forward" or
-                                                                   model.stack.specs[k].bidirectional else "")
+                side = direction != "forward" or model.stack.specs[k].bidirectional
+                where = f"{cell.gate_words.get(gate, gate)} of layer {k + 1}" + (f" ({direction})" if side else "")
                 if target is not None:
                     change = float(out[target] - base[target])
                     text = (f"{where} clamped to {to}: probability of {names[target]} "
@@ -256,14 +250,18 @@ def _sequence_figure(e: Explanation, title: str) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from cellsearch.cells import CELLS
+
     panels = [("inputs", "Input channels (as the model reads them)"),
               ("pred", "Prediction if the sequence ended here")]
     for tr in e.layers:
         side = f" ({tr.direction})" if tr.direction != "forward" or any(
             o.layer == tr.layer and o.direction == "backward" for o in e.layers) else ""
+        cell = CELLS[tr.cell]
         for g in tr.gates:
-            kind = "state" if g in STATES else "candidate" if g in CANDIDATES else "gate"
-            panels.append((("heat", tr, g), f"Layer {tr.layer + 1} {tr.cell}{side}: {GATE_WORDS[g]} [{kind}]"))
+            kind = cell.gate_kinds.get(g, "gate")
+            panels.append((("heat", tr, g), f"Layer {tr.layer + 1} {tr.cell}{side}: {cell.gate_words.get(g, g)} "
+                                            f"[{kind}]"))
     panels.append(("mag", "Mean |hidden state| per step, each layer"))
     heights = [1.3 if p[0] in ("inputs", "pred", "mag") else 1.0 for p in panels]
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.35 / len(panels),
@@ -280,7 +278,7 @@ def _sequence_figure(e: Explanation, title: str) -> Any:
         if isinstance(kind, tuple):
             _, tr, g = kind
             z = tr.gates[g]
-            state = g in STATES or g in CANDIDATES
+            state = CELLS[tr.cell].gate_kinds.get(g, "gate") != "gate"
             lim = float(np.abs(z).max()) or 1.0
             lo, hi = fig.layout[f"yaxis{r if r > 1 else ''}"].domain  # the colour bar beside its own panel
             fig.add_trace(go.Heatmap(

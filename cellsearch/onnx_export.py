@@ -18,51 +18,39 @@ import numpy as np
 OPSET = 17
 
 
-def _blocks(t: Any, order: list[int], n: int) -> np.ndarray:
-    """Reorder the gate blocks (first axis) of a torch weight or bias into ONNX's order."""
+#: torch's LSTM gate blocks (i, f, g, o) in ONNX's order (i, o, f, c).
+IOFC = [0, 3, 1, 2]
+
+
+def gate_blocks(t: Any, order: list[int]) -> np.ndarray:
+    """Reorder the gate blocks (first axis) of a torch weight or bias into an ONNX operator's order:
+    ``order[k]`` is the torch block that goes k-th (``len(order)`` blocks in all)."""
     a = t.detach().cpu().numpy().astype(np.float32)
-    h = a.shape[0] // n
+    h = a.shape[0] // len(order)
     return np.concatenate([a[k * h:(k + 1) * h] for k in order], axis=0)
 
 
-def _lstm_family_weights(cell: Any) -> dict[str, np.ndarray]:
-    """W, R, B (and P) of one direction in ONNX's gate order i, o, f, c."""
-    from cellsearch.cells import LSTMCell
+def recurrent_operator(g: Graph, op: str, parts: list[dict[str, np.ndarray]], x: str, seq_lens: str, name: str,
+                       hidden: int, **attrs: Any) -> tuple[str, str]:
+    """One ONNX recurrent operator (``LSTM``, ``GRU``, ``RNN``) for a layer: ``parts`` holds each
+    direction's weights by input name (``W``, ``R``, ``B``, ``P``), stacked along ONNX's direction axis;
+    attributes whose value is ``None`` are left out. Returns (Y, Y_h) — what ``Cell.onnx_layer``
+    returns; the variants' own ``onnx_layer`` call this with their weights."""
+    from onnx import helper
 
-    H = cell.hidden_size  # noqa: N806
-    if isinstance(cell, LSTMCell):
-        r = cell.rnn
-        W, R = _blocks(r.weight_ih_l0, [0, 3, 1, 2], 4), _blocks(r.weight_hh_l0, [0, 3, 1, 2], 4)  # noqa: N806
-        B = np.concatenate([_blocks(r.bias_ih_l0, [0, 3, 1, 2], 4), _blocks(r.bias_hh_l0, [0, 3, 1, 2], 4)])  # noqa: N806
-        return {"W": W, "R": R, "B": B}
-    if cell.coupled:
-        # onnxruntime's input_forget computes i from the input-gate block and sets f = 1 - i. Ours is
-        # f = sigmoid(a_f), i = 1 - f = sigmoid(-a_f): so ONNX's i block holds -(f weights), f's block 0.
-        def cifg(t: Any, zeros: np.ndarray) -> np.ndarray:
-            f, g, o = np.split(t.detach().cpu().numpy().astype(np.float32), 3, axis=0)
-            return np.concatenate([-f, o, zeros, g])
-
-        W = cifg(cell.weight_ih, np.zeros((H, cell.input_size), np.float32))  # noqa: N806
-        R = cifg(cell.weight_hh, np.zeros((H, H), np.float32))  # noqa: N806
-        b = cifg(cell.bias, np.zeros(H, np.float32))
-    else:
-        W, R = _blocks(cell.weight_ih, [0, 3, 1, 2], 4), _blocks(cell.weight_hh, [0, 3, 1, 2], 4)  # noqa: N806
-        b = _blocks(cell.bias, [0, 3, 1, 2], 4)
-    out = {"W": W, "R": R, "B": np.concatenate([b, np.zeros_like(b)])}
-    if cell.peephole:  # (a coupled cell with peepholes would need P_i = -p_f; none is registered)
-        p = cell.peep.detach().cpu().numpy().astype(np.float32)
-        out["P"] = np.concatenate([p[0], p[2], p[1]])  # ONNX order i, o, f
-    return out
+    names = {key: g.const(f"{name}_{key}", np.stack([p[key] for p in parts]), "float32") for key in parts[0]}
+    inputs = [x, names["W"], names["R"], names.get("B", ""), seq_lens, "", "", names.get("P", "")]
+    while inputs[-1] == "":
+        inputs.pop()
+    y, y_h = f"{name}_Y", f"{name}_Yh"
+    outputs = [y, y_h] + ([f"{name}_Yc"] if op == "LSTM" else [])
+    g.nodes.append(helper.make_node(op, inputs, outputs, hidden_size=hidden,
+                                    direction="bidirectional" if len(parts) == 2 else "forward",
+                                    **{k: v for k, v in attrs.items() if v is not None}))
+    return y, y_h
 
 
-def _gru_weights(cell: Any) -> dict[str, np.ndarray]:
-    """W, R, B of one direction in ONNX's gate order z, r, h (torch: r, z, n)."""
-    r = cell.rnn
-    return {"W": _blocks(r.weight_ih_l0, [1, 0, 2], 3), "R": _blocks(r.weight_hh_l0, [1, 0, 2], 3),
-            "B": np.concatenate([_blocks(r.bias_ih_l0, [1, 0, 2], 3), _blocks(r.bias_hh_l0, [1, 0, 2], 3)])}
-
-
-class _Graph:
+class Graph:
     """A small builder: ``node`` appends one single-output node and returns its output's name;
     ``const`` adds a named initializer once."""
 
@@ -100,7 +88,7 @@ class _Graph:
         return self.node("Unsqueeze", [self.node("Cast", [less], to=self.FLOAT), self.const("ax2s", [2], "int64")])
 
 
-def _prepare(g: _Graph, spec: Any) -> tuple[str, str]:
+def _prepare(g: Graph, spec: Any) -> tuple[str, str]:
     """The model's ``prepare`` in ONNX: zero steps after each end, z-normalise, read patches.
     Returns the names of (inputs, lengths) the stack reads."""
     x, lengths = "x", "lengths"
@@ -172,7 +160,7 @@ def _ensemble_onnx(model: Any) -> Any:
             inits.append(new_init)
         classify = model.spec.task == "classification"
         outs.append(rename("probabilities" if classify else "output"))
-    g = _Graph()
+    g = Graph()
     total = ""
     for k, (name, w) in enumerate(zip(outs, model.weights)):
         term = g.node("Mul", [name, g.const(f"ens_w{k}", [w], "float32")])
@@ -204,10 +192,8 @@ def _model_onnx(model: Any) -> Any:
     import onnx
     from onnx import TensorProto, helper
 
-    from cellsearch.cells import GRUCell
-
     spec = model.spec
-    g = _Graph()
+    g = Graph()
     nodes = g.nodes
 
     def const(name: str, arr: np.ndarray) -> str:
@@ -218,26 +204,9 @@ def _model_onnx(model: Any) -> Any:
     nodes.append(helper.make_node("Cast", [lengths], ["seq_lens"], to=TensorProto.INT32))
     current = "x_tbf"
     last_h = ""
-    for k, (layer, ls) in enumerate(zip(model.stack.layers, spec.layers)):
+    for k, layer in enumerate(model.stack.layers):
         cells = [layer.fwd] + ([layer.bwd] if layer.bwd is not None else [])
-        is_gru = isinstance(layer.fwd, GRUCell)
-        parts = [(_gru_weights(c) if is_gru else _lstm_family_weights(c)) for c in cells]
-        names = {key: const(f"l{k}_{key}", np.stack([p[key] for p in parts]))
-                 for key in parts[0]}
-        direction = "bidirectional" if len(cells) == 2 else "forward"
-        y, y_h = f"l{k}_Y", f"l{k}_Yh"
-        if is_gru:
-            nodes.append(helper.make_node("GRU", [current, names["W"], names["R"], names["B"], "seq_lens"],
-                                          [y, y_h], hidden_size=ls.hidden, direction=direction,
-                                          linear_before_reset=1))
-        else:
-            inputs = [current, names["W"], names["R"], names["B"], "seq_lens", "", "", names.get("P", "")]
-            while inputs[-1] == "":
-                inputs.pop()
-            attrs = {"hidden_size": ls.hidden, "direction": direction}
-            if getattr(layer.fwd, "coupled", False):
-                attrs["input_forget"] = 1
-            nodes.append(helper.make_node("LSTM", inputs, [y, y_h, f"l{k}_Yc"], **attrs))
+        y, y_h = type(layer.fwd).onnx_layer(g, cells, current, "seq_lens", f"l{k}")
         # (T, D, B, H) -> (T, B, D*H): directions side by side, as the stack concatenates them.
         nodes.append(helper.make_node("Transpose", [y], [f"l{k}_Yt"], perm=[0, 2, 1, 3]))
         shape = const(f"l{k}_shape", np.array([0, 0, -1], dtype=np.int64))

@@ -5,6 +5,7 @@ A value is either a constant or a distribution (Ludwig-style dicts)::
     {type: int, low: 16, high: 256, log: true}       # trial.suggest_int
     {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
     {type: categorical, choices: [lstm, gru]}
+    {type: categorical, choices: all}                # layers.cell only: every cell in cellsearch.CELLS
 
 Top-level keys: ``description``, ``sampler`` (tpe, random or nsga2), ``same_cell`` (one cell type for
 the whole stack, as in Greff et al.), ``layers`` (``depth``, ``cell``, ``hidden``, ``bidirectional``),
@@ -292,6 +293,9 @@ def validate(config: Any, where: str) -> dict[str, Any]:
         raise UserError(f"{where}: layers: unknown key(s) {', '.join(sorted(unknown))}; "
                         f"known: {', '.join(sorted(LAYER_KEYS))}")
     cfg["layers"] = {**LAYER_DEFAULTS, **layers}
+    cell = cfg["layers"]["cell"]
+    if cell == "all" or (isinstance(cell, dict) and cell.get("choices") == "all"):
+        cfg["layers"]["cell"] = {"type": "categorical", "choices": list(CELLS)}
     if cfg["sampler"] not in SAMPLERS:
         raise UserError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {cfg['sampler']!r}")
     _check_dist(where, "layers.cell", cfg["layers"]["cell"], tuple(CELLS))

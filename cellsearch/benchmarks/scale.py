@@ -19,6 +19,7 @@ from pathlib import Path
 def storage_overhead(url: str, trials: int = 20, epochs: int = 12) -> dict:
     import optuna
 
+    from cellsearch.cells import CELLS
     from cellsearch.study import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -31,7 +32,7 @@ def storage_overhead(url: str, trials: int = 20, epochs: int = 12) -> dict:
         trial = study.ask()
         trial.suggest_int("n_layers", 1, 3)
         for k in range(2):
-            trial.suggest_categorical(f"l{k}_cell", ["lstm", "peephole", "cifg", "gru"])
+            trial.suggest_categorical(f"l{k}_cell", list(CELLS))
             trial.suggest_int(f"l{k}_hidden", 16, 256, log=True)
         trial.suggest_float("lr", 1e-4, 1e-2, log=True)
         trial.suggest_float("dropout", 0.0, 0.4)
