@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from cellsearch.costs import COSTS, cost_value
+from cellsearch.tasks import get_task
 
 #: The best complete trials selection draws from.
 CANDIDATES = 30
@@ -50,12 +51,6 @@ TRIM = 1.0 / ROUNDS
 ARCH_MEMBERS = 6
 
 
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def _evaluate(task: str, pred: np.ndarray, folds: Any, target_scale: float
               ) -> tuple[float, float, float, list[float]]:
     """(mean fold score, spread over folds, out-of-fold loss, each fold's score) of out-of-fold outputs."""
@@ -69,7 +64,7 @@ def _members_output(task: str, preds: dict[int, np.ndarray], counts: dict[int, i
     """The out-of-fold output of members weighted by ``counts``: log of the averaged probabilities
     for classification, the averaged values otherwise."""
     avg = sum(preds[n] * c for n, c in counts.items()) / sum(counts.values())
-    return np.log(np.clip(avg, 1e-30, None)) if task == "classification" else avg
+    return get_task(task).from_average(avg)
 
 
 def _bootstrap(folds: Any, rng: np.random.Generator) -> Any:
@@ -95,7 +90,7 @@ def _greedy(task: str, preds: dict[int, np.ndarray], folds: Any, sign: float, ta
         best = None
         for n, p in preds.items():
             avg = p if total is None else (total + p) / r
-            out = np.log(np.clip(avg, 1e-30, None)) if task == "classification" else avg
+            out = get_task(task).from_average(avg)
             s, _, loss, _ = _evaluate(task, out, folds, target_scale)
             if best is None or (sign * s, -loss) > best[0]:
                 best = ((sign * s, -loss), n)
@@ -132,7 +127,7 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
     for t in pool:
         p = np.load(t["oof"]).astype(np.float64)
         if p.shape[0] == len(folds.oof_fold) and np.isfinite(p).all():
-            preds[t["trial"]] = _probabilities(p) if task == "classification" else p
+            preds[t["trial"]] = get_task(task).to_average(p)
     if len(preds) < 2:
         return []
     rng = np.random.default_rng(seed)
@@ -189,7 +184,7 @@ def loss_reader(points: list[dict[str, Any]], task: str) -> Callable[[dict[str, 
             f = files.get(trial)
             p = np.load(f).astype(np.float64) if f and Path(f).exists() else None
             ok = p is not None and truth is not None and len(p) == len(truth) and np.isfinite(p).all()
-            cache[trial] = (_probabilities(p) if task == "classification" else p) if ok else None
+            cache[trial] = get_task(task).to_average(p) if ok else None
         return cache[trial]
 
     def losses(point: dict[str, Any]) -> np.ndarray | None:

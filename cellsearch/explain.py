@@ -27,6 +27,7 @@ import numpy as np
 
 from cellsearch.errors import UserError
 from cellsearch.predict import to_units
+from cellsearch.tasks import get_task
 
 #: Values each clampable gate is fixed to.
 CLAMP_TO = ("0", "1", "mean")
@@ -237,7 +238,7 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
         x = cut
     scale = None if inputs.scale is None else (inputs.scale[0][picks], inputs.scale[1][picks])
     truth = None
-    if prep.task != "forecasting" and prep.id_col and prep.target in df.columns and prep.id_col in df.columns:
+    if get_task(prep.task).whole_sequences and prep.id_col and prep.target in df.columns and prep.id_col in df.columns:
         truth = {str(k): v for k, v in df.groupby(prep.id_col, sort=False)[prep.target].first().items()}
     return explain_sequences(pick_member(predictor.model, member), prep, x, lengths, inputs.keys[picks], scale,
                              truth)
@@ -401,10 +402,10 @@ def explain_checkpoint(path: str | Path, checkpoint: str | Path, dataset: Any, l
     picks = _choose(split.keys[:n], to_units(out, prep, None) if prep.classes is not None else out, prep, None, limit)
     keys = np.asarray([str(k) for k in split.keys[:n]])
     truth = None
-    if prep.task != "forecasting":
+    task = get_task(prep.task)
+    if task.whole_sequences:
         y = np.asarray(split.y[:n])
-        truth = {keys[i]: (prep.classes[int(y[i])] if prep.classes is not None else
-                           round(float(np.ravel(y[i])[0]) * prep.target_std + prep.target_mean, 6)) for i in picks}
+        truth = {keys[i]: task.truth(y[i], prep) for i in picks}
     explanations = explain_sequences(model, prep, x[picks], lengths[picks], keys[picks],
                                      None if scale is None else (scale[0][picks], scale[1][picks]), truth)
     return write_html(explanations, path, title=title,

@@ -28,6 +28,7 @@ from cellsearch.data import Preprocessing, get_layout
 from cellsearch.errors import UserError
 from cellsearch.files import dumps
 from cellsearch.formats import Format, check_formats
+from cellsearch.tasks import get_task
 from cellsearch.tracking import default_tracking_uri, repoint_artifacts
 
 PYFUNC_CODE = '''"""MLflow pyfunc entry point of a cellsearch bundle (models-from-code: nothing pickled)."""
@@ -86,7 +87,7 @@ def _select_point(study: Any, trial: int | None, pick: str, root: Path, ensemble
 
     direction = attrs.get("direction", "maximize")
     return pick_trial(pareto_front(points, direction), direction, pick,
-                      losses=loss_reader(points, attrs.get("task", "classification")))
+                      losses=loss_reader(points, attrs["task"]))
 
 
 def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessing, dict[str, Any]]:
@@ -134,8 +135,8 @@ def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[s
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    note = ("(MASE: mean absolute error over the series' in-sample mean absolute seasonal difference)"
-            if prep.task == "forecasting" else "")
+    task = get_task(prep.task)
+    note = task.metric_note
     extra = ", ".join(f"{k} {v}" for k, v in get_layout(prep.layout).summary(prep).items())
     secondary = "".join(f"; test {k[5:]} {fmt(v)}" for k, v in metrics.items()
                         if k.startswith("test_") and k != "test_score")
@@ -157,7 +158,7 @@ def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[s
                        for m, w, src in zip(model.members, model.weights, model.sources))
         members = f"""
 ## Members ({len(model.members)} models; the output averages their {
-            'probabilities' if prep.task == 'classification' else 'values'} with these weights)
+            'probabilities' if task.labels else 'values'} with these weights)
 | trial | fold | architecture | weight |
 | --- | --- | --- | --- |
 {rows}

@@ -25,6 +25,7 @@ import numpy as np
 from cellsearch.data import Dataset, SplitTensors
 from cellsearch.data.splits import concat_splits
 from cellsearch.errors import UserError
+from cellsearch.tasks import get_task
 
 #: ``--cv auto`` cross-validates data with at most this many sequences (forecasting: windows).
 AUTO_MAX_EXAMPLES = 2000
@@ -154,7 +155,7 @@ def make_folds(dataset: Dataset, k: int, seed: int = 0, val_size: float = 0.15) 
         if pool.position is not None:
             pairs, kind = _rolling(pool, k), "rolling origin"
         else:
-            classify = dataset.task == "classification"
+            classify = get_task(dataset.task).labels
             n = len(pool)
             pairs = _shuffled(n, min(k, n // 2), np.asarray(pool.y) if classify else None, seed) if n >= 4 else []
             kind = "stratified" if classify else "shuffled"
@@ -165,7 +166,7 @@ def make_folds(dataset: Dataset, k: int, seed: int = 0, val_size: float = 0.15) 
         if train.position is not None:
             pairs = _time_holdout(train, val_size)
         else:
-            labels = np.asarray(train.y) if dataset.task == "classification" else None
+            labels = np.asarray(train.y) if get_task(dataset.task).labels else None
             pairs = _shuffled(len(train), max(2, round(1 / val_size)), labels, seed)[:1]
     if pairs:
         folds = [Fold(Part(pool, tr), Part(pool, va)) for tr, va in pairs]
@@ -177,16 +178,9 @@ def make_folds(dataset: Dataset, k: int, seed: int = 0, val_size: float = 0.15) 
 
 
 def row_losses(task: str, pred: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Each example's continuous loss: log-loss of the class scores (``pred`` holds logits or
-    log-probabilities) for classification, mean squared error of the model's (scaled) outputs
-    otherwise."""
-    pred = np.asarray(pred, dtype=np.float64)
-    if task == "classification":
-        z = pred - pred.max(axis=1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return -logp[np.arange(len(pred)), np.asarray(y, dtype=np.int64)]
-    err = pred.reshape(len(pred), -1) - np.asarray(y, dtype=np.float64).reshape(len(pred), -1)
-    return np.mean(err ** 2, axis=1)
+    """Each example's continuous loss (``Task.row_losses``): log-loss of the class scores for
+    classification, mean squared error of the model's (scaled) outputs otherwise."""
+    return get_task(task).row_losses(pred, y)
 
 
 def oof_loss(task: str, pred: np.ndarray, split: SplitTensors) -> float:

@@ -26,8 +26,8 @@ class ModelSpec:
     Args:
         input_size: features per time step.
         layers: the recurrent layers, bottom first.
-        n_outputs: classes (classification), 1 (regression) or the horizon (forecasting).
-        task: ``classification``, ``regression`` or ``forecasting``.
+        n_outputs: the head's outputs (``Task.n_outputs``: classes, 1, the horizon).
+        task: a key of ``cellsearch.tasks.TASKS``.
         dropout: dropout between recurrent layers and before the head.
         patch: read ``patch`` consecutive steps as one input vector (``patch x input_size`` inputs per
             step of the stack; a sequence's last patch is completed with zeros).
@@ -165,9 +165,9 @@ def build(spec: ModelSpec) -> SequenceModel:
 
 
 class EnsembleModel(nn.Module):
-    """A weighted average of ``SequenceModel``s that read the same inputs: of their class
-    probabilities for classification (the output is the log of the average, so that softmax and
-    argmax read it as logits), of their values otherwise.
+    """A weighted average of ``SequenceModel``s that read the same inputs, as their task averages
+    (``Task.average_torch``): for classification of their class probabilities (the output is the log
+    of the average, so that softmax and argmax read it as logits), of their values otherwise.
 
     Args:
         members: the models (same task, inputs and outputs; any architecture).
@@ -187,11 +187,9 @@ class EnsembleModel(nn.Module):
         self.spec = members[0].spec
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        outs = [m(x, lengths) for m in self.members]
-        if self.spec.task == "classification":
-            p = sum(w * torch.softmax(o, dim=1) for w, o in zip(self.weights, outs))
-            return torch.log(p.clamp_min(1e-30))
-        return sum(w * o for w, o in zip(self.weights, outs))
+        from cellsearch.tasks import get_task
+
+        return get_task(self.spec.task).average_torch([m(x, lengths) for m in self.members], self.weights)
 
     @property
     def arch(self) -> str:

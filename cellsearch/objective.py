@@ -13,7 +13,6 @@ fold). The K-fold cost is paid only by trials that stay in the running.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,26 +111,6 @@ def _outcome(exc: BaseException) -> tuple[str, str, BaseException]:
     if isinstance(exc, KeyboardInterrupt):
         return "FAILED", "interrupted (Ctrl-C)", exc
     return "FAILED", f"{type(exc).__name__}: {exc}", exc
-
-
-#: The out-of-fold loss's weight in a classification trial's objective value, per out-of-fold row:
-#: a loss difference of up to 10 weighs less than one sequence more or less classified right.
-TIE_WEIGHT = 0.1
-
-
-def search_value(task: str, score: float, loss: float | None, n_rows: int) -> float:
-    """The value Optuna sees for a trial's score: for classification, the accuracy less
-    ``TIE_WEIGHT / n_rows`` times the out-of-fold log-loss — the order in which the front ranks
-    trials (score, then loss) as one number; the score itself elsewhere.
-
-    Why: on a few dozen sequences many trials classify every out-of-fold sequence right. Seeing
-    them all at 1.0, a two-objective search has only cost left to improve and cannot tell a sure
-    model from one that barely scrapes through; with the loss in the value, a model that is right
-    and sure stays on the search's front beside the cheaper ones, and the sampler keeps exploring
-    there. Trials' recorded scores (``val_score``) are unchanged."""
-    if task != "classification" or loss is None or not math.isfinite(loss) or n_rows < 1:
-        return score
-    return score - TIE_WEIGHT / n_rows * loss
 
 
 @dataclass(kw_only=True, eq=False)
@@ -290,7 +269,7 @@ class Objective:
     def _record(self, trial: Any, run: Any, results: list[Any], curve: list[float]) -> Any:
         """Save the fold models and their out-of-fold predictions, record the finished trial, return
         the objective values: the mean of the folds' scores with the out-of-fold loss as its
-        tie-break (``search_value``), and the cost of what is exported (all fold models)."""
+        tie-break (``Task.search_value``), and the cost of what is exported (all fold models)."""
         import numpy as np
 
         from cellsearch.costs import COSTS, cost_value, measure_costs
@@ -336,7 +315,9 @@ class Objective:
                                         "score_spread": round(attrs["val_spread"], 4),
                                         "oof_loss": attrs["oof_loss"], **fold_metrics, **costs,
                                         "train_seconds": seconds, "epochs": attrs["epochs"], "steps": attrs["steps"]})
-        value = search_value(task, attrs["val_score"], attrs["oof_loss"], len(oof))
+        from cellsearch.tasks import get_task
+
+        value = get_task(task).search_value(attrs["val_score"], attrs["oof_loss"], len(oof))
         if config.objective == "score":
             return value
         return value, cost_value(config.cost, attrs)

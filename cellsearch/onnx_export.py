@@ -4,8 +4,8 @@ ONNX's ``LSTM`` operator has a peephole input ``P`` and an ``input_forget`` attr
 ``GRU`` has ``linear_before_reset`` (torch's GRU), so each layer maps onto one fused operator with
 dynamic batch and sequence length and per-sequence ``sequence_lens``. The graph is written directly
 with ``onnx.helper`` (no tracing): inputs ``x`` (batch, time, features) float32 and ``lengths``
-(batch,) int64; output ``output`` (logits or scaled values) and, for classification,
-``probabilities``.
+(batch,) int64; output ``output`` (logits or scaled values) and the task's own outputs
+(``Task.onnx_head``; classification: ``probabilities``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cellsearch.tasks import get_task
 
 OPSET = 17
 
@@ -137,6 +139,7 @@ def _ensemble_onnx(model: Any) -> Any:
     import onnx
     from onnx import helper
 
+    task = get_task(model.spec.task)
     shared = {"x", "lengths", ""}
     nodes, inits = [], []
     outs = []
@@ -158,24 +161,14 @@ def _ensemble_onnx(model: Any) -> Any:
             new_init.CopyFrom(init)
             new_init.name = rename(init.name)
             inits.append(new_init)
-        classify = model.spec.task == "classification"
-        outs.append(rename("probabilities" if classify else "output"))
+        outs.append(rename(task.member_output()))
     g = Graph()
-    total = ""
-    for k, (name, w) in enumerate(zip(outs, model.weights)):
-        term = g.node("Mul", [name, g.const(f"ens_w{k}", [w], "float32")])
-        total = term if not total else g.node("Add", [total, term])
     spec = model.spec
     n = spec.n_outputs
-    if spec.task == "classification":
-        g.nodes.append(helper.make_node("Identity", [total], ["probabilities"]))
-        g.nodes.append(helper.make_node("Log", [g.node("Max", [total, g.const("ens_tiny", [1e-30], "float32")])],
-                                        ["output"]))
-        outputs = [helper.make_tensor_value_info("output", g.FLOAT, ["batch", n]),
-                   helper.make_tensor_value_info("probabilities", g.FLOAT, ["batch", n])]
-    else:
-        g.nodes.append(helper.make_node("Identity", [total], ["output"]))
-        outputs = [helper.make_tensor_value_info("output", g.FLOAT, ["batch", n])]
+    outputs = []
+    for node_out, name in task.onnx_average(g, list(zip(outs, model.weights))):
+        g.nodes.append(helper.make_node("Identity", [node_out], [name]))
+        outputs.append(helper.make_tensor_value_info(name, g.FLOAT, ["batch", n]))
     graph = helper.make_graph(
         nodes + g.nodes, "cellsearch_ensemble",
         [helper.make_tensor_value_info("x", g.FLOAT, ["batch", "time", spec.input_size]),
@@ -236,9 +229,9 @@ def _model_onnx(model: Any) -> Any:
                                 g.const("zero_f", [0.0], "float32")])
         nodes.append(helper.make_node("Add", [head, base], ["output"]))
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", spec.n_outputs])]
-    if spec.task == "classification":
-        nodes.append(helper.make_node("Softmax", ["output"], ["probabilities"], axis=1))
-        outputs.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", spec.n_outputs]))
+    for node_out, name in get_task(spec.task).onnx_head(g, "output"):
+        nodes.append(helper.make_node("Identity", [node_out], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", spec.n_outputs]))
     graph = helper.make_graph(
         nodes, "cellsearch",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", spec.input_size]),

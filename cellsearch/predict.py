@@ -19,6 +19,7 @@ import pandas as pd
 
 from cellsearch.data import Inputs, Preprocessing, get_layout
 from cellsearch.errors import UserError
+from cellsearch.tasks import get_task
 
 
 def _check_columns(df: pd.DataFrame, prep: Preprocessing, where: str) -> list[str]:
@@ -54,13 +55,7 @@ def to_units(out: np.ndarray, prep: Preprocessing, scale: tuple[Any, Any] | None
     """Model outputs (N, O) in the target's terms: class probabilities (classification), values in
     the target's units through the training standardisation, or, with ``scale`` (per-row mean and
     std, or one of each), through that — the forecasting windows' own scale."""
-    if prep.classes is not None:
-        p = np.exp(out - out.max(axis=1, keepdims=True))
-        return p / p.sum(axis=1, keepdims=True)
-    if scale is None:
-        return out * prep.target_std + prep.target_mean
-    mean, std = (np.reshape(v, (-1, 1)) for v in scale)
-    return out * std + mean
+    return get_task(prep.task).to_units(out, prep, scale)
 
 
 class Predictor:
@@ -94,19 +89,7 @@ class Predictor:
         out = self.raw_outputs(inputs.x, inputs.lengths)
         keys = inputs.keys
         key_name = self.prep.id_col or ("row" if inputs.scale is None else "series")
-        values = to_units(out, self.prep, inputs.scale)
-        if self.prep.classes is not None:
-            p = values
-            classes = self.prep.classes
-            res = pd.DataFrame({key_name: keys, "prediction": [classes[i] for i in p.argmax(axis=1)]})
-            for j, c in enumerate(classes):
-                res[f"prob_{c}"] = p[:, j]
-            return res
-        if inputs.scale is None:
-            return pd.DataFrame({key_name: keys, "prediction": values[:, 0]})
-        horizon = out.shape[1]
-        return pd.DataFrame({key_name: np.repeat(keys, horizon), "step": np.tile(np.arange(1, horizon + 1), len(keys)),
-                             "prediction": values.reshape(-1)})
+        return get_task(self.prep.task).predictions(keys, to_units(out, self.prep, inputs.scale), self.prep, key_name)
 
 
 def load(path: str | Path) -> Any:

@@ -3,8 +3,8 @@
 Each reference is fitted on the training split only and scored on the same validation and test
 splits as the networks, with the same metric. They are shown beside the networks (Pareto table and
 plot, MLflow runs tagged ``reference``, the model card) and never exported: the bundle is always a
-network. The registry ``REFERENCES`` maps a name to a ``Reference``; a reference serves the tasks it
-lists (forecasting references join here too).
+network. The registry ``REFERENCES`` maps a name to a ``Reference``; each task lists the references
+that apply to it (``Task.references``).
 
 * ``1nn``: 1-nearest-neighbour, Euclidean distance, on sequences z-normalised one by one (each
   channel over its real steps: the UCR convention) and resampled to one common length.
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from cellsearch.tasks import get_task
 
 ALPHAS = np.logspace(-3, 3, 13)
 #: A reference whose scoring would take more multiply-accumulates than this (about a minute on two
@@ -75,14 +77,12 @@ class Reference:
 
     Args:
         label: how tables and plots name it.
-        tasks: the tasks it serves.
         fit: ``fit(train, ctx)`` → ``predict(split)``: predictions in the networks' output units (class
             labels; standardised values; window-scaled forecasts).
         macs: ``macs(ctx)`` multiply-accumulates per prediction; ``params(ctx)`` numbers stored.
     """
 
     label: str
-    tasks: tuple[str, ...]
     fit: Callable[[Any, Context], Callable[[Any], np.ndarray]]
     macs: Callable[[Context], int]
     params: Callable[[Context], int]
@@ -101,14 +101,14 @@ def _sklearn(features: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
 def _nn_model(task: str) -> Any:
     from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
-    cls = KNeighborsClassifier if task == "classification" else KNeighborsRegressor
+    cls = KNeighborsClassifier if get_task(task).labels else KNeighborsRegressor
     return cls(n_neighbors=1, algorithm="brute")
 
 
 def _ridge_model(task: str) -> Any:
     from sklearn.linear_model import RidgeClassifierCV, RidgeCV
 
-    return RidgeClassifierCV(alphas=ALPHAS) if task == "classification" else RidgeCV(alphas=ALPHAS)
+    return RidgeClassifierCV(alphas=ALPHAS) if get_task(task).labels else RidgeCV(alphas=ALPHAS)
 
 
 def _naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
@@ -131,18 +131,17 @@ def _seasonal_naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     return predict
 
 
-_SEQUENCES = ("classification", "regression")
 REFERENCES: dict[str, Reference] = {
-    "1nn": Reference("1-NN", _SEQUENCES,
+    "1nn": Reference("1-NN",
                      _sklearn(lambda x, n, length: resample(znormalise(x, n), n, length).reshape(len(x), -1),
                               _nn_model),
                      macs=lambda c: c.n_train * c.dim, params=lambda c: c.n_train * c.dim),
-    "ridge": Reference("ridge", _SEQUENCES,
+    "ridge": Reference("ridge",
                        _sklearn(lambda x, n, length: resample(x, n, length).reshape(len(x), -1), _ridge_model),
                        macs=lambda c: c.dim * c.n_outputs, params=lambda c: (c.dim + 1) * c.n_outputs),
     # Forecasts: one multiply-add per output maps the window-scaled value back.
-    "naive": Reference("naive", ("forecasting",), _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
-    "seasonal_naive": Reference("seasonal naive", ("forecasting",), _seasonal_naive, macs=lambda c: c.n_outputs,
+    "naive": Reference("naive", _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
+    "seasonal_naive": Reference("seasonal naive", _seasonal_naive, macs=lambda c: c.n_outputs,
                                 params=lambda c: 0),
 }
 
@@ -174,7 +173,7 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     out = []
     for name in names or tuple(REFERENCES):
         ref = REFERENCES[name]
-        if task not in ref.tasks or (deadline is not None and time.time() >= deadline) or \
+        if name not in get_task(task).references or (deadline is not None and time.time() >= deadline) or \
                 ref.macs(ctx) * (n_val + len(test)) > MAX_WORK:
             continue
         t0 = time.perf_counter()

@@ -10,6 +10,8 @@ def print_inspect(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from cellsearch.tasks import get_task
+
     console = Console()
     table = Table(show_header=False, title=f"cellsearch inspect {info['file']}", title_justify="left")
     table.add_column(style="bold")
@@ -22,11 +24,11 @@ def print_inspect(info: dict[str, Any]) -> None:
         ("time column", info["time_col"] or "-"),
         ("features", ", ".join(info["features"])),
         ("rows", f"{info['n_rows']:,}"),
-        ("sequences" if info["task"] != "forecasting" else "windows", f"{info['n_sequences']:,}"),
+        (get_task(info["task"]).unit, f"{info['n_sequences']:,}"),
         ("split", " / ".join(f"{k} {v:,}" for k, v in info["splits"].items()) + f"  ({info['split_source']})"),
         ("length", f"min {info['length']['min']}, median {info['length']['median']:g}, max {info['length']['max']}"),
     ]
-    if info["task"] == "forecasting":
+    if "window" in info:
         rows.append(("window / horizon", f"{info['window']} / {info['horizon']}, season {info['season']} "
                      f"({info['n_series']} series, {info['series_trained']} long enough to train)"))
     if "classes" in info:

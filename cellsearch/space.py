@@ -121,15 +121,17 @@ class SearchSpace:
         out["patch"] = int(_draw(trial, "patch", patch))
         out["pooling"] = str(_draw(trial, "pooling", cfg["pooling"]))
         # per-sequence options: whole sequences, not forecasting windows (anchored at their end)
-        whole = shape is None or shape.task in ("classification", "regression")
+        from cellsearch.tasks import get_task
+
+        whole = shape is None or get_task(shape.task).whole_sequences
         out["normalize"] = bool(_draw(trial, "normalize", cfg["normalize"] if whole else False))
         crop = cfg["crop"] if whole else 0.0
         if shape is not None:
             crop = _only(crop, lambda f: f == 0 or shape.length * f >= MIN_CROP_STEPS)
         out["crop"] = float(_draw(trial, "crop", crop))
-        loss = cfg["forecast_loss"] if shape is None or shape.task == "forecasting" else "l1"
+        loss = cfg["forecast_loss"] if shape is None or not whole else "l1"
         out["forecast_loss"] = str(_draw(trial, "forecast_loss", loss))
-        base = cfg["seasonal_base"] if shape is None or (shape.task == "forecasting" and shape.season > 1) else False
+        base = cfg["seasonal_base"] if shape is None or (not whole and shape.season > 1) else False
         out["seasonal_base"] = bool(_draw(trial, "seasonal_base", base))
         return out
 

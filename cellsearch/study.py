@@ -251,13 +251,14 @@ def read_folds(config: TuneConfig) -> tuple[Any, Any]:
 
     from cellsearch.data import read_dataset
     from cellsearch.folds import make_folds, resolve_cv
+    from cellsearch.tasks import get_task
 
     opts = config.data_options
     dataset = read_dataset(config.data, replace(opts, val_size=0.0))
     n = len(dataset.splits["train"]) + len(dataset.splits["val"])
     folds = make_folds(dataset, resolve_cv(config.cv, n), config.seed, opts.val_size)
     if not folds.validated:
-        raise UserError(f"{config.data}: {n} {'windows' if dataset.task == 'forecasting' else 'sequences'} "
+        raise UserError(f"{config.data}: {n} {get_task(dataset.task).unit} "
                         "outside the test split are too few to validate on (at least 4 are needed); "
                         "add data or lower --test-fraction")
     if not len(dataset.splits["test"]) and opts.test_size > 0 and not dataset.preprocessing.split_col:

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.nn import functional as F
 
 from cellsearch.data import Dataset, SplitTensors
 from cellsearch.folds import Fold, holdout_fold
 from cellsearch.metrics import metric_of, score, test_scores
 from cellsearch.model import SequenceModel
 from cellsearch.pooling import real_steps
+from cellsearch.tasks import get_task
 
 
 def quiet_lightning() -> None:
@@ -51,7 +51,7 @@ class _Batches(torch.utils.data.Dataset):
         self.x = torch.from_numpy(np.ascontiguousarray(split.x))
         self.lengths = torch.from_numpy(split.lengths.astype(np.int64))
         y = torch.from_numpy(np.asarray(split.y))
-        self.y = y.long() if task == "classification" else y.float().reshape(len(split), -1)
+        self.y = get_task(task).target_tensor(y, len(split))
         w = np.ones(len(split)) if split.weight is None else split.weight
         self.weight = torch.from_numpy(np.asarray(w, dtype=np.float32))
         self.index = None if index is None else torch.from_numpy(np.asarray(index, dtype=np.int64))
@@ -119,6 +119,7 @@ class SequenceTask(pl.LightningModule):
         self.crop = crop
         self.model = model
         self.task = task
+        self._task = get_task(task)
         self.lr = lr
         self.weight_decay = weight_decay
         self.target_std = target_std
@@ -130,13 +131,10 @@ class SequenceTask(pl.LightningModule):
         return self.model(x, lengths)
 
     def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy; mean squared error; forecasting: L1 on each window's scaled values (what
-        MASE scores), or squared error with ``forecast_loss="mse"``."""
-        if self.task == "classification":
-            return F.cross_entropy(out, y)
-        if self.task == "forecasting" and self.forecast_loss == "l1":
-            return F.l1_loss(out, y)
-        return F.mse_loss(out, y)
+        """The task's training loss (``Task.loss``): cross-entropy; mean squared error; forecasting:
+        L1 on each window's scaled values (what MASE scores), or squared error with
+        ``forecast_loss="mse"``."""
+        return self._task.loss(out, y, self.forecast_loss)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, lengths, y, _ = batch

@@ -20,9 +20,9 @@ from cellsearch.ensemble import loss_reader
 from cellsearch.errors import UserError
 from cellsearch.folds import fold_losses, fold_scores, make_folds, oof_loss, resolve_cv
 from cellsearch.model import EnsembleModel, ModelSpec, build
-from cellsearch.objective import TIE_WEIGHT
 from cellsearch.pareto import pareto_front, pick_trial, trial_points
 from cellsearch.stack import LayerSpec
+from cellsearch.tasks.classification import TIE_WEIGHT
 from tests.conftest import make_classification_csv, make_sales_csv
 
 # ---- folds -----------------------------------------------------------------------------------------
@@ -306,9 +306,11 @@ def test_bagged_selection_is_reproducible_and_scored_on_all_rows(tmp_path):
         TRIM,
         _greedy,
         _members_output,
-        _probabilities,
         select_ensembles,
     )
+    from cellsearch.tasks import get_task
+
+    _probabilities = get_task("classification").to_average
 
     trials, folds = _noisy_trials(tmp_path)
     found = select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs", seed=3)
@@ -345,13 +347,14 @@ def test_bagged_selection_is_reproducible_and_scored_on_all_rows(tmp_path):
 
 def test_bagged_selection_uses_fewer_bags_on_many_rows(tmp_path, monkeypatch):
     import cellsearch.ensemble as ensemble
+    from cellsearch.tasks import get_task
 
     trials, folds = _noisy_trials(tmp_path)  # 40 rows
     monkeypatch.setattr(ensemble, "BAG_ROWS", 40 * 5)
     assert ensemble.select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")[0]["bags"] == 5
     monkeypatch.setattr(ensemble, "BAG_ROWS", 39)  # one bag: one greedy run on all the rows
     e = ensemble.select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")[0]
-    preds = {t["trial"]: ensemble._probabilities(np.load(t["oof"]).astype(np.float64)) for t in trials}
+    preds = {t["trial"]: get_task("classification").to_average(np.load(t["oof"]).astype(np.float64)) for t in trials}
     counts = ensemble._greedy("classification", preds, folds, 1.0, 1.0)
     assert e["bags"] == 1 and e["members"] == pytest.approx({n: c / ensemble.ROUNDS for n, c in counts.items()})
 
@@ -427,7 +430,10 @@ def cv_tuned(tiny_csv, cv_space, tmp_path_factory):
 
 
 def test_the_search_value_breaks_ties_by_the_loss_and_only_ties():
-    from cellsearch.objective import search_value
+    from cellsearch.tasks import get_task
+
+    def search_value(task, *args):
+        return get_task(task).search_value(*args)
 
     n = 40
     sure, unsure = search_value("classification", 1.0, 0.05, n), search_value("classification", 1.0, 0.6, n)

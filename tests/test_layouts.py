@@ -17,8 +17,8 @@ from cellsearch.data.detect import Columns, Schema
 from cellsearch.data.features import standardise_padded
 from cellsearch.data.layouts.base import guess_target, sequence_task
 from cellsearch.data.splits import sequence_splits, split_order, split_views
-from cellsearch.data.targets import encode_target
 from cellsearch.errors import UserError
+from cellsearch.tasks import get_task
 
 PACKAGE = Path(cellsearch.__file__).resolve().parent
 
@@ -69,7 +69,7 @@ class PackedLayout(Layout):
         keys = df[schema.id_col].to_numpy() if schema.id_col else np.arange(len(df))
         first = df[schema.target]
         assign = sequence_splits(None, first, schema.task, opts, path)
-        y, target_info = encode_target(first, schema.task, assign == "train", path, schema.target)
+        y, target_info = get_task(schema.task).encode_target(first, assign == "train", path, schema.target)
         mean, std = standardise_padded(x, inside, assign == "train")
         seq_order = split_order(assign)
         splits = split_views(x[seq_order], seq_order, assign, lengths, y, keys)

@@ -59,9 +59,11 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
         refs = {}
     truth = test.groupby(id_col, sort=False)[target].first()
 
+    from cellsearch.tasks import get_task
+
     def test_score(model: Any) -> float:
         preds = model.predict(test.drop(columns=[target])).set_index(id_col)["prediction"].loc[truth.index]
-        if task == "classification":
+        if get_task(task).labels:
             return float(np.mean(preds.astype(str).to_numpy() == truth.astype(str).to_numpy()))
         return float(np.sqrt(np.mean((preds.to_numpy(dtype=float) - truth.to_numpy(dtype=float)) ** 2)))
 
@@ -75,7 +77,7 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
         variants = {name: test_score(m) for name, m in _variants(tmp, result).items()}
         _keep(tmp, keep, path.stem)
     chosen = result.get("chosen") or {}
-    return {"file": path.name, "task": task, "metric": "accuracy" if task == "classification" else "rmse",
+    return {"file": path.name, "task": task, "metric": get_task(task).metric,
             "network_test": score, "references_test": refs, "chosen": chosen.get("arch"),
             "chosen_val": chosen.get("score"), "trials": result.get("counts"), "tune_seconds": round(tune_s, 1),
             "cv": result.get("cv"), "variants": variants}

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from cellsearch.errors import UserError
 
-TASKS = ("classification", "regression", "forecasting")
 FILLS = ("ffill", "zero")
 SPLITS = ("train", "val", "test")
 
@@ -34,6 +33,8 @@ class DataOptions:
     def validate(self) -> None:
         """Raise ``UserError`` naming the first bad option (``layout`` is checked against the layout
         registry when the file is read)."""
+        from cellsearch.tasks import TASKS
+
         if self.task is not None and self.task not in TASKS:
             raise UserError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.fill is not None and self.fill not in FILLS:

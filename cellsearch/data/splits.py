@@ -87,7 +87,9 @@ def sequence_splits(given: np.ndarray | None, first: pd.Series, task: str, opts:
     """One set per sequence: as the split column gives it, else random (stratified by class for
     classification); the training set must not be empty."""
     if given is None:
-        strat = first.astype(str).to_numpy() if task == "classification" else None
+        from cellsearch.tasks import get_task
+
+        strat = first.astype(str).to_numpy() if get_task(task).labels else None
         given = _assign_sequences(len(first), strat, opts)
     if not (given == "train").any():
         raise UserError(f"{path}: the training split is empty")

@@ -1,14 +1,12 @@
-"""The target of whole sequences: one value per sequence, encoded (class indices or standardised values)."""
+"""The target of whole sequences: one value per sequence (its encoding is the task's: ``Task.encode_target``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cellsearch.data.detect import is_numeric
 from cellsearch.data.sequences import py_scalar
 from cellsearch.errors import UserError
 
@@ -28,25 +26,3 @@ def sequence_targets(df: pd.DataFrame, target: str, order: np.ndarray, starts: n
         raise UserError(f"{path}: sequence {seq!r} has more than one target value in {target!r} "
                         f"({a!r} and {b!r}, line {int(order[k]) + 2})")
     return first
-
-
-def encode_target(first: pd.Series, task: str, train: np.ndarray, path: Path, target: str
-                  ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Class indices (classification) or values standardised by the training sequences' mean and
-    standard deviation; returns them with the ``Preprocessing`` fields that undo the encoding."""
-    if task == "classification":
-        labels = first.astype(str).to_numpy() if not is_numeric(first) else first.to_numpy()
-        classes = np.unique(labels)
-        if len(classes) < 2:
-            raise UserError(f"{path}: target {target!r} has only one class ({py_scalar(classes[0])!r}); "
-                            "classification needs at least two")
-        y = np.searchsorted(classes, labels).astype(np.int64)
-        counts = {str(py_scalar(c)): int((labels == c).sum()) for c in classes}
-        return y, {"classes": [py_scalar(c) for c in classes], "class_counts": counts}
-    v = first.to_numpy(dtype=np.float64)
-    if not np.isfinite(v).all():
-        raise UserError(f"{path}: target {target!r} has non-finite values")
-    mean, std = float(v[train].mean()), float(v[train].std())
-    if std < 1e-12:
-        raise UserError(f"{path}: target {target!r} is constant; nothing to learn")
-    return ((v - mean) / std).astype(np.float32), {"target_mean": mean, "target_std": std}

@@ -18,6 +18,7 @@ from cellsearch.data.layouts.series import SeriesLayout
 from cellsearch.data.layouts.wide import WideLayout
 from cellsearch.data.options import DataOptions
 from cellsearch.errors import UserError
+from cellsearch.tasks import get_task
 
 LAYOUTS: dict[str, Layout] = {}
 
@@ -48,12 +49,12 @@ def detect(df: pd.DataFrame, opts: DataOptions, path: Path) -> tuple[Schema, lis
     else:
         layout = next(lay for lay in sorted(LAYOUTS.values(), key=lambda lay: lay.priority)
                       if lay.recognises(df, found, opts))
-    if opts.task is not None and opts.task not in layout.tasks:
-        serving = [lay.name for lay in LAYOUTS.values() if opts.task in lay.tasks]
+    if opts.task is not None and not layout.serves(opts.task):
+        serving = [lay.name for lay in LAYOUTS.values() if lay.serves(opts.task)]
         raise UserError(f"--task {opts.task} needs the {' or '.join(serving)} layout (or --layout {serving[0]}); "
-                        f"the {layout.name} layout is for {' or '.join(layout.tasks)}")
+                        f"the {layout.name} layout is for {' or '.join(layout.tasks())}")
     schema = layout.schema(df, found, opts, path, warnings)
-    if schema.task in ("forecasting", "regression") and not is_numeric(df[schema.target]):
+    if get_task(schema.task).needs_numeric_target() and not is_numeric(df[schema.target]):
         raise UserError(f"{path}: {schema.task} needs a numeric target; column {schema.target!r} is text")
     return schema, warnings
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from cellsearch.data.detect import TARGET_NAMES, Columns, Schema, detect_task, find_column, is_numeric
 from cellsearch.errors import UserError
+from cellsearch.tasks import TASKS, get_task
 
 if TYPE_CHECKING:
     from cellsearch.data.options import DataOptions
@@ -51,8 +52,9 @@ class Layout(ABC):
 
     #: The registry name, as ``--layout`` takes it and ``Preprocessing.layout`` stores it.
     name: ClassVar[str]
-    #: The tasks the layout serves; the first is the default when the target does not decide.
-    tasks: ClassVar[tuple[str, ...]] = ("classification", "regression")
+    #: Whether the layout's examples are whole sequences with one target each (long, wide), or
+    #: windows cut from series (series); it serves the registered tasks of the same kind.
+    whole_sequences: ClassVar[bool] = True
     #: Detection tries layouts in increasing priority; the last one should recognise any file.
     priority: ClassVar[int] = 50
     #: Column names taken as the target when ``--target`` is not given.
@@ -105,12 +107,22 @@ class Layout(ABC):
         return df.reset_index(drop=True)
 
     def n_outputs(self, prep: Preprocessing) -> int:
-        """The model's outputs: one per class, else 1."""
-        return len(prep.classes) if prep.classes else 1
+        """The model's outputs (``Task.n_outputs``: one per class, 1, the horizon)."""
+        return get_task(prep.task).n_outputs(prep)
 
     def seasonality(self, prep: Preprocessing) -> tuple[int, int]:
         """(season, input channel of the target) for a seasonal naive base in the model; (1, 0): none."""
         return 1, 0
+
+    @classmethod
+    def serves(cls, task: str) -> bool:
+        """Whether the layout can read a file for ``task`` (a key of ``cellsearch.tasks.TASKS``)."""
+        return get_task(task).whole_sequences == cls.whole_sequences
+
+    @classmethod
+    def tasks(cls) -> list[str]:
+        """The registered tasks the layout serves."""
+        return [name for name in TASKS if cls.serves(name)]
 
     def summary(self, prep: Preprocessing) -> dict[str, Any]:
         """Entries of the layout's own for ``inspect`` and the model card (e.g. window and horizon)."""
@@ -118,7 +130,7 @@ class Layout(ABC):
 
     def split_source(self, schema: Schema) -> str:
         """How the splits were made, in words, when no split column gives them."""
-        return "by sequence" + (", stratified" if schema.task == "classification" else "")
+        return "by sequence" + (", stratified" if get_task(schema.task).labels else "")
 
 
 def guess_target(df: pd.DataFrame, found: Columns, names: tuple[str, ...], path: Path, warnings: list[str],
@@ -134,6 +146,11 @@ def guess_target(df: pd.DataFrame, found: Columns, names: tuple[str, ...], path:
         raise UserError(f"{path}: no target column found; pass --target (columns: {', '.join(df.columns)})")
     warnings.append(f"target column guessed as {rest[-1]!r} (override with --target)")
     return rest[-1]
+
+
+def wants_series(opts: DataOptions) -> bool:
+    """Whether ``--task`` names a task of windows cut from series (forecasting)."""
+    return opts.task is not None and not get_task(opts.task).whole_sequences
 
 
 def sequence_task(opts: DataOptions, target: pd.Series) -> str:

@@ -16,14 +16,15 @@ import pandas as pd
 
 from cellsearch.data.detect import Columns, Schema, find_column, is_numeric
 from cellsearch.data.features import plan_inputs, scatter_inputs
-from cellsearch.data.layouts.base import Inputs, Layout, guess_target, sequence_task
+from cellsearch.data.layouts.base import Inputs, Layout, guess_target, sequence_task, wants_series
 from cellsearch.data.options import DataOptions
 from cellsearch.data.preprocessing import Preprocessing, Scaler
 from cellsearch.data.reader import release_freed_memory
 from cellsearch.data.sequences import group_order, padded_rows, py_scalar
 from cellsearch.data.splits import SplitTensors, sequence_splits, split_from_column, split_order, split_views
-from cellsearch.data.targets import encode_target, sequence_targets
+from cellsearch.data.targets import sequence_targets
 from cellsearch.errors import UserError
+from cellsearch.tasks import get_task
 
 
 class LongLayout(Layout):
@@ -32,7 +33,7 @@ class LongLayout(Layout):
 
     def recognises(self, df: pd.DataFrame, found: Columns, opts: DataOptions) -> bool:
         """Ids repeat, and the target is constant within most sequences (else it is a series)."""
-        if not found.ids_repeat(df) or opts.task == "forecasting":
+        if not found.ids_repeat(df) or wants_series(opts):
             return False
         rest = found.rest(df)
         tgt = found.target or find_column(list(df.columns), self.target_names, found.used) or (
@@ -67,7 +68,7 @@ class LongLayout(Layout):
             given = split_rows[starts]
         assign = sequence_splits(given, first, schema.task, opts, path)
         train_seq = assign == "train"
-        y, target_info = encode_target(first, schema.task, train_seq, path, schema.target)
+        y, target_info = get_task(schema.task).encode_target(first, train_seq, path, schema.target)
         # The frame is read_dataset's own: drop the columns now encoded (their memory goes back before
         # the padded array is allocated).
         for c in {schema.id_col, schema.time_col, schema.target, schema.split_col} - {None, *schema.features}:

@@ -137,7 +137,7 @@ def _windows(x_rows: np.ndarray, target: np.ndarray, origins: np.ndarray, availa
 
 class SeriesLayout(Layout):
     name: ClassVar[str] = "series"
-    tasks: ClassVar[tuple[str, ...]] = ("forecasting",)
+    whole_sequences: ClassVar[bool] = False
     priority: ClassVar[int] = 100  # the fallback: any file with a numeric column is a series
     target_names: ClassVar[tuple[str, ...]] = SERIES_TARGET_NAMES
 
@@ -148,7 +148,7 @@ class SeriesLayout(Layout):
                warnings: list[str]) -> Schema:
         target = guess_target(df, found, self.target_names, path, warnings, numeric_only=True)
         features = [c for c in found.rest(df) if c != target]
-        return Schema(self.name, "forecasting", target, found.id_col, found.time_col, found.split_col,
+        return Schema(self.name, opts.task or self.tasks()[0], target, found.id_col, found.time_col, found.split_col,
                       [target, *features])
 
     def build(self, df: pd.DataFrame, schema: Schema, opts: DataOptions, path: Path, warnings: list[str]

@@ -16,12 +16,12 @@ import pandas as pd
 
 from cellsearch.data.detect import Columns, Schema, is_numeric
 from cellsearch.data.features import fill_padded, standardise_padded
-from cellsearch.data.layouts.base import Inputs, Layout, guess_target, sequence_task
+from cellsearch.data.layouts.base import Inputs, Layout, guess_target, sequence_task, wants_series
 from cellsearch.data.options import DataOptions
 from cellsearch.data.preprocessing import Preprocessing, Scaler
 from cellsearch.data.splits import SplitTensors, sequence_splits, split_from_column, split_order, split_views
-from cellsearch.data.targets import encode_target
 from cellsearch.errors import UserError
+from cellsearch.tasks import get_task
 
 _SUFFIX = re.compile(r"^(.*?)(\d+)$")
 
@@ -86,7 +86,7 @@ class WideLayout(Layout):
         """Step columns, and one row per sequence: ids unique, or no id and nothing that orders rows."""
         if found.ids_repeat(df) or step_groups(found.rest(df)) is None:
             return False
-        return bool(found.id_col) or (opts.task != "forecasting" and not found.time_col)
+        return bool(found.id_col) or (not wants_series(opts) and not found.time_col)
 
     def schema(self, df: pd.DataFrame, found: Columns, opts: DataOptions, path: Path,
                warnings: list[str]) -> Schema:
@@ -114,8 +114,8 @@ class WideLayout(Layout):
             raise UserError(f"{path}: target column {schema.target!r} has {int(first.isna().sum())} missing values")
         given = split_from_column(df, schema.split_col, path) if schema.split_col else None
         assign = sequence_splits(given, first, schema.task, opts, path)
-        y, target_info = encode_target(first.reset_index(drop=True), schema.task, assign == "train", path,
-                                       schema.target)
+        y, target_info = get_task(schema.task).encode_target(first.reset_index(drop=True), assign == "train",
+                                                             path, schema.target)
         mean, std = standardise_padded(raw, inside, assign == "train")
         seq_order = split_order(assign)
         x = raw[seq_order]
