@@ -125,9 +125,7 @@ def _prepare(g: Graph, spec: Any) -> tuple[str, str]:
 def build_onnx(model: Any) -> Any:
     """The ONNX ``ModelProto`` of a ``SequenceModel`` or an ``EnsembleModel`` (eval-mode semantics:
     dropout off)."""
-    from cellsearch.model import EnsembleModel
-
-    if isinstance(model, EnsembleModel):
+    if hasattr(model, "members"):  # an EnsembleModel
         return _ensemble_onnx(model)
     return _model_onnx(model)
 

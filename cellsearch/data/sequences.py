@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cellsearch.data.detect import is_numeric
 from cellsearch.errors import UserError
-
-
-def py_scalar(v: Any) -> Any:
-    """A NumPy scalar as the Python value (for messages and JSON keys)."""
-    return v.item() if hasattr(v, "item") else v
+from cellsearch.scalars import py_scalar
 
 
 def group_order(df: pd.DataFrame, id_col: str | None, time_col: str | None, path: Path

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cellsearch.scalars import py_scalar
 from cellsearch.tasks.base import Task, weighted_sum
 
 #: The out-of-fold loss's weight in a trial's search value, per out-of-fold row (``search_value``):
@@ -33,12 +34,12 @@ class Classification(Task):
 
     def encode_target(self, first: pd.Series, train: np.ndarray, path: Path, target: str
                       ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Class indices, with the classes and their counts."""
-        from cellsearch.data.detect import is_numeric
-        from cellsearch.data.sequences import py_scalar
+        """Class indices, with the classes and their counts (labels as numbers where the column is
+        numeric, else as text)."""
         from cellsearch.errors import UserError
 
-        labels = first.astype(str).to_numpy() if not is_numeric(first) else first.to_numpy()
+        numeric = pd.api.types.is_numeric_dtype(first) and not pd.api.types.is_bool_dtype(first)
+        labels = first.to_numpy() if numeric else first.astype(str).to_numpy()
         classes = np.unique(labels)
         if len(classes) < 2:
             raise UserError(f"{path}: target {target!r} has only one class ({py_scalar(classes[0])!r}); "
