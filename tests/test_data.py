@@ -195,6 +195,7 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, list[str], str]]:
     return out
 
 
+@pytest.mark.slow
 def test_every_bad_input_is_one_line_exit_2(tmp_path):
     cases = _bad_files(tmp_path)
     for name, (path, args, expect) in cases.items():
@@ -280,6 +281,7 @@ def test_million_row_file_loads_within_time_and_memory_goal(tmp_path):
     assert res["ratio"] <= 4, res
 
 
+@pytest.mark.slow
 def test_reader_handles_long_lines(tmp_path):
     """A header longer than the probe's megabyte, and a line far longer than the first megabyte's."""
     from cellsearch.data import read_csv

@@ -145,6 +145,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_explain_command_writes_a_page_that_renders(tuned, tiny_csv, tmp_path):
     bundle = tmp_path / "model"
     assert _cli("export", "--run-dir", str(tuned.run_dir), "--out", str(bundle)).returncode == 0

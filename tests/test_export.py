@@ -156,6 +156,7 @@ def test_onnx_matches_pytorch_on_variable_lengths(layers, task, n_out):
             assert np.allclose(out[1], torch.softmax(torch.from_numpy(ref), 1).numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_forecasting_predicts_the_next_values_after_each_series(tmp_path):
     from cellsearch.search import tune
 
@@ -189,6 +190,7 @@ def test_mlflow_models_serve_answers(bundle, tiny_csv):
         stop_process(proc)
 
 
+@pytest.mark.slow
 def test_export_from_another_machine_uses_mlflow_and_the_study(tiny_csv, tiny_space, tmp_path):
     """With the local checkpoints and preprocessing gone (another machine), export fetches the
     checkpoint from the trial's MLflow run and the preprocessing from the study."""

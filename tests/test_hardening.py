@@ -103,6 +103,7 @@ def test_max_epochs_one_trains_and_records_one_check(tiny_csv, space, tmp_path):
 # ---- 2: one study, one kind of data ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_another_file_with_the_same_name_does_not_share_a_study(tmp_path, space):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
@@ -120,6 +121,7 @@ def test_another_file_with_the_same_name_does_not_share_a_study(tmp_path, space)
 # ---- 3: a run directory can be moved and copied -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_moved_or_copied_run_directory_keeps_working(tmp_path, tiny_csv, space):
     from mlflow import MlflowClient
 
@@ -213,6 +215,7 @@ def test_workers_option_is_a_number_or_auto(tmp_path):
 # ---- 5: --timeout holds whatever the data ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_timeout_holds_on_one_long_series(tmp_path):
     t = np.arange(10_000)
     pd.DataFrame({"t": t, "value": np.sin(t / 50) + 0.01 * t}).to_csv(tmp_path / "long.csv", index=False)
@@ -239,6 +242,7 @@ def test_a_stray_cell_or_decimal_commas_are_refused(tmp_path):
     one_line_error(run_cli("inspect", str(tmp_path / "comma.csv")), "decimal commas")
 
 
+@pytest.mark.slow
 def test_too_few_sequences_to_validate_is_an_error_not_a_training_score(tmp_path, space):
     csv = make_classification_csv(tmp_path / "two.csv", n_seq=2)
     res = run_cli("tune", str(csv), "--space", str(space), "--run-dir", str(tmp_path / "runs"), "--no-track",
@@ -266,6 +270,7 @@ def test_a_header_of_megabytes_is_read(tmp_path):
 # ---- 10: one line, never an internal error ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_refuses_bad_destinations(tuned, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
@@ -310,6 +315,7 @@ def test_hostile_bundles_are_refused_in_one_line(tuned, tiny_csv, tmp_path):
 # ---- 11, 12: killed and concurrent processes ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_runs_of_a_killed_search_end_failed_on_resume(tiny_csv, tmp_path):
     from mlflow import MlflowClient
 
@@ -347,6 +353,7 @@ def test_runs_of_a_killed_search_end_failed_on_resume(tiny_csv, tmp_path):
     assert not [r for r in old if r.info.status == "RUNNING"]
 
 
+@pytest.mark.slow
 def test_two_searches_start_together_on_a_fresh_run_directory(tmp_path, tiny_csv, space):
     runs = tmp_path / "runs"
     args = [*CLI, "tune", str(tiny_csv), "--space", str(space), "--trials", "2", "--run-dir", str(runs), "--cv", "1",
@@ -373,6 +380,7 @@ def test_suggested_commands_quote_paths_with_spaces(tmp_path, tiny_csv, space):
 # ---- 15: random damage -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_damaged_csvs_never_crash(tmp_path_factory, space):
     hypothesis = pytest.importorskip("hypothesis")  # in the test extras: CI always runs it
     from hypothesis import HealthCheck, given, settings

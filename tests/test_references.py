@@ -100,6 +100,7 @@ def _linear_csv(path: Path, n_seq: int = 120, steps: int = 6) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_says_when_a_reference_beats_the_network_and_never_exports_it(tmp_path):
     from cellsearch.export import export
 

@@ -64,6 +64,7 @@ def test_three_workers_on_postgres_give_exactly_12_trials(tiny_csv, tiny_space, 
     assert {t.number for t in finished} <= seen
 
 
+@pytest.mark.slow
 def test_workers_share_one_study_with_one_parent_run(tiny_csv, tiny_space, tmp_path):
     r = tune(tiny_csv, space=str(tiny_space), trials=5, workers=2, run_dir=tmp_path, progress=False, max_epochs=2)
     finished = [t for t in r.study.trials if t.state in FINISHED]
@@ -113,6 +114,7 @@ def _running(storage: str, study: str) -> list[int]:
     return [t.number for t in st.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+@pytest.mark.slow
 def test_kill_9_one_worker_and_the_others_finish(tiny_csv, tiny_space, tmp_path):
     space = _slow_space(tmp_path, tiny_space)
     proc = subprocess.Popen(_cli(str(tiny_csv), "--space", str(space), "--trials", "4", "--workers", "2",
@@ -129,6 +131,7 @@ def test_kill_9_one_worker_and_the_others_finish(tiny_csv, tiny_space, tmp_path)
     assert sum(s in FINISHED for s in states) == 4
 
 
+@pytest.mark.slow
 def test_nan_loss_ends_the_trial_with_a_reason_and_the_search_goes_on(tiny_csv, tiny_space, tmp_path, monkeypatch):
     """A loss that turns NaN (injected in the first trial's second epoch) prunes that trial with the
     reason recorded; the next trial runs normally."""

@@ -176,6 +176,7 @@ def test_macs_cost_is_the_analytic_count(tuned):
     assert abs(t.values[1] - folds * (per_step * median_len + spec.layers[-1].hidden * 3)) <= folds * per_step
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_requested_count(tiny_csv, tiny_space, tmp_path):
     kw = dict(space=str(tiny_space), run_dir=tmp_path, progress=False, track=False, max_epochs=2)
     r1 = tune(tiny_csv, trials=2, **kw)
@@ -187,6 +188,7 @@ def test_resume_continues_to_the_requested_count(tiny_csv, tiny_space, tmp_path)
     assert len(r3.study.trials) == 3
 
 
+@pytest.mark.slow
 def test_single_objective_reports_epochs_for_pruning(tiny_csv, tiny_space, tmp_path):
     r = tune(tiny_csv, trials=3, space=str(tiny_space), run_dir=tmp_path, progress=False, track=False,
              objective="score", study="single")
@@ -230,6 +232,7 @@ def _wait_running(run_dir: Path, timeout: float = 120) -> None:
     raise AssertionError("no trial started")
 
 
+@pytest.mark.slow
 def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tiny_space, tmp_path):
     from cellsearch.study import GRACE_S
     from tests.test_scale import _wait, _worker_pids
@@ -254,6 +257,7 @@ def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tin
     assert len(finished) == 2
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_marks_the_trial(tiny_csv, tiny_space, tmp_path):
     proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 3)
     try:
@@ -271,6 +275,7 @@ def test_ctrl_c_stops_cleanly_and_marks_the_trial(tiny_csv, tiny_space, tmp_path
     assert any(t.state == optuna.trial.TrialState.FAIL for t in st.trials)
 
 
+@pytest.mark.slow
 def test_tune_cli_prints_front_and_next_steps(tiny_csv, tiny_space, tmp_path):
     res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(tiny_csv), "--space", str(tiny_space),
                           "--trials", "2", "--run-dir", str(tmp_path), "--no-track", "--max-epochs", "2"],
