@@ -116,8 +116,8 @@ class TuneConfig:
     @property
     def deadline(self) -> float | None:
         """When trials must stop: the timeout less a reserve (a tenth, at most 30 s) for what comes
-        after the last trial — its checkpoint and costs, ensemble selection, test scoring, reporting.
-        Measured: with 15 s, 600-s searches on a loaded 2-core machine ended 7–24 s late."""
+        after the last trial — its checkpoint and costs, ensemble selection, test scoring, reporting
+        (a fixed 15 s was too little on a loaded 2-core machine)."""
         if self.timeout is None:
             return None
         return self.started_at + self.timeout - min(30.0, 0.1 * self.timeout)

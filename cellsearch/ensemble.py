@@ -7,9 +7,8 @@ on ``BAGS`` bootstrap resamples of the out-of-fold rows (drawn within each fold)
 averaged: the paper's remedy for a small hill-climbing set. On a few dozen sequences one greedy run
 fits the rows it climbs on: it stops at two or three members that happen to cancel each other's
 errors there. Averaged over resamples, members that help only on a few rows get little weight, and
-the ensemble keeps the members that help throughout. Measured on the kept studies of the development
-sets, on their held-out folds and on their test rows, the bagged ensemble did better than the single
-greedy run (README, "Results on real data").
+the ensemble keeps the members that help throughout (the comparison with one greedy run is on the
+documentation's benchmarks page).
 
 The candidates are the ``CANDIDATES`` best complete trials. Averaging over resamples gives many
 members a sliver of weight (on 50 sequences, 25 members, 17 of them under 4%), and each costs a
