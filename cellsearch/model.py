@@ -20,6 +20,22 @@ from cellsearch.stack import CellStack, LayerSpec
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """``width`` consecutive input channels that the model reads through their encoder's layer
+    (``Encoder.input_layer``): e.g. token ids through an embedding.
+
+    Args:
+        encoder: a key of ``cellsearch.data.encoders.ENCODERS``.
+        width: the channels of ``x`` the group takes, in order.
+        params: the layer's own settings (JSON-able), as the encoder chose them.
+    """
+
+    encoder: str
+    width: int
+    params: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a model.
 
@@ -38,6 +54,8 @@ class ModelSpec:
             where the window is shorter than a season: the naive forecast in window-scaled units), so
             the network learns a correction to it.
         target_index: the input channel that holds the (window-scaled) target.
+        inputs: groups of input channels read through their encoder's layer, covering all
+            ``input_size`` channels in order; empty (the default): every channel is read as it is.
     """
 
     input_size: int
@@ -50,6 +68,7 @@ class ModelSpec:
     normalize: bool = False
     season: int = 0
     target_index: int = 0
+    inputs: tuple[InputSpec, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -64,12 +83,14 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["layers"] = [asdict(layer) for layer in self.layers]
+        d["inputs"] = [asdict(g) for g in self.inputs]
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         d = dict(d)
         d["layers"] = tuple(LayerSpec(**layer) for layer in d["layers"])
+        d["inputs"] = tuple(InputSpec(**g) for g in d.get("inputs", ()))
         return cls(**d)
 
     def to_json(self) -> str:
@@ -88,7 +109,8 @@ class SequenceModel(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.stack = CellStack(spec.input_size * spec.patch, spec.layers, dropout=spec.dropout)
+        self.inputs = InputLayers(spec)
+        self.stack = CellStack(self.inputs.size * spec.patch, spec.layers, dropout=spec.dropout)
         top = spec.layers[-1]
         self.pool = POOLINGS[spec.pooling](self.stack.output_size, top.hidden, top.bidirectional)
         self.drop = nn.Dropout(spec.dropout)
@@ -99,6 +121,7 @@ class SequenceModel(nn.Module):
         (``normalize``), then ``patch`` steps per input vector; returns (inputs, their lengths)."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        x = self.inputs(x)
         if self.spec.normalize or self.spec.patch > 1:
             mask = real_steps(lengths, x.shape[1], x.device).unsqueeze(-1)
             x = x * mask
@@ -142,9 +165,32 @@ class SequenceModel(nn.Module):
         """Per sequence of ``length`` input steps: ``ceil(length / patch)`` stack steps, the
         normalisation (two per input value) if any, and the head."""
         steps = -(-length // self.spec.patch)
-        norm = 2 * self.spec.input_size * length if self.spec.normalize else 0
+        norm = 2 * self.inputs.size * length if self.spec.normalize else 0
         base = self.spec.n_outputs if self.spec.season else 0
         return self.macs_per_step() * steps + norm + self.head.in_features * self.head.out_features + base
+
+
+class InputLayers(nn.Module):
+    """The model's input layer: each group of ``spec.inputs`` through its encoder's layer, the
+    results side by side; with no groups (numeric and one-hot inputs) the channels as they are.
+    ``size`` is the width the stack reads per step."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        from cellsearch.data.encoders import get_encoder
+
+        self.widths = [g.width for g in spec.inputs]
+        if spec.inputs and sum(self.widths) != spec.input_size:
+            raise ValueError(f"input groups cover {sum(self.widths)} channels of {spec.input_size}")
+        built = [get_encoder(g.encoder).input_layer(g.params, g.width) for g in spec.inputs]
+        self.layers = nn.ModuleList([m if m is not None else nn.Identity() for m, _ in built])
+        self.size = sum(w for _, w in built) if built else spec.input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.widths:
+            return x
+        parts = torch.split(x, self.widths, dim=-1)
+        return torch.cat([layer(p) for layer, p in zip(self.layers, parts)], dim=-1)
 
 
 def seasonal_naive(target: torch.Tensor, lengths: torch.Tensor, season: int, horizon: int) -> torch.Tensor:

@@ -216,12 +216,15 @@ class Objective:
         """The trial's model, from the drawn configuration, initialised from ``seed``."""
         import torch
 
-        from cellsearch.model import ModelSpec, build
+        from cellsearch.data.encoders import input_groups
+        from cellsearch.model import InputSpec, ModelSpec, build
         from cellsearch.stack import LayerSpec
 
         ds = self.ctx.dataset
-        spec = ModelSpec(input_size=ds.n_features, layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]),
-                         n_outputs=ds.n_outputs, task=ds.task, dropout=float(cfg["dropout"]), patch=cfg["patch"],
+        inputs = tuple(InputSpec(*group) for group in input_groups(ds.preprocessing))
+        spec = ModelSpec(input_size=ds.n_features, inputs=inputs,
+                         layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]), n_outputs=ds.n_outputs,
+                         task=ds.task, dropout=float(cfg["dropout"]), patch=cfg["patch"],
                          pooling=cfg["pooling"], normalize=cfg["normalize"],
                          season=self._season[0] if cfg["seasonal_base"] else 0, target_index=self._season[1])
         torch.manual_seed(seed)

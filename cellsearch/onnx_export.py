@@ -90,10 +90,28 @@ class Graph:
         return self.node("Unsqueeze", [self.node("Cast", [less], to=self.FLOAT), self.const("ax2s", [2], "int64")])
 
 
-def _prepare(g: Graph, spec: Any) -> tuple[str, str]:
-    """The model's ``prepare`` in ONNX: zero steps after each end, z-normalise, read patches.
-    Returns the names of (inputs, lengths) the stack reads."""
-    x, lengths = "x", "lengths"
+def _input_layers(g: Graph, model: Any, x: str) -> str:
+    """The model's input layer in ONNX: each input group sliced out and passed through its encoder's
+    nodes (``Encoder.onnx_input``), the results side by side; ``x`` itself when there are no groups."""
+    from cellsearch.data.encoders import get_encoder
+
+    spec = model.spec
+    if not spec.inputs:
+        return x
+    parts, start = [], 0
+    for k, (group, layer) in enumerate(zip(spec.inputs, model.inputs.layers)):
+        part = g.node("Slice", [x, g.const(f"in{k}_start", [start], "int64"),
+                                g.const(f"in{k}_end", [start + group.width], "int64"), g.const("ax2s", [2], "int64")])
+        parts.append(get_encoder(group.encoder).onnx_input(g, part, group.params, layer))
+        start += group.width
+    return g.node("Concat", parts, axis=2) if len(parts) > 1 else parts[0]
+
+
+def _prepare(g: Graph, model: Any) -> tuple[str, str]:
+    """The model's ``prepare`` in ONNX: the input layer, zero steps after each end, z-normalise, read
+    patches. Returns the names of (inputs, lengths) the stack reads."""
+    spec = model.spec
+    x, lengths = _input_layers(g, model, "x"), "lengths"
     if not (spec.normalize or spec.patch > 1):
         return x, lengths
     mask = g.mask(x, lengths)
@@ -117,7 +135,7 @@ def _prepare(g: Graph, spec: Any) -> tuple[str, str]:
                                  g.node("Unsqueeze", [pad, g.const("ax0s", [0], "int64")]),
                                  g.const("zeros1", [0], "int64")], axis=0)
         x = g.node("Pad", [x, pads])
-        x = g.node("Reshape", [x, g.const("patch_shape", [0, -1, p * spec.input_size], "int64")])
+        x = g.node("Reshape", [x, g.const("patch_shape", [0, -1, p * model.inputs.size], "int64")])
         lengths = g.node("Div", [g.node("Add", [lengths, g.const("patch_m1", p - 1, "int64")]), p_c])
     return x, lengths
 
@@ -190,7 +208,7 @@ def _model_onnx(model: Any) -> Any:
     def const(name: str, arr: np.ndarray) -> str:
         return g.const(name, arr, np.asarray(arr).dtype.name)
 
-    x, lengths = _prepare(g, spec)
+    x, lengths = _prepare(g, model)
     nodes.append(helper.make_node("Transpose", [x], ["x_tbf"], perm=[1, 0, 2]))
     nodes.append(helper.make_node("Cast", [lengths], ["seq_lens"], to=TensorProto.INT32))
     current = "x_tbf"

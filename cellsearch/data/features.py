@@ -1,83 +1,61 @@
-"""Model inputs from feature columns: one-hot text, missing values, standardisation, padded arrays.
+"""Model inputs from feature columns: input encoders, missing values, standardisation, padded arrays.
 
-* Text feature columns with at most ``MAX_CATEGORIES`` distinct values are one-hot encoded (the
-  categories seen in the training split; an unseen value encodes as all zeros); text columns with
-  more distinct values are refused with a clear message.
+* Each feature column is encoded by the first input encoder (``cellsearch.data.encoders``) that
+  accepts it: numbers and booleans as they are, text with at most ``MAX_CATEGORIES`` values one-hot
+  (the categories seen in the training split; an unseen value encodes as all zeros). The fitted
+  encoders (``{column: {"kind": name, **state}}``) are saved with the preprocessing.
 * Missing or infinite feature values are refused (column and count) unless ``fill`` is ``ffill``
   (forward fill within each sequence, then zero) or ``zero``.
 * Scalers are fitted on the training split only, in float64, a chunk of rows at a time.
 
-Training and prediction call the same functions (prediction passes the fitted categories and scaler).
+Training and prediction call the same functions (prediction passes the fitted encoders and scaler).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cellsearch.data.detect import is_numeric
+from cellsearch.data.encoders import get_encoder, pick_encoder
 from cellsearch.errors import UserError
 
-MAX_CATEGORIES = 32
+#: Fitted encoders: column → ``{"kind": encoder name, **its state}``.
+Fitted = dict[str, dict[str, Any]]
 
 
 def plan_inputs(df: pd.DataFrame, features: list[str], train_rows: np.ndarray, path: Path,
-                 categories: dict[str, list[str]] | None = None
-                 ) -> tuple[list[tuple[str, str | None]], list[str], dict[str, list[str]]]:
-    """The model's inputs as (column, one-hot level or None), their names and the text categories.
-
-    Numeric and boolean columns are inputs as they are; a text column with at most
-    ``MAX_CATEGORIES`` values (learnt from ``train_rows`` unless ``categories`` are given) becomes one
-    0/1 input per value.
-    """
-    plan: list[tuple[str, str | None]] = []
-    cats = {} if categories is None else categories
-    for c in features:
-        s = df[c]
-        if pd.api.types.is_bool_dtype(s) or is_numeric(s):
-            plan.append((c, None))
-            continue
-        if categories is None:
-            seen = pd.unique(s[train_rows].dropna().astype(str))
-            if len(seen) > MAX_CATEGORIES:
-                raise UserError(f"{path}: text column {c!r} has {len(seen)} distinct values; cellsearch "
-                                f"one-hot encodes at most {MAX_CATEGORIES} (drop it or make it numeric)")
-            cats[c] = sorted(seen.tolist())
-        plan.extend((c, v) for v in cats[c])
-    if not plan:
+                fitted: Fitted | None = None) -> tuple[Fitted, list[str]]:
+    """The fitted encoder of each feature column (fitted on ``train_rows`` unless ``fitted`` is
+    given) and the names of the model inputs they give, in order."""
+    if fitted is None:
+        fitted = {}
+        for c in features:
+            enc = pick_encoder(df[c])
+            fitted[c] = {"kind": enc.name, **enc.fit(df[c][train_rows], c, path)}
+    names = [n for c in features for n in get_encoder(fitted[c]["kind"]).names(c, fitted[c])]
+    if not names:
         raise UserError(f"{path}: no numeric feature column (columns: {', '.join(df.columns)})")
-    return plan, [input_name(c, level) for c, level in plan], cats
+    return fitted, names
 
 
-def input_name(column: str, level: str | None) -> str:
-    """An input's name: the column, or ``column=level`` for a one-hot input."""
-    return column if level is None else f"{column}={level}"
-
-
-def input_column(df: pd.DataFrame, column: str, level: str | None, categories: dict[str, list[str]],
-                  codes_cache: dict[str, np.ndarray]) -> np.ndarray:
-    """One model input in file order as float32 (missing values NaN; an unseen text value is all 0)."""
-    if level is None:
-        return df[column].to_numpy(dtype=np.float32, na_value=np.nan)
-    if column not in codes_cache:
-        codes_cache.clear()  # one text column's codes at a time
-        codes_cache[column] = pd.Categorical(df[column].astype("string"), categories=categories[column]).codes
-    return (codes_cache[column] == categories[column].index(level)).astype(np.float32)
+def input_columns(df: pd.DataFrame, features: list[str], fitted: Fitted) -> Iterator[np.ndarray]:
+    """Every model input in order, one at a time, as float32 in file order (missing values NaN)."""
+    for c in features:
+        yield from get_encoder(fitted[c]["kind"]).inputs(df[c], fitted[c])
 
 
 def encode_features(df: pd.DataFrame, features: list[str], train_rows: np.ndarray, path: Path,
-                     categories: dict[str, list[str]] | None = None
-                     ) -> tuple[np.ndarray, list[str], dict[str, list[str]]]:
+                    fitted: Fitted | None = None) -> tuple[np.ndarray, list[str], Fitted]:
     """All inputs as one (rows, inputs) float32 matrix in file order (see ``plan_inputs``)."""
-    plan, names, cats = plan_inputs(df, features, train_rows, path, categories)
-    out = np.empty((len(df), len(plan)), dtype=np.float32)
-    cache: dict[str, np.ndarray] = {}
-    for j, (c, level) in enumerate(plan):
-        out[:, j] = input_column(df, c, level, cats, cache)
-    return out, names, cats
+    fitted, names = plan_inputs(df, features, train_rows, path, fitted)
+    out = np.empty((len(df), len(names)), dtype=np.float32)
+    for j, col in enumerate(input_columns(df, features, fitted)):
+        out[:, j] = col
+    return out, names, fitted
 
 
 def _missing_error(path: Path, counts: dict[str, int]) -> UserError:
@@ -124,7 +102,7 @@ def fill_padded(values: np.ndarray, fill: str) -> None:
         values[~finite] = 0.0
 
 
-def scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], categories: dict[str, list[str]],
+def scatter_inputs(df: pd.DataFrame, features: list[str], fitted: Fitted, names: list[str],
                     dest: np.ndarray, out: np.ndarray, lengths: np.ndarray, fill: str | None, path: Path,
                     train_seq: np.ndarray | None = None, scaler: tuple[np.ndarray, np.ndarray] | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -141,12 +119,10 @@ def scatter_inputs(df: pd.DataFrame, plan: list[tuple[str, str | None]], categor
     n_seq, steps, n_in = out.shape
     flat = out.reshape(-1, n_in)
     missing: dict[str, int] = {}
-    cache: dict[str, np.ndarray] = {}
-    for j, (c, level) in enumerate(plan):
-        col = input_column(df, c, level, categories, cache)
+    for j, col in enumerate(input_columns(df, features, fitted)):
         bad = len(col) - int(np.count_nonzero(np.isfinite(col)))
         if bad and fill is None:
-            missing[input_name(c, level)] = bad
+            missing[names[j]] = bad
             continue
         flat[dest, j] = col
         if bad:

@@ -37,7 +37,9 @@ class Preprocessing:
         target, id_col, time_col, split_col: the columns with those roles.
         features: the feature columns of the file (the wide layout: one per step prefix).
         inputs: the model's inputs, one per column or ``column=level`` for one-hot text.
-        categories: the training split's levels of each one-hot text column.
+        encoders: the fitted input encoder of each feature column: ``{column: {"kind": name,
+            **state}}`` (``cellsearch.data.encoders``; one-hot text: ``{"kind": "categorical",
+            "levels": [...]}``).
         scaler: the inputs' standardisation.
         options: the ``DataOptions`` the file was read with (``read_dataset(file, **options)`` again).
         classes, class_counts: classification's labels, in output order, and their counts.
@@ -55,12 +57,17 @@ class Preprocessing:
     id_col: str | None = None
     time_col: str | None = None
     split_col: str | None = None
-    categories: dict[str, list[str]] = field(default_factory=dict)
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     classes: list[Any] | None = None
     class_counts: dict[str, int] | None = None
     target_mean: float | None = None
     target_std: float | None = None
     layout_data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        """The training split's levels of each one-hot text column."""
+        return {c: e["levels"] for c, e in self.encoders.items() if "levels" in e}
 
     @property
     def fill(self) -> str | None:
@@ -76,9 +83,15 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        """Rebuild from ``to_dict``'s output; keys of an older flat format go to ``layout_data``."""
+        """Rebuild from ``to_dict``'s output; keys of an older flat format go to ``layout_data``, and an
+        older ``categories`` mapping becomes the fitted encoders."""
         known = {f.name for f in fields(cls)}
         d = dict(d)
+        if "categories" in d and "encoders" not in d:
+            cats = d.pop("categories") or {}
+            d["encoders"] = {c: {"kind": "categorical", "levels": list(cats[c])} if c in cats else {"kind": "numeric"}
+                             for c in d.get("features", [])}
+        d.pop("categories", None)
         layout_data = {**{k: d.pop(k) for k in list(d) if k not in known}, **d.pop("layout_data", {})}
         scaler = d.pop("scaler")
         return cls(**d, scaler=scaler if isinstance(scaler, Scaler) else Scaler(**scaler), layout_data=layout_data)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cellsearch.data.detect import TARGET_NAMES, Columns, Schema, detect_task, find_column, is_numeric
+from cellsearch.data.encoders import get_encoder
 from cellsearch.errors import UserError
 from cellsearch.tasks import TASKS, get_task
 
@@ -72,7 +73,7 @@ class Layout(ABC):
     @abstractmethod
     def build(self, df: pd.DataFrame, schema: Schema, opts: DataOptions, path: Path, warnings: list[str]
               ) -> tuple[dict[str, SplitTensors], dict[str, Any]]:
-        """Tensors per split, and the ``Preprocessing`` fields it fitted (inputs, categories, scaler,
+        """Tensors per split, and the ``Preprocessing`` fields it fitted (inputs, encoders, scaler,
         target encoding, layout_data). May consume ``df``'s columns to save memory."""
 
     @abstractmethod
@@ -85,20 +86,13 @@ class Layout(ABC):
 
     def check_types(self, df: pd.DataFrame, columns: list[str], prep: Preprocessing, where: str) -> None:
         """Refuse, at prediction time, a column whose values training could not have seen: text in a
-        numeric column, an unseen level of a one-hot column (the id and time columns may be anything)."""
+        numeric column, an unseen level of a one-hot column — each column's encoder decides
+        (``Encoder.check``; the id and time columns may be anything)."""
         for c in columns:
             if c in (prep.id_col, prep.time_col):
                 continue
-            s = df[c]
-            if c in prep.categories:
-                unseen = sorted(set(pd.unique(s.dropna().astype(str))) - set(prep.categories[c]))
-                if unseen:
-                    raise UserError(f"{where}: column {c!r} has value(s) unseen in training: {', '.join(unseen[:5])}")
-            elif not (is_numeric(s) or pd.api.types.is_bool_dtype(s)):
-                bad = pd.to_numeric(s, errors="coerce").isna() & s.notna()
-                row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
-                raise UserError(f"{where}: column {c!r} should be numeric but has text such as {s.iloc[row]!r} "
-                                f"(row {row + 1})")
+            state = prep.encoders.get(c, {"kind": "numeric"})
+            get_encoder(state["kind"]).check(df[c], c, state, where)
 
     def example(self, df: pd.DataFrame, prep: Preprocessing) -> pd.DataFrame:
         """A few rows of a training file (the target dropped) that make a valid prediction input."""

@@ -75,7 +75,7 @@ class LongLayout(Layout):
             del df[c]
         train_rows_file = np.empty(len(order), dtype=bool)
         train_rows_file[order] = train_seq[codes]
-        plan, names, cats = plan_inputs(df, schema.features, train_rows_file, path)
+        fitted, names = plan_inputs(df, schema.features, train_rows_file, path)
         del train_rows_file
         seq_order = split_order(assign)
         new_code = np.empty(n_seq, dtype=np.int64)
@@ -85,20 +85,21 @@ class LongLayout(Layout):
         dest = padded_rows(order, codes, starts, steps, new_code)
         del order, codes, new_code
         release_freed_memory()  # also detection's and the sort's temporaries, before the padded array
-        x = np.zeros((n_seq, steps, len(plan)), dtype=np.float32)
-        mean, std = scatter_inputs(df, plan, cats, dest, x, lengths[seq_order], opts.fill, path,
+        x = np.zeros((n_seq, steps, len(names)), dtype=np.float32)
+        mean, std = scatter_inputs(df, schema.features, fitted, names, dest, x, lengths[seq_order], opts.fill, path,
                                    train_seq=train_seq[seq_order])
         del dest
         splits = split_views(x, seq_order, assign, lengths, y, keys)
-        return splits, {"inputs": names, "categories": cats, "scaler": Scaler(mean.tolist(), std.tolist()),
+        return splits, {"inputs": names, "encoders": fitted, "scaler": Scaler(mean.tolist(), std.tolist()),
                         **target_info}
 
     def transform(self, df: pd.DataFrame, prep: Preprocessing, path: Path) -> Inputs:
         order, codes, starts, keys = group_order(df, prep.id_col, prep.time_col, path)
         lengths = np.diff(np.r_[starts, len(codes)])
-        plan, _, cats = plan_inputs(df, prep.features, np.ones(len(df), dtype=bool), path, prep.categories)
+        fitted, names = plan_inputs(df, prep.features, np.ones(len(df), dtype=bool), path, prep.encoders)
         steps = int(lengths.max())
-        x = np.zeros((len(starts), steps, len(plan)), dtype=np.float32)
-        scatter_inputs(df, plan, cats, padded_rows(order, codes, starts, steps), x, lengths, prep.fill, path,
+        x = np.zeros((len(starts), steps, len(names)), dtype=np.float32)
+        scatter_inputs(df, prep.features, fitted, names, padded_rows(order, codes, starts, steps), x, lengths,
+                       prep.fill, path,
                        scaler=prep.scaler.arrays())
         return Inputs(x, lengths.astype(np.int64), keys)

@@ -178,7 +178,7 @@ class SeriesLayout(Layout):
         train_rows = row_split == "train"
         if not train_rows.any():
             raise UserError(f"{path}: no training rows left after the time split")
-        values, names, cats = encode_features(sorted_df, schema.features, train_rows, path)
+        values, names, fitted = encode_features(sorted_df, schema.features, train_rows, path)
         values = handle_missing(values, names, codes, starts, opts.fill, path)
         t_idx = names.index(schema.target)
         target = values[:, t_idx].astype(np.float64)
@@ -207,7 +207,7 @@ class SeriesLayout(Layout):
             raise UserError(f"{path}: no training window fits (horizon {horizon}); use a smaller --horizon")
         layout_data = {"window": window, "horizon": horizon, "season": season, "target_index": t_idx,
                        "n_series": int(len(starts)), "series_trained": int((~short).sum())}
-        return splits, {"inputs": names, "categories": cats, "scaler": Scaler(mean.tolist(), std.tolist()),
+        return splits, {"inputs": names, "encoders": fitted, "scaler": Scaler(mean.tolist(), std.tolist()),
                         "layout_data": layout_data}
 
     def transform(self, df: pd.DataFrame, prep: Preprocessing, path: Path) -> Inputs:
@@ -215,8 +215,7 @@ class SeriesLayout(Layout):
         the window's own last value and mean absolute step; ``scale`` maps the forecast back."""
         order, codes, starts, keys = group_order(df, prep.id_col, prep.time_col, path)
         lengths = np.diff(np.r_[starts, len(codes)])
-        values, _, _ = encode_features(df, prep.features, np.ones(len(df), dtype=bool), path,
-                                       categories=prep.categories)
+        values, _, _ = encode_features(df, prep.features, np.ones(len(df), dtype=bool), path, prep.encoders)
         values = handle_missing(values[order], prep.inputs, codes, starts, prep.fill, path)
         window, t_idx = int(prep.layout_data["window"]), int(prep.layout_data["target_index"])
         mean, std = prep.scaler.arrays()

@@ -1,0 +1,63 @@
+"""The input-encoder registry, ``ENCODERS``: how each feature column becomes model inputs.
+
+``numeric`` (numbers and booleans, as they are) and ``categorical`` (text with few values, one-hot)
+ship; ``pick_encoder`` gives a column the first encoder by priority that accepts it. The interface
+is ``Encoder`` in ``cellsearch.data.encoders.base``; a new kind of input is one module, added with
+``register_encoder``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from cellsearch.data.encoders.base import Encoder
+from cellsearch.data.encoders.categorical import CategoricalEncoder
+from cellsearch.data.encoders.numeric import NumericEncoder
+from cellsearch.errors import UserError
+
+#: The registry: encoder name → its one instance.
+ENCODERS: dict[str, Encoder] = {}
+
+
+def register_encoder(encoder: Encoder) -> Encoder:
+    """Add ``encoder`` (an instance) under its ``name``; returns it."""
+    ENCODERS[encoder.name] = encoder
+    return encoder
+
+
+def get_encoder(name: str) -> Encoder:
+    """The registered encoder called ``name`` (``UserError`` if none: e.g. a bundle from elsewhere)."""
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise UserError(f"unknown input encoder {name!r}; known: {', '.join(ENCODERS)}") from None
+
+
+def pick_encoder(s: pd.Series) -> Encoder:
+    """The first registered encoder, by priority, that accepts the column ``s``."""
+    return next(e for e in sorted(ENCODERS.values(), key=lambda e: e.priority) if e.accepts(s))
+
+
+def input_groups(prep: Any) -> list[tuple[str, int, dict[str, Any]]]:
+    """The model's input groups (encoder, channels, layer settings) for a fitted ``Preprocessing``:
+    one per feature column, in the order of the model's input channels — or none when every
+    column's inputs are read as they are (``Encoder.input_params`` is ``None`` for all)."""
+    fitted = getattr(prep, "encoders", {}) or {}
+    if not all(c in fitted for c in prep.features):
+        return []
+    groups = []
+    for c in prep.features:
+        enc = get_encoder(fitted[c]["kind"])
+        width = len(enc.names(c, fitted[c]))
+        groups.append((enc.name, width, enc.input_params(fitted[c], width)))
+    if all(params is None for _, _, params in groups):
+        return []
+    return [(name, width, params or {}) for name, width, params in groups]
+
+
+for _encoder in (NumericEncoder(), CategoricalEncoder()):
+    register_encoder(_encoder)
+
+__all__ = ["ENCODERS", "Encoder", "get_encoder", "input_groups", "pick_encoder", "register_encoder"]

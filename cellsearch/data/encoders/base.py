@@ -1,0 +1,65 @@
+"""The ``Encoder`` interface: how one feature column becomes model inputs.
+
+An encoder is fitted on the training rows of its column (its state: JSON-able, saved with the
+``Preprocessing``), names the inputs it produces, turns the column of any frame into those inputs
+(training and prediction call the same code), refuses at prediction time what training could not
+have seen, and may build a layer of the model that reads its inputs (``input_layer``; numeric and
+one-hot inputs are read as they are). A new kind of input is one module with one subclass,
+registered in ``cellsearch.data.encoders.ENCODERS``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+
+class Encoder(ABC):
+    """Base of all input encoders."""
+
+    #: The registry name (saved in ``Preprocessing.encoders``).
+    name: ClassVar[str]
+    #: Detection tries encoders in increasing priority; the first that ``accepts`` a column takes it.
+    priority: ClassVar[int] = 50
+
+    @abstractmethod
+    def accepts(self, s: pd.Series) -> bool:
+        """Whether this encoder takes the column ``s`` (detection)."""
+
+    def fit(self, s: pd.Series, column: str, path: Path) -> dict[str, Any]:
+        """The fitted state from the column's training rows ``s``; refuses (``UserError``) a column
+        it cannot encode. Nothing to fit by default."""
+        return {}
+
+    @abstractmethod
+    def names(self, column: str, state: dict[str, Any]) -> list[str]:
+        """The names of the model inputs this column gives."""
+
+    @abstractmethod
+    def inputs(self, s: pd.Series, state: dict[str, Any]) -> Iterator[np.ndarray]:
+        """Each input of the column in turn (``names``' order), as float32 in file order, NaN where a
+        value is missing."""
+
+    def check(self, s: pd.Series, column: str, state: dict[str, Any], where: str) -> None:
+        """Refuse, at prediction time, values training could not have seen (nothing by default)."""
+        return None
+
+    def input_params(self, state: dict[str, Any], width: int) -> dict[str, Any] | None:
+        """The settings of the model layer that reads this column's ``width`` inputs (JSON-able: they
+        go into ``ModelSpec.inputs``), or ``None``: the model reads them as they are (the default)."""
+        return None
+
+    def input_layer(self, params: dict[str, Any], width: int) -> tuple[Any, int]:
+        """The model's layer for a group of ``width`` input channels (``nn.Module`` or ``None`` for
+        as they are) and the width it gives per step; built by ``cellsearch.model.build``."""
+        return None, width
+
+    def onnx_input(self, g: Any, x: str, params: dict[str, Any], layer: Any) -> str:
+        """The layer's ONNX nodes (graph builder ``g``, input ``x`` (batch, time, width)); returns its
+        output's name. As they are by default."""
+        return x
