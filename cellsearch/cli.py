@@ -189,11 +189,10 @@ def predict(
     if out is None:
         preds.to_csv(sys.stdout, index=False)
         return
-    import os
+    from cellsearch.files import atomic_path
 
-    tmp = out.with_name(out.name + ".tmp")
-    preds.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        preds.to_csv(tmp, index=False)
     print(f"{len(preds)} predictions written to {out}", file=sys.stderr)
 
 

@@ -1,5 +1,6 @@
-"""Writing result files: strict JSON (``null``, never ``NaN``), written atomically — a temporary name,
-then a rename, so nothing is half-written."""
+"""Writing files safely: ``atomic_path`` (a temporary name, then one rename, so nothing is ever
+half-written — the one place that pattern lives), strict JSON (``null``, never ``NaN``), the run
+directory's lock, and checks of the user's input files before anything heavy is imported."""
 
 from __future__ import annotations
 
@@ -74,9 +75,33 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(strict(obj), indent=indent, default=str, allow_nan=False)
 
 
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (its folder created) to write to inside the block; renamed
+    over ``path`` in one step when the block ends, removed if it raises — readers see the old file
+    or the whole new one, never part of it.
+
+    Example:
+        >>> with atomic_path(out) as tmp:          # doctest: +SKIP
+        ...     frame.to_csv(tmp, index=False)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """``text`` (UTF-8) at ``path``, atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(path: Path, obj: Any) -> None:
     """``obj`` as indented strict JSON at ``path`` (folders created), replaced in one rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps(obj))
-    os.replace(tmp, path)
+    write_text(path, dumps(obj))

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from cellsearch.files import atomic_path, write_text
+
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).parent / "csrc" / "lstm_family.cpp"
@@ -66,9 +68,8 @@ def _build() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     copy = folder / _SOURCE.name
     if not copy.exists() or copy.read_bytes() != source:
-        tmp = folder / f".{_SOURCE.name}.{os.getpid()}"
-        tmp.write_bytes(source)
-        os.replace(tmp, copy)
+        with atomic_path(copy) as tmp:
+            tmp.write_bytes(source)
     clear_stale_lock(folder / "lock")
     _state["folder"] = folder
     cpp_extension.load(
@@ -199,9 +200,7 @@ def _save_cache(cache: dict[str, str]) -> None:
     if path is None:
         return
     try:
-        tmp = path / f".{_CACHE_NAME}.{os.getpid()}"
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-        os.replace(tmp, path / _CACHE_NAME)
+        write_text(path / _CACHE_NAME, json.dumps(cache, indent=1, sort_keys=True))
     except OSError:  # a read-only extension folder: measure again next time
         pass
 

@@ -328,15 +328,11 @@ def measure_latency(model: nn.Module, input_size: int, length: int, repeats: int
 def save_checkpoint(path: Any, model: nn.Module, **meta: Any) -> None:
     """Description + weights (plain tensors: loads with ``torch.load(weights_only=True)``), written
     atomically; ``model`` is a ``SequenceModel`` or an ``EnsembleModel``."""
-    import os
-    from pathlib import Path
+    from cellsearch.files import atomic_path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"spec": json.dumps(describe(model), sort_keys=True), "state_dict": model.state_dict(),
-                "meta": json.dumps(meta, default=str)}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"spec": json.dumps(describe(model), sort_keys=True), "state_dict": model.state_dict(),
+                    "meta": json.dumps(meta, default=str)}, tmp)
 
 
 def load_checkpoint(path: Any) -> tuple[nn.Module, dict[str, Any]]:

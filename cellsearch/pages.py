@@ -24,9 +24,8 @@ def html_page(path: Path, title: str, parts: list[Any]) -> Path:
             "<style>body{font-family:sans-serif;max-width:1300px;margin:auto;padding:1em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
             "section{margin-top:2em;border-top:2px solid #444}</style></head><body>" + body + "</body></html>")
+    from cellsearch.files import write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, page)
     return path
