@@ -102,32 +102,38 @@ def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessi
     raise UserError(f"{sdir}: the study's preprocessing is missing")
 
 
-def _test_scores(model: Any, data: str, prep: Preprocessing) -> dict[str, Any]:
-    """The model's scores on the training file's test split (``test_score`` and the secondary ones,
-    ``test_smape``, ...), when that file is still here."""
-    from cellsearch.data import DataOptions, read_dataset
-    from cellsearch.train import evaluate_test
+def _read_training(data: str, prep: Preprocessing) -> tuple[Any, Any]:
+    """The training file, read once: (its raw rows, the dataset the search read from them), or
+    (None, None) when the file is no longer here."""
+    from cellsearch.data import DataOptions, read_csv, read_dataset
 
     if not data or not Path(data).exists():
+        return None, None
+    options = DataOptions(**prep.options)
+    df = read_csv(Path(data), keys=(prep.id_col, prep.time_col))
+    return df, read_dataset(data, options, frame=df)
+
+
+def _test_scores(model: Any, dataset: Any, prep: Preprocessing) -> dict[str, Any]:
+    """The model's scores on the training file's test split (``test_score`` and the secondary ones,
+    ``test_smape``, ...), when that file is still here."""
+    from cellsearch.train import evaluate_test
+
+    if dataset is None or not len(dataset.splits["test"]):
         return {"test_score": None}
-    ds = read_dataset(data, DataOptions(**prep.options))
-    if not len(ds.splits["test"]):
-        return {"test_score": None}
-    return evaluate_test(model, ds.splits["test"], ds.task, prep.target_scale)
+    return evaluate_test(model, dataset.splits["test"], dataset.task, prep.target_scale)
 
 
-def _input_example(data: str, prep: Preprocessing) -> Any:
-    """A few raw rows of the training file in its own layout (one or two sequences or series)."""
-    import pandas as pd
-
-    try:
-        df = pd.read_csv(data)
-    except Exception:
+def _input_example(df: Any, prep: Preprocessing) -> Any:
+    """A few raw rows of the training file in its own layout (one or two sequences or series), its
+    numbers as float64 (what JSON requests carry)."""
+    if df is None:
         return None
     layout = get_layout(prep.layout)
     needed = set(layout.input_columns(prep)) | {prep.id_col, prep.time_col}
     df = df[[c for c in df.columns if c in needed or c not in (prep.target, prep.split_col)]]
-    return layout.example(df, prep)
+    example = layout.example(df, prep)
+    return example.astype({c: "float64" for c in example.columns if example[c].dtype == "float32"})
 
 
 def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any]) -> str:
@@ -204,7 +210,7 @@ model.predict(pd.read_csv("new.csv"))      # same CSV layout as training
 
 
 def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any],
-                  data: str, formats: list[Format]) -> None:
+                  example: Any, formats: list[Format]) -> None:
     """Every file of the bundle, in a staging folder beside ``out``, then renamed into place."""
     import torch
 
@@ -214,7 +220,7 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         bundle = staging / "bundle"
-        _write_mlflow_model(bundle, model, prep, data)
+        _write_mlflow_model(bundle, model, prep, example)
         torch.save(model.state_dict(), bundle / "weights.pt")
         (bundle / "spec.json").write_text(json.dumps(describe(model), indent=2))
         prep.save(bundle / "preprocessing.json")
@@ -293,8 +299,13 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     trials = {t.number: t for t in st.get_trials(deepcopy=False)}
     prep, info = _study_preprocessing(study_dir(run_dir, st.study_name), attrs)
     data = attrs.get("data", "")
+    raw, dataset = _read_training(data, prep)
     if weights == "refit":
-        model = _refit(point, trials, data, prep)
+        from cellsearch.refit import refit
+
+        if dataset is None:
+            raise UserError(f"--weights refit needs the training file, {data or 'unknown'}, which is not here")
+        model = refit(point, trials, dataset)
         how = "each trial retrained on all non-test data for its cross-validated number of steps"
     else:
         model = assemble(point, lambda n: _local_checkpoint(trials[n], tracking, run_dir))
@@ -306,50 +317,15 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     metrics = {"study": st.study_name, "source": source, "trial": point["trial"], "ensemble": point.get("name")
                if point["kind"] == "ensemble" else None, "members": point.get("members"),
                "arch": model_arch(model), "metric": attrs.get("metric"), "val_score": point["score"],
-               "val_spread": point.get("spread"), **_test_scores(model, data, prep),
+               "val_spread": point.get("spread"), **_test_scores(model, dataset, prep),
                **{k: int(v) if k != "latency_ms" else v for k, v in measure_costs(model, length).items()},
                "weights": how, "cv": attrs.get("cv"),
                "references": [{k: r.get(k) for k in ("name", "arch", "score", "test_score", "macs", "params")}
                               for r in attrs.get("references", [])]}
-    _write_bundle(out, model, prep, info, metrics, data, chosen_formats)
+    _write_bundle(out, model, prep, info, metrics, _input_example(raw, prep), chosen_formats)
     if register:
         _register(out, register, tracking, st.study_name)
     return out
-
-
-def _refit(point: dict[str, Any], trials: dict[int, Any], data: str, prep: Preprocessing) -> Any:
-    """Each member trial of ``point`` retrained on all non-test rows of the training file for its
-    cross-validated number of optimiser steps (the mean of its folds' best steps, scaled from a
-    fold's training size to all rows), weighted as in ``point``."""
-    from cellsearch.data import DataOptions, read_dataset
-    from cellsearch.data.splits import concat_splits
-    from cellsearch.folds import Fold, Part
-    from cellsearch.model import EnsembleModel, ModelSpec, build
-    from cellsearch.train import fit
-
-    if not data or not Path(data).exists():
-        raise UserError(f"--weights refit needs the training file, {data or 'unknown'}, which is not here")
-    ds = read_dataset(data, DataOptions(**prep.options))
-    pool = concat_splits([ds.splits["train"], ds.splits["val"]])
-    members = point.get("members") or {point["trial"]: 1.0}
-    models, weights = [], []
-    for n, w in members.items():
-        a = trials[int(n)].user_attrs
-        cfg = a["train_cfg"]
-        sizes = a.get("fold_sizes") or [len(pool)]
-        steps = int(round(sum(a["best_steps"]) / len(a["best_steps"]) * len(pool) / (sum(sizes) / len(sizes))))
-        import torch
-
-        torch.manual_seed(int(n))
-        res = fit(build(ModelSpec.from_dict(a["spec"])), ds, fold=Fold(Part(pool), Part(pool, None)),
-                  lr=float(cfg["lr"]), batch_size=int(cfg["batch_size"]), max_epochs=1, patience=1,
-                  weight_decay=float(cfg["weight_decay"]), forecast_loss=cfg["forecast_loss"],
-                  crop=float(cfg.get("crop", 0.0)), seed=int(n), fixed_steps=max(1, steps))
-        models.append(res.model)
-        weights.append(float(w))
-    if len(models) == 1:
-        return models[0]
-    return EnsembleModel(models, weights, [{"trial": int(n), "refit": True} for n in members])
 
 
 def _local_checkpoint(trial: Any, tracking_uri: str, run_dir: Path) -> str:
@@ -373,7 +349,7 @@ def _local_checkpoint(trial: Any, tracking_uri: str, run_dir: Path) -> str:
                         f"{str(exc).strip().splitlines()[0][:200]}") from None
 
 
-def _write_mlflow_model(path: Path, model: Any, prep: Preprocessing, data: str) -> None:
+def _write_mlflow_model(path: Path, model: Any, prep: Preprocessing, example: Any) -> None:
     import logging
 
     import mlflow.pyfunc
@@ -385,7 +361,6 @@ def _write_mlflow_model(path: Path, model: Any, prep: Preprocessing, data: str) 
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="mlflow")
-    example = _input_example(data, prep)
     signature = None
     if example is not None:
         try:

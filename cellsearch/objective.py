@@ -142,16 +142,15 @@ class Objective:
         seed = self.seed + trial.number
         model = self._build(cfg, seed)
         costs = measure_costs(model, self._length)
-        train_cfg = {k: cfg[k] for k in ("lr", "batch_size", "patience", "min_steps", "max_steps", "forecast_loss",
-                                         "weight_decay", "crop")}
-        for k, v in {"arch": model.spec.arch, "spec": model.spec.to_dict(), "train_cfg": train_cfg,
+        options = self._options(cfg)
+        for k, v in {"arch": model.spec.arch, "spec": model.spec.to_dict(), "train_cfg": options.to_dict(),
                      "folds": ctx.folds.k, **costs}.items():
             trial.set_user_attr(k, v)
         run = self.tracker.start_trial(trial.number, model.spec, cfg)
         curve: list[float] = []
         results: list[Any] = []
         try:
-            self._train_folds(trial, run, cfg, model, seed, curve, results)
+            self._train_folds(trial, run, cfg, options, model, seed, curve, results)
         except (Exception, KeyboardInterrupt) as exc:
             state, reason, error = _outcome(exc)
             trial.set_user_attr("curve", curve)
@@ -163,7 +162,16 @@ class Objective:
             raise error from None
         return self._record(trial, run, results, curve)
 
-    def _train_folds(self, trial: Any, run: Any, cfg: dict[str, Any], model: Any, seed: int,
+    def _options(self, cfg: dict[str, Any]) -> Any:
+        """The trial's ``TrainOptions``: what it drew, with ``--max-epochs`` in place of the space's
+        (and then no step cap beyond it)."""
+        from cellsearch.train import TrainOptions
+
+        override = self.ctx.config.max_epochs
+        return TrainOptions.from_dict({**cfg, "max_epochs": override or cfg["max_epochs"],
+                                       "max_steps": 0 if override else cfg["max_steps"]})
+
+    def _train_folds(self, trial: Any, run: Any, cfg: dict[str, Any], options: Any, model: Any, seed: int,
                      curve: list[float], results: list[Any]) -> None:
         """Train one model per fold (``cellsearch.folds``); after each fold, single-objective studies
         report the mean score so far to Optuna's pruner."""
@@ -178,11 +186,7 @@ class Objective:
             if k:
                 model = self._build(cfg, seed)
             results.append(fit(
-                model, ctx.dataset, fold=fold, lr=float(cfg["lr"]), batch_size=cfg["batch_size"],
-                max_epochs=config.max_epochs or cfg["max_epochs"], patience=cfg["patience"],
-                min_steps=cfg["min_steps"], max_steps=0 if config.max_epochs else cfg["max_steps"],
-                forecast_loss=cfg["forecast_loss"], crop=float(cfg["crop"]),
-                weight_decay=float(cfg["weight_decay"]), seed=seed + 1009 * k, max_seconds=self._budget(),
+                model, ctx.dataset, options, fold=fold, seed=seed + 1009 * k, max_seconds=self._budget(),
                 on_epoch=self._epoch_hook(trial, run, curve, k), verbose=config.verbose,
                 accelerator=ctx.accelerator))
             if ctx.folds.k == 1 or not config.prune:

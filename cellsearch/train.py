@@ -13,8 +13,8 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -26,6 +26,45 @@ from cellsearch.metrics import metric_of, score, test_scores
 from cellsearch.model import SequenceModel
 from cellsearch.pooling import real_steps
 from cellsearch.tasks import get_task
+
+ForecastLoss = Literal["l1", "mse"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """How one model trains: what a trial drew from the search space (the search and ``--weights
+    refit`` read the same record, stored with each trial).
+
+    Args:
+        lr: Adam's learning rate; weight_decay: its decoupled weight decay (AdamW when above 0).
+        batch_size: sequences per optimiser step (at most a quarter of the training sequences).
+        max_epochs: validation checks at most (once per epoch on large data).
+        patience: validation checks without improvement before early stopping.
+        min_steps: optimiser steps at least, however few sequences there are.
+        max_steps: on small data, training may go on to this many steps while it improves.
+        forecast_loss: forecasting's training loss (``l1``: what MASE scores; ``mse``).
+        crop: window slicing: each training sequence loses up to this fraction of its steps.
+    """
+
+    lr: float
+    batch_size: int
+    max_epochs: int = 40
+    patience: int = 6
+    min_steps: int = 0
+    max_steps: int = 0
+    weight_decay: float = 0.0
+    forecast_loss: ForecastLoss = "l1"
+    crop: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainOptions:
+        """From a drawn configuration or a stored record: the known keys, with their types."""
+        known = {f.name: f for f in fields(cls)}
+        kinds = {"lr": float, "weight_decay": float, "crop": float, "forecast_loss": str}
+        return cls(**{k: kinds.get(k, int)(v) for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def quiet_lightning() -> None:
@@ -319,13 +358,13 @@ class Schedule:
         return cls(batch, steps, val_every, min(min_steps, steps))
 
 
-def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, max_epochs: int,
-        patience: int, min_steps: int = 0, max_steps: int = 0, weight_decay: float = 0.0, seed: int = 0,
-        forecast_loss: str = "l1", crop: float = 0.0,
+def fit(model: SequenceModel, dataset: Dataset, options: TrainOptions, *, seed: int = 0,
         max_seconds: float | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: bool = False, accelerator: str = "cpu", fold: Fold | None = None,
         fixed_steps: int | None = None) -> FitResult:
     """Train with early stopping on the validation score; returns the best check's weights.
+
+    ``options`` (``TrainOptions``) say how: learning rate, batch, length, patience, loss.
 
     ``fold`` (``cellsearch.folds``) says which rows train and which validate; the dataset's own
     train/validation split by default. Training length is counted in optimiser steps
@@ -347,14 +386,15 @@ def fit(model: SequenceModel, dataset: Dataset, *, lr: float, batch_size: int, m
         torch.set_flush_denormal(True)  # denormal floats can slow a CPU trial tenfold
     metric, direction = metric_of(dataset.task)
     target_std = dataset.preprocessing.target_scale
-    task = SequenceTask(model, dataset.task, lr=lr, weight_decay=weight_decay, target_std=target_std,
-                        forecast_loss=forecast_loss, crop=crop)
+    o = options
+    task = SequenceTask(model, dataset.task, lr=o.lr, weight_decay=o.weight_decay, target_std=target_std,
+                        forecast_loss=o.forecast_loss, crop=o.crop)
     history = EpochHistory(direction, on_epoch)
     mode = "max" if direction == "maximize" else "min"
-    early = EarlyStopping(monitor="val_score", mode=mode, patience=patience, check_finite=False)
+    early = EarlyStopping(monitor="val_score", mode=mode, patience=o.patience, check_finite=False)
     fold = fold or holdout_fold(dataset)
     deadline = Deadline(None if not max_seconds else time.time() + max_seconds)
-    plan = Schedule.plan(len(fold.train), batch_size, max_epochs, min_steps, max_steps)
+    plan = Schedule.plan(len(fold.train), o.batch_size, o.max_epochs, o.min_steps, o.max_steps)
     if fixed_steps is not None:
         plan = Schedule(plan.batch_size, max(1, fixed_steps), max(1, fixed_steps), max(1, fixed_steps))
     trainer = pl.Trainer(

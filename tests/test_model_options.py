@@ -92,18 +92,18 @@ def test_schedule_counts_steps_with_a_floor_and_a_bounded_batch():
 
 def test_fit_trains_at_least_the_step_floor_despite_early_stopping(tiny_csv):
     from cellsearch.data import read_dataset
-    from cellsearch.train import Schedule, fit
+    from cellsearch.train import Schedule, TrainOptions, fit
 
     ds = read_dataset(tiny_csv, seed=0)
     torch.manual_seed(0)
     model = build(ModelSpec(ds.n_features, (LayerSpec("gru", 4),), ds.n_outputs, ds.task))
     # lr 0: the score never improves, so early stopping wants to stop after the first check.
-    res = fit(model, ds, lr=0.0, batch_size=64, max_epochs=20, patience=1, min_steps=60, seed=0)
+    res = fit(model, ds, TrainOptions(lr=0.0, batch_size=64, max_epochs=20, patience=1, min_steps=60), seed=0)
     plan = Schedule.plan(len(ds.splits["train"]), 64, 20, 60)
     assert res.batch_size == plan.batch_size == len(ds.splits["train"]) // 4 and plan.steps > 60
     # Early stopping fired at the second check but the floor held: stopped exactly at 60 steps.
     assert res.steps == 60 and res.epochs == 60 // plan.val_every and res.stopped_by == "early_stopping"
-    res = fit(model, ds, lr=0.01, batch_size=64, max_epochs=4, patience=10, min_steps=40, seed=0)
+    res = fit(model, ds, TrainOptions(lr=0.01, batch_size=64, max_epochs=4, patience=10, min_steps=40), seed=0)
     assert res.steps == 40 and res.epochs == 4 and res.stopped_by == "max_steps"
 
 
@@ -215,10 +215,11 @@ def test_fit_slices_training_batches_only(tiny_csv, monkeypatch):
     monkeypatch.setattr(train, "crop_batch", spy)
     ds = read_dataset(tiny_csv, seed=0)
     model = build(ModelSpec(ds.n_features, (LayerSpec("gru", 4),), ds.n_outputs, ds.task))
-    res = train.fit(model, ds, lr=0.01, batch_size=8, max_epochs=2, patience=5, min_steps=10, seed=0, crop=0.2)
+    res = train.fit(model, ds, train.TrainOptions(lr=0.01, batch_size=8, max_epochs=2, patience=5, min_steps=10,
+                                                  crop=0.2), seed=0)
     assert len(seen) == res.steps > 0  # every optimiser step, and nothing else (validation reads whole sequences)
     seen.clear()
-    train.fit(model, ds, lr=0.01, batch_size=8, max_epochs=2, patience=5, min_steps=10, seed=0)
+    train.fit(model, ds, train.TrainOptions(lr=0.01, batch_size=8, max_epochs=2, patience=5, min_steps=10), seed=0)
     assert seen == []
 
 

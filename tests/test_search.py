@@ -297,13 +297,13 @@ def test_fit_returns_the_weights_of_the_best_recorded_score(tiny_csv):
     from cellsearch.data import read_dataset
     from cellsearch.model import ModelSpec, build
     from cellsearch.stack import LayerSpec
-    from cellsearch.train import evaluate, fit
+    from cellsearch.train import TrainOptions, evaluate, fit
 
     ds = read_dataset(tiny_csv, seed=2)
     for epochs in (1, 6):
         torch.manual_seed(0)
         model = build(ModelSpec(ds.n_features, (LayerSpec("gru", 8),), ds.n_outputs, ds.task))
-        res = fit(model, ds, lr=0.02, batch_size=16, max_epochs=epochs, patience=10, seed=0)
+        res = fit(model, ds, TrainOptions(lr=0.02, batch_size=16, max_epochs=epochs, patience=10), seed=0)
         assert res.epochs == epochs and len(res.history) == epochs
         assert evaluate(res.model, ds.splits["val"], ds.task) == pytest.approx(res.best_score, abs=1e-6)
         assert res.history[res.best_epoch]["val_score"] == res.best_score

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cellsearch.data.detect import check_stray_cells
 from cellsearch.data.layouts import detect, get_layout
@@ -38,7 +39,8 @@ class Dataset:
         return get_layout(self.preprocessing.layout).n_outputs(self.preprocessing)
 
 
-def read_dataset(path: str | Path, options: DataOptions | None = None, **overrides: Any) -> Dataset:
+def read_dataset(path: str | Path, options: DataOptions | None = None, *, frame: pd.DataFrame | None = None,
+                 **overrides: Any) -> Dataset:
     """Read, validate and tensorise a sequence CSV.
 
     Args:
@@ -47,6 +49,8 @@ def read_dataset(path: str | Path, options: DataOptions | None = None, **overrid
         **overrides: fields of ``DataOptions`` (``layout``, ``target``, ``id_col``, ``time_col``,
             ``task``, ``window``, ``horizon``, ``fill``, ``seed``, ``val_size``, ``test_size``) that
             replace those of ``options``; ``None`` values are ignored.
+        frame: the file as ``read_csv`` already read it (left unchanged), so that a caller that also
+            needs the raw rows reads the file once; ``path`` still names it in messages.
 
     Raises:
         UserError: on any problem with the file, with one line naming it.
@@ -62,7 +66,7 @@ def read_dataset(path: str | Path, options: DataOptions | None = None, **overrid
     if opts.layout is not None:
         get_layout(opts.layout)  # an unknown --layout is refused before the file is read
     path = Path(path)
-    df = read_csv(path, keys=(opts.id_col, opts.time_col))
+    df = frame.copy() if frame is not None else read_csv(path, keys=(opts.id_col, opts.time_col))
     n_rows = len(df)
     schema, warnings = detect(df, opts, path)
     roles = {schema.target, schema.id_col, schema.time_col, schema.split_col}

@@ -1,0 +1,45 @@
+"""``--weights refit``: a front point's member trials retrained on all non-test rows.
+
+Each member trial is retrained once, without validation, for its cross-validated number of optimiser
+steps (the mean of its folds' best steps, scaled from a fold's training size to all rows), with the
+training options it was searched with (``TrainOptions``, stored with the trial), and weighted as in
+the point. Cheaper to run than keeping every fold model, not validated itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any) -> Any:
+    """The model of ``point`` (a trial or an ensemble of trials) retrained on ``dataset``'s training
+    and validation splits: a ``SequenceModel``, or an ``EnsembleModel`` of the retrained members.
+
+    Args:
+        point: a Pareto-front point (``cellsearch.pareto``): ``trial`` or ``members`` with weights.
+        trials: the study's trials by number (their stored spec, training options and best steps).
+        dataset: the training file read as the search read it.
+    """
+    import torch
+
+    from cellsearch.data.splits import concat_splits
+    from cellsearch.folds import Fold, Part
+    from cellsearch.model import EnsembleModel, ModelSpec, build
+    from cellsearch.train import TrainOptions, fit
+
+    pool = concat_splits([dataset.splits["train"], dataset.splits["val"]])
+    members = point.get("members") or {point["trial"]: 1.0}
+    models, weights = [], []
+    for n, w in members.items():
+        a = trials[int(n)].user_attrs
+        sizes = a.get("fold_sizes") or [len(pool)]
+        steps = int(round(sum(a["best_steps"]) / len(a["best_steps"]) * len(pool) / (sum(sizes) / len(sizes))))
+        options = TrainOptions.from_dict({**a["train_cfg"], "max_epochs": 1, "patience": 1})
+        torch.manual_seed(int(n))
+        res = fit(build(ModelSpec.from_dict(a["spec"])), dataset, options, fold=Fold(Part(pool), Part(pool, None)),
+                  seed=int(n), fixed_steps=max(1, steps))
+        models.append(res.model)
+        weights.append(float(w))
+    if len(models) == 1:
+        return models[0]
+    return EnsembleModel(models, weights, [{"trial": int(n), "refit": True} for n in members])
