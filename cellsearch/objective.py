@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cellsearch.study import SearchContext
+from cellsearch.context import SearchContext
 from cellsearch.tracking import Tracker
 
 
@@ -132,7 +132,7 @@ class Objective:
 
     def __call__(self, trial: Any) -> Any:
         from cellsearch.costs import measure_costs
-        from cellsearch.study import data_shape
+        from cellsearch.searchdata import data_shape
 
         ctx = self.ctx
         if self.target_count is not None and not _claims_slot(trial, self.target_count):
@@ -212,7 +212,7 @@ class Objective:
     @property
     def _length(self) -> int:
         """The sequence length costs are measured at: the data's median."""
-        from cellsearch.study import data_shape
+        from cellsearch.searchdata import data_shape
 
         return data_shape(self.ctx.dataset).length
 

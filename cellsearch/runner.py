@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cellsearch.context import SearchContext
 from cellsearch.errors import UserError
 from cellsearch.objective import Objective, SurplusTrialError
-from cellsearch.study import SearchContext, counts, finished, open_storage
+from cellsearch.study import counts, finished, open_storage
 
 #: Storage errors a process waits out (a database restarting, a dropped connection) before giving up.
 RETRY_S = 60.0

@@ -1,7 +1,7 @@
 """The search: Optuna over per-layer cells, depth and width; every trial trained with Lightning.
 
 ``tune`` is the library entry point behind ``cellsearch tune``: it prepares the study
-(``cellsearch.study``), runs trials in this process or in worker processes (``cellsearch.runner``,
+(``cellsearch.context``), runs trials in this process or in worker processes (``cellsearch.runner``,
 ``cellsearch.workers``; one trial is ``cellsearch.objective``), records them (``cellsearch.tracking``)
 and ends with the Pareto front and the chosen trial (``cellsearch.pareto``), scored on the test split.
 """
@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from cellsearch.config import TuneConfig
+from cellsearch.context import prepare
 from cellsearch.files import write_json
 from cellsearch.pareto import pareto_front, pick_trial, trial_points
-from cellsearch.study import counts, finished, prepare
+from cellsearch.study import counts, finished
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The study and its storage: opening Optuna's storage, creating or resuming the study, and the
-context that ``tune`` and every worker process prepare the same way (``prepare``).
+"""The study's storage: where a run directory keeps its studies, opening Optuna's storage (SQLite or
+a server), the sampler, and counting a study's trials. Preparing a search is ``cellsearch.context``;
+reading its data and folds, ``cellsearch.searchdata``.
 
 A running trial beats every ``HEARTBEAT_S`` seconds; one silent for ``GRACE_S`` is failed (its
 process died), so a crash never leaves a trial counted as running.
@@ -11,13 +12,10 @@ import functools
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cellsearch.config import TuneConfig
 from cellsearch.errors import UserError
-from cellsearch.files import locked, write_json
 
 HEARTBEAT_S = 2
 GRACE_S = 8
@@ -123,146 +121,3 @@ def finished(study: Any) -> int:
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
-
-
-@dataclass
-class SearchContext:
-    """Everything a search process needs, built the same way by ``tune`` and by its workers."""
-
-    config: TuneConfig
-    dataset: Any
-    space: Any
-    study: Any
-    storage_url: str
-    sdir: Path
-    meta: dict[str, Any]
-    metric: str
-    direction: str
-    accelerator: str
-    folds: Any = None
-
-
-def _accelerator(device: str) -> str:
-    import torch
-
-    accelerator = "gpu" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available here")
-    return accelerator
-
-
-def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> SearchContext:
-    """Validate the config, read the data, open (``create``: create or resume) the study.
-
-    The process that creates also fails trials left running by a killed process and stores the
-    study's metadata and preprocessing (so that another machine can export). Each process's sampler
-    is seeded differently (by the trials already there and ``worker_index``), so workers and resumes
-    never repeat each other.
-    """
-    import optuna
-
-    from cellsearch.metrics import metric_of
-    from cellsearch.space import load_space
-    from cellsearch.train import quiet_lightning
-
-    config.validate()
-    spc = load_space(config.space)
-    dataset, folds = read_folds(config)
-    accelerator = _accelerator(config.device)
-    quiet_lightning()
-    optuna.logging.set_verbosity(optuna.logging.INFO if config.verbose else optuna.logging.ERROR)
-    metric, direction = metric_of(dataset.task)
-    check_writable(config.run_dir)
-    url = config.storage or default_storage(config.run_dir)
-    with locked(config.run_dir):
-        return _open_study(config, dataset, folds, spc, url, create, worker_index, metric, direction, accelerator)
-
-
-def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str, create: bool, worker_index: int,
-                metric: str, direction: str, accelerator: str) -> SearchContext:
-    """``prepare``'s second half, run holding the run directory's lock."""
-    import optuna
-
-    storage = open_storage(url)
-    directions = [direction] if config.objective == "score" else [direction, "minimize"]
-    n_before = 0
-    print_ = fingerprint(dataset)
-    try:
-        existing = optuna.load_study(study_name=config.study_name, storage=storage)
-        n_before = len(existing.trials)
-        if [d.name.lower() for d in existing.directions] != directions:
-            raise UserError(f"study {config.study_name!r} exists with other objectives; use another --study name")
-        theirs = existing.user_attrs.get("fingerprint")
-        if theirs is not None and theirs != print_:
-            differ = ", ".join(k for k in print_ if print_[k] != theirs.get(k))
-            raise UserError(f"study {config.study_name!r} in {config.run_dir} was made for other data (its "
-                            f"{differ} differ from this file's); give this file its own --study name")
-    except KeyError:
-        pass
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-              if config.objective == "score" and config.prune else optuna.pruners.NopPruner())
-    sampler = make_sampler(spc.sampler, config.seed + n_before + 7919 * worker_index)
-    st = optuna.create_study(study_name=config.study_name, storage=storage, directions=directions, sampler=sampler,
-                             pruner=pruner, load_if_exists=True)
-    meta = {"data": str(config.data.resolve()), "task": dataset.task, "metric": metric, "direction": direction,
-            "objective": config.objective, "cost": config.cost, "space": spc.name, "cv": folds.describe()}
-    sdir = study_dir(config.run_dir, config.study_name)
-    if create:
-        optuna.storages.fail_stale_trials(st)
-        if n_before == 0:  # a fresh study begins with the space's portfolio of robust settings
-            for params in spc.starts(data_shape(dataset))[:config.trials]:
-                st.enqueue_trial(params, skip_if_exists=True)
-        for k, v in meta.items():
-            st.set_user_attr(k, v)
-        st.set_user_attr("fingerprint", print_)
-        prep = dataset.preprocessing.to_dict()
-        st.set_user_attr("preprocessing", prep)
-        st.set_user_attr("dataset_info", {k: v for k, v in dataset.info.items() if k != "warnings"})
-        write_json(sdir / "preprocessing.json", prep)
-        write_json(sdir / "dataset.json", dataset.info)
-    return SearchContext(config, dataset, spc, st, url, sdir, meta, metric, direction, accelerator, folds)
-
-
-def data_shape(dataset: Any) -> Any:
-    """What the search space needs of the data (``space.DataShape``): median length, task, season."""
-    from cellsearch.data import get_layout
-    from cellsearch.space import DataShape
-
-    prep = dataset.preprocessing
-    return DataShape(length=int(dataset.info["length"]["median"]), task=dataset.task,
-                     season=get_layout(prep.layout).seasonality(prep)[0])
-
-
-def fingerprint(dataset: Any) -> dict[str, Any]:
-    """What a study's data must keep to be continued: its layout, task, columns with their roles and
-    encodings — not its rows (a grown file may continue a study deliberately)."""
-    prep = dataset.preprocessing
-    return {"layout": prep.layout, "task": prep.task, "target": prep.target, "id column": prep.id_col,
-            "time column": prep.time_col, "features": list(prep.features), "inputs": list(prep.inputs),
-            "classes": [str(c) for c in prep.classes] if prep.classes is not None else None}
-
-
-def read_folds(config: TuneConfig) -> tuple[Any, Any]:
-    """The dataset and its folds (``cellsearch.folds``). The file is read once, without a validation
-    split (a ``split`` column's is kept): the folds are made over everything but the test split, and
-    with one fold the validation share is set aside from it (so forecast windows may also span the
-    place where a fixed validation split would have cut each series)."""
-    from dataclasses import replace
-
-    from cellsearch.data import read_dataset
-    from cellsearch.folds import make_folds, resolve_cv
-    from cellsearch.tasks import get_task
-
-    opts = config.data_options
-    dataset = read_dataset(config.data, replace(opts, val_size=0.0))
-    n = len(dataset.splits["train"]) + len(dataset.splits["val"])
-    folds = make_folds(dataset, resolve_cv(config.cv, n), config.seed, opts.val_size)
-    if not folds.validated:
-        raise UserError(f"{config.data}: {n} {get_task(dataset.task).unit} "
-                        "outside the test split are too few to validate on (at least 4 are needed); "
-                        "add data or lower --test-fraction")
-    if not len(dataset.splits["test"]) and opts.test_size > 0 and not dataset.preprocessing.split_col:
-        raise UserError(f"{config.data}: too few sequences for a test split; pass --test-fraction 0 to keep "
-                        "none (and test elsewhere)")
-    dataset.info["cv"] = folds.describe()
-    return dataset, folds

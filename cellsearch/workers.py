@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from cellsearch.config import TuneConfig
-from cellsearch.study import SearchContext, finished
+from cellsearch.context import SearchContext
+from cellsearch.study import finished
 
 #: ``--workers auto`` starts at most this many processes: each one reads the data and holds it, and
 #: the sampler proposes that many trials without the others' results.
@@ -158,9 +159,9 @@ def worker_main(cfg_path: str, index: int) -> int:
     _die_with_parent(blob.get("parent_pid"))
     import torch
 
+    from cellsearch.context import prepare
     from cellsearch.objective import Objective
     from cellsearch.runner import run_trials
-    from cellsearch.study import prepare
     from cellsearch.tracking import NullTracker, make_tracker
 
     torch.set_num_threads(int(blob["threads"]))
