@@ -332,11 +332,13 @@ def _local_checkpoint(trial: Any, tracking_uri: str, run_dir: Path) -> str:
     """The trial's checkpoint file: in the run directory where it was trained (or moved, or copied),
     else fetched from its MLflow run."""
     from cellsearch.files import in_run_dir
+    from cellsearch.records import TrialRecord
 
-    path = in_run_dir(run_dir, trial.user_attrs.get("checkpoint"))
+    rec = TrialRecord.of(trial)
+    path = in_run_dir(run_dir, rec.checkpoint)
     if path and Path(path).exists():
         return path
-    uri = trial.user_attrs.get("checkpoint_uri")
+    uri = rec.checkpoint_uri
     if not uri:
         raise UserError(f"trial {trial.number}: checkpoint {path} is not on this machine and was not tracked; "
                         "export on the machine that ran it")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cellsearch.context import SearchContext
+from cellsearch.records import TrialRecord
 from cellsearch.tracking import Tracker
 
 
@@ -57,7 +58,7 @@ def _finished_curves(study: Any) -> list[list[float]]:
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        curve = t.user_attrs.get("curve")
+        curve = TrialRecord.of(t).curve
         if curve:
             out.append(curve)
     return out
@@ -72,7 +73,7 @@ def _behind_after_folds(study: Any, n_folds: int, mean: float, direction: str, m
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     means = sorted(float(sum(f[:n_folds]) / n_folds) for t in study.get_trials(deepcopy=False, states=states)
-                   if len(f := t.user_attrs.get("fold_scores") or []) >= n_folds)
+                   if len(f := TrialRecord.of(t).fold_scores) >= n_folds)
     if len(means) < min_trials:
         return False
     mid = len(means) // 2
@@ -136,16 +137,15 @@ class Objective:
 
         ctx = self.ctx
         if self.target_count is not None and not _claims_slot(trial, self.target_count):
-            trial.set_user_attr("reason", "surplus: the study was already full")
+            TrialRecord(reason="surplus: the study was already full").write(trial, "reason")
             raise SurplusTrialError("the study already holds the requested number of trials")
         cfg = ctx.space.suggest(trial, data_shape(ctx.dataset))
         seed = self.seed + trial.number
         model = self._build(cfg, seed)
         costs = measure_costs(model, self._length)
         options = self._options(cfg)
-        for k, v in {"arch": model.spec.arch, "spec": model.spec.to_dict(), "train_cfg": options.to_dict(),
-                     "folds": ctx.folds.k, **costs}.items():
-            trial.set_user_attr(k, v)
+        TrialRecord(arch=model.spec.arch, spec=model.spec.to_dict(), train_cfg=options.to_dict(), folds=ctx.folds.k,
+                    costs=costs).write(trial, "arch", "spec", "train_cfg", "folds", "costs")
         run = self.tracker.start_trial(trial.number, model.spec, cfg)
         curve: list[float] = []
         results: list[Any] = []
@@ -153,9 +153,9 @@ class Objective:
             self._train_folds(trial, run, cfg, options, model, seed, curve, results)
         except (Exception, KeyboardInterrupt) as exc:
             state, reason, error = _outcome(exc)
-            trial.set_user_attr("curve", curve)
-            trial.set_user_attr("fold_scores", [float(r.best_score) for r in results])  # the folds it finished
-            trial.set_user_attr("reason", reason)
+            # the folds it finished
+            TrialRecord(curve=curve, fold_scores=[float(r.best_score) for r in results], reason=reason).write(
+                trial, "curve", "fold_scores", "reason")
             run.finish(state, reason=reason)
             if error is exc:
                 raise
@@ -304,27 +304,26 @@ class Objective:
         if not truth.exists():
             np.save(truth, np.asarray(ctx.folds.oof.y))
         seconds = float(sum(r.train_seconds for r in results))
-        attrs = {"curve": curve, "val_score": float(np.mean(scores)), "val_spread": float(np.std(scores)),
-                 "fold_scores": scores, "oof_loss": oof_loss(task, oof, ctx.folds.oof),
-                 "fold_losses": fold_losses(task, oof, ctx.folds),
-                 "checkpoint_uri": run.log_file(ckpt, "checkpoint"), "oof_uri": run.log_file(oof_file, "oof"),
-                 "best_epoch": results[0].best_epoch, "epochs": int(sum(r.epochs for r in results)),
-                 "steps": int(sum(r.steps for r in results)), "best_steps": [r.best_step for r in results],
-                 "fold_sizes": [len(f.train) for f in ctx.folds.folds],
-                 "batch_size": results[0].batch_size, "train_seconds": seconds,
-                 "stopped_by": results[-1].stopped_by, **costs,
-                 # relative to the run directory, which may be moved or copied
-                 "checkpoint": str(ckpt.relative_to(config.run_dir)), "oof": str(oof_file.relative_to(config.run_dir))}
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
+        rec = TrialRecord.of(trial)
+        rec.costs = costs
+        rec.curve, rec.val_score, rec.val_spread = curve, float(np.mean(scores)), float(np.std(scores))
+        rec.fold_scores, rec.oof_loss = scores, oof_loss(task, oof, ctx.folds.oof)
+        rec.fold_losses = fold_losses(task, oof, ctx.folds)
+        rec.checkpoint_uri, rec.oof_uri = run.log_file(ckpt, "checkpoint"), run.log_file(oof_file, "oof")
+        rec.best_epoch, rec.epochs = results[0].best_epoch, int(sum(r.epochs for r in results))
+        rec.steps, rec.best_steps = int(sum(r.steps for r in results)), [r.best_step for r in results]
+        rec.fold_sizes, rec.batch_size = [len(f.train) for f in ctx.folds.folds], results[0].batch_size
+        rec.train_seconds, rec.stopped_by = seconds, results[-1].stopped_by
+        # relative to the run directory, which may be moved or copied
+        rec.checkpoint, rec.oof = str(ckpt.relative_to(config.run_dir)), str(oof_file.relative_to(config.run_dir))
+        rec.write(trial)
         fold_metrics = {f"fold{k + 1}_score": v for k, v in enumerate(scores)} if len(scores) > 1 else {}
-        run.finish("FINISHED", metrics={"score": attrs["val_score"],
-                                        "score_spread": round(attrs["val_spread"], 4),
-                                        "oof_loss": attrs["oof_loss"], **fold_metrics, **costs,
-                                        "train_seconds": seconds, "epochs": attrs["epochs"], "steps": attrs["steps"]})
+        run.finish("FINISHED", metrics={"score": rec.val_score, "score_spread": round(rec.val_spread, 4),
+                                        "oof_loss": rec.oof_loss, **fold_metrics, **costs,
+                                        "train_seconds": seconds, "epochs": rec.epochs, "steps": rec.steps})
         from cellsearch.tasks import get_task
 
-        value = get_task(task).search_value(attrs["val_score"], attrs["oof_loss"], len(oof))
+        value = get_task(task).search_value(rec.val_score, rec.oof_loss, len(oof))
         if config.objective == "score":
             return value
-        return value, cost_value(config.cost, attrs)
+        return value, cost_value(config.cost, rec.costs)

@@ -37,19 +37,20 @@ def trial_points(study: Any, cost: str, ensembles: bool = True, root: Any = None
     import optuna
 
     from cellsearch.files import in_run_dir
+    from cellsearch.records import TrialRecord
 
     pts = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        a = t.user_attrs
-        if "val_score" not in a:
+        r = TrialRecord.of(t)
+        if not r.complete:
             continue
-        pts.append({"trial": t.number, "name": str(t.number), "kind": "trial", "arch": a.get("arch", ""),
-                    "score": float(a["val_score"]), "spread": a.get("val_spread"), "oof_loss": a.get("oof_loss"),
-                    "folds": a.get("folds", 1), "fold_scores": a.get("fold_scores"),
-                    "fold_losses": a.get("fold_losses"), "cost": cost_value(cost, a),
-                    **{c.attr: a.get(c.attr) for c in COSTS.values()},
-                    "epochs": a.get("epochs"), "train_seconds": a.get("train_seconds"),
-                    "checkpoint": in_run_dir(root, a.get("checkpoint")), "oof": in_run_dir(root, a.get("oof")),
+        pts.append({"trial": t.number, "name": str(t.number), "kind": "trial", "arch": r.arch,
+                    "score": float(r.val_score), "spread": r.val_spread, "oof_loss": r.oof_loss,
+                    "folds": r.folds, "fold_scores": r.fold_scores or None,
+                    "fold_losses": r.fold_losses or None, "cost": cost_value(cost, r.costs),
+                    **{c.attr: r.costs.get(c.attr) for c in COSTS.values()},
+                    "epochs": r.epochs, "train_seconds": r.train_seconds,
+                    "checkpoint": in_run_dir(root, r.checkpoint), "oof": in_run_dir(root, r.oof),
                     "choices": dict(t.params)})
     if ensembles:
         k = max((p["folds"] or 1 for p in pts), default=1)

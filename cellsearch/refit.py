@@ -25,18 +25,19 @@ def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any) -> Any:
     from cellsearch.data.splits import concat_splits
     from cellsearch.folds import Fold, Part
     from cellsearch.model import EnsembleModel, ModelSpec, build
+    from cellsearch.records import TrialRecord
     from cellsearch.train import TrainOptions, fit
 
     pool = concat_splits([dataset.splits["train"], dataset.splits["val"]])
     members = point.get("members") or {point["trial"]: 1.0}
     models, weights = [], []
     for n, w in members.items():
-        a = trials[int(n)].user_attrs
-        sizes = a.get("fold_sizes") or [len(pool)]
-        steps = int(round(sum(a["best_steps"]) / len(a["best_steps"]) * len(pool) / (sum(sizes) / len(sizes))))
-        options = TrainOptions.from_dict({**a["train_cfg"], "max_epochs": 1, "patience": 1})
+        rec = TrialRecord.of(trials[int(n)])
+        sizes = rec.fold_sizes or [len(pool)]
+        steps = int(round(sum(rec.best_steps) / len(rec.best_steps) * len(pool) / (sum(sizes) / len(sizes))))
+        options = TrainOptions.from_dict({**rec.train_cfg, "max_epochs": 1, "patience": 1})
         torch.manual_seed(int(n))
-        res = fit(build(ModelSpec.from_dict(a["spec"])), dataset, options, fold=Fold(Part(pool), Part(pool, None)),
+        res = fit(build(ModelSpec.from_dict(rec.spec)), dataset, options, fold=Fold(Part(pool), Part(pool, None)),
                   seed=int(n), fixed_steps=max(1, steps))
         models.append(res.model)
         weights.append(float(w))

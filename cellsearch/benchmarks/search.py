@@ -14,9 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from cellsearch.records import TrialRecord
+
 
 def _epochs(study) -> int:
-    return sum(len(t.user_attrs.get("curve", [])) for t in study.trials)
+    return sum(len(TrialRecord.of(t).curve) for t in study.trials)
 
 
 def run(data: str, space: str, trials: int, seed: int, objectives: tuple[str, ...] = ("score", "pareto")) -> list[dict]:
@@ -30,7 +32,7 @@ def run(data: str, space: str, trials: int, seed: int, objectives: tuple[str, ..
                 r = tune(data, space=space, trials=trials, seed=seed, objective=objective, prune=prune,
                          run_dir=Path(tmp), track=False, progress=False)
                 best = max if r.direction == "maximize" else min
-                scores = [t.user_attrs["val_score"] for t in r.study.trials if "val_score" in t.user_attrs]
+                scores = [rec.val_score for rec in map(TrialRecord.of, r.study.trials) if rec.complete]
                 rows.append({"objective": objective, "prune": prune, "epochs": _epochs(r.study),
                              "best_score": best(scores) if scores else None, "seconds": time.perf_counter() - t0,
                              "pruned": r.counts.get("pruned", 0), "metric": r.metric})

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cellsearch.records import TrialRecord
+
 
 def per_trial(epochs: int, repeats: int) -> dict:
     from cellsearch.model import ModelSpec
@@ -49,7 +51,7 @@ def end_to_end(data: str, space: str, trials: int) -> dict:
             t0 = time.perf_counter()
             r = tune(data, space=space, trials=trials, run_dir=Path(tmp), track=track, progress=False, seed=0)
             total = time.perf_counter() - t0
-            train = sum(t.user_attrs.get("train_seconds", 0.0) for t in r.study.trials)
+            train = sum(TrialRecord.of(t).train_seconds or 0.0 for t in r.study.trials)
             out["tracked" if track else "untracked"] = {"total_s": total, "per_trial_s": total / trials,
                                                         "train_s_per_trial": train / trials}
     return out
