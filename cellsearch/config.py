@@ -11,17 +11,20 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from cellsearch.data.options import DataOptions
 from cellsearch.errors import UserError
 
-OBJECTIVES = ("pareto", "score")
+Objective = Literal["pareto", "score"]
+Pick = Literal["knee", "best", "smallest"]
+Device = Literal["cpu", "cuda", "auto"]
+OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 #: A study name: letters, digits, ``-``, ``_`` and ``.``, not starting with a dot (it names a folder
 #: under the run directory and must never leave it).
 STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
-PICKS = ("knee", "best", "smallest")
-DEVICES = ("cpu", "cuda", "auto")
+PICKS: tuple[Pick, ...] = get_args(Pick)
+DEVICES: tuple[Device, ...] = get_args(Device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,9 +65,9 @@ class TuneConfig:
     space: str = "default"
     trials: int = 20
     timeout: float | None = None
-    objective: str = "pareto"
+    objective: Objective = "pareto"
     cost: str = "macs"
-    pick: str = "knee"
+    pick: Pick = "knee"
     study: str | None = None
     run_dir: Path = Path("cellsearch-runs")
     storage: str | None = None
@@ -79,7 +82,7 @@ class TuneConfig:
     workers: int | str = 1
     verbose: bool = False
     progress: bool = True
-    device: str = "cpu"
+    device: Device = "cpu"
     started_at: float = field(default_factory=time.time)
 
     @classmethod

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from cellsearch.data import Dataset
     from cellsearch.folds import Folds
     from cellsearch.space import SearchSpace
+    from cellsearch.tasks.base import Direction
 
 
 @dataclass
@@ -35,7 +36,7 @@ class SearchContext:
     sdir: Path
     meta: dict[str, Any]
     metric: str
-    direction: str
+    direction: Direction
     accelerator: str
     folds: Folds | None = None
 

@@ -22,14 +22,15 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
+from cellsearch.config import PICKS, Pick
 from cellsearch.data import Preprocessing, get_layout
 from cellsearch.errors import UserError
 from cellsearch.files import dumps
 from cellsearch.formats import Format, check_formats
 from cellsearch.tasks import get_task
-from cellsearch.tracking import default_tracking_uri, repoint_artifacts
+from cellsearch.tracking import default_tracking_uri, fetch_artifact, register_bundle, repoint_artifacts
 
 PYFUNC_CODE = '''"""MLflow pyfunc entry point of a cellsearch bundle (models-from-code: nothing pickled)."""
 from pathlib import Path
@@ -235,7 +236,8 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
         shutil.rmtree(staging, ignore_errors=True)
 
 
-WEIGHTS = ("folds", "refit")
+Weights = Literal["folds", "refit"]
+WEIGHTS: tuple[Weights, ...] = get_args(Weights)
 
 
 def _check_out(out: Path, run_dir: Path, force: bool) -> None:
@@ -253,9 +255,9 @@ def _check_out(out: Path, run_dir: Path, force: bool) -> None:
 
 
 def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: str | None = None,
-           trial: int | None = None, pick: str = "knee", storage: str | None = None,
+           trial: int | None = None, pick: Pick = "knee", storage: str | None = None,
            formats: list[str] | tuple[str, ...] = (), register: str | None = None,
-           tracking_uri: str | None = None, force: bool = False, weights: str = "folds",
+           tracking_uri: str | None = None, force: bool = False, weights: Weights = "folds",
            ensemble: str | None = None) -> Path:
     """Write the bundle of one trial or ensemble (a trial by number, or picked from the Pareto front,
     whose members are trials and ensembles) to ``out``.
@@ -274,7 +276,7 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     Example:
         >>> export(out="model/", run_dir="cellsearch-runs")        # doctest: +SKIP
     """
-    from cellsearch.config import PICKS
+
     from cellsearch.costs import measure_costs
     from cellsearch.ensemble import assemble
     from cellsearch.model import model_arch
@@ -324,7 +326,7 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
                               for r in attrs.get("references", [])]}
     _write_bundle(out, model, prep, info, metrics, _input_example(raw, prep), chosen_formats)
     if register:
-        _register(out, register, tracking, st.study_name)
+        register_bundle(out, register, tracking, st.study_name)
     return out
 
 
@@ -342,10 +344,8 @@ def _local_checkpoint(trial: Any, tracking_uri: str, run_dir: Path) -> str:
     if not uri:
         raise UserError(f"trial {trial.number}: checkpoint {path} is not on this machine and was not tracked; "
                         "export on the machine that ran it")
-    import mlflow.artifacts
-
     try:
-        return mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
+        return fetch_artifact(uri, tracking_uri)
     except Exception as exc:
         raise UserError(f"trial {trial.number}: cannot fetch its checkpoint from MLflow ({uri}) at {tracking_uri}: "
                         f"{str(exc).strip().splitlines()[0][:200]}") from None
@@ -378,18 +378,3 @@ def _write_mlflow_model(path: Path, model: Any, prep: Preprocessing, example: An
                               "pandas", "numpy", "pyarrow"])
     finally:
         shutil.rmtree(code.parent, ignore_errors=True)
-
-
-def _register(out: Path, name: str, tracking_uri: str, study: str) -> None:
-    """Log the bundle to a run of the study's experiment and register it under ``name``."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(study)
-    exp_id = exp.experiment_id if exp else client.create_experiment(study)
-    run = client.create_run(exp_id, tags={"role": "export"}, run_name=f"export-{out.name}")
-    client.log_artifacts(run.info.run_id, str(out), artifact_path="model")
-    client.set_terminated(run.info.run_id)
-    mlflow.register_model(f"runs:/{run.info.run_id}/model", name)

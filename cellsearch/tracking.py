@@ -102,6 +102,28 @@ def repoint_artifacts(run_dir: Path) -> int:
     return changed
 
 
+def fetch_artifact(uri: str, tracking_uri: str) -> str:
+    """A tracked file (``runs:/...`` or an artifact URI) downloaded here; returns its local path."""
+    import mlflow.artifacts
+
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
+
+
+def register_bundle(folder: Path, name: str, tracking_uri: str, study: str) -> None:
+    """Log an exported bundle to a run of the study's experiment and register it as model ``name``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(study)
+    exp_id = exp.experiment_id if exp else client.create_experiment(study)
+    run = client.create_run(exp_id, tags={"role": "export"}, run_name=f"export-{folder.name}")
+    client.log_artifacts(run.info.run_id, str(folder), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from cellsearch.errors import UserError
 
-FILLS = ("ffill", "zero")
-SPLITS = ("train", "val", "test")
+Fill = Literal["ffill", "zero"]
+Split = Literal["train", "val", "test"]
+FILLS: tuple[Fill, ...] = get_args(Fill)
+SPLITS: tuple[Split, ...] = get_args(Split)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,7 +27,7 @@ class DataOptions:
     task: str | None = None
     window: int | None = None
     horizon: int | None = None
-    fill: str | None = None
+    fill: Fill | None = None
     season: int | None = None
     seed: int = 0
     val_size: float = 0.15
