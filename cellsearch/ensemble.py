@@ -59,14 +59,14 @@ def _evaluate(task: str, pred: np.ndarray, folds: Any, target_scale: float
     return float(np.mean(scores)), float(np.std(scores)), oof_loss(task, pred, folds.oof), [float(v) for v in scores]
 
 
-def _members_output(task: str, preds: dict[int, np.ndarray], counts: dict[int, int]) -> np.ndarray:
+def members_output(task: str, preds: dict[int, np.ndarray], counts: dict[int, int]) -> np.ndarray:
     """The out-of-fold output of members weighted by ``counts``: log of the averaged probabilities
     for classification, the averaged values otherwise."""
     avg = sum(preds[n] * c for n, c in counts.items()) / sum(counts.values())
     return get_task(task).from_average(avg)
 
 
-def _bootstrap(folds: Any, rng: np.random.Generator) -> Any:
+def bootstrap(folds: Any, rng: np.random.Generator) -> Any:
     """A bootstrap resample of the out-of-fold rows, drawn within each fold (so every fold keeps
     its size): the ``folds``-like view (``k``, ``oof.y``, ``oof.weight``, ``oof_fold``) that
     ``_evaluate`` reads, and the rows drawn."""
@@ -79,7 +79,7 @@ def _bootstrap(folds: Any, rng: np.random.Generator) -> Any:
     return view, rows
 
 
-def _greedy(task: str, preds: dict[int, np.ndarray], folds: Any, sign: float, target_scale: float
+def greedy(task: str, preds: dict[int, np.ndarray], folds: Any, sign: float, target_scale: float
             ) -> dict[int, int]:
     """One greedy forward selection with replacement (``ROUNDS`` rounds) on ``folds``' rows: how
     many rounds picked each trial."""
@@ -133,8 +133,8 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
     bags = max(1, min(BAGS, BAG_ROWS // max(1, len(folds.oof_fold))))
     weights: dict[int, float] = {}
     for _ in range(bags):
-        view, rows = _bootstrap(folds, rng) if bags > 1 else (folds, slice(None))
-        counts = _greedy(task, {n: p[rows] for n, p in preds.items()}, view, sign, target_scale)
+        view, rows = bootstrap(folds, rng) if bags > 1 else (folds, slice(None))
+        counts = greedy(task, {n: p[rows] for n, p in preds.items()}, view, sign, target_scale)
         for n, c in counts.items():
             weights[n] = weights.get(n, 0.0) + c / ROUNDS / bags
     if len(weights) < 2:
@@ -147,7 +147,7 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
     for k, members in enumerate(sets):
         total = sum(members.values())
         members = {n: w / total for n, w in members.items()}
-        out = _members_output(task, preds, members)
+        out = members_output(task, preds, members)
         s, spread, loss, per_fold = _evaluate(task, out, folds, target_scale)
         e = {"members": members, "score": s, "spread": spread, "oof_loss": loss, "fold_scores": per_fold,
              "fold_losses": fold_losses(task, out, folds), "bags": bags}
@@ -191,7 +191,7 @@ def loss_reader(points: list[dict[str, Any]], task: str) -> Callable[[dict[str, 
         preds = {int(m): outputs(int(m)) for m in members if m is not None}
         if truth is None or not preds or any(v is None for v in preds.values()):
             return None
-        return row_losses(task, _members_output(task, preds, {int(m): w for m, w in members.items()}), truth)
+        return row_losses(task, members_output(task, preds, {int(m): w for m, w in members.items()}), truth)
 
     return losses
 

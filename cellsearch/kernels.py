@@ -22,7 +22,9 @@ from cellsearch.files import atomic_path, write_text
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).parent / "csrc" / "lstm_family.cpp"
-_state: dict[str, Any] = {"tried": False, "ok": False, "error": None}
+#: The extension's state in this process: whether it was tried and loaded, why not, its build folder and
+#: the measured GEMM choices.
+STATE: dict[str, Any] = {"tried": False, "ok": False, "error": None}
 
 _CAPABILITY_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
@@ -71,7 +73,7 @@ def _build() -> None:
         with atomic_path(copy) as tmp:
             tmp.write_bytes(source)
     clear_stale_lock(folder / "lock")
-    _state["folder"] = folder
+    STATE["folder"] = folder
     cpp_extension.load(
         name=name,
         sources=[str(copy)],
@@ -84,19 +86,19 @@ def _build() -> None:
 
 def available() -> bool:
     """Whether the compiled loop can be used, building it on first call (cached per machine)."""
-    if not _state["tried"]:
-        _state["tried"] = True
+    if not STATE["tried"]:
+        STATE["tried"] = True
         if os.environ.get("CELLSEARCH_NO_EXT") == "1":
-            _state["error"] = "disabled by CELLSEARCH_NO_EXT=1"
+            STATE["error"] = "disabled by CELLSEARCH_NO_EXT=1"
         else:
             try:
                 _build()
-                _state["ok"] = True
+                STATE["ok"] = True
             except Exception as exc:  # no compiler, no ninja, odd platform: fall back, say why
-                _state["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}"
+                STATE["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}"
                 log.warning("cellsearch: compiled cell loop unavailable (%s); using PyTorch fallback",
-                            _state["error"])
-    return bool(_state["ok"])
+                            STATE["error"])
+    return bool(STATE["ok"])
 
 
 def status() -> str:
@@ -106,7 +108,7 @@ def status() -> str:
         how = f"forced by CELLSEARCH_GEMM={forced}" if forced else "chosen per shape by measurement"
         return (f"compiled ({torch.backends.cpu.get_cpu_capability()}); recurrent GEMM backends "
                 f"{', '.join(gemm_backends())}, {how}")
-    return f"pure PyTorch fallback ({_state['error']})"
+    return f"pure PyTorch fallback ({STATE['error']})"
 
 
 # ---- the recurrent product's backend ---------------------------------------------------------------
@@ -182,21 +184,21 @@ def measure_gemm(backend: str, batch: int, hidden: int, blocks: int, steps: int 
 
 
 def _cache() -> dict[str, str]:
-    if "gemm" not in _state:
+    if "gemm" not in STATE:
         import json
 
-        path = _state.get("folder")
+        path = STATE.get("folder")
         try:
-            _state["gemm"] = json.loads((path / _CACHE_NAME).read_text()) if path else {}
+            STATE["gemm"] = json.loads((path / _CACHE_NAME).read_text()) if path else {}
         except (OSError, ValueError):
-            _state["gemm"] = {}
-    return _state["gemm"]
+            STATE["gemm"] = {}
+    return STATE["gemm"]
 
 
 def _save_cache(cache: dict[str, str]) -> None:
     import json
 
-    path = _state.get("folder")
+    path = STATE.get("folder")
     if path is None:
         return
     try:

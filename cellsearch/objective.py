@@ -7,7 +7,7 @@ worse than the median of the finished trials' best-so-far at the same epoch is p
 
 Cross-validated trials race over their folds: after each fold but the last, a trial whose mean score
 so far is worse than the median of the finished trials' mean over the same first folds stops there
-(``_behind_after_folds``; with ``objective="score"``, Optuna's pruner sees that mean after each
+(``behind_after_folds``; with ``objective="score"``, Optuna's pruner sees that mean after each
 fold). The K-fold cost is paid only by trials that stay in the running.
 """
 
@@ -64,7 +64,7 @@ def _finished_curves(study: Any) -> list[list[float]]:
     return out
 
 
-def _behind_after_folds(study: Any, n_folds: int, mean: float, direction: str, min_trials: int = 3) -> bool:
+def behind_after_folds(study: Any, n_folds: int, mean: float, direction: str, min_trials: int = 3) -> bool:
     """Racing over folds: whether a trial's mean score over its first ``n_folds`` folds is worse than
     the median of the same mean over the finished trials that got that far (complete, or pruned
     later; at least ``min_trials`` of them). Most trials then stop after one or two folds; the
@@ -197,7 +197,7 @@ class Objective:
                 trial.report(mean, k)
                 if not last and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned by Optuna's pruner after fold {k + 1} of {ctx.folds.k}")
-            elif not last and _behind_after_folds(trial.study, k + 1, mean, ctx.direction):
+            elif not last and behind_after_folds(trial.study, k + 1, mean, ctx.direction):
                 raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean {ctx.metric} so "
                                          "far is worse than the median of finished trials' first folds")
 

@@ -120,8 +120,10 @@ class CellStack(nn.Module):
     def output_size(self) -> int:
         return self.specs[-1].out_size
 
-    def _prepare(self, x: torch.Tensor, lengths: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def time_major(self, x: torch.Tensor, lengths: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``x`` (batch, time, features) checked and made time-major, with its lengths and the
+        (time, batch, 1) mask of real steps (``None`` for both when every sequence is full)."""
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"expected x of shape (batch, time, {self.input_size}), got {tuple(x.shape)}")
         xt = x.transpose(0, 1)
@@ -137,7 +139,7 @@ class CellStack(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the stack on ``x`` (batch, time, features); returns the last layer's outputs
         (batch, time, output_size), zero at padded steps, and ``lengths`` unchanged."""
-        h, lens, mask = self._prepare(x, lengths)
+        h, lens, mask = self.time_major(x, lengths)
         for k, layer in enumerate(self.layers):
             if k and self.dropout:
                 h = F.dropout(h, self.dropout, self.training)
@@ -148,7 +150,7 @@ class CellStack(nn.Module):
     def trace(self, x: torch.Tensor, lengths: torch.Tensor | None = None
               ) -> list[dict[str, torch.Tensor]]:
         """Per layer, the gate activations and hidden state over time, each (batch, time, hidden)."""
-        h, lens, mask = self._prepare(x, lengths)
+        h, lens, mask = self.time_major(x, lengths)
         out = []
         for layer in self.layers:
             out.append({k: v.transpose(0, 1) for k, v in layer.trace(h).items()})

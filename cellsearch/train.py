@@ -169,7 +169,7 @@ class SequenceTask(pl.LightningModule):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.model(x, lengths)
 
-    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def training_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The task's training loss (``Task.loss``): cross-entropy; mean squared error; forecasting:
         L1 on each window's scaled values (what MASE scores), or squared error with
         ``forecast_loss="mse"``."""
@@ -179,7 +179,7 @@ class SequenceTask(pl.LightningModule):
         x, lengths, y, _ = batch
         if self.crop > 0:
             x, lengths = crop_batch(x, lengths, self.crop)
-        loss = self._loss(self(x, lengths), y)
+        loss = self.training_loss(self(x, lengths), y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}")
         self._train_loss.append(float(loss.detach()))
@@ -199,7 +199,7 @@ class SequenceTask(pl.LightningModule):
         if self._train_loss:  # the training loss since the previous validation, beside its scores
             self.log("train_loss", float(np.mean(self._train_loss)), prog_bar=False)
             self._train_loss.clear()
-        self.log("val_loss", float(self._loss(out, y)))
+        self.log("val_loss", float(self.training_loss(out, y)))
         self.log("val_score", score_outputs(out, y, self.task, self.target_std, w), prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

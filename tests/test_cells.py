@@ -248,15 +248,15 @@ def test_gemm_choice_is_measured_once_cached_and_forced_by_the_environment(monke
     calls = []
     real = kernels.measure_gemm
     monkeypatch.setattr(kernels, "measure_gemm", lambda *a, **k: calls.append(a) or real(*a, **k))
-    monkeypatch.setitem(kernels._state, "gemm", {})
+    monkeypatch.setitem(kernels.STATE, "gemm", {})
     first = kernels.gemm_for(50, 24, 4)  # batch 50 measures as 64
     assert first in [kernels.GEMMS[b] for b in kernels.gemm_backends()]
     assert sorted(c[0] for c in calls) == sorted(kernels.gemm_backends()) and {c[1] for c in calls} == {64}
     assert kernels.gemm_for(60, 24, 4) == first and len(calls) == len(kernels.gemm_backends())  # cached
-    if kernels._state.get("folder"):
+    if kernels.STATE.get("folder"):
         import json
 
-        on_disk = json.loads((kernels._state["folder"] / "gemm_choice.json").read_text())
+        on_disk = json.loads((kernels.STATE["folder"] / "gemm_choice.json").read_text())
         assert any(k.endswith("|b64|h24|g4") for k in on_disk)
     monkeypatch.setenv("CELLSEARCH_GEMM", "aten")
     assert kernels.gemm_for(50, 24, 4) == kernels.GEMMS["aten"]

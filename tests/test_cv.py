@@ -259,20 +259,20 @@ def test_caruana_selection_finds_the_complementary_pair(tmp_path):
 
 
 def test_bootstrap_resamples_within_each_fold_reproducibly():
-    from cellsearch.ensemble import _bootstrap
+    from cellsearch.ensemble import bootstrap
 
     fold = np.array([0] * 7 + [1] * 5 + [2] * 9)
     y = np.arange(len(fold)) * 10
     w = np.linspace(0.5, 1.5, len(fold))
     folds = SimpleNamespace(k=3, oof=SimpleNamespace(y=y, weight=w), oof_fold=fold)
-    view, rows = _bootstrap(folds, np.random.default_rng(7))
+    view, rows = bootstrap(folds, np.random.default_rng(7))
     assert [int(np.sum(view.oof_fold == j)) for j in range(3)] == [7, 5, 9]  # every fold keeps its size
     assert np.array_equal(fold[rows], view.oof_fold)  # each drawn row stays in its own fold
     assert np.array_equal(view.oof.y, y[rows]) and np.array_equal(view.oof.weight, w[rows])
     assert len(set(rows.tolist())) < len(rows)  # drawn with replacement
-    again, rows2 = _bootstrap(folds, np.random.default_rng(7))
+    again, rows2 = bootstrap(folds, np.random.default_rng(7))
     assert np.array_equal(rows, rows2)
-    assert not np.array_equal(rows, _bootstrap(folds, np.random.default_rng(8))[1])
+    assert not np.array_equal(rows, bootstrap(folds, np.random.default_rng(8))[1])
 
 
 def _noisy_trials(tmp_path, n=40, n_noisy=6, seed=0):
@@ -304,8 +304,8 @@ def test_bagged_selection_is_reproducible_and_scored_on_all_rows(tmp_path):
         BAGS,
         ROUNDS,
         TRIM,
-        _greedy,
-        _members_output,
+        greedy,
+        members_output,
         select_ensembles,
     )
     from cellsearch.tasks import get_task
@@ -334,13 +334,13 @@ def test_bagged_selection_is_reproducible_and_scored_on_all_rows(tmp_path):
                                             seed=4)[0]["members"]
     # Its scores are those of its weighted average on every out-of-fold row, not on a resample.
     preds = {t["trial"]: _probabilities(np.load(t["oof"]).astype(np.float64)) for t in trials}
-    out = _members_output("classification", preds, e["members"])
+    out = members_output("classification", preds, e["members"])
     assert e["fold_scores"] == pytest.approx(fold_scores("classification", out, folds))
     assert e["oof_loss"] == pytest.approx(oof_loss("classification", out, folds.oof))
     assert e["macs"] == 100.0 * len(e["members"]) and e["cost"] == e["macs"]
     # Spread over resamples: more members than the one greedy run on all the rows keeps, and the
     # trial that is good everywhere weighs the most.
-    one_run = _greedy("classification", preds, folds, 1.0, 1.0)
+    one_run = greedy("classification", preds, folds, 1.0, 1.0)
     assert len(e["members"]) > len(one_run)
     assert max(e["members"], key=e["members"].get) == 0
 
@@ -355,7 +355,7 @@ def test_bagged_selection_uses_fewer_bags_on_many_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(ensemble, "BAG_ROWS", 39)  # one bag: one greedy run on all the rows
     e = ensemble.select_ensembles(trials, folds, "classification", "maximize", 1.0, "macs")[0]
     preds = {t["trial"]: get_task("classification").to_average(np.load(t["oof"]).astype(np.float64)) for t in trials}
-    counts = ensemble._greedy("classification", preds, folds, 1.0, 1.0)
+    counts = ensemble.greedy("classification", preds, folds, 1.0, 1.0)
     assert e["bags"] == 1 and e["members"] == pytest.approx({n: c / ensemble.ROUNDS for n, c in counts.items()})
 
 
@@ -445,7 +445,7 @@ def test_the_search_value_breaks_ties_by_the_loss_and_only_ties():
 
 
 def test_racing_stops_trials_behind_after_a_fold():
-    from cellsearch.objective import _behind_after_folds
+    from cellsearch.objective import behind_after_folds
 
     def trial(scores, state=optuna.trial.TrialState.COMPLETE):
         return optuna.trial.create_trial(state=state, values=None if state != optuna.trial.TrialState.COMPLETE
@@ -456,9 +456,9 @@ def test_racing_stops_trials_behind_after_a_fold():
         study.add_trial(trial(scores, optuna.trial.TrialState.COMPLETE if len(scores) == 3
                               else optuna.trial.TrialState.PRUNED))
     # First folds finished: 0.9, 0.7, 0.6 -> median 0.7.
-    assert _behind_after_folds(study, 1, 0.65, "maximize") and not _behind_after_folds(study, 1, 0.75, "maximize")
-    assert not _behind_after_folds(study, 2, 0.1, "maximize")  # only two trials reached fold 2
-    assert _behind_after_folds(study, 1, 0.75, "minimize")
+    assert behind_after_folds(study, 1, 0.65, "maximize") and not behind_after_folds(study, 1, 0.75, "maximize")
+    assert not behind_after_folds(study, 2, 0.1, "maximize")  # only two trials reached fold 2
+    assert behind_after_folds(study, 1, 0.75, "minimize")
 
 
 def test_a_trial_trains_one_model_per_fold(cv_tuned):

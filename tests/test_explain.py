@@ -101,7 +101,7 @@ def test_clamping_the_forget_gate_to_zero_leaves_input_times_candidate(cell):
     with torch.no_grad():
         before = model(x)
         target = model.stack.layers[0].fwd
-        h = model.stack._prepare(x, None)[0]
+        h = model.stack.time_major(x, None)[0]
         with target.clamped({"f": 0.0}):
             trace = target.trace(h)
             clamped = model(x)

@@ -139,7 +139,7 @@ def test_nan_loss_ends_the_trial_with_a_reason_and_the_search_goes_on(tiny_csv, 
 
     from cellsearch import train
 
-    original = train.SequenceTask._loss
+    original = train.SequenceTask.training_loss
     calls = {"n": 0}
 
     def poisoned(self, out, y):
@@ -151,7 +151,7 @@ def test_nan_loss_ends_the_trial_with_a_reason_and_the_search_goes_on(tiny_csv, 
             return loss * torch.tensor(float("nan"))
         return loss
 
-    monkeypatch.setattr(train.SequenceTask, "_loss", poisoned)
+    monkeypatch.setattr(train.SequenceTask, "training_loss", poisoned)
     r = tune(tiny_csv, space=str(tiny_space), trials=2, run_dir=tmp_path, progress=False, track=False)
     first, second = r.study.trials[:2]
     assert first.state == optuna.trial.TrialState.PRUNED
