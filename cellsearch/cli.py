@@ -53,7 +53,7 @@ LAYOUT = typer.Option(None, "--layout", help="long, wide or series (detected by 
 TARGET = typer.Option(None, "--target", help="Target column (detected by default).")
 ID_COL = typer.Option(None, "--id-col", help="Column grouping rows into sequences or series.")
 TIME_COL = typer.Option(None, "--time-col", help="Column ordering rows within a sequence.")
-TASK = typer.Option(None, "--task", help="classification, regression or forecasting.")
+TASK = typer.Option(None, "--task", help="classification, regression, forecasting or another registered task.")
 WINDOW = typer.Option(None, "--window", help="Forecasting: past steps per input window.")
 HORIZON = typer.Option(None, "--horizon", help="Forecasting: future steps to predict (default 1).")
 FILL = typer.Option(None, "--fill", help="Fill missing feature values: ffill or zero (default: refuse).")
