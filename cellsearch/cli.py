@@ -125,8 +125,8 @@ def tune(
     """Search per-layer cells, depth and width for a CSV; show the Pareto front and the chosen model."""
     # Every parameter but the file and --json is a TuneConfig or DataOptions field of the same name.
     options = {k: v for k, v in locals().items() if k not in ("file", "as_json")}
+    from cellsearch.checks import check_readable
     from cellsearch.config import TuneConfig
-    from cellsearch.files import check_readable
 
     check_readable(file)  # before the heavy imports: a typo is reported at once
     TuneConfig.create(file, **options).validate()

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from cellsearch.config import TuneConfig
 from cellsearch.errors import UserError
-from cellsearch.files import locked, write_json
+from cellsearch.files import write_json
+from cellsearch.rundir import check_writable, locked
 from cellsearch.searchdata import data_shape, fingerprint, read_folds
-from cellsearch.study import check_writable, default_storage, make_sampler, open_storage, study_dir
+from cellsearch.study import default_storage, make_sampler, open_storage, study_dir
 
 if TYPE_CHECKING:
     import optuna

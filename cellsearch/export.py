@@ -333,8 +333,8 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
 def _local_checkpoint(trial: Any, tracking_uri: str, run_dir: Path) -> str:
     """The trial's checkpoint file: in the run directory where it was trained (or moved, or copied),
     else fetched from its MLflow run."""
-    from cellsearch.files import in_run_dir
     from cellsearch.records import TrialRecord
+    from cellsearch.rundir import in_run_dir
 
     rec = TrialRecord.of(trial)
     path = in_run_dir(run_dir, rec.checkpoint)

@@ -36,8 +36,8 @@ def trial_points(study: Any, cost: str, ensembles: bool = True, root: Any = None
     directory the stored checkpoint and out-of-fold paths are relative to."""
     import optuna
 
-    from cellsearch.files import in_run_dir
     from cellsearch.records import TrialRecord
+    from cellsearch.rundir import in_run_dir
 
     pts = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -58,18 +57,6 @@ def _storage_class() -> type:
                       "heartbeat; retrying at the next beat", file=sys.stderr, flush=True)
 
     return ResilientRDBStorage
-
-
-def check_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` if needed and prove it writable, or raise ``UserError`` in one line. The
-    probe file has a name of its own: with a fixed name, a search starting beside another could
-    find the other's probe already removed and take the run directory for unwritable."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"--run-dir {run_dir}: cannot write there ({exc.strerror or exc})") from None
 
 
 def open_storage(url: str) -> Any:

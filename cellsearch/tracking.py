@@ -485,7 +485,7 @@ def make_tracker(config: TuneConfig, *, meta: dict[str, Any], argv: list[str],
     ``track=False``, nothing. Worker processes pass their ``tune`` process's ``parent_id``."""
     if not config.track:
         return NullTracker()
-    from cellsearch.files import locked
+    from cellsearch.rundir import locked
 
     with locked(config.run_dir):  # a fresh store's schema is created once, not by two processes at once
         if config.tracking_uri is None:

@@ -447,7 +447,7 @@ def test_the_run_directory_probe_is_one_line_and_does_not_race(tmp_path):
     import threading
 
     from cellsearch.errors import UserError
-    from cellsearch.study import check_writable
+    from cellsearch.rundir import check_writable
 
     runs, errors = tmp_path / "runs", []
 
