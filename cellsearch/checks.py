@@ -25,3 +25,19 @@ def check_readable(path: Path, what: str = "") -> None:
         raise UserError(f"{label}: is a folder, not a CSV file")
     if not os.access(path, os.R_OK):
         raise UserError(f"{label}: not readable (permission denied)")
+
+
+def check_output(out: Path, inputs: tuple[Path, ...] = (), folders: tuple[Path, ...] = ()) -> None:
+    """Refuse, with one line, an output file that would destroy what the command reads: one of its
+    ``inputs``, a path inside one of its ``folders`` (a model bundle), or an existing folder."""
+    from cellsearch.errors import UserError
+
+    target = Path(out).resolve()
+    if target.is_dir():
+        raise UserError(f"--out {out}: is a folder; give a file name")
+    for path in inputs:
+        if Path(path).exists() and target == Path(path).resolve():
+            raise UserError(f"--out {out}: is the input file {path}; write the output elsewhere")
+    for folder in folders:
+        if Path(folder).is_dir() and target.is_relative_to(Path(folder).resolve()):
+            raise UserError(f"--out {out}: is inside the model bundle {folder}; write the output elsewhere")

@@ -143,6 +143,10 @@ def tune(
         print("cellsearch: interrupted; the study is saved, run the same command again to continue",
               file=sys.stderr)
         sys.exit(130)
+    if result.failure:
+        print(f"cellsearch: error: every trial failed; the first: {result.failure} (--verbose shows more)",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 @app.command()
@@ -178,14 +182,20 @@ def predict(
     model_dir: Path = typer.Argument(..., help="A bundle written by `cellsearch export`."),
     file: Path = typer.Argument(..., help="CSV in the training layout (the target column may be absent)."),
     out: Path | None = typer.Option(None, "--out", help="Write predictions to this CSV (default: stdout)."),
+    fill: str | None = typer.Option(None, "--fill", help="Fill missing feature values: ffill (within each "
+                                    "sequence, then 0) or zero (default: as in training)."),
 ) -> None:
     """Predict from a CSV in the training layout, preprocessing included."""
+    from cellsearch.checks import check_output
+
+    if out is not None:
+        check_output(out, inputs=(file,), folders=(model_dir,))
     from cellsearch.data import read_csv
     from cellsearch.predict import load
 
     predictor = load(model_dir)
     keys = (predictor.prep.id_col, predictor.prep.time_col)
-    preds = predictor.predict(read_csv(file, keys=keys), where=str(file))
+    preds = predictor.predict(read_csv(file, keys=keys), where=str(file), fill=fill)
     if out is None:
         preds.to_csv(sys.stdout, index=False)
         return

@@ -5,6 +5,7 @@ stored so that another machine can export."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,8 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     config.validate()
     spc = load_space(config.space)
     dataset, folds = read_folds(config)
+    if create and dataset.info.get("cv_notice"):
+        print(f"cellsearch: notice: {dataset.info['cv_notice']}", file=sys.stderr)
     accelerator = _accelerator(config.device)
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.INFO if config.verbose else optuna.logging.ERROR)

@@ -29,6 +29,11 @@ from cellsearch.errors import UserError
 from cellsearch.predict import to_units
 from cellsearch.tasks import get_task
 
+#: The longest stretch of a sequence ``explain`` draws (its last steps), and the prefixes whose
+#: prediction it computes (evenly spaced; their input steps per batch).
+MAX_STEPS = 5000
+MAX_PREFIXES = 400
+PREFIX_BATCH_STEPS = 200_000
 #: Values each clampable gate is fixed to.
 CLAMP_TO = ("0", "1", "mean")
 
@@ -120,6 +125,27 @@ def explain_sequences(model: Any, prep: Any, x: np.ndarray, lengths: np.ndarray,
     return out
 
 
+def _prefix_predictions(model: Any, prep: Any, xs: Any, ends: np.ndarray, scale: Any) -> np.ndarray:
+    """The prediction as if the sequence ended at each of ``ends`` (in the target's terms): at most
+    ``MAX_PREFIXES`` of them, evenly spaced and always the last (NaN at the others, which the plot
+    joins), in batches of at most ``PREFIX_BATCH_STEPS`` input steps — memory and time bounded
+    however long the sequence."""
+    import torch
+
+    picks = np.unique(np.linspace(0, len(ends) - 1, min(len(ends), MAX_PREFIXES)).round().astype(int))
+    chunk = max(1, PREFIX_BATCH_STEPS // max(1, xs.shape[1]))
+    outs = []
+    for k in range(0, len(picks), chunk):
+        part = ends[picks[k:k + chunk]]
+        longest = int(part.max())
+        batch = xs[:, :longest].expand(len(part), -1, -1)
+        outs.append(model(batch, torch.from_numpy(part.astype(np.int64))).numpy())
+    values = to_units(np.concatenate(outs), prep, scale)
+    per_step = np.full((len(ends), values.shape[1]), np.nan, dtype=np.float64)
+    per_step[picks] = values
+    return per_step
+
+
 def _explain_one(model: Any, prep: Any, xs: Any, key: str, scale: tuple[float, float] | None, truth: Any,
                  names: list[str], channels: list[str], clamps: bool) -> Explanation:
     import torch
@@ -130,8 +156,7 @@ def _explain_one(model: Any, prep: Any, xs: Any, key: str, scale: tuple[float, f
     with torch.no_grad():
         steps = -(-length // p)
         ends = np.minimum((np.arange(steps) + 1) * p, length)
-        prefix = torch.from_numpy(ends.astype(np.int64))
-        per_step = to_units(model(xs.expand(steps, -1, -1), prefix).numpy(), prep, scale)
+        per_step = _prefix_predictions(model, prep, xs, ends, scale)
         final = per_step[-1]
         h, lens = model.prepare(xs, torch.tensor([length]))
         h = h.transpose(0, 1)  # time-major, as the cells read it
@@ -210,7 +235,8 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
             chosen as ``_choose`` says.
         member: for an ensemble, which member (default: the heaviest-weighted).
         limit: at most this many sequences by default.
-        max_steps: longer sequences are explained on their last ``max_steps`` steps.
+        max_steps: longer sequences are explained on their last ``max_steps`` steps (at most
+            ``MAX_STEPS``: the page draws every gate of every unit at every step).
 
     Returns:
         One ``Explanation`` per sequence, with the arrays the page draws.
@@ -218,6 +244,9 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     from cellsearch.data import read_csv
     from cellsearch.predict import load, transform
 
+    if not 1 <= max_steps <= MAX_STEPS:
+        raise UserError(f"--max-steps {max_steps}: explain draws 1 to {MAX_STEPS:,} steps of a sequence (every "
+                        f"gate of every unit at every step); pass --max-steps {MAX_STEPS} or less")
     predictor = load(model_dir)
     prep = predictor.prep
     if isinstance(data, (str, Path)):
@@ -273,6 +302,7 @@ def _sequence_figure(e: Explanation, title: str) -> Any:
                                  legendgrouptitle_text="inputs" if c == 0 else None), row=1, col=1)
     for j, name in enumerate(e.output_names[:10]):
         fig.add_trace(go.Scatter(x=e.step_ends, y=e.per_step[:, j], mode="lines+markers", marker_size=4,
+                                 connectgaps=True,
                                  name=name, legendgroup="out",
                                  legendgrouptitle_text="prediction" if j == 0 else None), row=2, col=1)
     for r, (kind, _) in enumerate(panels, start=1):

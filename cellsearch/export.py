@@ -137,6 +137,17 @@ def _input_example(df: Any, prep: Preprocessing) -> Any:
     return example.astype({c: "float64" for c in example.columns if example[c].dtype == "float32"})
 
 
+def md_text(value: Any) -> str:
+    """Text from the data (column names, labels, file names) made inert in Markdown: HTML escaped (a
+    viewer that passes HTML through shows ``<script>`` as text), and the characters that would end
+    a table cell or open code or emphasis escaped, on one line."""
+    import html
+    import re
+
+    text = html.escape(" ".join(str(value).split()), quote=True)
+    return re.sub(r"([\\`*_\[\]|#])", r"\\\1", text)
+
+
 def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any]) -> str:
     """The bundle's README: data, architecture, scores, cost, how to use it."""
     def fmt(v: Any) -> str:
@@ -177,9 +188,9 @@ Exported from study `{metrics['study']}`, {metrics['source']}.
 **Weights:** {metrics['weights']}.
 {members}
 ## Data
-- file: `{info.get('file', 'n/a')}` ({info.get('n_rows', 'n/a')} rows, layout `{prep.layout}`)
-- task: {prep.task}; target `{prep.target}`; inputs: {', '.join(prep.inputs)}
-- split: {json.dumps(info.get('splits', {}))} ({info.get('split_source', 'n/a')})
+- file: {md_text(info.get('file', 'n/a'))} ({info.get('n_rows', 'n/a')} rows, layout `{prep.layout}`)
+- task: {prep.task}; target {md_text(prep.target)}; inputs: {', '.join(md_text(c) for c in prep.inputs)}
+- split: {json.dumps(info.get('splits', {}))} ({md_text(info.get('split_source', 'n/a'))})
 {f"- {extra}" if extra else ''}
 
 ## Architecture
@@ -287,6 +298,8 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars on stderr
     if pick not in PICKS:
         raise UserError(f"--pick must be one of {', '.join(PICKS)}, got {pick!r}")
+    if trial is not None and ensemble is not None:
+        raise UserError(f"--trial {trial} and --ensemble {ensemble} name two different models; give one of them")
     if weights not in WEIGHTS:
         raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     chosen_formats = check_formats(formats)

@@ -83,9 +83,20 @@ class Predictor:
                 outs.append(self.model(xb[:, : int(lb.max())], lb).numpy())
         return np.concatenate(outs) if outs else np.zeros((0, self.model.spec.n_outputs), dtype=np.float32)
 
-    def predict(self, df: pd.DataFrame, where: str = "input") -> pd.DataFrame:
-        """Predictions for every sequence (or, for forecasting, every series) in ``df``."""
-        inputs = transform(df, self.prep, where)
+    def predict(self, df: pd.DataFrame, where: str = "input", fill: str | None = None) -> pd.DataFrame:
+        """Predictions for every sequence (or, for forecasting, every series) in ``df``. ``fill``
+        (``ffill`` or ``zero``) fills missing feature values as ``--fill`` does in training; by
+        default the bundle's own setting (missing values refused unless it trained with one)."""
+        prep = self.prep
+        if fill is not None:
+            from dataclasses import replace
+
+            from cellsearch.data.options import FILLS
+
+            if fill not in FILLS:
+                raise UserError(f"--fill must be one of {', '.join(FILLS)}, got {fill!r}")
+            prep = replace(prep, options={**prep.options, "fill": fill})
+        inputs = transform(df, prep, where)
         out = self.raw_outputs(inputs.x, inputs.lengths)
         keys = inputs.keys
         key_name = self.prep.id_col or ("row" if inputs.scale is None else "series")

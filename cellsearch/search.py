@@ -37,6 +37,18 @@ class TuneResult:
     pick: str = "knee"
     cv: str = ""
 
+    @property
+    def failure(self) -> str | None:
+        """When no trial completed and some failed: the first failure's reason (else ``None``)."""
+        import optuna
+
+        from cellsearch.records import TrialRecord
+
+        if self.counts.get("complete", 0) or not self.counts.get("fail", 0):
+            return None
+        failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        return TrialRecord.of(failed[0]).reason or "no reason was recorded"
+
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study.study_name, "metric": self.metric, "direction": self.direction,
                 "cost": self.cost, "front": self.front, "chosen": self.chosen, "counts": self.counts,

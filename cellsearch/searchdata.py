@@ -43,7 +43,11 @@ def read_folds(config: TuneConfig) -> tuple[Any, Any]:
     opts = config.data_options
     dataset = read_dataset(config.data, replace(opts, val_size=0.0))
     n = len(dataset.splits["train"]) + len(dataset.splits["val"])
-    folds = make_folds(dataset, resolve_cv(config.cv, n), config.seed, opts.val_size)
+    asked = resolve_cv(config.cv, n)
+    folds = make_folds(dataset, asked, config.seed, opts.val_size)
+    if config.cv != "auto" and folds.k < asked:
+        dataset.info["cv_notice"] = (f"--cv {asked}: the {n} {get_task(dataset.task).unit} outside the test split "
+                                     f"fill only {folds.describe()}; the search uses those")
     if not folds.validated:
         raise UserError(f"{config.data}: {n} {get_task(dataset.task).unit} "
                         "outside the test split are too few to validate on (at least 4 are needed); "

@@ -249,8 +249,14 @@ def _check_dist(where: str, name: str, spec: Any, allowed: tuple[Any, ...] | Non
     low, high = spec["low"], spec["high"]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
         raise UserError(f"{where}: {name}: 'low' and 'high' must be numbers")
+    if not all(math.isfinite(v) for v in (low, high)):
+        raise UserError(f"{where}: {name}: 'low' and 'high' must be finite numbers")
     if low > high:
         raise UserError(f"{where}: {name}: low ({low}) > high ({high})")
+    step = spec.get("step")
+    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool)
+                             or not math.isfinite(step) or step <= 0):
+        raise UserError(f"{where}: {name}: 'step' must be a positive number, got {step!r}")
     if spec.get("log") and low <= 0:
         raise UserError(f"{where}: {name}: a log scale needs low > 0, got {low}")
 
@@ -263,15 +269,18 @@ RANGES: dict[str, tuple[float, float]] = {
     "weight_decay": (0.0, 10.0)}
 
 
-def _check_range(where: str, name: str, spec: Any) -> None:
-    """Refuse a numeric key whose values fall outside ``RANGES`` (e.g. ``hidden: 0``)."""
-    lo_ok, hi_ok = RANGES[name]
-    if isinstance(spec, dict):
+def _check_range(where: str, name: str, spec: Any, bounds: tuple[float, float] | None = None) -> None:
+    """Refuse a numeric key whose values fall outside ``RANGES`` (e.g. ``hidden: 0``), or ``bounds``;
+    ``spec`` is a constant, a distribution or a list of values."""
+    lo_ok, hi_ok = bounds or RANGES[name]
+    if isinstance(spec, list):
+        values = spec
+    elif isinstance(spec, dict):
         values = spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
     else:
         values = [spec]
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
-        raise UserError(f"{where}: {name}: must be a number, got {values}")
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) for v in values):
+        raise UserError(f"{where}: {name}: must be a finite number, got {values}")
     if min(values) < lo_ok or max(values) > hi_ok:
         raise UserError(f"{where}: {name}: values must lie in [{lo_ok:g}, {hi_ok:g}], got {min(values):g} to "
                         f"{max(values):g}")
@@ -330,11 +339,20 @@ START_KEYS = LAYER_KEYS | (TOP_KEYS - {"description", "sampler", "same_cell", "l
 def _check_starts(where: str, starts: Any) -> None:
     if not isinstance(starts, list) or not all(isinstance(s, dict) for s in starts):
         raise UserError(f"{where}: starts must be a list of mappings such as {{cell: gru, hidden: 64}}")
+    from cellsearch.cells import CELLS
+
     for k, start in enumerate(starts):
         unknown = set(start) - START_KEYS
         if unknown:
             raise UserError(f"{where}: starts[{k}]: unknown key(s) {', '.join(sorted(unknown))}; "
                             f"known: {', '.join(sorted(START_KEYS))}")
+        for key, value in start.items():
+            values = value if isinstance(value, list) else [value]
+            if key == "cell" and any(v not in CELLS for v in values):
+                raise UserError(f"{where}: starts[{k}].cell: unknown cell in {value!r}; known: {', '.join(CELLS)}")
+            name = f"layers.{key}" if f"layers.{key}" in RANGES else key
+            if name in RANGES:
+                _check_range(where, f"starts[{k}].{key}", values, RANGES[name])
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
@@ -350,8 +368,12 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
                             "(or give a path to a YAML file)")
     if not path.exists():
         raise UserError(f"{path}: search space file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a search space file")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (a search space is YAML)") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return SearchSpace(name=path.stem, config=validate(config, str(path)))

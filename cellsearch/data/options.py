@@ -46,5 +46,11 @@ class DataOptions:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserError(f"--{name} must be at least 1, got {v}")
-        if not (0 <= self.val_size < 1 and 0 <= self.test_size < 1 and self.val_size + self.test_size < 1):
-            raise UserError("validation and test fractions must be in [0, 1) and sum below 1")
+        if not 0 <= self.seed < 2 ** 32:
+            raise UserError(f"--seed must be a whole number from 0 to {2 ** 32 - 1}, got {self.seed}")
+        if not 0 <= self.val_size < 1:
+            raise UserError(f"the validation share must be at least 0 and below 1, got {self.val_size}")
+        if not 0 <= self.test_size < 1 - self.val_size:
+            raise UserError(f"--test-fraction must be at least 0 and below {1 - self.val_size:.2f} (the rest after "
+                            f"the validation share of {self.val_size:.2f}, which must leave rows to train on), "
+                            f"got {self.test_size}")
