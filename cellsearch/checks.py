@@ -34,7 +34,7 @@ def check_output(out: Path, inputs: tuple[Path, ...] = (), folders: tuple[Path, 
 
     target = Path(out).resolve()
     if target.is_dir():
-        raise UserError(f"--out {out}: is a folder; give a file name")
+        raise UserError(f"--out {out}: is a directory; give a file name")
     for path in inputs:
         if Path(path).exists() and target == Path(path).resolve():
             raise UserError(f"--out {out}: is the input file {path}; write the output elsewhere")

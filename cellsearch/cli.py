@@ -219,13 +219,11 @@ def explain(
 ) -> None:
     """An interactive page of what the model's cells do on your sequences: gates over time, the
     prediction step by step, and the effect of clamping each gate."""
+    from cellsearch.checks import check_output
     from cellsearch.explain import explain as run_explain
     from cellsearch.explain import write_html
 
-    if max_steps < 1:
-        raise UserError(f"--max-steps must be at least 1, got {max_steps}")
-    if out.exists() and out.is_dir():
-        raise UserError(f"--out {out}: is a directory; give a file name such as explain.html")
+    check_output(out, inputs=(file,), folders=(model_dir,))
     explanations = run_explain(model_dir, file, sequences=sequence or None, member=member, max_steps=max_steps)
     write_html(explanations, out, title=f"cellsearch explain: {model_dir}",
                about=f"{len(explanations)} sequence(s) of {file}")

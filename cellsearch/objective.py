@@ -139,11 +139,15 @@ class Objective:
         if self.target_count is not None and not _claims_slot(trial, self.target_count):
             TrialRecord(reason="surplus: the study was already full").write(trial, "reason")
             raise SurplusTrialError("the study already holds the requested number of trials")
-        cfg = ctx.space.suggest(trial, data_shape(ctx.dataset))
         seed = self.seed + trial.number
-        model = self._build(cfg, seed)
-        costs = measure_costs(model, self._length)
-        options = self._options(cfg)
+        try:
+            cfg = ctx.space.suggest(trial, data_shape(ctx.dataset))
+            model = self._build(cfg, seed)
+            costs = measure_costs(model, self._length)
+            options = self._options(cfg)
+        except Exception as exc:  # a model that cannot be built: the trial fails, saying why
+            TrialRecord(reason=f"{type(exc).__name__}: {exc}").write(trial, "reason")
+            raise
         TrialRecord(arch=model.spec.arch, spec=model.spec.to_dict(), train_cfg=options.to_dict(), folds=ctx.folds.k,
                     costs=costs).write(trial, "arch", "spec", "train_cfg", "folds", "costs")
         run = self.tracker.start_trial(trial.number, model.spec, cfg)

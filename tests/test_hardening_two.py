@@ -1,0 +1,188 @@
+"""Hardening, round two: what careless uses found on the landed main (issue 33), each through the
+real CLI — one clear line and exit 2 (or it works), and nothing of the user's lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.test_hardening import one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def small_space(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("h2space") / "s.yaml"
+    p.write_text("layers: {depth: 1, cell: gru, hidden: 4}\nlr: 0.02\nbatch_size: 16\nmax_epochs: 2\n"
+                 "patience: 1\nmin_steps: 10\nmax_steps: 0\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def model(tiny_csv, small_space, tmp_path_factory) -> Path:
+    """A bundle of a tiny search on ``tiny_csv`` (in-process: the fixture, not the thing tested)."""
+    from cellsearch.export import export
+    from cellsearch.search import tune
+
+    runs = tmp_path_factory.mktemp("h2runs")
+    tune(tiny_csv, space=str(small_space), trials=2, run_dir=runs, progress=False, seed=0, cv=2)
+    return export(out=runs / "model", run_dir=runs)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- 1: an output that is one of the command's inputs, or inside the bundle ----------------------------
+
+
+def test_predict_and_explain_never_overwrite_their_inputs(model, tiny_csv, tmp_path):
+    data = tmp_path / "in.csv"
+    data.write_bytes(tiny_csv.read_bytes())
+    before = {p: _digest(p) for p in [data, *model.iterdir()] if p.is_file()}
+    one_line_error(run_cli("predict", str(model), str(data), "--out", str(data)), "input file")
+    one_line_error(run_cli("explain", str(model), str(data), "--out", str(data)), "input file")
+    one_line_error(run_cli("predict", str(model), str(data), "--out", str(model / "weights.pt")), "bundle")
+    one_line_error(run_cli("predict", str(model), str(data), "--out", str(tmp_path)), "directory")
+    assert {p: _digest(p) for p in before} == before
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    ok = run_cli("predict", str(model), str(data), "--out", str(tmp_path / "new" / "preds.csv"))
+    assert ok.returncode == 0, ok.stderr
+    assert len(pd.read_csv(tmp_path / "new" / "preds.csv")) == pd.read_csv(data)["id"].nunique()
+
+
+# ---- 5, 9: a space-file mistake is refused up front; a search whose every trial failed says why ------
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("layers: {depth: 1, cell: gru, hidden: {type: int, low: 4, high: 8, step: 0}}\n", "step"),
+    ("dropout: .nan\n", "dropout"),
+    ("starts:\n  - {lr: 'abc'}\n", "starts[0].lr"),
+])
+def test_space_mistakes_are_refused_before_any_trial(tmp_path, tiny_csv, text, needle):
+    space = tmp_path / "bad.yaml"
+    space.write_text(text)
+    one_line_error(run_cli("tune", str(tiny_csv), "--space", str(space), "--run-dir", str(tmp_path / "runs")),
+                   needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_binary_space_file_and_a_negative_seed_are_refused(tmp_path, tiny_csv):
+    space = tmp_path / "bin.yaml"
+    space.write_bytes(bytes(range(256)) * 4)
+    one_line_error(run_cli("tune", str(tiny_csv), "--space", str(space), "--run-dir", str(tmp_path / "r")),
+                   "not a text file")
+    one_line_error(run_cli("tune", str(tiny_csv), "--seed", "-1", "--run-dir", str(tmp_path / "r")), "--seed")
+
+
+def test_a_search_whose_every_trial_failed_says_the_first_reason(tmp_path, tiny_csv, small_space, monkeypatch,
+                                                                 capsys):
+    import cellsearch.cli
+    from cellsearch.objective import Objective
+
+    def broken(self, cfg, seed):
+        raise RuntimeError("the model could not be built (a broken test double)")
+
+    monkeypatch.setattr(Objective, "_build", broken)
+    with pytest.raises(SystemExit) as exc:
+        cellsearch.cli.main(["tune", str(tiny_csv), "--space", str(small_space), "--trials", "2", "--workers", "1",
+                             "--run-dir", str(tmp_path / "runs"), "--no-track", "--no-references"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "every trial failed" in err and "could not be built" in err
+
+
+# ---- 8: explain's work is bounded -------------------------------------------------------------------------
+
+
+def test_explain_refuses_more_steps_than_it_can_draw(model, tiny_csv, tmp_path):
+    from cellsearch.explain import MAX_STEPS
+
+    one_line_error(run_cli("explain", str(model), str(tiny_csv), "--max-steps", "20000",
+                           "--out", str(tmp_path / "e.html")), f"--max-steps {MAX_STEPS}")
+    assert not (tmp_path / "e.html").exists()
+
+
+def test_prefix_predictions_are_sampled_and_batched_on_long_sequences(monkeypatch):
+    import torch
+
+    import cellsearch.explain as ex
+    from cellsearch.model import ModelSpec, build
+    from cellsearch.stack import LayerSpec
+
+    monkeypatch.setattr(ex, "PREFIX_BATCH_STEPS", 3000)
+    torch.manual_seed(0)
+    m = build(ModelSpec(2, (LayerSpec("gru", 3),), 2, "classification")).eval()
+    prep = type("P", (), {"task": "classification", "classes": ["a", "b"]})()
+    x = np.random.default_rng(0).normal(size=(1, 1500, 2)).astype(np.float32)
+    seen = []
+    real = m.forward
+    monkeypatch.setattr(m, "forward", lambda xb, lb=None: seen.append(tuple(xb.shape)) or real(xb, lb))
+    (e,) = ex.explain_sequences(m, prep, x, np.array([1500]), np.array(["s"]), clamps=False)
+    done = np.isfinite(e.per_step[:, 0])
+    assert done.sum() == ex.MAX_PREFIXES and done[-1] and done[0]
+    assert max(b * t for b, t, _ in seen[:-1]) <= 3000 * 2  # each batch: at most 2 prefixes of 1,500 steps
+    with torch.no_grad():
+        full = torch.softmax(real(torch.from_numpy(x)), 1).numpy()[0]
+    np.testing.assert_allclose(e.output, full, atol=1e-5)
+
+
+# ---- 11, 12, 13, 15, 18 ----------------------------------------------------------------------------------
+
+
+def test_predict_fill_is_an_option_that_works(model, tiny_csv, tmp_path):
+    df = pd.read_csv(tiny_csv)
+    df.loc[df.index[3], "x"] = np.nan
+    gappy = tmp_path / "gappy.csv"
+    df.to_csv(gappy, index=False)
+    refused = run_cli("predict", str(model), str(gappy))
+    one_line_error(refused, "--fill")
+    filled = run_cli("predict", str(model), str(gappy), "--fill", "ffill", "--out", str(tmp_path / "p.csv"))
+    assert filled.returncode == 0, filled.stderr
+    assert len(pd.read_csv(tmp_path / "p.csv")) == df["id"].nunique()
+
+
+def test_conflicting_export_options_are_refused(model, tmp_path):
+    runs = model.parent
+    one_line_error(run_cli("export", "--run-dir", str(runs), "--trial", "0", "--ensemble", "E1",
+                           "--out", str(tmp_path / "m")), "--trial", "--ensemble")
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_model_card_escapes_text_from_the_data(tmp_path):
+    from cellsearch.export import export
+    from cellsearch.search import tune
+    from tests.conftest import make_classification_csv
+
+    csv = make_classification_csv(tmp_path / "x.csv", n_seq=40)
+    df = pd.read_csv(csv).rename(columns={"z": "<script>alert(1)</script>", "label": "<img src=x onerror=alert(2)>"})
+    df.to_csv(csv, index=False)
+    space = tmp_path / "s.yaml"
+    space.write_text("layers: {depth: 1, cell: gru, hidden: 4}\nlr: 0.02\nbatch_size: 16\nmax_epochs: 1\n"
+                     "patience: 1\nmin_steps: 5\nmax_steps: 0\n")
+    tune(csv, space=str(space), trials=1, run_dir=tmp_path / "runs", progress=False, track=False, cv=2,
+         target="<img src=x onerror=alert(2)>")
+    card = (export(out=tmp_path / "m", run_dir=tmp_path / "runs") / "README.md").read_text()
+    assert "<script>" not in card and "<img" not in card
+    assert "&lt;script&gt;" in card and "&lt;img src=x onerror=alert(2)&gt;" in card
+
+
+def test_the_test_fraction_message_states_the_real_limit(tmp_path, tiny_csv):
+    one_line_error(run_cli("tune", str(tiny_csv), "--test-fraction", "0.99", "--run-dir", str(tmp_path / "r")),
+                   "--test-fraction", "below 0.85")
+
+
+def test_a_reduced_cv_is_said(tmp_path, small_space):
+    from tests.conftest import make_classification_csv
+
+    csv = make_classification_csv(tmp_path / "few.csv", n_seq=12)
+    res = run_cli("tune", str(csv), "--space", str(small_space), "--cv", "1000", "--trials", "1",
+                  "--workers", "1", "--test-fraction", "0", "--run-dir", str(tmp_path / "runs"), "--no-track",
+                  "--json")
+    assert res.returncode == 0, res.stderr
+    assert "notice: --cv 1000" in res.stderr
+    assert "folds" in json.loads(res.stdout)["cv"]
