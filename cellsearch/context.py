@@ -69,8 +69,9 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     config.validate()
     spc = load_space(config.space)
     dataset, folds = read_folds(config)
-    if create and dataset.info.get("cv_notice"):
-        print(f"cellsearch: notice: {dataset.info['cv_notice']}", file=sys.stderr)
+    if create:  # what reading the data found worth saying (a guessed target, short or flat series, ...)
+        for notice in dataset.info.get("warnings", []):
+            print(f"cellsearch: notice: {notice}", file=sys.stderr)
     accelerator = _accelerator(config.device)
     quiet_lightning()
     optuna.logging.set_verbosity(optuna.logging.INFO if config.verbose else optuna.logging.ERROR)

@@ -46,8 +46,8 @@ def read_folds(config: TuneConfig) -> tuple[Any, Any]:
     asked = resolve_cv(config.cv, n)
     folds = make_folds(dataset, asked, config.seed, opts.val_size)
     if config.cv != "auto" and folds.k < asked:
-        dataset.info["cv_notice"] = (f"--cv {asked}: the {n} {get_task(dataset.task).unit} outside the test split "
-                                     f"fill only {folds.describe()}; the search uses those")
+        dataset.info["warnings"].append(f"--cv {asked}: the {n} {get_task(dataset.task).unit} outside the test "
+                                        f"split fill only {folds.describe()}; the search uses those")
     if not folds.validated:
         raise UserError(f"{config.data}: {n} {get_task(dataset.task).unit} "
                         "outside the test split are too few to validate on (at least 4 are needed); "

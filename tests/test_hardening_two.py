@@ -186,3 +186,25 @@ def test_a_reduced_cv_is_said(tmp_path, small_space):
     assert res.returncode == 0, res.stderr
     assert "notice: --cv 1000" in res.stderr
     assert "folds" in json.loads(res.stdout)["cv"]
+
+
+# ---- 3: one constant series does not rule a forecasting panel ------------------------------------------
+
+
+def test_a_constant_series_gets_a_scale_of_its_own_and_a_notice(tmp_path, small_space):
+    from cellsearch.data import read_dataset
+    from tests.conftest import make_sales_csv
+
+    csv = make_sales_csv(tmp_path / "panel.csv", [(10.0, 60), (1000.0, 60), (0.0, 60)])  # shop s2: all zeros
+    ds = read_dataset(csv, horizon=3)
+    assert any("constant history" in w and "s2" in w for w in ds.info["warnings"])
+    for split in ds.splits.values():
+        if len(split):
+            w = np.asarray(split.weight)
+            assert np.isfinite(w).all() and w.max() < 1e3, w.max()  # was 1e9 for the zero series
+    res = run_cli("tune", str(csv), "--horizon", "3", "--space", str(small_space), "--trials", "1",
+                  "--workers", "1", "--run-dir", str(tmp_path / "runs"), "--no-track", "--json")
+    assert res.returncode == 0, res.stderr
+    assert "notice: 1 series with a constant history" in res.stderr and "s2" in res.stderr
+    chosen = json.loads(res.stdout)["chosen"]
+    assert chosen["score"] < 100  # an average of comparable numbers (was ~6.5e6 with a zero series)

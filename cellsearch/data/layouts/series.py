@@ -80,8 +80,10 @@ def window_scale(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, n
 def mase_scale(values: np.ndarray, codes: np.ndarray, rows: np.ndarray, starts: np.ndarray, season: int
                ) -> np.ndarray:
     """Each series' in-sample mean absolute seasonal difference over its marked (training) rows —
-    the MASE denominator; the lag-1 difference where a series is shorter than a season; its mean
-    magnitude (at least 1e-9) where even that is zero."""
+    the MASE denominator; the lag-1 difference where a series is shorter than a season. A series
+    whose history is constant has none: it gets its mean magnitude, at least 1 (as a flat window's
+    own scale, ``window_scale``), so that its windows' errors count like the others' instead of
+    being divided by almost nothing (``flat_series`` names them)."""
     n_series = len(starts)
     pos = np.arange(len(values)) - starts[codes]
     out = np.zeros(n_series)
@@ -96,7 +98,18 @@ def mase_scale(values: np.ndarray, codes: np.ndarray, rows: np.ndarray, starts: 
         out = np.where((out <= 0) & (mean > 0), mean, out)
     mag = np.bincount(codes, weights=np.abs(values), minlength=n_series) / np.maximum(
         np.bincount(codes, minlength=n_series), 1)
-    return np.where(out > 0, out, np.maximum(mag, 1e-9))
+    return np.where(out > 0, out, np.maximum(mag, 1.0))
+
+
+def flat_series(values: np.ndarray, codes: np.ndarray, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Which series have a constant history over their marked (training) rows."""
+    n_series = len(starts)
+    idx = np.flatnonzero(rows)
+    hi = np.full(n_series, -np.inf)
+    lo = np.full(n_series, np.inf)
+    np.maximum.at(hi, codes[idx], values[idx])
+    np.minimum.at(lo, codes[idx], values[idx])
+    return np.isfinite(hi) & (hi - lo <= 0)
 
 
 def _time_splits(lengths: np.ndarray, codes: np.ndarray, pos: np.ndarray, horizon: int, opts: DataOptions
@@ -183,6 +196,11 @@ class SeriesLayout(Layout):
         t_idx = names.index(schema.target)
         target = values[:, t_idx].astype(np.float64)
         denominators = mase_scale(target, codes, train_rows, starts, season)
+        flat = flat_series(target, codes, train_rows, starts)
+        if flat.any():
+            warnings.append(f"{int(flat.sum())} series with a constant history have no MASE scale of their own "
+                            f"and are scored relative to their level (at least 1): "
+                            f"{', '.join(str(py_scalar(k)) for k in keys[flat][:5])}{' ...' if flat.sum() > 5 else ''}")
         mean, std = fit_scaler(values, train_rows)
         mean[t_idx], std[t_idx] = 0.0, 1.0
         x_rows = ((values - mean) / std).astype(np.float32)
