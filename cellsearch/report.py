@@ -8,6 +8,7 @@ from typing import Any
 def print_inspect(info: dict[str, Any]) -> None:
     """The ``cellsearch inspect`` summary as a short table."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from cellsearch.tasks import get_task
@@ -35,9 +36,9 @@ def print_inspect(info: dict[str, Any]) -> None:
         rows.append(("classes", ", ".join(f"{k}: {v}" for k, v in info["classes"].items())))
     for k, v in rows:
         table.add_row(k, str(v))
+    for w in info["warnings"]:  # first: how the task was chosen, what was guessed or left out
+        console.print(f"[yellow]note:[/yellow] {escape(w)}", highlight=False)
     console.print(table)
-    for w in info["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
 
 
 def _fmt_int(v: Any) -> str:

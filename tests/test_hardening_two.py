@@ -208,3 +208,30 @@ def test_a_constant_series_gets_a_scale_of_its_own_and_a_notice(tmp_path, small_
     assert "notice: 1 series with a constant history" in res.stderr and "s2" in res.stderr
     chosen = json.loads(res.stdout)["chosen"]
     assert chosen["score"] < 100  # an average of comparable numbers (was ~6.5e6 with a zero series)
+
+
+# ---- 4: an integer target that could be either is decided well, and the choice is said --------------
+
+
+def _integer_targets_csv(path: Path, targets: list[int]) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [pd.DataFrame({"id": i, "x": rng.normal(size=5).round(3), "label": y}) for i, y in enumerate(targets)]
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
+def test_label_numbers_are_classes_and_the_choice_is_said_first(tmp_path):
+    from cellsearch.data import read_dataset
+
+    labels = _integer_targets_csv(tmp_path / "labels.csv", [k % 30 + 1 for k in range(90)])  # 1..30, 3 each
+    ds = read_dataset(labels)
+    assert ds.task == "classification" and len(ds.preprocessing.classes) == 30
+    res = run_cli("inspect", str(labels))
+    assert res.returncode == 0, res.stderr
+    first = " ".join(res.stdout.splitlines()[:3])
+    assert "read as classes" in first and "--task regression" in first
+    ages = _integer_targets_csv(tmp_path / "ages.csv", list(range(20, 110, 2)))  # 45 values with gaps, once each
+    ds = read_dataset(ages)
+    assert ds.task == "regression"
+    assert any("--task classification" in w for w in ds.info["warnings"])
+    assert read_dataset(labels, task="regression").task == "regression"  # the override still rules

@@ -18,6 +18,8 @@ from cellsearch.data.options import DataOptions
 from cellsearch.errors import UserError
 
 MAX_CLASSES = 20
+#: Up to this many distinct integers may still be classes when they look like label numbers.
+MAX_LABEL_CLASSES = 200
 
 ID_NAMES = ("id", "seq", "seq_id", "sequence", "sequence_id", "series", "series_id", "unique_id",
             "sample", "sample_id", "subject", "item_id", "group")
@@ -92,15 +94,34 @@ def _id_from_time(df: pd.DataFrame, time_col: str, candidates: list[str]) -> str
     return None
 
 
-def detect_task(target: pd.Series) -> str:
-    """Classification when the target is text or has few distinct integer values; else regression."""
+def detect_task(target: pd.Series) -> tuple[str, str | None]:
+    """The task a whole-sequence target suggests (``target``: one value per sequence), and, where an
+    integer target could be either, a note saying which was chosen, why, and how to choose the other.
+
+    Text is classes. Integers are classes when there are at most ``MAX_CLASSES`` distinct values, or
+    up to ``MAX_LABEL_CLASSES`` that look like label numbers: the whole run from 0 or 1 with none
+    missing, each value given to at least two sequences. Other numbers are a regression target.
+    """
     if not is_numeric(target):
-        return "classification"
+        return "classification", None
     v = target.to_numpy(dtype=float, na_value=np.nan)
     v = v[np.isfinite(v)]
-    if len(v) and np.all(np.mod(v, 1) == 0) and len(np.unique(v)) <= MAX_CLASSES:
-        return "classification"
-    return "regression"
+    if not len(v) or not np.all(np.mod(v, 1) == 0):
+        return "regression", None
+    values, counts = np.unique(v, return_counts=True)
+    k = len(values)
+    run = values[0] in (0.0, 1.0) and values[-1] - values[0] == k - 1
+    labels = k <= MAX_CLASSES or (k <= MAX_LABEL_CLASSES and run and counts.min() >= 2)
+    name = f"target {target.name!r}" if target.name is not None else "the target"
+    if labels and k > 2:
+        why = (f"at most {MAX_CLASSES} distinct values are" if k <= MAX_CLASSES else
+               f"numbered {values[0]:g} to {values[-1]:g} without gaps, each shared by several sequences")
+        return "classification", (f"{name}: {k} distinct whole numbers read as classes ({why}); "
+                                  "pass --task regression to predict them as a number")
+    if not labels and k <= MAX_LABEL_CLASSES:
+        return "regression", (f"{name}: {k} distinct whole numbers read as a number (regression); pass "
+                              "--task classification to read them as classes")
+    return ("classification" if labels else "regression"), None
 
 
 @dataclass

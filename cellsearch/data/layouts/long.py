@@ -50,7 +50,8 @@ class LongLayout(Layout):
             raise UserError(f"{path}: the long layout needs an id column; pass --id-col "
                             f"(columns: {', '.join(df.columns)})")
         features = [c for c in found.rest(df) if c != target]
-        return Schema(self.name, sequence_task(opts, df[target]), target, found.id_col, found.time_col,
+        task = sequence_task(opts, df[target], warnings, df[found.id_col])
+        return Schema(self.name, task, target, found.id_col, found.time_col,
                       found.split_col, features)
 
     def build(self, df: pd.DataFrame, schema: Schema, opts: DataOptions, path: Path, warnings: list[str]

@@ -102,7 +102,7 @@ class WideLayout(Layout):
         ignored = [c for c in found.rest(df) if c != target and c not in step_cols]
         if ignored:
             warnings.append(f"wide layout: columns not used as steps are ignored: {', '.join(ignored)}")
-        return Schema(self.name, sequence_task(opts, df[target]), target, found.id_col, found.time_col,
+        return Schema(self.name, sequence_task(opts, df[target], warnings), target, found.id_col, found.time_col,
                       found.split_col, [p or "value" for p in prefixes], {"step_columns": steps})
 
     def build(self, df: pd.DataFrame, schema: Schema, opts: DataOptions, path: Path, warnings: list[str]
