@@ -147,7 +147,7 @@ def wants_series(opts: DataOptions) -> bool:
     return opts.task is not None and not get_task(opts.task).whole_sequences
 
 
-def sequence_task(opts: DataOptions, target: pd.Series, warnings: list[str],
+def sequence_task(opts: DataOptions, target: pd.Series, warnings: list[str] | None = None,
                   ids: pd.Series | None = None) -> str:
     """``--task``, else classification or regression from the target's values, one per sequence
     (``ids`` groups the rows of a long file); a note on the choice joins ``warnings`` where an integer
@@ -156,6 +156,6 @@ def sequence_task(opts: DataOptions, target: pd.Series, warnings: list[str],
         return opts.task
     per_sequence = target.groupby(ids.to_numpy(), sort=False).first() if ids is not None else target
     task, note = detect_task(per_sequence.rename(target.name))
-    if note:
+    if note and warnings is not None:
         warnings.append(note)
     return task
