@@ -239,6 +239,9 @@ def ui(
     run_dir: Path = typer.Option(Path("cellsearch-runs"), "--run-dir", help="The run directory of the searches."),
     port: int = typer.Option(5000, "--port", help="Port for the dashboard."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    allowed_hosts: str | None = typer.Option(None, "--allowed-hosts", help="When shared (--host 0.0.0.0): the "
+                                             "comma-separated names or addresses others reach the dashboard by "
+                                             "(default: this machine's own names and addresses)."),
 ) -> None:
     """The MLflow dashboard over the run directory's store: prints each study's runs-table link."""
     import os
@@ -265,6 +268,10 @@ def ui(
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", default_tracking_uri(run_dir),
            "--default-artifact-root", (run_dir / "mlartifacts").resolve().as_uri(), "--host", host,
            "--port", str(port), "--workers", "1"]
+    if host not in ("127.0.0.1", "localhost", "::1"):  # MLflow answers other Host headers with 403 otherwise
+        from cellsearch.tracking import dashboard_hosts
+
+        cmd += ["--allowed-hosts", ",".join(dashboard_hosts(host, port, allowed_hosts))]
     # One server worker and no background job consumers: a dashboard for one person, quick to start.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"

@@ -102,6 +102,31 @@ def repoint_artifacts(run_dir: Path) -> int:
     return changed
 
 
+def dashboard_hosts(host: str, port: int, allowed: str | None = None) -> list[str]:
+    """The Host headers a shared dashboard answers (MLflow's ``--allowed-hosts``): ``allowed``
+    (comma-separated) when given, else this machine's names and addresses and ``host`` itself; each
+    with and without ``:port``, and always the loopback names."""
+    import socket
+
+    if allowed:
+        names = [h.strip() for h in allowed.split(",") if h.strip()]
+    else:
+        names = [socket.gethostname(), socket.getfqdn()]
+        try:
+            names += [info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)]
+        except OSError:
+            pass
+        if host not in ("0.0.0.0", "::"):
+            names.append(host)
+    names += ["localhost", "127.0.0.1"]
+    out: list[str] = []
+    for name in names:
+        for variant in (name, f"{name}:{port}"):
+            if variant not in out:
+                out.append(variant)
+    return out
+
+
 def fetch_artifact(uri: str, tracking_uri: str) -> str:
     """A tracked file (``runs:/...`` or an artifact URI) downloaded here; returns its local path."""
     import mlflow.artifacts

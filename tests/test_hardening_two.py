@@ -235,3 +235,44 @@ def test_label_numbers_are_classes_and_the_choice_is_said_first(tmp_path):
     assert ds.task == "regression"
     assert any("--task classification" in w for w in ds.info["warnings"])
     assert read_dataset(labels, task="regression").task == "regression"  # the override still rules
+
+
+# ---- 6: a shared dashboard answers those it was shared with -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_shared_dashboard_answers_the_names_it_is_reached_by(model, tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import free_port, stop_process
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "ui", "--run-dir", str(model.parent), "--port",
+                             str(port), "--host", "0.0.0.0", "--allowed-hosts", "dash.example.org"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def status(host_header: str) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host_header})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        t0 = time.time()
+        while True:
+            try:
+                code = status(f"dash.example.org:{port}")
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() - t0 < 90, "the dashboard did not start"
+                time.sleep(0.3)
+        assert code == 200  # the name it was shared by (403 "Invalid Host header" before)
+        assert status(f"elsewhere.example.com:{port}") == 403  # and not any name at all
+    finally:
+        stop_process(proc)
