@@ -249,11 +249,16 @@ def ui(
     import socket
     import subprocess
 
+    from cellsearch.rundir import is_copy, stores_for_reading
     from cellsearch.tracking import default_tracking_uri, repoint_artifacts, view_url
 
     if not (run_dir / "mlflow.db").exists():
         raise UserError(f"{run_dir}: no MLflow store here (mlflow.db); run `cellsearch tune` first or pass --run-dir")
-    repoint_artifacts(run_dir)  # the run directory may have been moved or copied here
+    store = stores_for_reading(run_dir)
+    if is_copy(store, run_dir):
+        print(f"cellsearch: notice: {run_dir} is read-only; the dashboard shows a copy of its store, and changes "
+              "made there (tags, notes) are not kept", file=sys.stderr)
+    repoint_artifacts(store)  # the run directory may have been moved or copied here
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be between 1 and 65535, got {port}")
     try:
@@ -265,7 +270,7 @@ def ui(
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"cellsearch: warning: the dashboard has no authentication; anyone who can reach {host}:{port} "
               "can read and change the runs", file=sys.stderr)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", default_tracking_uri(run_dir),
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", default_tracking_uri(store),
            "--default-artifact-root", (run_dir / "mlartifacts").resolve().as_uri(), "--host", host,
            "--port", str(port), "--workers", "1"]
     if host not in ("127.0.0.1", "localhost", "::1"):  # MLflow answers other Host headers with 403 otherwise
@@ -276,7 +281,7 @@ def ui(
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
     print(f"MLflow dashboard on {base}  (Ctrl-C stops it)", file=sys.stderr, flush=True)
-    for name, exp_id in _studies(run_dir):
+    for name, exp_id in _studies(store):
         print(f"  {name}: {view_url(base, exp_id)}", file=sys.stderr, flush=True)
     # MLflow's server forks workers that outlive their parent: run it in its own session and end
     # the whole session when we are interrupted or terminated.

@@ -29,6 +29,7 @@ from cellsearch.data import Preprocessing, get_layout
 from cellsearch.errors import UserError
 from cellsearch.files import dumps
 from cellsearch.formats import Format, check_formats
+from cellsearch.study import default_storage
 from cellsearch.tasks import get_task
 from cellsearch.tracking import default_tracking_uri, fetch_artifact, register_bundle, repoint_artifacts
 
@@ -43,15 +44,13 @@ mlflow.models.set_model(PyfuncModel(Path(__file__).resolve().parent))
 '''
 
 
-def _open_study(run_dir: Path, storage: str | None, study: str | None) -> Any:
-    """The study to export from: named, or the run directory's only one."""
+def _open_study(run_dir: Path, storage: str, study: str | None) -> Any:
+    """The study to export from (in ``storage``): named, or the run directory's only one."""
     import optuna
 
-    from cellsearch.study import default_storage, open_storage
+    from cellsearch.study import open_storage
 
-    if storage is None and not (run_dir / "optuna.db").exists():
-        raise UserError(f"{run_dir}: no studies here; run `cellsearch tune` first or pass --run-dir")
-    st_obj = open_storage(storage or default_storage(run_dir))
+    st_obj = open_storage(storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(st_obj, include_best_trial=False)]
     if study is None:
         if len(names) != 1:
@@ -303,14 +302,22 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     if weights not in WEIGHTS:
         raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     chosen_formats = check_formats(formats)
+    from cellsearch.rundir import is_copy, stores_for_reading
+
     run_dir, out = Path(run_dir), Path(out)
     _check_out(out, run_dir, force)
-    st = _open_study(run_dir, storage, study)
+    if storage is None and not (run_dir / "optuna.db").exists():
+        raise UserError(f"{run_dir}: no studies here; run `cellsearch tune` first or pass --run-dir")
+    store = stores_for_reading(run_dir) if storage is None or tracking_uri is None else run_dir
+    if register and tracking_uri is None and is_copy(store, run_dir):
+        raise UserError(f"--register {register}: the run directory {run_dir} is read-only and the model registry "
+                        "lives in it; export without --register, or point --tracking-uri at a writable server")
+    st = _open_study(run_dir, storage or default_storage(store), study)
     attrs = st.user_attrs
     point = _select_point(st, trial, pick, run_dir, ensemble)
     if tracking_uri is None:
-        repoint_artifacts(run_dir)  # the run directory may have been moved or copied here
-    tracking = tracking_uri or default_tracking_uri(run_dir)
+        repoint_artifacts(store)  # the run directory may have been moved or copied here
+    tracking = tracking_uri or default_tracking_uri(store)
     trials = {t.number: t for t in st.get_trials(deepcopy=False)}
     prep, info = _study_preprocessing(study_dir(run_dir, st.study_name), attrs)
     data = attrs.get("data", "")

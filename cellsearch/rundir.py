@@ -48,3 +48,35 @@ def check_writable(run_dir: Path) -> None:
             pass
     except OSError as exc:
         raise UserError(f"--run-dir {run_dir}: cannot write there ({exc.strerror or exc})") from None
+
+
+#: The run directory's databases (the Optuna studies, the MLflow store).
+DATABASES = ("optuna.db", "mlflow.db")
+
+
+def stores_for_reading(run_dir: Path) -> Path:
+    """Where to open the run directory's databases for reading: the run directory itself when they
+    can be written, else a private copy of them (an archived study, a read-only share). SQLite
+    writes even to read — schema checks, MLflow's migrations, re-pointing moved artifacts — so a
+    read-only store is opened as a copy; its ``mlartifacts`` stay the original's. The copy goes
+    when the process ends."""
+    import atexit
+    import os
+    import shutil
+
+    present = [run_dir / n for n in DATABASES if (run_dir / n).exists()]
+    if os.access(run_dir, os.W_OK) and all(os.access(p, os.W_OK) for p in present):
+        return run_dir
+    copy = Path(tempfile.mkdtemp(prefix="cellsearch-read-only-"))
+    atexit.register(shutil.rmtree, copy, True)
+    for p in present:
+        shutil.copy2(p, copy / p.name)
+        os.chmod(copy / p.name, 0o600)
+    if (run_dir / "mlartifacts").exists():
+        (copy / "mlartifacts").symlink_to((run_dir / "mlartifacts").resolve(), target_is_directory=True)
+    return copy
+
+
+def is_copy(store: Path, run_dir: Path) -> bool:
+    """Whether ``stores_for_reading`` gave a copy (the run directory is read-only)."""
+    return Path(store).resolve() != Path(run_dir).resolve()

@@ -276,3 +276,51 @@ def test_a_shared_dashboard_answers_the_names_it_is_reached_by(model, tmp_path):
         assert status(f"elsewhere.example.com:{port}") == 403  # and not any name at all
     finally:
         stop_process(proc)
+
+
+# ---- 7: an archived (read-only) run directory is still exported from and viewed -------------------------
+
+
+def _read_only_mount_works(tmp_path: Path) -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    probe = subprocess.run(["unshare", "--mount", "sh", "-c", f"mount --bind {tmp_path / 'a'} {tmp_path / 'b'} && "
+                            f"mount -o remount,bind,ro {tmp_path / 'b'} && ! touch {tmp_path / 'b' / 'x'}"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_export_and_ui_work_on_a_read_only_run_directory(model, tmp_path):
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    if not _read_only_mount_works(tmp_path):
+        pytest.skip("no read-only bind mounts here (unshare --mount)")
+    runs, ro = model.parent, tmp_path / "archive"
+    ro.mkdir()
+    before = {p: _digest(p) for p in runs.rglob("*") if p.is_file() and p.suffix == ".db"}
+    port = free_port()
+    py = shlex.quote(sys.executable)
+    probe = (f"import time, urllib.request\nfor _ in range(300):\n    try:\n        urllib.request.urlopen("
+             f"'http://127.0.0.1:{port}/health', timeout=2); print('UI-OK'); break\n    except OSError:\n"
+             f"        time.sleep(0.3)\n")
+    script = (f"mount --bind {runs} {ro} && mount -o remount,bind,ro {ro} && "
+              f"{py} -m cellsearch.cli export --run-dir {ro} --out {tmp_path / 'out'} && "
+              f"{{ {py} -m cellsearch.cli ui --run-dir {ro} --port {port} > /dev/null 2> {tmp_path / 'ui.err'} & "
+              f"ui=$!; {py} -c {shlex.quote(probe)}; kill $ui; wait $ui; }}")
+    res = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "readonly database" not in res.stderr and "internal error" not in res.stderr
+    assert (tmp_path / "out" / "weights.pt").exists()
+    assert "UI-OK" in res.stdout and "read-only" in (tmp_path / "ui.err").read_text()
+    assert {p: _digest(p) for p in before} == before  # nothing of the archive changed
