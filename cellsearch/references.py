@@ -76,13 +76,13 @@ class Reference:
     """One simple model.
 
     Args:
-        label: how tables and plots name it.
+        label: how tables and plots name it, or ``label(ctx, train)`` when that depends on the data.
         fit: ``fit(train, ctx)`` → ``predict(split)``: predictions in the networks' output units (class
             labels; standardised values; window-scaled forecasts).
         macs: ``macs(ctx)`` multiply-accumulates per prediction; ``params(ctx)`` numbers stored.
     """
 
-    label: str
+    label: str | Callable[[Context, Any], str]
     fit: Callable[[Any, Context], Callable[[Any], np.ndarray]]
     macs: Callable[[Context], int]
     params: Callable[[Context], int]
@@ -131,6 +131,13 @@ def _seasonal_naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     return predict
 
 
+def _seasonal_label(ctx: Context, train: Any) -> str:
+    """Said for what it computed: with every window shorter than the season it is the naive forecast."""
+    if int(np.max(train.lengths)) >= ctx.season:
+        return "seasonal naive"
+    return "seasonal naive (= naive: the windows are shorter than the season)"
+
+
 REFERENCES: dict[str, Reference] = {
     "1nn": Reference("1-NN",
                      _sklearn(lambda x, n, length: resample(znormalise(x, n), n, length).reshape(len(x), -1),
@@ -141,8 +148,7 @@ REFERENCES: dict[str, Reference] = {
                        macs=lambda c: c.dim * c.n_outputs, params=lambda c: (c.dim + 1) * c.n_outputs),
     # Forecasts: one multiply-add per output maps the window-scaled value back.
     "naive": Reference("naive", _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
-    "seasonal_naive": Reference("seasonal naive", _seasonal_naive, macs=lambda c: c.n_outputs,
-                                params=lambda c: 0),
+    "seasonal_naive": Reference(_seasonal_label, _seasonal_naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
 }
 
 
@@ -181,7 +187,8 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
         for tr, va in parts:
             predict = ref.fit(tr, ctx)
             scores.append(score(task, predict(va), va.y, prep.target_scale, va.weight))
-        entry = {"reference": True, "name": name, "arch": ref.label, "score": float(np.mean(scores)),
+        label = ref.label if isinstance(ref.label, str) else ref.label(ctx, train)
+        entry = {"reference": True, "name": name, "arch": label, "score": float(np.mean(scores)),
                  "test_score": None}
         if len(test):
             predict = ref.fit(train, ctx) if len(parts) > 1 else predict

@@ -324,3 +324,33 @@ def test_export_and_ui_work_on_a_read_only_run_directory(model, tmp_path):
     assert (tmp_path / "out" / "weights.pt").exists()
     assert "UI-OK" in res.stdout and "read-only" in (tmp_path / "ui.err").read_text()
     assert {p: _digest(p) for p in before} == before  # nothing of the archive changed
+
+
+# ---- 16: the seasonal naive reference sees a season, or says that it could not -------------------------
+
+
+def _monthly_csv(path: Path) -> Path:
+    rows = []
+    for k in range(3):
+        t = np.arange(60)
+        rows.append(pd.DataFrame({"shop": f"s{k}", "month": pd.date_range("2010-01-01", periods=60, freq="MS"),
+                                  "sales": (k + 2) * (3 + np.sin(2 * np.pi * t / 12)) + 0.1 * t}))
+    pd.concat(rows).to_csv(path, index=False)
+    return path
+
+
+def test_the_default_window_covers_a_season_and_a_short_one_is_said(tmp_path):
+    from cellsearch.data import read_dataset
+    from cellsearch.folds import make_folds
+    from cellsearch.references import fit_references
+
+    csv = _monthly_csv(tmp_path / "monthly.csv")
+    ds = read_dataset(csv, horizon=3)
+    assert ds.preprocessing.layout_data["season"] == 12 and ds.preprocessing.layout_data["window"] >= 13
+    refs = {r["name"]: r for r in fit_references(ds, "macs", folds=make_folds(ds, 1))}
+    assert refs["seasonal_naive"]["arch"] == "seasonal naive"
+    assert refs["seasonal_naive"]["score"] < refs["naive"]["score"]  # it does see the season now
+    short = read_dataset(csv, horizon=3, window=6)
+    assert any("shorter than the season" in w and "--window 13" in w for w in short.info["warnings"])
+    refs = {r["name"]: r for r in fit_references(short, "macs", folds=make_folds(short, 1))}
+    assert "= naive" in refs["seasonal_naive"]["arch"]

@@ -39,11 +39,13 @@ from cellsearch.errors import UserError
 SERIES_TARGET_NAMES = ("value", "y", "target", "sales", "demand", "load")
 
 
-def default_window(lengths: np.ndarray, horizon: int) -> int:
-    """Three horizons (at least 8 steps, at most 96), bounded by the typical (median) series less
-    its horizon: short series simply use the shorter windows they have."""
+def default_window(lengths: np.ndarray, horizon: int, season: int = 1) -> int:
+    """Three horizons (at least 8 steps, and at least one season plus a step so that a window sees
+    the value a season back; at most 96 or the season plus a step), bounded by the typical (median)
+    series less its horizon: short series simply use the shorter windows they have."""
     med = float(np.median(lengths))
-    return int(max(1, min(max(3 * horizon, 8), 96, med - horizon)))
+    want = max(3 * horizon, 8, season + 1 if season > 1 else 0)
+    return int(max(1, min(want, max(96, season + 1), med - horizon)))
 
 
 def detect_season(df: pd.DataFrame, time_col: str | None) -> int:
@@ -170,8 +172,12 @@ class SeriesLayout(Layout):
         sorted_df = df.iloc[order].reset_index(drop=True)
         lengths = np.diff(np.r_[starts, len(codes)])
         horizon = opts.horizon or 1
-        window = opts.window or default_window(lengths, horizon)
         season = opts.season or detect_season(sorted_df, schema.time_col)
+        window = opts.window or default_window(lengths, horizon, season)
+        if season > 1 and window < season:
+            warnings.append(f"the window ({window} steps) is shorter than the season ({season}): the seasonal naive "
+                            f"reference and seasonal base see no value a season back and repeat the last value "
+                            f"(pass --window {season + 1} or more, where the series are long enough)")
         tgt = sorted_df[schema.target].to_numpy(dtype=np.float64, na_value=np.nan)
         if not np.isfinite(tgt).all() and opts.fill is None:
             raise UserError(f"{path}: target column {schema.target!r} has {int((~np.isfinite(tgt)).sum())} "
