@@ -89,7 +89,7 @@ def pareto_plot(path: Path, points: list[dict[str, Any]], front: list[dict[str, 
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("Accuracy against compute")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")  # loc="best" is slow, and says so on the terminal
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

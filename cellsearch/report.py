@@ -66,7 +66,9 @@ def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
     folds = max((p.get("folds") or 1 for p in result.front), default=1)
     val_head = f"val {result.metric}" + (f" ({folds}-fold mean ± sd)" if folds > 1 else "")
     for col in ("trial", "architecture", val_head, f"test {result.metric}", "MACs/seq", "params", "chosen"):
-        table.add_column(col, justify="left" if col == "architecture" else "right")
+        # the architecture wraps on a narrow terminal instead of being cut ("lstm16-ci…")
+        table.add_column(col, justify="left" if col == "architecture" else "right",
+                         overflow="fold" if col == "architecture" else "ellipsis")
     chosen = result.chosen.get("name") if result.chosen else None
     for p in result.front:
         test = p.get("test_score")
