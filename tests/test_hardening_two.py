@@ -354,3 +354,37 @@ def test_the_default_window_covers_a_season_and_a_short_one_is_said(tmp_path):
     assert any("shorter than the season" in w and "--window 13" in w for w in short.info["warnings"])
     refs = {r["name"]: r for r in fit_references(short, "macs", folds=make_folds(short, 1))}
     assert "= naive" in refs["seasonal_naive"]["arch"]
+
+
+# ---- 19: what the terminal shows ---------------------------------------------------------------------
+
+
+def test_the_pareto_table_wraps_long_architectures_on_a_narrow_terminal(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from cellsearch.report import print_result
+
+    monkeypatch.setenv("COLUMNS", "60")
+    arch = "lstm16-cifg32-peephole64-gru128/p8/attention/zn"
+    point = {"name": "3", "trial": 3, "kind": "trial", "arch": arch, "score": 0.91, "spread": 0.02,
+             "test_score": 0.9, "macs": 123456, "params": 7890, "folds": 5}
+    result = SimpleNamespace(counts={"complete": 1}, study=SimpleNamespace(study_name="s"), front=[point],
+                             metric="accuracy", direction="maximize", chosen=point, pick="knee", references=[])
+    print_result(result, tracked=False, run_dir="runs")
+    out = capsys.readouterr().out
+    cells = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.count("│") > 3)
+    assert arch in cells  # the whole architecture, folded over lines
+
+
+def test_the_pareto_plot_does_not_warn_on_the_terminal(tmp_path, recwarn):
+    import warnings
+
+    from cellsearch import plots
+
+    warnings.simplefilter("always")
+    points = [{"name": str(k), "trial": k, "kind": "trial", "arch": f"gru{k}", "score": 0.5 + k / 100,
+               "cost": 100.0 * (k + 1), "macs": 100 * (k + 1), "params": 10, "spread": 0.01}
+              for k in range(40)]
+    path = plots.pareto_plot(tmp_path / "p.png", points, points[-3:], points[-1], "accuracy", "macs")
+    assert path.exists()
+    assert not [w for w in recwarn if "loc='best'" in str(w.message)]
