@@ -268,9 +268,21 @@ LIMITS = {"input_size": 1_000_000, "hidden": 65_536, "layers": 64, "n_outputs": 
 
 def check_description(d: dict[str, Any]) -> None:
     """Raise ``ValueError`` when a description (``describe``'s dict) asks for absurd sizes."""
+    import math
+
     specs = [m["spec"] for m in d["members"]] if "members" in d else [d]
     if len(specs) > LIMITS["members"]:
         raise ValueError(f"{len(specs)} members (at most {LIMITS['members']})")
+    if "members" in d:
+        weights = [m.get("weight") for m in d["members"]]
+        if not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights) or \
+                not sum(weights) > 0:
+            raise ValueError("member weights must be finite, at least 0 and not all 0")
+    from cellsearch.tasks import TASKS
+
+    for spec in specs:
+        if spec.get("task") not in TASKS:
+            raise ValueError(f"unknown task {spec.get('task')!r} (known: {', '.join(TASKS)})")
     total = 0
     for spec in specs:
         layers = spec["layers"]

@@ -117,11 +117,18 @@ def load(path: str | Path) -> Any:
     path = Path(path)
     if not (path / "spec.json").exists() or not (path / "weights.pt").exists():
         raise UserError(f"{path}: not a cellsearch model bundle (spec.json and weights.pt expected)")
+    for name in ("spec.json", "weights.pt", "preprocessing.json"):
+        if (path / name).is_symlink():
+            raise UserError(f"{path}/{name}: a symbolic link; a bundle's files are plain files in it")
+    if not (path / "preprocessing.json").is_file():
+        raise UserError(f"{path}/preprocessing.json: missing; a bundle carries its preprocessing")
     try:
         description = json.loads((path / "spec.json").read_text())
         check_description(description)
         model = from_description(description)
-    except (ValueError, TypeError, KeyError) as exc:
+    except RecursionError:
+        raise UserError(f"{path}/spec.json: not a valid model description (nested too deeply)") from None
+    except (ValueError, TypeError, KeyError, AttributeError, UserError) as exc:
         raise UserError(f"{path}/spec.json: not a valid model description ({exc})") from None
     try:
         with warnings.catch_warnings():  # torch's own notice about the refused file would be a second line
@@ -135,6 +142,15 @@ def load(path: str | Path) -> Any:
     except RuntimeError as exc:
         raise UserError(f"{path}: weights.pt does not match spec.json ({str(exc).splitlines()[0][:200]})") from None
     model.eval()
-    prep = Preprocessing.load(path / "preprocessing.json")
-    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    try:
+        prep = Preprocessing.load(path / "preprocessing.json")
+        prep.check(model.spec.input_size, model.spec.n_outputs)
+    except RecursionError:
+        raise UserError(f"{path}/preprocessing.json: not a valid preprocessing (nested too deeply)") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserError(f"{path}/preprocessing.json: not a valid preprocessing ({exc})") from None
+    try:
+        metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    except (ValueError, RecursionError):
+        raise UserError(f"{path}/metrics.json: not valid JSON") from None
     return Predictor(model, prep, metrics)

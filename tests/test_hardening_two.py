@@ -388,3 +388,58 @@ def test_the_pareto_plot_does_not_warn_on_the_terminal(tmp_path, recwarn):
     path = plots.pareto_plot(tmp_path / "p.png", points, points[-3:], points[-1], "accuracy", "macs")
     assert path.exists()
     assert not [w for w in recwarn if "loc='best'" in str(w.message)]
+
+
+# ---- 10: a crafted bundle's metadata is untrusted input ----------------------------------------------
+
+
+def _spec_mut(key, value):
+    def mutate(d):
+        specs = [m["spec"] for m in d["members"]] if "members" in d else [d]
+        for s in specs:
+            s[key] = value
+        return d
+    return mutate
+
+
+def _members_mut(d):
+    d["members"][0]["weight"] = -1e308
+    return d
+
+
+@pytest.mark.parametrize("name,mutate,needle", [
+    ("spec.json", lambda d: "[" * 200_000 + "]" * 200_000, "spec.json"),
+    ("spec.json", _spec_mut("task", "astrology"), "unknown task"),
+    ("spec.json", _members_mut, "weights"),
+    ("preprocessing.json", None, "preprocessing.json: missing"),
+    ("preprocessing.json", "symlink", "symbolic link"),
+    ("preprocessing.json", lambda d: {**d, "classes": d["classes"][:1]}, "classes"),
+    ("preprocessing.json", lambda d: {**d, "layout_data": {**d["layout_data"], "window": 10 ** 12}}, "window"),
+    ("preprocessing.json", lambda d: {**d, "layout_data": {**d["layout_data"], "window": -5}}, "window"),
+    ("preprocessing.json", lambda d: {**d, "scaler": {"mean": d["scaler"]["mean"][:1], "std": d["scaler"]["std"]}},
+     "scaler"),
+    ("preprocessing.json", lambda d: {**d, "scaler": {"mean": d["scaler"]["mean"],
+                                                      "std": [0.0] * len(d["scaler"]["std"])}}, "spreads"),
+    ("preprocessing.json", lambda d: {**d, "task": "astrology"}, "unknown task"),
+    ("metrics.json", lambda d: "{" * 200_000, "metrics.json"),
+])
+def test_a_crafted_bundle_is_refused_in_one_line(model, tiny_csv, tmp_path, name, mutate, needle):
+    import os
+    import shutil
+
+    if name == "spec.json" and mutate is _members_mut and "members" not in json.loads((model / name).read_text()):
+        pytest.skip("the fixture's model is not an ensemble")
+    crafted = tmp_path / "crafted"
+    shutil.copytree(model, crafted)
+    target = crafted / name
+    if mutate is None:
+        target.unlink()
+    elif mutate == "symlink":
+        other = tmp_path / "elsewhere.json"
+        other.write_text(target.read_text())
+        target.unlink()
+        os.symlink(other, target)
+    else:
+        out = mutate(json.loads(target.read_text()))
+        target.write_text(out if isinstance(out, str) else json.dumps(out))
+    one_line_error(run_cli("predict", str(crafted), str(tiny_csv)), needle)

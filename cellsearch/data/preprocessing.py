@@ -96,6 +96,45 @@ class Preprocessing:
         scaler = d.pop("scaler")
         return cls(**d, scaler=scaler if isinstance(scaler, Scaler) else Scaler(**scaler), layout_data=layout_data)
 
+    def check(self, input_size: int, n_outputs: int) -> None:
+        """Raise ``ValueError`` when the fields do not describe a model of ``input_size`` inputs and
+        ``n_outputs`` outputs sanely (a bundle's preprocessing is untrusted input): an unknown task or
+        layout, scalers of the wrong length or with a zero or non-finite spread, classes that do not
+        match the outputs, a window, horizon or season out of range."""
+        import math
+
+        from cellsearch.data.layouts import LAYOUTS
+        from cellsearch.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r} (known: {', '.join(TASKS)})")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r} (known: {', '.join(LAYOUTS)})")
+        mean, std = self.scaler.mean, self.scaler.std
+        if not len(self.inputs) == len(mean) == len(std) == input_size:
+            raise ValueError(f"{len(self.inputs)} inputs and a scaler of {len(mean)} means and {len(std)} spreads "
+                             f"for a model of {input_size} inputs")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in mean) or \
+                not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in std):
+            raise ValueError("the scaler's means must be finite and its spreads finite and above 0")
+        if TASKS[self.task].labels and (not isinstance(self.classes, list) or len(self.classes) != n_outputs):
+            raise ValueError(f"{len(self.classes or [])} classes for a model of {n_outputs} outputs")
+        for name in ("target_mean", "target_std"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number")
+        if self.target_std is not None and not self.target_std > 0:
+            raise ValueError("target_std must be above 0")
+        for name in ("window", "horizon", "season", "target_index"):
+            v = self.layout_data.get(name)
+            low = 0 if name == "target_index" else 1
+            if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and low <= v <= 1_000_000):
+                raise ValueError(f"{name} {v!r} (a whole number from {low} to 1,000,000)")
+        if self.layout_data.get("horizon") is not None and self.layout_data["horizon"] != n_outputs:
+            raise ValueError(f"horizon {self.layout_data['horizon']} for a model of {n_outputs} outputs")
+        if self.layout_data.get("target_index") is not None and self.layout_data["target_index"] >= input_size:
+            raise ValueError(f"target_index {self.layout_data['target_index']} for {input_size} inputs")
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
