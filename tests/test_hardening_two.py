@@ -443,3 +443,36 @@ def test_a_crafted_bundle_is_refused_in_one_line(model, tiny_csv, tmp_path, name
         out = mutate(json.loads(target.read_text()))
         target.write_text(out if isinstance(out, str) else json.dumps(out))
     one_line_error(run_cli("predict", str(crafted), str(tiny_csv)), needle)
+
+
+# ---- 14: a bad request to the served model gets cellsearch's one line, no traceback -------------------
+
+
+@pytest.mark.slow
+def test_serving_answers_a_bad_request_with_one_line_and_no_traceback(model, tiny_csv):
+    import sys
+    import urllib.error
+
+    from tests.conftest import free_port, http_json, start_server, stop_process, wait_for_server
+
+    port = free_port()
+    proc = start_server([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model),
+                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
+    try:
+        df = pd.read_csv(tiny_csv).drop(columns=["label"])
+        good = {"dataframe_split": df[df.id.isin([0, 1])].to_dict(orient="split")}
+        wait_for_server(lambda: http_json(f"http://127.0.0.1:{port}/invocations", good), proc)
+        bad = df[df.id.isin([0, 1])].copy()
+        bad.loc[bad.index[1], "x"] = np.nan  # passes MLflow's schema check; cellsearch refuses it
+        try:
+            split = json.loads(bad.to_json(orient="split", index=False))  # NaN as null
+            http_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": split})
+            raise AssertionError("a bad request was answered")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 400
+            answer = json.loads(exc.read())
+        assert answer["message"].startswith("cellsearch: ") and "\n" not in answer["message"]
+        assert "'x'" in answer["message"]
+        assert "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
+    finally:
+        stop_process(proc)
