@@ -56,9 +56,9 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     """Validate the config, read the data, open (``create``: create or resume) the study.
 
     The process that creates also fails trials left running by a killed process and stores the
-    study's metadata and preprocessing (so that another machine can export). Each process's sampler
-    is seeded differently (by the trials already there and ``worker_index``), so workers and resumes
-    never repeat each other.
+    study's metadata and preprocessing (so that another machine can export). Every process's sampler
+    draws trial N from (``--seed``, N) (``study.make_sampler``): workers, resumes and separate ``tune``
+    commands on one study never repeat each other's points.
     """
     import optuna
 
@@ -105,7 +105,7 @@ def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str
         pass
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
               if config.objective == "score" and config.prune else optuna.pruners.NopPruner())
-    sampler = make_sampler(spc.sampler, config.seed + n_before + 7919 * worker_index)
+    sampler = make_sampler(spc.sampler, config.seed)  # each trial's draw: (seed, its number)
     st = optuna.create_study(study_name=config.study_name, storage=storage, directions=directions, sampler=sampler,
                              pruner=pruner, load_if_exists=True)
     meta = {"data": str(config.data.resolve()), "task": dataset.task, "metric": metric, "direction": direction,

@@ -83,15 +83,70 @@ def open_storage(url: str) -> Any:
 
 
 def make_sampler(kind: str, seed: int) -> Any:
-    """The space's sampler, seeded (Optuna's TPE with multivariate, grouped, constant-liar settings)."""
+    """The space's sampler (Optuna's TPE with multivariate, grouped, constant-liar settings; random;
+    NSGA-II), drawing each trial from a random state seeded by ``seed`` and the trial's number
+    (``TrialSeeded``)."""
     import optuna
 
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True,
-                                      group=True, constant_liar=True)
+        base = optuna.samplers.RandomSampler(seed=seed)
+    elif kind == "nsga2":
+        base = optuna.samplers.NSGAIISampler(seed=seed)
+    else:
+        base = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True, group=True,
+                                          constant_liar=True)
+    return _trial_seeded()(base, seed)
+
+
+@functools.cache
+def _trial_seeded() -> type:
+    """``TrialSeeded``, defined on first use (Optuna is imported lazily)."""
+    import numpy as np
+    import optuna
+
+    def reseed(obj: Any, seed: int, seen: set[int]) -> None:
+        """Seed every random state of a sampler and of the samplers inside it."""
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        for value in vars(obj).values():
+            if hasattr(value, "rng") and isinstance(getattr(value, "rng", None), np.random.RandomState):
+                value.rng.seed(seed)
+            elif isinstance(value, optuna.samplers.BaseSampler):
+                reseed(value, seed, seen)
+
+    class TrialSeeded(optuna.samplers.BaseSampler):
+        """A sampler whose randomness for trial N comes from (seed, N) alone.
+
+        Every process sharing a study gets its own trial numbers from the storage, so processes —
+        two ``tune`` commands started together, or workers — never draw the same point for two
+        trials, while one process alone draws exactly what it drew before for the same seed.
+        """
+
+        def __init__(self, base: optuna.samplers.BaseSampler, seed: int) -> None:
+            self._base, self._seed = base, seed
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self._base.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self._base.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            return self._base.sample_independent(study, trial, name, distribution)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            state = np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0]
+            reseed(self._base, int(state), set())
+            self._base.before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self._base.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self._base.reseed_rng()
+
+    return TrialSeeded
 
 
 def counts(study: Any) -> dict[str, int]:

@@ -476,3 +476,32 @@ def test_serving_answers_a_bad_request_with_one_line_and_no_traceback(model, tin
         assert "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
     finally:
         stop_process(proc)
+
+
+# ---- 17: processes sharing a study never draw the same point twice ---------------------------------
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_two_processes_on_one_study_draw_different_points(tmp_path, kind):
+    import optuna
+
+    from cellsearch.study import default_storage, make_sampler, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = open_storage(default_storage(tmp_path))
+    # two `tune` commands started together: the same --seed, nothing in the study yet
+    first = optuna.create_study(study_name="s", storage=storage, sampler=make_sampler(kind, 0))
+    second = optuna.load_study(study_name="s", storage=storage, sampler=make_sampler(kind, 0))
+    drawn = []
+    for _ in range(4):
+        for study in (first, second):
+            trial = study.ask()
+            drawn.append((trial.suggest_float("lr", 1e-4, 1e-2, log=True), trial.suggest_int("hidden", 16, 256)))
+    assert len(set(drawn)) == len(drawn)
+    # one process alone still draws exactly the same points for the same seed
+    again = optuna.create_study(study_name="t", storage=storage, sampler=make_sampler(kind, 0))
+    alone = []
+    for _ in range(3):
+        trial = again.ask()
+        alone.append((trial.suggest_float("lr", 1e-4, 1e-2, log=True), trial.suggest_int("hidden", 16, 256)))
+    assert alone == drawn[:3] if kind == "random" else len(set(alone)) == 3
