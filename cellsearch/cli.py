@@ -195,7 +195,8 @@ def predict(
 
     predictor = load(model_dir)
     keys = (predictor.prep.id_col, predictor.prep.time_col)
-    preds = predictor.predict(read_csv(file, keys=keys), where=str(file), fill=fill)
+    preds = predictor.predict(read_csv(file, keys=keys, text=(predictor.prep.id_col, predictor.prep.target)),
+                              where=str(file), fill=fill)
     if out is None:
         preds.to_csv(sys.stdout, index=False)
         return

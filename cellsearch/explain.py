@@ -250,7 +250,8 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     predictor = load(model_dir)
     prep = predictor.prep
     if isinstance(data, (str, Path)):
-        df, where = read_csv(Path(data), keys=(prep.id_col, prep.time_col)), str(data)
+        df, where = read_csv(Path(data), keys=(prep.id_col, prep.time_col),
+                              text=(prep.id_col, prep.target)), str(data)
     else:
         df, where = data, "data"
     inputs = transform(df, prep, where)

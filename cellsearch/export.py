@@ -110,7 +110,7 @@ def _read_training(data: str, prep: Preprocessing) -> tuple[Any, Any]:
     if not data or not Path(data).exists():
         return None, None
     options = DataOptions(**prep.options)
-    df = read_csv(Path(data), keys=(prep.id_col, prep.time_col))
+    df = read_csv(Path(data), keys=(prep.id_col, prep.time_col), text=(prep.id_col, prep.target))
     return df, read_dataset(data, options, frame=df)
 
 

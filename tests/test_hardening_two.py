@@ -505,3 +505,27 @@ def test_two_processes_on_one_study_draw_different_points(tmp_path, kind):
         trial = again.ask()
         alone.append((trial.suggest_float("lr", 1e-4, 1e-2, log=True), trial.suggest_int("hidden", 16, 256)))
     assert alone == drawn[:3] if kind == "random" else len(set(alone)) == 3
+
+
+# ---- 2: identifiers and labels are the text in the file ---------------------------------------------
+
+
+def test_ids_and_labels_keep_the_text_of_the_file(model, tiny_csv, tmp_path):
+    rng = np.random.default_rng(0)
+    ids = ["1", "01", "2", "02", "00005", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13"]
+    lines = [f"{i},{t},{rng.normal():.3f},{rng.normal():.3f},{'01' if k % 2 else '1'}"
+             for k, i in enumerate(ids) for t in range(8)]
+    csv = tmp_path / "text_ids.csv"
+    csv.write_text("id,t,x,z,label\n" + "\n".join(lines) + "\n")
+    res = run_cli("inspect", str(csv), "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["n_sequences"] == 16  # `1` and `01` are two sequences, not one of 16 steps
+    assert info["task"] == "classification" and sorted(info["classes"]) == ["01", "1"]
+    out = tmp_path / "preds.csv"
+    res = run_cli("predict", str(model), str(csv), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    back = pd.read_csv(out, dtype={"id": str})
+    assert sorted(back["id"]) == sorted(ids)  # `00005` comes back as `00005`
+    plain = run_cli("inspect", str(tiny_csv), "--json")  # plain numbers stay numbers
+    assert json.loads(plain.stdout)["n_sequences"] == pd.read_csv(tiny_csv)["id"].nunique()

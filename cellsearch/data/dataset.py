@@ -66,7 +66,10 @@ def read_dataset(path: str | Path, options: DataOptions | None = None, *, frame:
     if opts.layout is not None:
         get_layout(opts.layout)  # an unknown --layout is refused before the file is read
     path = Path(path)
-    df = frame.copy() if frame is not None else read_csv(path, keys=(opts.id_col, opts.time_col))
+    if frame is not None:
+        df = frame.copy()
+    else:
+        df = read_csv(path, keys=(opts.id_col, opts.time_col), text=(opts.id_col, opts.target))
     n_rows = len(df)
     schema, warnings = detect(df, opts, path)
     roles = {schema.target, schema.id_col, schema.time_col, schema.split_col}

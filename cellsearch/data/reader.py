@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellsearch.data.detect import ID_NAMES, TIME_NAMES
+from cellsearch.data.detect import ID_NAMES, TARGET_NAMES, TIME_NAMES
 from cellsearch.errors import UserError
 
 
@@ -75,7 +75,28 @@ def _may_be_key(name: str, keys: set[str]) -> bool:
     return name.strip() in keys or low in ID_NAMES or low in TIME_NAMES or low.endswith("id")
 
 
-def _read_columns(path: Path, keys: set[str], delimiter: str = ",") -> tuple[list[str], dict[str, Any]]:
+def _may_be_text(name: str, text: set[str]) -> bool:
+    """Whether a column could be an id or a class label: its values are names, whatever they look
+    like (``01`` is not ``1``)."""
+    low = name.strip().lower()
+    return name.strip() in text or low in ID_NAMES or low in TARGET_NAMES or low.endswith("id")
+
+
+_CANONICAL_INT = r"-?(0|[1-9][0-9]*)"
+
+
+def _names_or_numbers(s: pd.Series) -> pd.Series:
+    """A column read as text because it may hold ids or labels: back to numbers when every value is
+    written as its number would be (``7``, ``-3``), kept as the text in the file otherwise (``007``,
+    ``+3``, ``1`` beside ``01``)."""
+    present = s.dropna()
+    if present.astype(str).str.fullmatch(_CANONICAL_INT).all():
+        return pd.to_numeric(s) if len(present) == len(s) else pd.to_numeric(s).astype(np.float64)
+    return s.astype(object)
+
+
+def _read_columns(path: Path, keys: set[str], delimiter: str = ",", text: set[str] = frozenset()
+                  ) -> tuple[list[str], dict[str, Any]]:
     """The file's column names and columns, float columns as float32 (the models train in float32)
     except those that may be keys (``_may_be_key``).
 
@@ -107,6 +128,14 @@ def _read_columns(path: Path, keys: set[str], delimiter: str = ",") -> tuple[lis
                            parse_options=parse, convert_options=convert({})).schema
     names = list(probe.names)
     types = {f.name: pa.float32() for f in probe if pa.types.is_floating(f.type) and not _may_be_key(f.name, keys)}
+    # Whole numbers that may be ids or labels are read as text, and become numbers again only where
+    # each is written as its number would be (``_names_or_numbers``): ``01`` and ``1`` stay apart.
+    texts = {f.name for f in probe if pa.types.is_integer(f.type) and _may_be_text(f.name, text)}
+    types.update({n: pa.string() for n in texts})
+
+    def finish(columns: dict[str, Any]) -> dict[str, Any]:
+        return {k: _names_or_numbers(v) if k in texts else v for k, v in columns.items()}
+
     if len(set(names)) < len(names):  # before any column is keyed by name
         return names, {}
     # A block must hold whole rows, and enough of them that per-block costs stay small when a file
@@ -116,7 +145,8 @@ def _read_columns(path: Path, keys: set[str], delimiter: str = ",") -> tuple[lis
     try:
         reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block), parse_options=parse,
                                 convert_options=convert(types))
-        return names, collect_batches(reader, reader.schema, lambda b: 1.25 * size * b.num_rows / min(block, size))
+        return names, finish(collect_batches(reader, reader.schema,
+                                             lambda b: 1.25 * size * b.num_rows / min(block, size)))
     except pa.ArrowInvalid as exc:
         if "straddl" in str(exc):  # a line far longer than those of the first megabyte
             block = min(size + 1, 1 << 30)
@@ -124,11 +154,11 @@ def _read_columns(path: Path, keys: set[str], delimiter: str = ",") -> tuple[lis
             raise
     # A later block disagrees with the first one's types: read in one go with full type inference.
     table = pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=max(block, 1 << 20)),
-                           parse_options=parse, convert_options=convert({}))
+                           parse_options=parse, convert_options=convert({n: pa.string() for n in texts}))
     table = table.cast(pa.schema([pa.field(f.name, pa.float32())
                                   if pa.types.is_floating(f.type) and not _may_be_key(f.name, keys) else f
                                   for f in table.schema]))
-    return names, collect_batches(table.to_batches(), table.schema, lambda b: table.num_rows)
+    return names, finish(collect_batches(table.to_batches(), table.schema, lambda b: table.num_rows))
 
 
 class _NumericColumn:
@@ -214,18 +244,20 @@ def release_freed_memory() -> None:
         pass
 
 
-def read_csv(path: str | Path, keys: Iterable[str | None] = ()) -> pd.DataFrame:
+def read_csv(path: str | Path, keys: Iterable[str | None] = (), text: Iterable[str | None] = ()) -> pd.DataFrame:
     """Read a CSV with Arrow's streaming reader; every problem becomes one ``UserError``.
 
     Float columns are float32 except possible id and time columns, and the columns named in ``keys``
-    (``--id-col``, ``--time-col``), which keep float64.
+    (``--id-col``, ``--time-col``), which keep float64. Whole-number columns that may be ids or class
+    labels (by name, or named in ``text``: ``--id-col``, ``--target``) keep the text in the file
+    where it is not a plain number's (``00005`` stays ``00005``; ``1`` and ``01`` stay apart).
     """
     import pyarrow as pa
 
     path = Path(path)
     delimiter = _sniff_delimiter(_check_text_file(path))
     try:
-        names, columns = _read_columns(path, {k for k in keys if k}, delimiter)
+        names, columns = _read_columns(path, {k for k in keys if k}, delimiter, {k for k in text if k})
     except pa.ArrowInvalid as exc:
         bad = _ragged_row(path, delimiter)
         if bad:
