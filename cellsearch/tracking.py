@@ -226,7 +226,9 @@ class MLflowTrialRun:
         if reason:
             tags.append(RunTag("reason", reason[:4000]))
         self._flush(final, tags)
-        status = {"FINISHED": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        # A pruned trial is no failure: it ends FINISHED, and its ``state`` tag (a column of the runs
+        # table) says PRUNED. Only a trial that broke is a red FAILED run.
+        status = {"FINISHED": "FINISHED", "PRUNED": "FINISHED"}.get(state, "FAILED")
         self.client.set_terminated(self.run_id, status=status)
 
 

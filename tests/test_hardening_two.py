@@ -529,3 +529,20 @@ def test_ids_and_labels_keep_the_text_of_the_file(model, tiny_csv, tmp_path):
     assert sorted(back["id"]) == sorted(ids)  # `00005` comes back as `00005`
     plain = run_cli("inspect", str(tiny_csv), "--json")  # plain numbers stay numbers
     assert json.loads(plain.stdout)["n_sequences"] == pd.read_csv(tiny_csv)["id"].nunique()
+
+
+def test_a_pruned_trial_is_not_a_failed_run(tmp_path):
+    from mlflow import MlflowClient
+
+    from cellsearch.tracking import MLflowTrialRun, default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    states = {}
+    for state in ("PRUNED", "FAILED", "FINISHED"):
+        run = client.create_run(exp)
+        MLflowTrialRun(client, run.info.run_id).finish(state, reason="why" if state != "FINISHED" else None)
+        got = client.get_run(run.info.run_id)
+        states[state] = (got.info.status, got.data.tags["state"])
+    assert states == {"PRUNED": ("FINISHED", "PRUNED"), "FAILED": ("FAILED", "FAILED"),
+                      "FINISHED": ("FINISHED", "COMPLETE")}
