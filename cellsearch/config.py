@@ -42,8 +42,8 @@ class TuneConfig:
         pick: which Pareto-front member is chosen: knee, best or smallest.
         study: the study name (default: the file's stem).
         run_dir: where the study, checkpoints and the MLflow store live.
-        storage, tracking_uri: an Optuna storage URL and an MLflow tracking URI instead of the run
-            directory's own.
+        storage: an Optuna storage URL instead of the run directory's own.
+        tracking_uri: an MLflow tracking URI instead of the run directory's own.
         track: record in MLflow.
         references: also fit and score the simple reference models (``cellsearch.references``).
         max_epochs: overrides the space's; trial_timeout: seconds per trial at most.

@@ -274,9 +274,12 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
 
     Args:
         out: the bundle folder (refused if it exists and is not empty, unless ``force``).
-        run_dir, storage, study: where the study is (``storage`` overrides the run directory's).
-        trial, ensemble, pick: trial ``trial``, or ensemble ``ensemble`` (``E1``, as the Pareto table
-            names it), else the front member chosen by ``pick``.
+        run_dir: the run directory the study is in.
+        study: the study's name (needed when the run directory holds several).
+        trial: export this trial.
+        pick: otherwise, the front member this rule chooses (``knee``, ``best``, ``smallest``).
+        storage: an Optuna storage URL that overrides the run directory's.
+        ensemble: export this ensemble (``E1``, as the Pareto table names it).
         formats: extra formats from ``cellsearch.formats.FORMATS`` (e.g. ``["onnx"]``).
         register: also register the bundle under this name in the MLflow model registry.
         weights: ``folds`` (default): each trial's fold models as trained and validated, averaged

@@ -34,7 +34,10 @@ class Preprocessing:
     Args:
         layout: the layout's registry name (``cellsearch.data.layouts.LAYOUTS``).
         task: classification, regression or forecasting.
-        target, id_col, time_col, split_col: the columns with those roles.
+        target: the target column.
+        id_col: the id column (``None``: none).
+        time_col: the time (order) column (``None``: none).
+        split_col: the ``split`` column (``None``: none).
         features: the feature columns of the file (the wide layout: one per step prefix).
         inputs: the model's inputs, one per column or ``column=level`` for one-hot text.
         encoders: the fitted input encoder of each feature column: ``{column: {"kind": name,
@@ -42,8 +45,10 @@ class Preprocessing:
             "levels": [...]}``).
         scaler: the inputs' standardisation.
         options: the ``DataOptions`` the file was read with (``read_dataset(file, **options)`` again).
-        classes, class_counts: classification's labels, in output order, and their counts.
-        target_mean, target_std: regression's target standardisation.
+        classes: classification's labels, in output order.
+        class_counts: how many sequences of each label.
+        target_mean: regression's target mean (its standardisation).
+        target_std: regression's target standard deviation.
         layout_data: what the layout alone needs, as JSON-able values.
     """
 
