@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cellsearch.data import Inputs, Preprocessing, get_layout
+from cellsearch.data import LAYOUTS, Inputs, Preprocessing, get_layout
 from cellsearch.errors import UserError
 from cellsearch.tasks import get_task
 
@@ -145,6 +145,8 @@ def load(path: str | Path) -> Any:
     try:
         prep = Preprocessing.load(path / "preprocessing.json")
         prep.check(model.spec.input_size, model.spec.n_outputs)
+        if prep.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {prep.layout!r} (known: {', '.join(LAYOUTS)})")
     except RecursionError:
         raise UserError(f"{path}/preprocessing.json: not a valid preprocessing (nested too deeply)") from None
     except (ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -105,16 +105,14 @@ class Preprocessing:
         """Raise ``ValueError`` when the fields do not describe a model of ``input_size`` inputs and
         ``n_outputs`` outputs sanely (a bundle's preprocessing is untrusted input): an unknown task or
         layout, scalers of the wrong length or with a zero or non-finite spread, classes that do not
-        match the outputs, a window, horizon or season out of range."""
+        match the outputs, a window, horizon or season out of range. (The layout's name is checked
+        against the layout registry by whoever loads it.)"""
         import math
 
-        from cellsearch.data.layouts import LAYOUTS
         from cellsearch.tasks import TASKS
 
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r} (known: {', '.join(TASKS)})")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r} (known: {', '.join(LAYOUTS)})")
         mean, std = self.scaler.mean, self.scaler.std
         if not len(self.inputs) == len(mean) == len(std) == input_size:
             raise ValueError(f"{len(self.inputs)} inputs and a scaler of {len(mean)} means and {len(std)} spreads "

@@ -6,32 +6,18 @@
 
 from __future__ import annotations
 
-from cellsearch.errors import UserError
+from cellsearch.registry import Registry
 from cellsearch.tasks.base import Task
 from cellsearch.tasks.classification import Classification
 from cellsearch.tasks.forecasting import Forecasting
 from cellsearch.tasks.regression import Regression
 
 #: The registry: task name → its one instance.
-TASKS: dict[str, Task] = {}
-
-
-def register_task(task: Task) -> Task:
-    """Add ``task`` (an instance) under its ``name``; returns it."""
-    TASKS[task.name] = task
-    return task
-
-
-def get_task(name: str) -> Task:
-    """The registered task called ``name``.
-
-    Raises:
-        UserError: no task of that name is registered.
-    """
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise UserError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
+TASKS: Registry[Task] = Registry(lambda name, known: f"unknown task {name!r}; known: {', '.join(known)}")
+#: Add a task (an instance) under its ``name``; returns it.
+register_task = TASKS.register
+#: The registered task called ``name`` (``UserError`` when there is none).
+get_task = TASKS.named
 
 
 for _task in (Classification(), Regression(), Forecasting()):

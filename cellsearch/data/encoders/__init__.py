@@ -15,24 +15,15 @@ import pandas as pd
 from cellsearch.data.encoders.base import Encoder
 from cellsearch.data.encoders.categorical import CategoricalEncoder
 from cellsearch.data.encoders.numeric import NumericEncoder
-from cellsearch.errors import UserError
+from cellsearch.registry import Registry
 
 #: The registry: encoder name → its one instance.
-ENCODERS: dict[str, Encoder] = {}
-
-
-def register_encoder(encoder: Encoder) -> Encoder:
-    """Add ``encoder`` (an instance) under its ``name``; returns it."""
-    ENCODERS[encoder.name] = encoder
-    return encoder
-
-
-def get_encoder(name: str) -> Encoder:
-    """The registered encoder called ``name`` (``UserError`` if none: e.g. a bundle from elsewhere)."""
-    try:
-        return ENCODERS[name]
-    except KeyError:
-        raise UserError(f"unknown input encoder {name!r}; known: {', '.join(ENCODERS)}") from None
+ENCODERS: Registry[Encoder] = Registry(
+    lambda name, known: f"unknown input encoder {name!r}; known: {', '.join(known)}")
+#: Add an encoder (an instance) under its ``name``; returns it.
+register_encoder = ENCODERS.register
+#: The registered encoder called ``name`` (``UserError`` if none: e.g. a bundle from elsewhere).
+get_encoder = ENCODERS.named
 
 
 def pick_encoder(s: pd.Series) -> Encoder:

@@ -18,23 +18,15 @@ from cellsearch.data.layouts.series import SeriesLayout
 from cellsearch.data.layouts.wide import WideLayout
 from cellsearch.data.options import DataOptions
 from cellsearch.errors import UserError
+from cellsearch.registry import Registry
 from cellsearch.tasks import get_task
 
-LAYOUTS: dict[str, Layout] = {}
-
-
-def register_layout(layout: Layout) -> Layout:
-    """Add (or replace) a layout under its ``name``; returns it."""
-    LAYOUTS[layout.name] = layout
-    return layout
-
-
-def get_layout(name: str) -> Layout:
-    """The registered layout called ``name``; a ``UserError`` naming the known ones otherwise."""
-    try:
-        return LAYOUTS[name]
-    except KeyError:
-        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}, got {name!r}") from None
+#: The registry: layout name → its one instance.
+LAYOUTS: Registry[Layout] = Registry(lambda name, known: f"--layout must be one of {', '.join(known)}, got {name!r}")
+#: Add (or replace) a layout under its ``name``; returns it.
+register_layout = LAYOUTS.register
+#: The registered layout called ``name``; a ``UserError`` naming the known ones otherwise.
+get_layout = LAYOUTS.named
 
 
 def detect(df: pd.DataFrame, opts: DataOptions, path: Path) -> tuple[Schema, list[str]]:
