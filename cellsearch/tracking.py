@@ -149,6 +149,19 @@ def register_bundle(folder: Path, name: str, tracking_uri: str, study: str) -> N
     mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
 
 
+#: Scores are recorded to this many decimals: what the runs table shows (0.9333, not 0.93333333),
+#: and finer than any difference between models on the data sizes cellsearch searches.
+SCORE_DECIMALS = 4
+
+
+def _metric(name: str, value: Any, ts: int, step: int) -> Any:
+    """An MLflow metric; scores (every name with ``score`` in it) rounded to ``SCORE_DECIMALS``."""
+    from mlflow.entities import Metric
+
+    v = float(value)
+    return Metric(name, round(v, SCORE_DECIMALS) if "score" in name and math.isfinite(v) else v, ts, step)
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -199,10 +212,9 @@ class MLflowTrialRun:
         self._last_flush = time.time()
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), ts, epoch) for k, v in metrics.items() if _finite(v)]
+        self._pending += [_metric(k, v, ts, epoch) for k, v in metrics.items() if _finite(v)]
         if time.time() - self._last_flush >= self.FLUSH_S:
             self._flush()
 
@@ -218,10 +230,10 @@ class MLflowTrialRun:
         self._last_flush = time.time()
 
     def finish(self, state: str, *, reason: str | None = None, metrics: dict[str, float] | None = None) -> None:
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import RunTag
 
         ts = int(time.time() * 1000)
-        final = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if _finite(v)]
+        final = [_metric(k, v, ts, 0) for k, v in (metrics or {}).items() if _finite(v)]
         tags = [RunTag("state", {"FINISHED": "COMPLETE"}.get(state, state))]
         if reason:
             tags.append(RunTag("reason", reason[:4000]))
@@ -360,7 +372,6 @@ class MLflowTracker:
 
     def record_references(self, references: list[dict[str, Any]]) -> None:
         """One finished nested run per reference, tagged ``reference``, with its scores and costs."""
-        from mlflow.entities import Metric
 
         self.references = list(references)
         ts = int(time.time() * 1000)
@@ -372,14 +383,14 @@ class MLflowTracker:
             values = {"score": ref["score"], **{k: v for k, v in ref.items() if k.startswith("test_")},
                       "macs": ref["macs"],
                       "params": ref["params"], "fit_seconds": ref["fit_seconds"]}
-            self.client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()
+            self.client.log_batch(run.info.run_id, metrics=[_metric(k, v, ts, 0) for k, v in values.items()
                                                             if _finite(v)])
             self.client.set_terminated(run.info.run_id, status="FINISHED")
 
     def _mark_trials(self, result: Any) -> None:
         """Tag each trial run ``pareto`` (on the front or not) and ``chosen``; front members get their
         test scores."""
-        from mlflow.entities import Metric, RunTag
+        from mlflow.entities import RunTag
 
         front = {str(p["trial"]): p for p in result.front if p.get("kind", "trial") == "trial"}
         chosen = str(result.chosen["trial"]) if result.chosen and result.chosen.get("kind") == "trial" else None
@@ -395,12 +406,11 @@ class MLflowTracker:
                     RunTag("chosen", "true" if n == chosen else "member" if n in members else "false")]
             values = {k: v for k, v in front.get(n, {}).items() if k.startswith("test_")}
             self.client.log_batch(r.info.run_id, tags=tags,
-                                  metrics=[Metric(k, float(v), ts, 0) for k, v in values.items() if _finite(v)])
+                                  metrics=[_metric(k, v, ts, 0) for k, v in values.items() if _finite(v)])
 
     def _record_ensembles(self, study: Any, result: Any) -> None:
         """One finished nested run per selected ensemble, tagged ``ensemble`` (state ``ENSEMBLE``),
         with its members and weights, its score ± spread over folds, costs and (on the front) test scores."""
-        from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         tested = {p["name"]: p for p in result.front if p.get("kind") == "ensemble"}
@@ -414,7 +424,7 @@ class MLflowTracker:
             values = {"score": e["score"], "score_spread": e.get("spread"), "oof_loss": e.get("oof_loss"),
                       **{c.attr: e.get(c.attr) for c in COSTS.values()},
                       **{k: v for k, v in tested.get(e["name"], {}).items() if k.startswith("test_")}}
-            self.client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()
+            self.client.log_batch(run.info.run_id, metrics=[_metric(k, v, ts, 0) for k, v in values.items()
                                                             if _finite(v)])
             self.client.set_terminated(run.info.run_id, status="FINISHED")
 
@@ -449,7 +459,7 @@ class MLflowTracker:
             keys = ("score", "macs", "params", *(k for k in result.chosen if k.startswith("test_")))
             for k in keys:
                 if _finite(result.chosen.get(k)):
-                    metrics.append(Metric(f"chosen_{k}", float(result.chosen[k]), ts, 0))
+                    metrics.append(_metric(f"chosen_{k}", result.chosen[k], ts, 0))
             self.client.set_tag(self.parent_id, "chosen_trial", str(result.chosen["name"]))
             self.client.set_tag(self.parent_id, "chosen_arch", result.chosen["arch"])
         self.client.log_batch(self.parent_id, metrics=metrics)

@@ -546,3 +546,17 @@ def test_a_pruned_trial_is_not_a_failed_run(tmp_path):
         states[state] = (got.info.status, got.data.tags["state"])
     assert states == {"PRUNED": ("FINISHED", "PRUNED"), "FAILED": ("FAILED", "FAILED"),
                       "FINISHED": ("FINISHED", "COMPLETE")}
+
+
+def test_scores_are_recorded_as_the_runs_table_should_show_them(tmp_path):
+    from mlflow import MlflowClient
+
+    from cellsearch.tracking import MLflowTrialRun, default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    run = client.create_run(client.create_experiment("s", artifact_location=(tmp_path / "a").as_uri()))
+    MLflowTrialRun(client, run.info.run_id).finish("FINISHED", metrics={
+        "score": 2 / 3, "fold1_score": 0.123456789, "macs": 123456.0, "train_seconds": 1.23456789})
+    m = client.get_run(run.info.run_id).data.metrics
+    assert m["score"] == 0.6667 and m["fold1_score"] == 0.1235  # not 0.66666667
+    assert m["macs"] == 123456.0 and m["train_seconds"] == 1.23456789  # counts and times as they are
