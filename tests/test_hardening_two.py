@@ -82,12 +82,12 @@ def test_a_binary_space_file_and_a_negative_seed_are_refused(tmp_path, tiny_csv)
 def test_a_search_whose_every_trial_failed_says_the_first_reason(tmp_path, tiny_csv, small_space, monkeypatch,
                                                                  capsys):
     import cellsearch.cli
-    from cellsearch.objective import Objective
+    import cellsearch.model
 
-    def broken(self, cfg, seed):
+    def broken(spec):
         raise RuntimeError("the model could not be built (a broken test double)")
 
-    monkeypatch.setattr(Objective, "_build", broken)
+    monkeypatch.setattr(cellsearch.model, "build", broken)
     with pytest.raises(SystemExit) as exc:
         cellsearch.cli.main(["tune", str(tiny_csv), "--space", str(small_space), "--trials", "2", "--workers", "1",
                              "--run-dir", str(tmp_path / "runs"), "--no-track", "--no-references"])
