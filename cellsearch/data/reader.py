@@ -82,17 +82,21 @@ def _may_be_text(name: str, text: set[str]) -> bool:
     return name.strip() in text or low in ID_NAMES or low in TARGET_NAMES or low.endswith("id")
 
 
-_CANONICAL_INT = r"-?(0|[1-9][0-9]*)"
+def _names_or_numbers(column: Any) -> Any:
+    """A column read as text (an Arrow chunked array) because it may hold ids or labels: back to
+    numbers when every value is written as its number would be (``7``, ``-3``), kept as the text in
+    the file otherwise (``007``, ``+3``, ``1`` beside ``01``). Checked and converted in Arrow, so a
+    million ids cost no Python objects unless they really are names."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-
-def _names_or_numbers(s: pd.Series) -> pd.Series:
-    """A column read as text because it may hold ids or labels: back to numbers when every value is
-    written as its number would be (``7``, ``-3``), kept as the text in the file otherwise (``007``,
-    ``+3``, ``1`` beside ``01``)."""
-    present = s.dropna()
-    if present.astype(str).str.fullmatch(_CANONICAL_INT).all():
-        return pd.to_numeric(s) if len(present) == len(s) else pd.to_numeric(s).astype(np.float64)
-    return s.astype(object)
+    plain = pc.match_substring_regex(column, r"^(0|-?[1-9][0-9]*)$")
+    if pc.all(plain, skip_nulls=True).as_py() is not False:
+        ints = pc.cast(column, pa.int64())
+        if ints.null_count:
+            return ints.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls: NaN, as pandas reads them
+        return ints.to_numpy()
+    return column.to_pandas().astype(object)
 
 
 def _read_columns(path: Path, keys: set[str], delimiter: str = ",", text: set[str] = frozenset()
@@ -133,9 +137,6 @@ def _read_columns(path: Path, keys: set[str], delimiter: str = ",", text: set[st
     texts = {f.name for f in probe if pa.types.is_integer(f.type) and _may_be_text(f.name, text)}
     types.update({n: pa.string() for n in texts})
 
-    def finish(columns: dict[str, Any]) -> dict[str, Any]:
-        return {k: _names_or_numbers(v) if k in texts else v for k, v in columns.items()}
-
     if len(set(names)) < len(names):  # before any column is keyed by name
         return names, {}
     # A block must hold whole rows, and enough of them that per-block costs stay small when a file
@@ -145,8 +146,8 @@ def _read_columns(path: Path, keys: set[str], delimiter: str = ",", text: set[st
     try:
         reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block), parse_options=parse,
                                 convert_options=convert(types))
-        return names, finish(collect_batches(reader, reader.schema,
-                                             lambda b: 1.25 * size * b.num_rows / min(block, size)))
+        return names, collect_batches(reader, reader.schema, lambda b: 1.25 * size * b.num_rows / min(block, size),
+                                      texts)
     except pa.ArrowInvalid as exc:
         if "straddl" in str(exc):  # a line far longer than those of the first megabyte
             block = min(size + 1, 1 << 30)
@@ -158,7 +159,7 @@ def _read_columns(path: Path, keys: set[str], delimiter: str = ",", text: set[st
     table = table.cast(pa.schema([pa.field(f.name, pa.float32())
                                   if pa.types.is_floating(f.type) and not _may_be_key(f.name, keys) else f
                                   for f in table.schema]))
-    return names, finish(collect_batches(table.to_batches(), table.schema, lambda b: table.num_rows))
+    return names, collect_batches(table.to_batches(), table.schema, lambda b: table.num_rows, texts)
 
 
 class _NumericColumn:
@@ -194,13 +195,15 @@ class _NumericColumn:
         return out
 
 
-def collect_batches(batches: Any, schema: Any, rows_hint: Any) -> dict[str, Any]:
+def collect_batches(batches: Any, schema: Any, rows_hint: Any, texts: set[str] = frozenset()) -> dict[str, Any]:
     """Columns of a stream of Arrow record batches: numeric ones as NumPy arrays written in place
     (no per-batch copies kept), others (text, booleans, dates) as pandas columns via Arrow.
 
     Batches are taken a few MB at a time (more with many columns), so a file with thousands of
     columns costs a few thousand column copies per group, not per parse block.
     ``rows_hint(first_batch)`` estimates the total number of rows, to size the numeric arrays.
+    Columns named in ``texts`` (read as text: they may be ids or labels) become numbers or names
+    (``_names_or_numbers``).
     """
     import pyarrow as pa
 
@@ -230,8 +233,9 @@ def collect_batches(batches: Any, schema: Any, rows_hint: Any) -> dict[str, Any]
         return {f.name: pa.chunked_array([], type=f.type).to_pandas() for f in schema}
     if group:
         flush()
-    return {f.name: c.finish() if isinstance(c, _NumericColumn) else pa.chunked_array(c, type=f.type).to_pandas()
-            for f, c in zip(schema, cols)}
+    return {f.name: c.finish() if isinstance(c, _NumericColumn) else
+            _names_or_numbers(pa.chunked_array(c, type=f.type)) if f.name in texts else
+            pa.chunked_array(c, type=f.type).to_pandas() for f, c in zip(schema, cols)}
 
 
 def release_freed_memory() -> None:
