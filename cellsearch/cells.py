@@ -44,6 +44,10 @@ class Cell(nn.Module):
     #: Whether the time loop runs on the measured GEMM backend (``cellsearch bench --all-backends``
     #: times such cells once per backend).
     uses_gemm: ClassVar[bool] = False
+    #: The ONNX recurrent operator a layer maps onto (``LSTM``, ``GRU``, ``RNN``; empty: none) and its
+    #: attributes beyond the hidden size and direction (``onnx_layer``).
+    onnx_op: ClassVar[str] = ""
+    onnx_attrs: ClassVar[dict[str, int]] = {}
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -89,14 +93,19 @@ class Cell(nn.Module):
         """Append one layer (``cells``: its forward and, if bidirectional, backward direction) to the
         ONNX graph builder ``g`` (``cellsearch.onnx_export.Graph``), reading ``x`` (time, batch, in)
         and ``seq_lens`` (batch,) int32; returns the names of its outputs Y (time, directions, batch,
-        hidden) and Y_h (directions, batch, hidden), as ONNX's recurrent operators give them.
+        hidden) and Y_h (directions, batch, hidden), as ONNX's recurrent operators give them. By
+        default: the operator ``onnx_op`` with ``onnx_attrs``, fed each direction's ``onnx_weights``.
 
         Raises:
             UserError: the variant has no ONNX mapping (the export names it in one line).
         """
         from cellsearch.errors import UserError
+        from cellsearch.onnx_export import recurrent_operator
 
-        raise UserError(f"cell {cls.__name__} has no ONNX mapping (Cell.onnx_layer); export without --onnx")
+        if not cls.onnx_op:
+            raise UserError(f"cell {cls.__name__} has no ONNX mapping (Cell.onnx_layer); export without --onnx")
+        return recurrent_operator(g, cls.onnx_op, [c.onnx_weights() for c in cells], x, seq_lens, name,
+                                  cells[0].hidden_size, **cls.onnx_attrs)
 
     @contextmanager
     def clamped(self, gates: dict[str, Any]) -> Iterator[Cell]:
@@ -117,13 +126,19 @@ def _init_uniform(module: nn.Module, hidden_size: int) -> None:
         nn.init.uniform_(p, -bound, bound)
 
 
+#: The LSTM family's gates in words, and which of them are signed values rather than 0-1 gates.
+LSTM_GATE_WORDS = {"i": "input gate", "f": "forget gate", "g": "candidate (cell input)", "o": "output gate",
+                   "c": "cell state", "h": "hidden state"}
+LSTM_GATE_KINDS = {"g": "candidate", "c": "state", "h": "state"}
+
+
 class LSTMCell(Cell):
     """``lstm``: torch's fused ``nn.LSTM`` (one layer, one direction)."""
 
     gate_names = ("i", "f", "g", "o", "c", "h")
-    gate_words = {"i": "input gate", "f": "forget gate", "g": "candidate (cell input)", "o": "output gate",
-                  "c": "cell state", "h": "hidden state"}
-    gate_kinds = {"g": "candidate", "c": "state", "h": "state"}
+    gate_words = LSTM_GATE_WORDS
+    gate_kinds = LSTM_GATE_KINDS
+    onnx_op = "LSTM"
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
@@ -152,13 +167,6 @@ class LSTMCell(Cell):
         return {"W": gate_blocks(r.weight_ih_l0, IOFC), "R": gate_blocks(r.weight_hh_l0, IOFC),
                 "B": np.concatenate([gate_blocks(r.bias_ih_l0, IOFC), gate_blocks(r.bias_hh_l0, IOFC)])}
 
-    @classmethod
-    def onnx_layer(cls, g: Any, cells: list[Cell], x: str, seq_lens: str, name: str) -> tuple[str, str]:
-        from cellsearch.onnx_export import recurrent_operator
-
-        return recurrent_operator(g, "LSTM", [c.onnx_weights() for c in cells], x, seq_lens, name,
-                                  cells[0].hidden_size)
-
 
 class LSTMFamilyCell(Cell):
     """Custom LSTM-family cells: one input projection for all steps, then the fused time loop.
@@ -171,9 +179,9 @@ class LSTMFamilyCell(Cell):
     peephole: ClassVar[bool] = False
     coupled: ClassVar[bool] = False
     uses_gemm = True
-    gate_words = {"i": "input gate", "f": "forget gate", "g": "candidate (cell input)", "o": "output gate",
-                  "c": "cell state", "h": "hidden state"}
-    gate_kinds = {"g": "candidate", "c": "state", "h": "state"}
+    gate_words = LSTM_GATE_WORDS
+    gate_kinds = LSTM_GATE_KINDS
+    onnx_op = "LSTM"
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
@@ -225,13 +233,6 @@ class LSTMFamilyCell(Cell):
             out["P"] = np.concatenate([p[0], p[2], p[1]])  # ONNX order i, o, f
         return out
 
-    @classmethod
-    def onnx_layer(cls, g: Any, cells: list[Cell], x: str, seq_lens: str, name: str) -> tuple[str, str]:
-        from cellsearch.onnx_export import recurrent_operator
-
-        return recurrent_operator(g, "LSTM", [c.onnx_weights() for c in cells], x, seq_lens, name,
-                                  cells[0].hidden_size, input_forget=1 if cls.coupled else None)
-
 
 class PeepholeCell(LSTMFamilyCell):
     """``peephole``: LSTM with diagonal peepholes (Gers & Schmidhuber 2000)."""
@@ -249,6 +250,7 @@ class CIFGCell(LSTMFamilyCell):
     clampable = ("f", "o")
     n_blocks = 3
     coupled = True
+    onnx_attrs = {"input_forget": 1}  # ONNX's i = 1 - f (the weights are arranged for it: onnx_weights)
 
 
 class GRUCell(Cell):
@@ -264,6 +266,8 @@ class GRUCell(Cell):
     clampable = ("r", "z")
     n_blocks = 3
     uses_gemm = True
+    onnx_op = "GRU"
+    onnx_attrs = {"linear_before_reset": 1}  # torch's GRU: the reset gate applies after the recurrent product
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
@@ -292,13 +296,6 @@ class GRUCell(Cell):
         r, zrh = self.rnn, [1, 0, 2]
         return {"W": gate_blocks(r.weight_ih_l0, zrh), "R": gate_blocks(r.weight_hh_l0, zrh),
                 "B": np.concatenate([gate_blocks(r.bias_ih_l0, zrh), gate_blocks(r.bias_hh_l0, zrh)])}
-
-    @classmethod
-    def onnx_layer(cls, g: Any, cells: list[Cell], x: str, seq_lens: str, name: str) -> tuple[str, str]:
-        from cellsearch.onnx_export import recurrent_operator
-
-        return recurrent_operator(g, "GRU", [c.onnx_weights() for c in cells], x, seq_lens, name,
-                                  cells[0].hidden_size, linear_before_reset=1)
 
 
 #: The registry: the only place that maps variant names to implementations.

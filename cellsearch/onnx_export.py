@@ -36,8 +36,7 @@ def recurrent_operator(g: Graph, op: str, parts: list[dict[str, np.ndarray]], x:
                        hidden: int, **attrs: Any) -> tuple[str, str]:
     """One ONNX recurrent operator (``LSTM``, ``GRU``, ``RNN``) for a layer: ``parts`` holds each
     direction's weights by input name (``W``, ``R``, ``B``, ``P``), stacked along ONNX's direction axis;
-    attributes whose value is ``None`` are left out. Returns (Y, Y_h) — what ``Cell.onnx_layer``
-    returns; the variants' own ``onnx_layer`` call this with their weights."""
+    ``attrs`` are the operator's own. Returns (Y, Y_h) — what ``Cell.onnx_layer`` returns."""
     from onnx import helper
 
     names = {key: g.const(f"{name}_{key}", np.stack([p[key] for p in parts]), "float32") for key in parts[0]}
@@ -48,7 +47,7 @@ def recurrent_operator(g: Graph, op: str, parts: list[dict[str, np.ndarray]], x:
     outputs = [y, y_h] + ([f"{name}_Yc"] if op == "LSTM" else [])
     g.nodes.append(helper.make_node(op, inputs, outputs, hidden_size=hidden,
                                     direction="bidirectional" if len(parts) == 2 else "forward",
-                                    **{k: v for k, v in attrs.items() if v is not None}))
+                                    **attrs))
     return y, y_h
 
 

@@ -24,6 +24,7 @@ class ElmanCell(Cell):
     gate_kinds: ClassVar[dict[str, str]] = {"a": "state", "h": "state"}
     n_blocks = 1
     pointwise_macs = 0
+    onnx_op = "RNN"  # ONNX's RNN operator (tanh), fed ``onnx_weights``
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
@@ -47,13 +48,6 @@ class ElmanCell(Cell):
         r = self.rnn
         return {k: v.detach().numpy().astype(np.float32) for k, v in (
             ("W", r.weight_ih_l0), ("R", r.weight_hh_l0), ("B", torch.cat([r.bias_ih_l0, r.bias_hh_l0])))}
-
-    @classmethod
-    def onnx_layer(cls, g: Any, cells: list[Cell], x: str, seq_lens: str, name: str) -> tuple[str, str]:
-        from cellsearch.onnx_export import recurrent_operator
-
-        return recurrent_operator(g, "RNN", [c.onnx_weights() for c in cells], x, seq_lens, name,
-                                  cells[0].hidden_size)
 
 
 @pytest.fixture
