@@ -190,13 +190,10 @@ def predict(
 
     if out is not None:
         check_output(out, inputs=(file,), folders=(model_dir,))
-    from cellsearch.data import read_csv
-    from cellsearch.predict import load
+    from cellsearch.predict import load, read_input
 
     predictor = load(model_dir)
-    keys = (predictor.prep.id_col, predictor.prep.time_col)
-    preds = predictor.predict(read_csv(file, keys=keys, text=(predictor.prep.id_col, predictor.prep.target)),
-                              where=str(file), fill=fill)
+    preds = predictor.predict(read_input(file, predictor.prep), where=str(file), fill=fill)
     if out is None:
         preds.to_csv(sys.stdout, index=False)
         return

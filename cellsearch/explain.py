@@ -241,8 +241,7 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     Returns:
         One ``Explanation`` per sequence, with the arrays the page draws.
     """
-    from cellsearch.data import read_csv
-    from cellsearch.predict import load, transform
+    from cellsearch.predict import load, read_input, transform
 
     if not 1 <= max_steps <= MAX_STEPS:
         raise UserError(f"--max-steps {max_steps}: explain draws 1 to {MAX_STEPS:,} steps of a sequence (every "
@@ -250,8 +249,7 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     predictor = load(model_dir)
     prep = predictor.prep
     if isinstance(data, (str, Path)):
-        df, where = read_csv(Path(data), keys=(prep.id_col, prep.time_col),
-                              text=(prep.id_col, prep.target)), str(data)
+        df, where = read_input(data, prep), str(data)
     else:
         df, where = data, "data"
     inputs = transform(df, prep, where)

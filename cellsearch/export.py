@@ -105,13 +105,13 @@ def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessi
 def _read_training(data: str, prep: Preprocessing) -> tuple[Any, Any]:
     """The training file, read once: (its raw rows, the dataset the search read from them), or
     (None, None) when the file is no longer here."""
-    from cellsearch.data import DataOptions, read_csv, read_dataset
+    from cellsearch.data import DataOptions, read_dataset
+    from cellsearch.predict import read_input
 
     if not data or not Path(data).exists():
         return None, None
-    options = DataOptions(**prep.options)
-    df = read_csv(Path(data), keys=(prep.id_col, prep.time_col), text=(prep.id_col, prep.target))
-    return df, read_dataset(data, options, frame=df)
+    df = read_input(data, prep)
+    return df, read_dataset(data, DataOptions(**prep.options), frame=df)
 
 
 def _test_scores(model: Any, dataset: Any, prep: Preprocessing) -> dict[str, Any]:

@@ -40,6 +40,14 @@ def _check_columns(df: pd.DataFrame, prep: Preprocessing, where: str) -> list[st
     return required
 
 
+def read_input(path: str | Path, prep: Preprocessing) -> pd.DataFrame:
+    """A CSV in the layout ``prep`` was fitted on, read as training read it: its id and time columns
+    kept exact, its ids and labels as the text in the file (``cellsearch.data.read_csv``)."""
+    from cellsearch.data import read_csv
+
+    return read_csv(Path(path), keys=(prep.id_col, prep.time_col), text=(prep.id_col, prep.target))
+
+
 def transform(df: pd.DataFrame, prep: Preprocessing, where: str = "input") -> Inputs:
     """A frame in the training layout → model inputs (padded x, lengths, keys, output scale)."""
     if len(df) == 0:
