@@ -52,7 +52,7 @@ def _accelerator(device: str) -> str:
     return accelerator
 
 
-def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> SearchContext:
+def prepare(config: TuneConfig, *, create: bool) -> SearchContext:
     """Validate the config, read the data, open (``create``: create or resume) the study.
 
     The process that creates also fails trials left running by a killed process and stores the
@@ -79,10 +79,10 @@ def prepare(config: TuneConfig, *, create: bool, worker_index: int = 0) -> Searc
     check_writable(config.run_dir)
     url = config.storage or default_storage(config.run_dir)
     with locked(config.run_dir):
-        return _open_study(config, dataset, folds, spc, url, create, worker_index, metric, direction, accelerator)
+        return _open_study(config, dataset, folds, spc, url, create, metric, direction, accelerator)
 
 
-def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str, create: bool, worker_index: int,
+def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str, create: bool,
                 metric: str, direction: str, accelerator: str) -> SearchContext:
     """``prepare``'s second half, run holding the run directory's lock."""
     import optuna

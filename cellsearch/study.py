@@ -110,7 +110,7 @@ def _trial_seeded() -> type:
             return
         seen.add(id(obj))
         for value in vars(obj).values():
-            if hasattr(value, "rng") and isinstance(getattr(value, "rng", None), np.random.RandomState):
+            if isinstance(getattr(value, "rng", None), np.random.RandomState):
                 value.rng.seed(seed)
             elif isinstance(value, optuna.samplers.BaseSampler):
                 reseed(value, seed, seen)
@@ -120,7 +120,8 @@ def _trial_seeded() -> type:
 
         Every process sharing a study gets its own trial numbers from the storage, so processes —
         two ``tune`` commands started together, or workers — never draw the same point for two
-        trials, while one process alone draws exactly what it drew before for the same seed.
+        trials; what a trial's draw depends on is the seed, its number and the trials before it, never
+        which process runs it.
         """
 
         def __init__(self, base: optuna.samplers.BaseSampler, seed: int) -> None:

@@ -166,7 +166,7 @@ def worker_main(cfg_path: str, index: int) -> int:
 
     torch.set_num_threads(int(blob["threads"]))
     config = TuneConfig.from_dict(blob["config"])
-    ctx = prepare(config, create=False, worker_index=index + 1)
+    ctx = prepare(config, create=False)
     parent = blob["parent_run_id"]
     tracker = make_tracker(config, meta=ctx.meta, argv=sys.argv, parent_id=parent) if parent else NullTracker()
     obj = Objective(ctx=ctx, tracker=tracker, seed=config.seed + 100_003 * (index + 1))

@@ -35,7 +35,7 @@ def input_groups(prep: Any) -> list[tuple[str, int, dict[str, Any]]]:
     """The model's input groups (encoder, channels, layer settings) for a fitted ``Preprocessing``:
     one per feature column, in the order of the model's input channels — or none when every
     column's inputs are read as they are (``Encoder.input_params`` is ``None`` for all)."""
-    fitted = getattr(prep, "encoders", {}) or {}
+    fitted = prep.encoders
     if not all(c in fitted for c in prep.features):
         return []
     groups = []

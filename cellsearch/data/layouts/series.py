@@ -257,9 +257,6 @@ class SeriesLayout(Layout):
             df = df[df[prep.id_col].isin(df[prep.id_col].drop_duplicates().head(1))]
         return df.tail(int(prep.layout_data["window"]) + 2).reset_index(drop=True)
 
-    def n_outputs(self, prep: Preprocessing) -> int:
-        return int(prep.layout_data["horizon"])
-
     def seasonality(self, prep: Preprocessing) -> tuple[int, int]:
         return int(prep.layout_data["season"]), int(prep.layout_data["target_index"])
 
