@@ -308,19 +308,18 @@ class Objective:
         if not truth.exists():
             np.save(truth, np.asarray(ctx.folds.oof.y))
         seconds = float(sum(r.train_seconds for r in results))
-        rec = TrialRecord.of(trial)
-        rec.costs = costs
-        rec.curve, rec.val_score, rec.val_spread = curve, float(np.mean(scores)), float(np.std(scores))
-        rec.fold_scores, rec.oof_loss = scores, oof_loss(task, oof, ctx.folds.oof)
-        rec.fold_losses = fold_losses(task, oof, ctx.folds)
-        rec.checkpoint_uri, rec.oof_uri = run.log_file(ckpt, "checkpoint"), run.log_file(oof_file, "oof")
-        rec.best_epoch, rec.epochs = results[0].best_epoch, int(sum(r.epochs for r in results))
-        rec.steps, rec.best_steps = int(sum(r.steps for r in results)), [r.best_step for r in results]
-        rec.fold_sizes, rec.batch_size = [len(f.train) for f in ctx.folds.folds], results[0].batch_size
-        rec.train_seconds, rec.stopped_by = seconds, results[-1].stopped_by
-        # relative to the run directory, which may be moved or copied
-        rec.checkpoint, rec.oof = str(ckpt.relative_to(config.run_dir)), str(oof_file.relative_to(config.run_dir))
-        rec.write(trial)
+        rec = TrialRecord(
+            costs=costs, curve=curve, val_score=float(np.mean(scores)), val_spread=float(np.std(scores)),
+            fold_scores=scores, oof_loss=oof_loss(task, oof, ctx.folds.oof),
+            fold_losses=fold_losses(task, oof, ctx.folds),
+            checkpoint_uri=run.log_file(ckpt, "checkpoint"), oof_uri=run.log_file(oof_file, "oof"),
+            best_epoch=results[0].best_epoch, epochs=int(sum(r.epochs for r in results)),
+            steps=int(sum(r.steps for r in results)), best_steps=[r.best_step for r in results],
+            fold_sizes=[len(f.train) for f in ctx.folds.folds], batch_size=results[0].batch_size,
+            train_seconds=seconds, stopped_by=results[-1].stopped_by,
+            # relative to the run directory, which may be moved or copied
+            checkpoint=str(ckpt.relative_to(config.run_dir)), oof=str(oof_file.relative_to(config.run_dir)))
+        rec.write(trial, *TrialRecord.RESULTS)  # what the trial's start recorded stays as it was
         fold_metrics = {f"fold{k + 1}_score": v for k, v in enumerate(scores)} if len(scores) > 1 else {}
         run.finish("FINISHED", metrics={"score": rec.val_score, "score_spread": round(rec.val_spread, 4),
                                         "oof_loss": rec.oof_loss, **fold_metrics, **costs,

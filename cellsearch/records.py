@@ -8,7 +8,7 @@ read it back by attribute (``TrialRecord.of(trial)``) — never by string key.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 #: How a trial's training ended.
 StoppedBy = Literal["early_stopping", "max_steps", "time_limit", ""]
@@ -60,6 +60,13 @@ class TrialRecord:
     checkpoint_uri: str | None = None
     oof_uri: str | None = None
     reason: str | None = None
+
+    #: What a complete trial adds to what its start recorded (``arch``, ``spec``, ``train_cfg``,
+    #: ``folds``, the costs it measured then).
+    RESULTS: ClassVar[tuple[str, ...]] = (
+        "costs", "curve", "val_score", "val_spread", "fold_scores", "oof_loss", "fold_losses", "best_epoch", "epochs",
+        "steps", "best_steps", "fold_sizes", "batch_size", "train_seconds", "stopped_by", "checkpoint", "oof",
+        "checkpoint_uri", "oof_uri")
 
     @classmethod
     def of(cls, trial: Any) -> TrialRecord:
