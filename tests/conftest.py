@@ -57,6 +57,17 @@ def start_server(cmd: list[str]):
                             env=env)
 
 
+def serve_bundle(bundle: Path):
+    """``mlflow models serve`` on a bundle (this environment, loopback, a free port): (process, the
+    invocations URL). End it with ``stop_process``."""
+    import sys
+
+    port = free_port()
+    proc = start_server([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(bundle),
+                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
+    return proc, f"http://127.0.0.1:{port}/invocations"
+
+
 def stop_process(proc) -> None:
     """End a process started by ``start_server`` and every process of its session."""
     import os

@@ -16,7 +16,7 @@ import cellsearch
 from cellsearch.export import export
 from cellsearch.model import ModelSpec, build
 from cellsearch.stack import LayerSpec
-from tests.conftest import free_port, http_json, make_sales_csv, start_server, stop_process, wait_for_server
+from tests.conftest import http_json, make_sales_csv, serve_bundle, stop_process, wait_for_server
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +174,12 @@ def test_forecasting_predicts_the_next_values_after_each_series(tmp_path):
 
 
 def test_mlflow_models_serve_answers(bundle, tiny_csv):
-    port = free_port()
-    proc = start_server([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(bundle),
-                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
+    proc, url = serve_bundle(bundle)
     try:
         df = pd.read_csv(tiny_csv).drop(columns=["label"])
         df = df[df.id.isin([0, 1, 2])]
         body = {"dataframe_split": df.to_dict(orient="split")}
-        answer = wait_for_server(lambda: http_json(f"http://127.0.0.1:{port}/invocations", body), proc)
+        answer = wait_for_server(lambda: http_json(url, body), proc)
         preds = pd.DataFrame(answer["predictions"])
         expected = cellsearch.load(bundle).predict(df)
         assert preds["prediction"].tolist() == expected["prediction"].tolist()

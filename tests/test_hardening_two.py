@@ -453,23 +453,20 @@ def test_a_crafted_bundle_is_refused_in_one_line(model, tiny_csv, tmp_path, name
 
 @pytest.mark.slow
 def test_serving_answers_a_bad_request_with_one_line_and_no_traceback(model, tiny_csv):
-    import sys
     import urllib.error
 
-    from tests.conftest import free_port, http_json, start_server, stop_process, wait_for_server
+    from tests.conftest import http_json, serve_bundle, stop_process, wait_for_server
 
-    port = free_port()
-    proc = start_server([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(model),
-                         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)])
+    proc, url = serve_bundle(model)
     try:
         df = pd.read_csv(tiny_csv).drop(columns=["label"])
         good = {"dataframe_split": df[df.id.isin([0, 1])].to_dict(orient="split")}
-        wait_for_server(lambda: http_json(f"http://127.0.0.1:{port}/invocations", good), proc)
+        wait_for_server(lambda: http_json(url, good), proc)
         bad = df[df.id.isin([0, 1])].copy()
         bad.loc[bad.index[1], "x"] = np.nan  # passes MLflow's schema check; cellsearch refuses it
         try:
             split = json.loads(bad.to_json(orient="split", index=False))  # NaN as null
-            http_json(f"http://127.0.0.1:{port}/invocations", {"dataframe_split": split})
+            http_json(url, {"dataframe_split": split})
             raise AssertionError("a bad request was answered")
         except urllib.error.HTTPError as exc:
             assert exc.code == 400
