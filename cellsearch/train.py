@@ -59,7 +59,7 @@ class TrainOptions:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainOptions:
         """From a drawn configuration or a stored record: the known keys, with their types."""
-        known = {f.name: f for f in fields(cls)}
+        known = {f.name for f in fields(cls)}
         kinds = {"lr": float, "weight_decay": float, "crop": float, "forecast_loss": str}
         return cls(**{k: kinds.get(k, int)(v) for k, v in d.items() if k in known})
 

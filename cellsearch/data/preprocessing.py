@@ -70,11 +70,6 @@ class Preprocessing:
     layout_data: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def categories(self) -> dict[str, list[str]]:
-        """The training split's levels of each one-hot text column."""
-        return {c: e["levels"] for c, e in self.encoders.items() if "levels" in e}
-
-    @property
     def fill(self) -> str | None:
         return self.options.get("fill")
 
