@@ -10,6 +10,13 @@ Forecasting panels: ``--forecast TRAIN.csv TEST.csv --horizon H --season M`` tun
 the next H values of every series with the exported bundle and scores them against TEST by MASE
 (mean absolute error over the in-sample mean absolute seasonal difference of the training series,
 averaged over series), beside the naive and seasonal naive forecasts.
+
+The whole suite in one command: ``--suite DIR`` runs every ``*.csv`` of DIR with a ``split`` column
+(sequence sets) and every ``NAME_train.csv`` / ``NAME_test.csv`` pair (forecasting panels: the
+horizon is the test rows per series, the season from ``SEASONS`` or ``--season``), writing the JSON
+after each set so a long run can be read while it goes. Each row also says how the search spent its
+workers' time (``search``): complete and pruned trials, the share of trial time spent in trials that
+were pruned, and complete trials per hour of the search.
 """
 
 from __future__ import annotations
@@ -31,6 +38,48 @@ def _keep(tmp: str, keep: Path | None, name: str) -> None:
         import shutil
 
         shutil.copytree(f"{tmp}/runs", keep / name, dirs_exist_ok=True)
+
+
+#: Season lengths of the development panels (the README of ``../shared/data``: m = 12 monthly, 4
+#: quarterly). Their time columns are integers, so the tool cannot read the season from dates.
+SEASONS = {"monthly_panel": 12, "quarterly_panel": 4, "visnights": 4, "us_employment": 12}
+
+
+def search_time(run_dir: Path, wall_seconds: float) -> dict[str, Any]:
+    """How a search spent its workers' time, from its study: trials by state, the share of the
+    trials' summed wall time that went into trials that ended pruned, complete trials per hour."""
+    import optuna
+
+    storage = f"sqlite:///{run_dir / 'optuna.db'}"
+    done = {"COMPLETE": 0.0, "PRUNED": 0.0, "FAIL": 0.0}
+    count = {k: 0 for k in done}
+    for name in optuna.get_all_study_names(storage):
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            if t.state.name in done and t.datetime_start and t.datetime_complete:
+                done[t.state.name] += (t.datetime_complete - t.datetime_start).total_seconds()
+                count[t.state.name] += 1
+    total = sum(done.values()) or 1.0
+    return {"complete": count["COMPLETE"], "pruned": count["PRUNED"], "failed": count["FAIL"],
+            "pruned_share": round(done["PRUNED"] / total, 3),
+            "complete_per_hour": round(count["COMPLETE"] * 3600 / max(wall_seconds, 1.0), 1)}
+
+
+def suite(folder: Path) -> list[tuple[Any, Path, dict[str, Any]]]:
+    """The jobs of a whole data folder: sequence sets (a ``split`` column) and forecasting pairs."""
+    import pandas as pd
+
+    jobs: list[tuple[Any, Path, dict[str, Any]]] = []
+    for f in sorted(folder.glob("*.csv")):
+        if f.stem.endswith("_train"):
+            test = f.with_name(f.stem[:-len("_train")] + "_test.csv")
+            if test.exists():
+                t = pd.read_csv(test)
+                horizon = int(t.groupby(t.columns[0]).size().max())
+                jobs.append((run_forecast, f, {"test_path": test, "horizon": horizon,
+                                               "season": SEASONS.get(f.stem[:-len("_train")], 1)}))
+        elif not f.stem.endswith("_test") and "split" in pd.read_csv(f, nrows=1).columns:
+            jobs.append((run_one, f, {}))
+    return jobs
 
 
 def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[str],
@@ -73,6 +122,7 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
         t0 = time.time()
         model, result = _tune_export(csv, tmp, space, timeout, seed, extra)
         tune_s = time.time() - t0
+        spent = search_time(Path(tmp) / "runs", tune_s)
         score = test_score(model)
         variants = {name: test_score(m) for name, m in _variants(tmp, result).items()}
         _keep(tmp, keep, path.stem)
@@ -80,7 +130,8 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
     return {"file": path.name, "task": task, "metric": get_task(task).metric,
             "network_test": score, "references_test": refs, "chosen": chosen.get("arch"),
             "chosen_val": chosen.get("score"), "trials": result.get("counts"), "tune_seconds": round(tune_s, 1),
-            "cv": result.get("cv"), "variants": variants}
+            "cv": result.get("cv"), "variants": variants, "search": spent,
+            "test_label": result.get("test_label")}
 
 
 def _variants(tmp: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +212,7 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
             row.update(network_test=None, error=str(exc).strip().splitlines()[-1][:300])
             return row
         tune_s = time.time() - t0
+        spent = search_time(Path(tmp) / "runs", tune_s)
 
         def score_of(m: Any, p: Any = None) -> float:
             p = m.predict(train) if p is None else p
@@ -171,7 +223,8 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
         _keep(tmp, keep, train_path.stem)
     chosen = result.get("chosen") or {}
     row.update(network_test=network, chosen=chosen.get("arch"), chosen_val=chosen.get("score"),
-               trials=result.get("counts"), tune_seconds=round(tune_s, 1), cv=result.get("cv"), variants=variants)
+               trials=result.get("counts"), tune_seconds=round(tune_s, 1), cv=result.get("cv"), variants=variants,
+               search=spent)
     return row
 
 
@@ -184,6 +237,7 @@ def main() -> None:
     ap.add_argument("--space", default="default")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--suite", type=Path, help="run every set of this folder (sequence sets and forecasting pairs)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", type=Path, help="copy each run directory here (DIR/FILE-STEM)")
     args, extra = ap.parse_known_args()
@@ -191,16 +245,23 @@ def main() -> None:
     jobs = [(run_one, f, {}) for f in args.files] + [
         (run_forecast, pair[0], {"test_path": pair[1], "horizon": h, "season": m})
         for pair, h, m in zip(args.forecast, args.horizon, args.season)]
+    if args.suite:
+        jobs += suite(args.suite)
     for fn, f, kw in jobs:
-        row = fn(f, **kw, space=args.space, timeout=args.timeout, seed=args.seed, extra=extra, keep=args.keep)
+        try:
+            row = fn(f, **kw, space=args.space, timeout=args.timeout, seed=args.seed, extra=extra, keep=args.keep)
+        except Exception as exc:  # one set that fails (e.g. a layout this version refuses) is reported
+            row = {"file": f.name, "metric": "", "network_test": None, "references_test": {},
+                   "error": str(exc).strip().splitlines()[-1][:300]}
         rows.append(row)
         refs = ", ".join(f"{k} {v:.3f}" for k, v in row["references_test"].items())
         net = "failed: " + row["error"] if row.get("error") else f"{row['network_test']:.3f}"
         other = ", ".join(f"{k} {v:.3f}" for k, v in (row.get("variants") or {}).items())
         print(f"{row['file']}: network test {row['metric']} {net} ({row.get('chosen')}, {row.get('trials')}, "
-              f"{row.get('cv')}, {row.get('tune_seconds')} s); {other}; references {refs}", flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=2))
+              f"{row.get('cv')}, {row.get('tune_seconds')} s); {other}; references {refs}; "
+              f"search {row.get('search')}", flush=True)
+        if args.out:  # after each set: a long suite can be read while it runs
+            args.out.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
