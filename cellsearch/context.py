@@ -103,8 +103,7 @@ def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str
                             f"{differ} differ from this file's); give this file its own --study name")
     except KeyError:
         pass
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
-              if config.objective == "score" and config.prune else optuna.pruners.NopPruner())
+    pruner = optuna.pruners.NopPruner()  # pruning is ours in both modes (cellsearch.pruning)
     sampler = make_sampler(spc.sampler, config.seed)  # each trial's draw: (seed, its number)
     st = optuna.create_study(study_name=config.study_name, storage=storage, directions=directions, sampler=sampler,
                              pruner=pruner, load_if_exists=True)

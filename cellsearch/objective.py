@@ -1,18 +1,14 @@
 """One trial: suggest → build → train → score → record (Optuna's define-by-run objective).
 
-In multi-objective studies, where Optuna's pruners do not apply, a median-stopping rule of our own
-ends hopeless trials (``MedianStopper``): after ``warmup`` epochs, a trial whose best score so far is
-worse than the median of the finished trials' best-so-far at the same epoch is pruned. With
-``objective="score"`` Optuna's own pruner decides from the reported epochs.
-
-Cross-validated trials race over their folds: after each fold but the last, a trial whose mean score
-so far is worse than the median of the finished trials' mean over the same first folds stops there
-(``behind_after_folds``; with ``objective="score"``, Optuna's pruner sees that mean after each
-fold). The K-fold cost is paid only by trials that stay in the running.
+Pruning (``cellsearch.pruning``, both objectives): asynchronous successive halving on the smoothed
+validation loss — by optimiser steps in a trial's first fold, from its step floor on, and by folds
+across them. With ``objective="score"`` the checks and folds are also reported to Optuna
+(``trial.report``) so its dashboards show them; the decision is ours in both modes.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,63 +18,18 @@ from cellsearch.records import TrialRecord
 from cellsearch.tracking import Tracker
 
 
-class MedianStopper:
-    """Prune a trial whose best-so-far score at epoch k is worse than the median of the finished
-    trials' best-so-far at k (after ``warmup`` epochs, once ``min_trials`` curves reach k)."""
-
-    def __init__(self, curves: list[list[float]], direction: str, warmup: int = 2, min_trials: int = 4) -> None:
-        self.direction = direction
-        self.warmup = warmup
-        self.min_trials = min_trials
-        better = max if direction == "maximize" else min
-        self.best_so_far = []
-        for curve in curves:
-            acc, run = [], None
-            for v in curve:
-                run = v if run is None else better(run, v)
-                acc.append(run)
-            self.best_so_far.append(acc)
-        self.mine: float | None = None
-
-    def should_stop(self, epoch: int, score: float) -> bool:
-        better = max if self.direction == "maximize" else min
-        self.mine = score if self.mine is None else better(self.mine, score)
-        if epoch < self.warmup:
-            return False
-        at_k = [c[epoch] for c in self.best_so_far if len(c) > epoch]
-        if len(at_k) < self.min_trials:
-            return False
-        at_k.sort()
-        median = at_k[len(at_k) // 2] if len(at_k) % 2 else 0.5 * (at_k[len(at_k) // 2 - 1] + at_k[len(at_k) // 2])
-        return self.mine < median if self.direction == "maximize" else self.mine > median
-
-
-def _finished_curves(study: Any) -> list[list[float]]:
+def peer_values(study: Any, number: int, attr: str, k: int) -> list[float]:
+    """What the study's other trials (complete, pruned or running) recorded at position ``k`` of
+    ``rungs`` or ``race`` (``cellsearch.pruning``)."""
     import optuna
 
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
     out = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        curve = TrialRecord.of(t).curve
-        if curve:
-            out.append(curve)
+    for t in study.get_trials(deepcopy=False, states=states):
+        values = getattr(TrialRecord.of(t), attr) if t.number != number else []
+        if len(values) > k:
+            out.append(float(values[k]) if values[k] is not None else math.inf)
     return out
-
-
-def behind_after_folds(study: Any, n_folds: int, mean: float, direction: str, min_trials: int = 3) -> bool:
-    """Racing over folds: whether a trial's mean score over its first ``n_folds`` folds is worse than
-    the median of the same mean over the finished trials that got that far (complete, or pruned
-    later; at least ``min_trials`` of them). Most trials then stop after one or two folds; the
-    promising ones earn all K."""
-    import optuna
-
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    means = sorted(float(sum(f[:n_folds]) / n_folds) for t in study.get_trials(deepcopy=False, states=states)
-                   if len(f := TrialRecord.of(t).fold_scores) >= n_folds)
-    if len(means) < min_trials:
-        return False
-    mid = len(means) // 2
-    median = means[mid] if len(means) % 2 else 0.5 * (means[mid - 1] + means[mid])
-    return mean < median if direction == "maximize" else mean > median
 
 
 class SurplusTrialError(RuntimeError):
@@ -177,33 +128,36 @@ class Objective:
 
     def _train_folds(self, trial: Any, run: Any, cfg: dict[str, Any], options: Any, model: Any, seed: int,
                      curve: list[float], results: list[Any]) -> None:
-        """Train one model per fold (``cellsearch.folds``); after each fold, single-objective studies
-        report the mean score so far to Optuna's pruner."""
+        """Train one model per fold (``cellsearch.folds``); after each fold but the last, the trial
+        goes on only if its mean smoothed validation loss so far ranks in the best 1/``FOLD_ETA``
+        of the trials that finished as many folds (``cellsearch.pruning``)."""
         import numpy as np
         import optuna
 
+        from cellsearch.pruning import FOLD_ETA, fold_value, promoted
         from cellsearch.train import fit
 
         ctx, config = self.ctx, self.ctx.config
         self._started = time.time()
+        race: list[float] = []
         for k, fold in enumerate(ctx.folds.folds):
             if k:
                 model = self._build(cfg, seed)
             results.append(fit(
                 model, ctx.dataset, options, fold=fold, seed=seed + 1009 * k, max_seconds=self._budget(),
-                on_epoch=self._epoch_hook(trial, run, curve, k), verbose=config.verbose,
+                on_epoch=self._epoch_hook(trial, run, curve, k, options), verbose=config.verbose,
                 accelerator=ctx.accelerator))
-            if ctx.folds.k == 1 or not config.prune:
+            if ctx.folds.k == 1:
                 continue
-            mean = float(np.mean([r.best_score for r in results]))
-            last = k + 1 == ctx.folds.k
+            race.append(fold_value([[h.get("val_loss", math.nan) for h in r.history] for r in results]))
+            TrialRecord(race=race).write(trial, "race")
             if config.objective == "score":
-                trial.report(mean, k)
-                if not last and trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned by Optuna's pruner after fold {k + 1} of {ctx.folds.k}")
-            elif not last and behind_after_folds(trial.study, k + 1, mean, ctx.direction):
-                raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean {ctx.metric} so "
-                                         "far is worse than the median of finished trials' first folds")
+                trial.report(float(np.mean([r.best_score for r in results])), k)
+            last = k + 1 == ctx.folds.k
+            if not last and config.prune and not promoted(race[-1], peer_values(trial.study, trial.number, "race", k),
+                                                          FOLD_ETA):
+                raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean validation loss "
+                                         f"so far is not in the best 1/{FOLD_ETA} of the trials that got that far")
 
     @property
     def _season(self) -> tuple[int, int]:
@@ -252,28 +206,31 @@ class Objective:
                 raise optuna.TrialPruned("no time left in --timeout")
         return budget
 
-    def _epoch_hook(self, trial: Any, run: Any, curve: list[float], fold: int) -> Any:
+    def _epoch_hook(self, trial: Any, run: Any, curve: list[float], fold: int, options: Any) -> Any:
         """After each validation of fold ``fold``: record it (fold 0 as ``val_score``..., the others as
-        ``fold2_val_score``...), and prune: Optuna's pruner on each check of a holdout search, the
-        median rule on the first fold (compared with the first folds of finished trials)."""
+        ``fold2_val_score``...), and on the first fold, prune at the step rungs
+        (``cellsearch.pruning.StepRungs``)."""
         import optuna
 
+        from cellsearch.pruning import StepRungs
+
         ctx, config = self.ctx, self.ctx.config
-        stopper = (MedianStopper(_finished_curves(trial.study), ctx.direction)
-                   if config.objective == "pareto" and config.prune and fold == 0 else None)
-        per_check = config.objective == "score" and config.prune and ctx.folds.k == 1
+        rungs = (StepRungs(min_steps=options.min_steps,
+                           peers=lambda k: peer_values(trial.study, trial.number, "rungs", k),
+                           record=lambda values: TrialRecord(rungs=values).write(trial, "rungs"))
+                 if config.prune and fold == 0 else None)
+        report = config.objective == "score" and ctx.folds.k == 1
 
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
+            step = int(m.pop("step", (epoch + 1)))
             if fold == 0:
                 curve.append(m["val_score"])
             run.log_epoch(epoch, m if fold == 0 else {f"fold{fold + 1}_{k}": v for k, v in m.items()})
-            if per_check:
+            if report:
                 trial.report(m["val_score"], epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned by Optuna's pruner at epoch {epoch}")
-            elif stopper is not None and stopper.should_stop(epoch, m["val_score"]):
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}: best {ctx.metric} so far is worse than the "
-                                         "median of finished trials at this epoch")
+            if rungs is not None and rungs.should_stop(step, m.get("val_loss", math.nan)):
+                raise optuna.TrialPruned(f"pruned at step {step}: its smoothed validation loss is not in the best "
+                                         f"1/{rungs.eta} of the trials that reached rung {len(rungs.reached)}")
 
         return on_epoch
 

@@ -25,7 +25,9 @@ class TrialRecord:
         train_cfg: the ``TrainOptions`` as a dict; folds: the number of folds it trains.
         costs: its measured costs by attribute name (``cellsearch.costs.COSTS``: ``macs``, ``params``,
             ``latency_ms``) — of all its fold models; stored as attributes of their own.
-        curve: the validation score at each check of fold 1 (pruning compares these).
+        curve: the validation score at each check of fold 1 (the dashboard's learning curve).
+        rungs: the best smoothed validation loss of fold 1 at each step rung it reached, and race:
+            the mean of that over its first 1, 2, ... folds (``cellsearch.pruning`` compares these).
         val_score, val_spread: mean and spread of the folds' best scores; fold_scores: each fold's.
         oof_loss, fold_losses: the continuous out-of-fold loss that breaks ties, over all rows and
             fold by fold.
@@ -42,6 +44,8 @@ class TrialRecord:
     folds: int = 1
     costs: dict[str, float] = field(default_factory=dict)
     curve: list[float] = field(default_factory=list)
+    rungs: list[float] = field(default_factory=list)
+    race: list[float] = field(default_factory=list)
     val_score: float | None = None
     val_spread: float | None = None
     fold_scores: list[float] = field(default_factory=list)

@@ -285,7 +285,7 @@ class EpochHistory(pl.Callback):
             self.best_score, self.best_epoch = m["val_score"], epoch
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.model.state_dict().items()})
         if self.on_epoch is not None:
-            self.on_epoch(epoch, m)
+            self.on_epoch(epoch, {**m, "step": float(trainer.global_step)})
 
 
 class TimeUpError(Exception):

@@ -444,21 +444,24 @@ def test_the_search_value_breaks_ties_by_the_loss_and_only_ties():
     assert search_value("classification", 0.9, None, n) == 0.9 == search_value("classification", 0.9, float("nan"), n)
 
 
-def test_racing_stops_trials_behind_after_a_fold():
-    from cellsearch.objective import behind_after_folds
+def test_racing_ranks_trials_by_what_they_recorded_after_each_fold():
+    from cellsearch.objective import peer_values
+    from cellsearch.pruning import FOLD_ETA, promoted
 
-    def trial(scores, state=optuna.trial.TrialState.COMPLETE):
+    def trial(race, state=optuna.trial.TrialState.COMPLETE):
         return optuna.trial.create_trial(state=state, values=None if state != optuna.trial.TrialState.COMPLETE
-                                         else [float(np.mean(scores)), 1.0], user_attrs={"fold_scores": scores})
+                                         else [0.5, 1.0], user_attrs={"race": race})
 
     study = optuna.create_study(directions=["maximize", "minimize"])
-    for scores in ([0.9, 0.8, 0.85], [0.7], [0.6, 0.7, 0.65]):
-        study.add_trial(trial(scores, optuna.trial.TrialState.COMPLETE if len(scores) == 3
+    for race in ([0.2, 0.25, 0.22], [0.5], [0.4, 0.45, 0.42], [0.3, 0.3, 0.3], [0.9]):
+        study.add_trial(trial(race, optuna.trial.TrialState.COMPLETE if len(race) == 3
                               else optuna.trial.TrialState.PRUNED))
-    # First folds finished: 0.9, 0.7, 0.6 -> median 0.7.
-    assert behind_after_folds(study, 1, 0.65, "maximize") and not behind_after_folds(study, 1, 0.75, "maximize")
-    assert not behind_after_folds(study, 2, 0.1, "maximize")  # only two trials reached fold 2
-    assert behind_after_folds(study, 1, 0.75, "minimize")
+    after_one = peer_values(study, 99, "race", 0)
+    assert sorted(after_one) == [0.2, 0.3, 0.4, 0.5, 0.9]
+    assert peer_values(study, 0, "race", 0) == [0.5, 0.4, 0.3, 0.9]  # a trial is not its own peer
+    # Six at fold 1 with FOLD_ETA 2: the best three go on.
+    assert promoted(0.35, after_one, FOLD_ETA) and not promoted(0.45, after_one, FOLD_ETA)
+    assert promoted(5.0, peer_values(study, 99, "race", 1), FOLD_ETA)  # only three got to fold 2
 
 
 def test_a_trial_trains_one_model_per_fold(cv_tuned):

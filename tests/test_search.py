@@ -14,8 +14,8 @@ import optuna
 import pytest
 
 from cellsearch.errors import UserError
-from cellsearch.objective import MedianStopper
 from cellsearch.pareto import pareto_front, pick_trial
+from cellsearch.records import TrialRecord
 from cellsearch.search import tune
 from cellsearch.space import available_spaces, load_space
 
@@ -128,15 +128,27 @@ def test_pareto_front_and_knee():
     assert pick_trial(pareto_front(rm, "minimize"), "minimize", "knee")["trial"] == 1
 
 
-def test_median_stopper():
-    curves = [[0.5, 0.6, 0.7, 0.8], [0.4, 0.6, 0.7, 0.75], [0.5, 0.7, 0.8, 0.85], [0.3, 0.5, 0.6, 0.7]]
-    stop = MedianStopper(curves, "maximize", warmup=2, min_trials=4)
-    assert not stop.should_stop(0, 0.1) and not stop.should_stop(1, 0.1)  # warm-up
-    assert stop.should_stop(2, 0.2)  # median of best-so-far at epoch 2 is 0.7
-    good = MedianStopper(curves, "maximize", warmup=2, min_trials=4)
-    assert not any(good.should_stop(k, v) for k, v in enumerate([0.6, 0.7, 0.8]))
-    few = MedianStopper(curves[:2], "maximize", warmup=0, min_trials=4)
-    assert not few.should_stop(3, 0.0)
+def test_pruning_waits_for_its_step_floor_and_promotes_by_rank():
+    from cellsearch.pruning import StepRungs, promoted, smoothed_best
+
+    # Smoothed: one lucky check does not make a trial; the best smoothed value is what a rung sees.
+    assert smoothed_best([1.0, 0.2, 1.0]) == pytest.approx(0.6)
+    assert smoothed_best([float("nan"), 0.5]) == 0.5 and smoothed_best([]) == float("inf")
+    # ASHA: go on when in the best ceil(n/eta) of the n at the rung; no decision on too few.
+    assert promoted(0.3, [0.1, 0.5, 0.6, 0.7], eta=3)  # 2nd of 5, best 2 go on
+    assert not promoted(0.55, [0.1, 0.5, 0.6, 0.7], eta=3)  # 3rd of 5
+    assert promoted(9.0, [0.1, 0.2, 0.3], eta=3)  # 3 peers < PEERS: no evidence yet
+    recorded = []
+    peers = {0: [0.1, 0.2, 0.3, 0.4, 0.5], 1: [0.1, 0.2, 0.3, 0.4, 0.5]}
+    rungs = StepRungs(min_steps=400, peers=lambda k: peers.get(k, []), record=recorded.append)
+    # Terrible checks before the floor (steps 100..300) decide nothing.
+    assert not any(rungs.should_stop(step, 5.0) for step in (100, 200, 300))
+    assert recorded == []
+    # At the floor the smoothed best is far behind its peers: out.
+    assert rungs.should_stop(400, 5.0) and recorded == [[5.0]]
+    good = StepRungs(min_steps=400, peers=lambda k: peers.get(k, []), record=recorded.append)
+    assert not any(good.should_stop(step, 0.05) for step in range(100, 1300, 100))
+    assert good.reached == [0.05, 0.05]  # rungs at 400 and 1200 steps, both recorded
 
 
 # ---- tune ----------------------------------------------------------------------------------------
@@ -307,3 +319,24 @@ def test_fit_returns_the_weights_of_the_best_recorded_score(tiny_csv):
         assert res.epochs == epochs and len(res.history) == epochs
         assert evaluate(res.model, ds.splits["val"], ds.task) == pytest.approx(res.best_score, abs=1e-6)
         assert res.history[res.best_epoch]["val_score"] == res.best_score
+
+
+@pytest.mark.slow
+def test_no_trial_is_pruned_before_its_step_floor(tiny_csv, tmp_path):
+    """A real search: every trial records its rungs as it reaches them, and a trial pruned within a
+    fold was pruned at a rung (its step floor or later), never at an earlier check."""
+    import re
+
+    space = tmp_path / "s.yaml"
+    space.write_text("layers:\n  depth: 1\n  cell: {type: categorical, choices: [gru, lstm]}\n"
+                     "  hidden: {type: int, low: 2, high: 8}\n"
+                     "lr: {type: float, low: 0.00001, high: 0.03, log: true}\n"
+                     "batch_size: 8\nmax_epochs: 6\npatience: 100\nmin_steps: 20\nmax_steps: 60\n")
+    r = tune(tiny_csv, space=str(space), trials=8, run_dir=tmp_path / "runs", progress=False, track=False,
+             seed=4, cv=2, ensemble=False)
+    for t in r.study.trials:
+        rec = TrialRecord.of(t)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert len(rec.rungs) == 2 and len(rec.race) == 2  # rungs at 20 and 60 steps; two folds
+        if t.state == optuna.trial.TrialState.PRUNED and (m := re.search(r"at step (\d+)", rec.reason or "")):
+            assert int(m.group(1)) >= 20 and rec.rungs
