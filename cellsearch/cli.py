@@ -38,6 +38,16 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
     """``--debug`` is read by ``main`` before the command runs (it decides how errors are shown)."""
 
 
+def _share(text: str, what: str) -> float | str:
+    """A share given on the command line: a number, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{what} must be a number or auto, got {text!r}") from None
+
+
 def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -91,7 +101,8 @@ def tune(
     horizon: int | None = HORIZON, fill: str | None = FILL, season: int | None = SEASON, seed: int = SEED,
     space: str = typer.Option("default", "--space", help="Search space: a shipped name (quick, default, greff) "
                               "or a YAML path."),
-    trials: int = typer.Option(20, "--trials", help="Finished trials the study should hold (resumes count)."),
+    trials: int | None = typer.Option(None, "--trials", help="Finished trials the study should hold (resumes "
+                                      "count); default 20, or as many as --timeout allows when it is given."),
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds for the whole search, final "
                                             "steps included."),
     objective: str = typer.Option("pareto", "--objective", help="pareto (score and cost) or score (with pruning)."),
@@ -114,8 +125,10 @@ def tune(
                            "5 for at most 2,000 sequences (forecasting: windows), else 1."),
     ensemble: bool = typer.Option(True, "--ensemble/--no-ensemble", help="Also select ensembles of trials on "
                                   "their out-of-fold predictions (default) or not."),
-    test_size: float = typer.Option(0.15, "--test-fraction", help="Share of sequences (forecasting: of each "
-                                    "series' end) held out as the test split; 0 keeps none."),
+    test_size: str = typer.Option("auto", "--test-fraction", help="Share of sequences (forecasting: of each "
+                                  "series' end) held out as the test split; 0 keeps none; auto: 0.15 where "
+                                  "that holds at least 200 sequences (forecasting: horizons), else none, and "
+                                  "the out-of-fold score is reported instead."),
     workers: str = typer.Option("auto", "--workers", help="Worker processes on this machine sharing the study: "
                                 "a number, or auto: one per CPU core (at most 4; 1 on a GPU)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
@@ -125,6 +138,7 @@ def tune(
     """Search per-layer cells, depth and width for a CSV; show the Pareto front and the chosen model."""
     # Every parameter but the file and --json is a TuneConfig or DataOptions field of the same name.
     options = {k: v for k, v in locals().items() if k not in ("file", "as_json")}
+    options["test_size"] = _share(test_size, "--test-fraction")
     from cellsearch.checks import check_readable
     from cellsearch.config import TuneConfig
 

@@ -22,6 +22,10 @@ Device = Literal["cpu", "cuda", "auto"]
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 #: A study name: letters, digits, ``-``, ``_`` and ``.``, not starting with a dot (it names a folder
 #: under the run directory and must never leave it).
+#: Finished trials a search holds when neither ``trials`` nor ``timeout`` is given ...
+DEFAULT_TRIALS = 20
+#: ... and the count that stands for "until the clock runs out" when only ``timeout`` is.
+UNBOUNDED_TRIALS = 10 ** 9
 STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 PICKS: tuple[Pick, ...] = get_args(Pick)
 DEVICES: tuple[Device, ...] = get_args(Device)
@@ -35,9 +39,10 @@ class TuneConfig:
         data: the CSV file.
         data_options: how to read it (layout, columns, task, window, horizon, fill, seed).
         space: a shipped search space by name or a YAML path.
-        trials: finished (complete or pruned) trials the study should hold; resumes count.
+        trials: finished (complete or pruned) trials the study should hold; resumes count. ``None``:
+            ``DEFAULT_TRIALS``, or as many as ``timeout`` allows when it is given (``trial_target``).
         timeout: seconds for the whole search counted from ``started_at``, final steps included.
-        objective: ``pareto`` (score and cost) or ``score`` (score alone, with Optuna's pruner).
+        objective: ``pareto`` (score and cost) or ``score`` (score alone).
         cost: the compute cost to minimise, a key of ``cellsearch.costs.COSTS``.
         pick: which Pareto-front member is chosen: knee, best or smallest.
         study: the study name (default: the file's stem).
@@ -63,7 +68,7 @@ class TuneConfig:
     data: Path
     data_options: DataOptions = field(default_factory=DataOptions)
     space: str = "default"
-    trials: int = 20
+    trials: int | None = None
     timeout: float | None = None
     objective: Objective = "pareto"
     cost: str = "macs"
@@ -105,6 +110,14 @@ class TuneConfig:
         return cls(data=Path(data), data_options=data_opts, **mine)
 
     @property
+    def trial_target(self) -> int:
+        """Finished trials the study should hold: ``trials``; when not given, ``DEFAULT_TRIALS``, or
+        no limit but the clock when ``timeout`` is (``--timeout 600`` spends ten minutes)."""
+        if self.trials is not None:
+            return self.trials
+        return DEFAULT_TRIALS if self.timeout is None else UNBOUNDED_TRIALS
+
+    @property
     def seed(self) -> int:
         """One seed for splits, sampling and training (``--seed``)."""
         return self.data_options.seed
@@ -138,7 +151,7 @@ class TuneConfig:
             value = getattr(self, name)
             if value != "auto" and not (str(value).isdigit() and int(value) >= 1):
                 raise UserError(f"--{name} must be a number of {what} (at least 1) or 'auto', got {value!r}")
-        if self.trials < 1:
+        if self.trials is not None and self.trials < 1:
             raise UserError(f"--trials must be at least 1, got {self.trials}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise UserError(f"--max-epochs must be at least 1, got {self.max_epochs}")

@@ -113,7 +113,7 @@ def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str
     if create:
         optuna.storages.fail_stale_trials(st)
         if n_before == 0:  # a fresh study begins with the space's portfolio of robust settings
-            for params in spc.starts(data_shape(dataset))[:config.trials]:
+            for params in spc.starts(data_shape(dataset))[:config.trial_target]:
                 st.enqueue_trial(params, skip_if_exists=True)
         for k, v in meta.items():
             st.set_user_attr(k, v)

@@ -167,18 +167,17 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
 TRUTH_FILE = "truth.npy"
 
 
-def loss_reader(points: list[dict[str, Any]], task: str) -> Callable[[dict[str, Any]], np.ndarray | None]:
-    """A function giving each example's out-of-fold loss (``cellsearch.folds.row_losses``) of a point
-    of ``points``: a trial's from its saved outputs, an ensemble's from its members' weighted average.
-    It gives ``None`` where a file is missing (a study from before, or exported on another machine)."""
-    from cellsearch.folds import row_losses
-
+def output_reader(points: list[dict[str, Any]], task: str) -> Callable[[dict[str, Any]], np.ndarray | None]:
+    """A function giving a point of ``points`` its out-of-fold outputs (the networks' units, a row per
+    out-of-fold example): a trial's from its saved file, an ensemble's as its members' weighted
+    average. It gives ``None`` where a file is missing (a study from before, or exported on another
+    machine)."""
     files = {p["trial"]: p.get("oof") for p in points if p.get("kind", "trial") == "trial"}
     some = next((Path(f) for f in files.values() if f), None)
     truth = None if some is None or not (some.parent / TRUTH_FILE).exists() else np.load(some.parent / TRUTH_FILE)
     cache: dict[int, np.ndarray | None] = {}
 
-    def outputs(trial: int) -> np.ndarray | None:
+    def averaged(trial: int) -> np.ndarray | None:
         if trial not in cache:
             f = files.get(trial)
             p = np.load(f).astype(np.float64) if f and Path(f).exists() else None
@@ -186,12 +185,27 @@ def loss_reader(points: list[dict[str, Any]], task: str) -> Callable[[dict[str, 
             cache[trial] = get_task(task).to_average(p) if ok else None
         return cache[trial]
 
-    def losses(point: dict[str, Any]) -> np.ndarray | None:
+    def outputs(point: dict[str, Any]) -> np.ndarray | None:
         members = point.get("members") or {point.get("trial"): 1.0}
-        preds = {int(m): outputs(int(m)) for m in members if m is not None}
+        preds = {int(m): averaged(int(m)) for m in members if m is not None}
         if truth is None or not preds or any(v is None for v in preds.values()):
             return None
-        return row_losses(task, members_output(task, preds, {int(m): w for m, w in members.items()}), truth)
+        return members_output(task, preds, {int(m): w for m, w in members.items()})
+
+    outputs.truth = truth  # type: ignore[attr-defined]
+    return outputs
+
+
+def loss_reader(points: list[dict[str, Any]], task: str) -> Callable[[dict[str, Any]], np.ndarray | None]:
+    """A function giving each example's out-of-fold loss (``cellsearch.folds.row_losses``) of a point
+    of ``points`` (``None`` where its outputs are missing: ``output_reader``)."""
+    from cellsearch.folds import row_losses
+
+    outputs = output_reader(points, task)
+
+    def losses(point: dict[str, Any]) -> np.ndarray | None:
+        out = outputs(point)
+        return None if out is None else row_losses(task, out, outputs.truth)  # type: ignore[attr-defined]
 
     return losses
 

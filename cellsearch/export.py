@@ -157,6 +157,10 @@ def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[s
     extra = ", ".join(f"{k} {v}" for k, v in get_layout(prep.layout).summary(prep).items())
     secondary = "".join(f"; test {k[5:]} {fmt(v)}" for k, v in metrics.items()
                         if k.startswith("test_") and k != "test_score")
+    held_line = f"- test {metrics['metric']}: {fmt(metrics.get('test_score'))}{secondary}"
+    if metrics.get("test_score") is None and metrics.get("oof_score") is not None:
+        held_line = (f"- out-of-fold {metrics['metric']}: {fmt(metrics['oof_score'])} (no test split: the rows were "
+                     "too few to spare one; each row scored by the fold model that did not train on it)")
     refs = "".join(f"| {r['arch']} | {fmt(r.get('score'))} | {fmt(r.get('test_score'))} | {r['macs']:,} | "
                    f"{r['params']:,} |\n" for r in metrics.get("references", []))
     refs_section = (f"""
@@ -202,7 +206,7 @@ steps; per-sequence normalisation {'on' if spec.normalize else 'off'}; a linear 
 
 ## Scores
 - validation {metrics['metric']}: {fmt(metrics.get('val_score'))}
-- test {metrics['metric']}: {fmt(metrics.get('test_score'))}{secondary}
+{held_line}
   {note}
 
 ## Cost
@@ -343,6 +347,7 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
                if point["kind"] == "ensemble" else None, "members": point.get("members"),
                "arch": model_arch(model), "metric": attrs.get("metric"), "val_score": point["score"],
                "val_spread": point.get("spread"), **_test_scores(model, dataset, prep),
+               "oof_score": (attrs.get("held_out") or {}).get(point.get("name")) if weights == "folds" else None,
                **{k: int(v) if k != "latency_ms" else v for k, v in measure_costs(model, length).items()},
                "weights": how, "cv": attrs.get("cv"),
                "references": [{k: r.get(k) for k in ("name", "arch", "score", "test_score", "macs", "params")}

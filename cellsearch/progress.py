@@ -8,7 +8,7 @@ from typing import Any
 class SearchProgress:
     """A rich progress bar on stderr (disabled: a no-op), updated after every trial."""
 
-    def __init__(self, *, total: int, done: int, metric: str, enabled: bool = True) -> None:
+    def __init__(self, *, total: int | None, done: int, metric: str, enabled: bool = True) -> None:
         self.total = total
         self.done = done
         self.metric = metric
@@ -27,9 +27,13 @@ class SearchProgress:
             TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
             console=Console(stderr=True), transient=False, refresh_per_second=4)
         self._progress.__enter__()
-        self._task = self._progress.add_task("search", total=self.total, completed=min(self.done, self.total),
+        self._task = self._progress.add_task("search", total=self.total, completed=self._shown(self.done),
                                              status=self._status(None, 0))
         return self
+
+    def _shown(self, done: int) -> int:
+        """Trials shown as done: capped at the target (resumes may hold more); no cap without one."""
+        return done if self.total is None else min(done, self.total)
 
     def _status(self, best: float | None, front: int) -> str:
         if best is None:
@@ -38,7 +42,7 @@ class SearchProgress:
 
     def update(self, done: int, best: float | None, front: int) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=min(done, self.total), status=self._status(best, front))
+            self._progress.update(self._task, completed=self._shown(done), status=self._status(best, front))
 
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:

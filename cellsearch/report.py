@@ -65,13 +65,14 @@ def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
     table = Table(title=f"Pareto front of study '{name}' ({counts})", title_justify="left")
     folds = max((p.get("folds") or 1 for p in result.front), default=1)
     val_head = f"val {result.metric}" + (f" ({folds}-fold mean ± sd)" if folds > 1 else "")
-    for col in ("trial", "architecture", val_head, f"test {result.metric}", "MACs/seq", "params", "chosen"):
+    held = result.held_out
+    for col in ("trial", "architecture", val_head, f"{held} {result.metric}", "MACs/seq", "params", "chosen"):
         # the architecture wraps on a narrow terminal instead of being cut ("lstm16-ci…")
         table.add_column(col, justify="left" if col == "architecture" else "right",
                          overflow="fold" if col == "architecture" else "ellipsis")
     chosen = result.chosen.get("name") if result.chosen else None
     for p in result.front:
-        test = p.get("test_score")
+        test = result.held_out_score(p)
         val = f"{p['score']:.4g}" + (f" ± {p['spread']:.2g}" if p.get("spread") else "")
         table.add_row(p["name"], p["arch"], val, "-" if test is None else f"{test:.4g}",
                       _fmt_int(p.get("macs")), _fmt_int(p.get("params")),
@@ -79,16 +80,19 @@ def print_result(result: Any, *, tracked: bool, run_dir: Any) -> None:
     if result.references:
         table.add_section()
     for r in result.references:
-        test = r.get("test_score")
+        test = r.get("test_score") if held == "test" else r.get("score")
         table.add_row("ref", r["arch"], f"{r['score']:.4g}", "-" if test is None else f"{test:.4g}",
                       _fmt_int(r.get("macs")), _fmt_int(r.get("params")), "reference")
     console.print(table)
+    if held != "test":
+        console.print(f"[dim]no test split (too few rows to spare one: --test-fraction auto); the {held} column "
+                      "scores each model on rows it did not train on[/dim]")
     if result.chosen:
         c = result.chosen
-        test = c.get("test_score")
+        test = result.held_out_score(c)
         what = f"ensemble {c['name']}" if c.get("kind") == "ensemble" else f"trial {c['trial']}"
         console.print(f"chosen: {what} [bold]{c['arch']}[/bold], validation {result.metric} "
-                      f"{c['score']:.4g}, test {result.metric} {'-' if test is None else f'{test:.4g}'}, "
+                      f"{c['score']:.4g}, {held} {result.metric} {'-' if test is None else f'{test:.4g}'}, "
                       f"{_fmt_int(c.get('params'))} parameters")
     else:
         console.print("[yellow]no trial finished[/yellow]")

@@ -36,6 +36,15 @@ class TuneResult:
     references: list[dict[str, Any]] = field(default_factory=list)
     pick: str = "knee"
     cv: str = ""
+    #: What the test column holds: ``test`` (the test split) or ``out-of-fold`` (no test split: each
+    #: front entry's ``oof_score``, its out-of-fold outputs over every row, in ``test_score``'s place).
+    held_out: str = "test"
+
+    def held_out_score(self, entry: dict[str, Any] | None) -> float | None:
+        """An entry's score in the test column: its test score, or its out-of-fold score."""
+        if not entry:
+            return None
+        return entry.get("test_score") if self.held_out == "test" else entry.get("oof_score")
 
     @property
     def failure(self) -> str | None:
@@ -53,19 +62,40 @@ class TuneResult:
         return {"study": self.study.study_name, "metric": self.metric, "direction": self.direction,
                 "cost": self.cost, "front": self.front, "chosen": self.chosen, "counts": self.counts,
                 "references": self.references, "run_dir": str(self.run_dir), "interrupted": self.interrupted,
-                "pick": self.pick, "cv": self.cv}
+                "pick": self.pick, "cv": self.cv, "held_out": self.held_out}
 
 
-def _score_test(dataset: Any, study: Any, entries: list[dict[str, Any]], root: Path, until: float | None = None
-                ) -> None:
+def _score_out_of_fold(dataset: Any, folds: Any, points: list[dict[str, Any]], entries: list[dict[str, Any]]
+                       ) -> None:
+    """With no test split (``--test-fraction auto`` on small data, or 0): each entry's score of its
+    out-of-fold outputs over every row (``oof_score``), what the tables, the card and MLflow then
+    report in the test score's place, labelled out-of-fold."""
+    from cellsearch.ensemble import output_reader
+    from cellsearch.metrics import score
+
+    outputs = output_reader(points, dataset.task)
+    for e in entries:
+        e["test_score"] = None
+        out = outputs(e)
+        if out is not None:
+            e["oof_score"] = round(score(dataset.task, out, folds.oof.y, dataset.preprocessing.target_scale,
+                                         folds.oof.weight), 4)
+
+
+def _score_test(dataset: Any, folds: Any, study: Any, points: list[dict[str, Any]], entries: list[dict[str, Any]],
+                root: Path, until: float | None = None) -> None:
     """Test scores for the finalists only (selection never sees the test split); those whose turn
-    comes after ``until`` (the end of ``--timeout``) get none."""
+    comes after ``until`` (the end of ``--timeout``) get none. With no test split, their
+    out-of-fold scores (``_score_out_of_fold``)."""
     import time
 
     from cellsearch.ensemble import assemble
     from cellsearch.train import evaluate_test
 
     test = dataset.splits["test"]
+    if not len(test):
+        _score_out_of_fold(dataset, folds, points, entries)
+        return
     checkpoints = {p["trial"]: p.get("checkpoint") for p in trial_points(study, "macs", False, root)}
     for e in entries:
         needed = list(e["members"]) if e.get("members") else [e["trial"]]
@@ -108,6 +138,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         >>> result.chosen["arch"], result.chosen["test_score"]              # doctest: +SKIP
         ('peephole48', 0.96)
     """
+    from cellsearch.config import UNBOUNDED_TRIALS
     from cellsearch.ensemble import loss_reader
     from cellsearch.objective import Objective
     from cellsearch.progress import SearchProgress
@@ -118,7 +149,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     ctx = prepare(config, create=True)
     from cellsearch.workers import cpu_cores, worker_count
 
-    n_workers = worker_count(config.workers, cpu_cores(), config.trials - finished(ctx.study),
+    n_workers = worker_count(config.workers, cpu_cores(), config.trial_target - finished(ctx.study),
                              "cuda" if ctx.accelerator == "gpu" else "cpu")
     ctx.config = config = config.replace(workers=n_workers)
     dataset, direction, cost = ctx.dataset, ctx.direction, config.cost
@@ -132,7 +163,8 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         ctx.study.set_user_attr("references", references)
         tracker.record_references(references)
     interrupted = False
-    with SearchProgress(total=config.trials, done=finished(ctx.study), metric=ctx.metric,
+    target = None if config.trial_target == UNBOUNDED_TRIALS else config.trial_target  # the clock's
+    with SearchProgress(total=target, done=finished(ctx.study), metric=ctx.metric,
                         enabled=config.progress and not config.verbose) as bar:
 
         def on_trial(study_: Any) -> None:
@@ -148,7 +180,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
 
                 run_workers(ctx, tracker.parent_id, on_trial)
             else:
-                run_trials(ctx, Objective(ctx=ctx, tracker=tracker, seed=config.seed), config.trials, on_trial)
+                run_trials(ctx, Objective(ctx=ctx, tracker=tracker, seed=config.seed), config.trial_target, on_trial)
         except KeyboardInterrupt:
             interrupted = True
     st = ctx.study
@@ -159,11 +191,14 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     points = trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir)
     front = pareto_front(points, direction)
     chosen = pick_trial(front, direction, config.pick, losses=loss_reader(points, dataset.task))
-    _score_test(dataset, st, front, config.run_dir,
+    _score_test(dataset, ctx.folds, st, points, front, config.run_dir,
                 None if config.timeout is None else config.started_at + config.timeout)
     result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,
                         chosen=chosen, run_dir=config.run_dir, counts=counts(st), interrupted=interrupted,
-                        references=references, pick=config.pick, cv=ctx.folds.describe())
+                        references=references, pick=config.pick, cv=ctx.folds.describe(),
+                        held_out="test" if len(dataset.splits["test"]) else "out-of-fold" if ctx.folds.k > 1
+                        else "validation")
+    st.set_user_attr("held_out", {p["name"]: p.get("oof_score") for p in front if p.get("oof_score") is not None})
     write_json(ctx.sdir / "result.json", result.to_dict())
     tracker.finish(st, result, dataset)
     return result

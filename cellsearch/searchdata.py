@@ -52,7 +52,8 @@ def read_folds(config: TuneConfig) -> tuple[Any, Any]:
         raise UserError(f"{config.data}: {n} {get_task(dataset.task).unit} "
                         "outside the test split are too few to validate on (at least 4 are needed); "
                         "add data or lower --test-fraction")
-    if not len(dataset.splits["test"]) and opts.test_size > 0 and not dataset.preprocessing.split_col:
+    if not len(dataset.splits["test"]) and opts.test_size != "auto" and opts.test_size > 0 \
+            and not dataset.preprocessing.split_col:
         raise UserError(f"{config.data}: too few sequences for a test split; pass --test-fraction 0 to keep "
                         "none (and test elsewhere)")
     dataset.info["cv"] = folds.describe()

@@ -404,7 +404,7 @@ class MLflowTracker:
                 continue
             tags = [RunTag("pareto", str(n in front).lower()),
                     RunTag("chosen", "true" if n == chosen else "member" if n in members else "false")]
-            values = {k: v for k, v in front.get(n, {}).items() if k.startswith("test_")}
+            values = held_out_metrics(front.get(n, {}))
             self.client.log_batch(r.info.run_id, tags=tags,
                                   metrics=[_metric(k, v, ts, 0) for k, v in values.items() if _finite(v)])
 
@@ -423,7 +423,7 @@ class MLflowTracker:
             run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"ensemble-{e['name']}")
             values = {"score": e["score"], "score_spread": e.get("spread"), "oof_loss": e.get("oof_loss"),
                       **{c.attr: e.get(c.attr) for c in COSTS.values()},
-                      **{k: v for k, v in tested.get(e["name"], {}).items() if k.startswith("test_")}}
+                      **held_out_metrics(tested.get(e["name"], {}))}
             self.client.log_batch(run.info.run_id, metrics=[_metric(k, v, ts, 0) for k, v in values.items()
                                                             if _finite(v)])
             self.client.set_terminated(run.info.run_id, status="FINISHED")
@@ -456,7 +456,7 @@ class MLflowTracker:
         metrics = [Metric(f"trials_{k}", float(v), ts, 0) for k, v in result.counts.items()]
         metrics.append(Metric("pareto_front_size", float(len(result.front)), ts, 0))
         if result.chosen:
-            keys = ("score", "macs", "params", *(k for k in result.chosen if k.startswith("test_")))
+            keys = ("score", "macs", "params", *held_out_metrics(result.chosen))
             for k in keys:
                 if _finite(result.chosen.get(k)):
                     metrics.append(_metric(f"chosen_{k}", result.chosen[k], ts, 0))
@@ -478,6 +478,12 @@ class MLflowTracker:
         self.client.set_terminated(self.parent_id, status="KILLED" if result.interrupted else "FINISHED")
 
 
+def held_out_metrics(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry's scores on rows it did not train on: the test split's (``test_score``,
+    ``test_smape``...) or, without one, its out-of-fold score (``oof_score``)."""
+    return {k: v for k, v in entry.items() if k.startswith("test_") or k == "oof_score"}
+
+
 def describe_result(result: Any, plot_link: str | None = None) -> str:
     """The search's parent-run description (markdown): the chosen model, the Pareto table, the plots
     (``plot_link``: where the dashboard shows the interactive Pareto plot)."""
@@ -491,19 +497,21 @@ def describe_result(result: Any, plot_link: str | None = None) -> str:
         what = f"ensemble {c['name']}" if c.get("kind") == "ensemble" else f"trial {c['trial']}"
         spread = f" ± {f(c['spread'])}" if c.get("spread") else ""
         lines += [f"**Chosen ({result.pick}):** {what} `{c['arch']}` — validation {result.metric} "
-                  f"{f(c['score'])}{spread}, test {result.metric} {f(c.get('test_score'))}, "
+                  f"{f(c['score'])}{spread}, {result.held_out} {result.metric} {f(result.held_out_score(c))}, "
                   f"{f(c.get('macs'))} MACs per sequence, {f(c.get('params'))} parameters, "
                   f"{f(c.get('latency_ms'))} ms at batch 1.", ""]
     lines += [f"Validation: {result.cv}. Trials: " + ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())),
-              "", f"| trial | architecture | validation {result.metric} | test {result.metric} | MACs | params |",
+              "", f"| trial | architecture | validation {result.metric} | {result.held_out} {result.metric} | MACs | "
+              "params |",
               "| --- | --- | --- | --- | --- | --- |"]
     for p in result.front:
         spread = f" ± {f(p['spread'])}" if p.get("spread") else ""
         mark = " **(chosen)**" if c and p.get("name") == c.get("name") else ""
         lines.append(f"| {p.get('name', p.get('trial'))}{mark} | `{p['arch']}` | {f(p['score'])}{spread} | "
-                     f"{f(p.get('test_score'))} | {f(p.get('macs'))} | {f(p.get('params'))} |")
+                     f"{f(result.held_out_score(p))} | {f(p.get('macs'))} | {f(p.get('params'))} |")
     for r in result.references:
-        lines.append(f"| reference | {r['arch']} | {f(r['score'])} | {f(r.get('test_score'))} | {f(r.get('macs'))} | "
+        ref_held = r.get("test_score") if result.held_out == "test" else r.get("score")
+        lines.append(f"| reference | {r['arch']} | {f(r['score'])} | {f(ref_held)} | {f(r.get('macs'))} | "
                      f"{f(r.get('params'))} |")
     if plot_link:
         lines += ["", f"**[Score against cost, every trial (hover a point)]({plot_link})** · "

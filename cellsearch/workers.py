@@ -171,7 +171,7 @@ def worker_main(cfg_path: str, index: int) -> int:
     tracker = make_tracker(config, meta=ctx.meta, argv=sys.argv, parent_id=parent) if parent else NullTracker()
     obj = Objective(ctx=ctx, tracker=tracker, seed=config.seed + 100_003 * (index + 1))
     try:
-        run_trials(ctx, obj, config.trials)
+        run_trials(ctx, obj, config.trial_target)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -63,8 +63,10 @@ def test_parent_description_tags_and_metrics(tuned):
         expected = ("true" if chosen.get("trial") == t.number else
                     "member" if t.number in (chosen.get("members") or {}) else "false")
         assert run.data.tags["chosen"] == expected
-        if str(t.number) in front:
-            assert "test_score" in run.data.metrics
+        if str(t.number) in front:  # tiny data keeps no test split: the out-of-fold score stands in
+            assert tuned.held_out == "out-of-fold" and "test_score" not in run.data.metrics
+            assert run.data.metrics["oof_score"] == next(p["oof_score"] for p in tuned.front
+                                                         if str(p["trial"]) == str(t.number) and p["kind"] == "trial")
 
 
 def test_result_files_are_strict_json(tuned):

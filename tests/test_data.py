@@ -58,15 +58,15 @@ def test_long_layout_detected_and_padded(tmp_path):
 
 
 def test_splits_never_share_a_sequence_and_are_stratified(tmp_path):
-    ds = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=3)
+    ds = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=3, test_size=0.15)
     keys = [set(s.keys.tolist()) for s in ds.splits.values()]
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
     assert sum(len(k) for k in keys) == 200
     for name in ("val", "test"):  # every class appears in every split
         assert len(np.unique(ds.splits[name].y)) == 3
-    again = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=3)
+    again = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=3, test_size=0.15)
     assert np.array_equal(again.splits["test"].keys, ds.splits["test"].keys)
-    other = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=4)
+    other = read_dataset(write(tmp_path, long_frame(n_seq=200)), seed=4, test_size=0.15)
     assert not np.array_equal(other.splits["test"].keys, ds.splits["test"].keys)
 
 
@@ -116,7 +116,7 @@ def test_series_layout_splits_by_time(tmp_path):
         rows.append(pd.DataFrame({"store": f"s{k}", "day": np.arange(n),
                                   "sales": 100 * (k + 1) + np.sin(np.arange(n)) * 10}))
     df = pd.concat(rows)
-    ds = read_dataset(write(tmp_path, df), window=8, horizon=3)
+    ds = read_dataset(write(tmp_path, df), window=8, horizon=3, test_size=0.15)
     info = ds.info
     assert (info["layout"], info["task"], info["window"], info["horizon"]) == ("series", "forecasting", 8, 3)
     assert ds.splits["train"].x.shape[1:] == (8, 1) and ds.splits["train"].y.shape[1] == 3

@@ -64,8 +64,10 @@ def test_round_trip_in_a_fresh_process(bundle, tuned, tiny_csv, tmp_path):
     from cellsearch.data import read_dataset
 
     prep = json.loads((bundle / "preprocessing.json").read_text())
+    # read as the bundle read it; tiny data keeps no test split (--test-fraction auto) and the search
+    # reads without a validation split: every sequence is in "train"
     ds = read_dataset(tiny_csv, **{k: v for k, v in prep["options"].items() if v is not None})
-    test_keys = set(ds.splits["test"].keys.tolist())
+    test_keys = set(ds.splits["train"].keys.tolist())
     df = pd.read_csv(tiny_csv)
     test_df = df[df.id.isin(test_keys)].drop(columns=["label"])
     test_csv = tmp_path / "test.csv"
@@ -85,7 +87,7 @@ def test_round_trip_in_a_fresh_process(bundle, tuned, tiny_csv, tmp_path):
     model = assemble(tuned.chosen, paths.__getitem__)
     model.eval()
     with torch.no_grad():
-        split = ds.splits["test"]
+        split = ds.splits["train"]
         logits = model(torch.from_numpy(split.x), torch.from_numpy(split.lengths))
     probs = torch.softmax(logits, 1).numpy()
     order = np.argsort(split.keys)

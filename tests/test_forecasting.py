@@ -71,7 +71,7 @@ def test_scaling_is_the_same_in_training_predict_pyfunc_and_onnx(panel_bundle):
     frame = pd.read_csv(csv)
     # Training: the test window that forecasts s2's last two values is what predict makes from the
     # rows before them.
-    ds = read_dataset(csv, horizon=2, window=6, season=4)
+    ds = read_dataset(csv, horizon=2, window=6, season=4, test_size=0.15)
     te = ds.splits["test"]
     i = int(np.flatnonzero(te.keys == "s2")[-1])
     head = frame[frame.series == "s2"].iloc[:-2]
@@ -91,7 +91,7 @@ def test_mase_and_the_naive_references_match_a_hand_computation(tmp_path):
     from cellsearch.references import fit_references
 
     csv = _panel(tmp_path / "p.csv", sizes=((60, 10.0), (80, 300.0)), seed=1)
-    ds = read_dataset(csv, horizon=3, window=8, season=4)
+    ds = read_dataset(csv, horizon=3, window=8, season=4, test_size=0.15)
     refs = {r["name"]: r for r in fit_references(ds, "macs")}
     frame = pd.read_csv(csv)
     te = ds.splits["test"]

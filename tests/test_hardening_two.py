@@ -368,8 +368,11 @@ def test_the_pareto_table_wraps_long_architectures_on_a_narrow_terminal(monkeypa
     arch = "lstm16-cifg32-peephole64-gru128/p8/attention/zn"
     point = {"name": "3", "trial": 3, "kind": "trial", "arch": arch, "score": 0.91, "spread": 0.02,
              "test_score": 0.9, "macs": 123456, "params": 7890, "folds": 5}
-    result = SimpleNamespace(counts={"complete": 1}, study=SimpleNamespace(study_name="s"), front=[point],
-                             metric="accuracy", direction="maximize", chosen=point, pick="knee", references=[])
+    from cellsearch.search import TuneResult
+
+    result = TuneResult(counts={"complete": 1}, study=SimpleNamespace(study_name="s"), front=[point], cost="macs",
+                        metric="accuracy", direction="maximize", chosen=point, pick="knee", references=[],
+                        run_dir=Path("runs"))
     print_result(result, tracked=False, run_dir="runs")
     out = capsys.readouterr().out
     cells = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.count("│") > 3)

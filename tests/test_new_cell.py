@@ -84,7 +84,7 @@ def test_a_registered_cell_is_searched_exported_and_explained(elman, tiny_csv, t
     member = predictor.model.members[0] if hasattr(predictor.model, "members") else predictor.model
     assert isinstance(member.stack.layers[0].fwd, ElmanCell)
 
-    ds = read_dataset(tiny_csv)
+    ds = read_dataset(tiny_csv, test_size=0.15)
     split = ds.splits["test"]
     sess = ort.InferenceSession(str(out / "model.onnx"))
     with torch.no_grad():

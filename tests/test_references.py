@@ -29,7 +29,7 @@ def _random_csv(path: Path, n_seq: int = 300, steps: int = 12, seed: int = 0) ->
 def test_references_see_only_the_training_split(tmp_path):
     """A planted leak fails this: fitted on train + validation, 1-NN would find every validation
     sequence itself (accuracy 1.0); fitted on train alone it is at chance on random labels."""
-    ds = read_dataset(_random_csv(tmp_path / "r.csv"), seed=0)
+    ds = read_dataset(_random_csv(tmp_path / "r.csv"), seed=0, test_size=0.15)
     refs = {r["name"]: r for r in fit_references(ds, "macs")}
     n_train, dim = len(ds.splits["train"]), 12 * ds.n_features
     assert refs["1nn"]["params"] == n_train * dim  # it stores the training sequences and nothing else

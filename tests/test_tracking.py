@@ -46,7 +46,7 @@ def test_experiment_parent_and_child_runs(tuned):
         assert r.data.tags["state"] == state
         history = client.get_metric_history(r.info.run_id, "val_score")
         assert [m.step for m in history] == list(range(len(t.user_attrs["curve"])))
-        assert [round(m.value, 6) for m in history] == [round(v, 6) for v in t.user_attrs["curve"]]
+        assert [m.value for m in history] == [round(v, 4) for v in t.user_attrs["curve"]]  # scores: 4 decimals
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert r.data.metrics["score"] == round(t.user_attrs["val_score"], 4)  # as the runs table shows it
             assert r.data.metrics["macs"] == t.user_attrs["macs"]

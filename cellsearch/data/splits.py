@@ -66,15 +66,18 @@ def split_from_column(df: pd.DataFrame, split_col: str, path: Path) -> np.ndarra
 
 def _assign_sequences(n: int, labels: np.ndarray | None, opts: DataOptions) -> np.ndarray:
     """Random (stratified where possible) train/val/test assignment of whole sequences."""
+    from cellsearch.data.options import AUTO_TEST_SHARE
+
     rng = np.random.default_rng(opts.seed)
     out = np.empty(n, dtype=object)
+    share = opts.test_share(round(n * AUTO_TEST_SHARE))
     groups = [np.arange(n)] if labels is None else [np.flatnonzero(labels == v) for v in np.unique(labels)]
     for idx in groups:
         idx = rng.permutation(idx)
-        n_test = int(round(len(idx) * opts.test_size))
+        n_test = int(round(len(idx) * share))
         n_val = int(round(len(idx) * opts.val_size))
         if len(idx) >= 3:
-            n_test = max(n_test, 1 if opts.test_size > 0 else 0)
+            n_test = max(n_test, 1 if share > 0 else 0)
             n_val = max(n_val, 1 if opts.val_size > 0 else 0)
         out[idx[:n_test]] = "test"
         out[idx[n_test:n_test + n_val]] = "val"

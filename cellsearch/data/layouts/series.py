@@ -118,7 +118,12 @@ def _time_splits(lengths: np.ndarray, codes: np.ndarray, pos: np.ndarray, horizo
                  ) -> np.ndarray:
     """Each row's split by time: the last part of each series is test, the part before validation;
     a series too short for training (``horizon + 1`` points) plus both keeps only what it can."""
-    n_test = np.maximum(horizon, np.round(lengths * opts.test_size).astype(int)) if opts.test_size else 0 * lengths
+    from cellsearch.data.options import AUTO_TEST_SHARE
+
+    # independent units of a default test split: whole horizons at the ends of the series
+    units = int((np.maximum(horizon, np.round(lengths * AUTO_TEST_SHARE)) // max(horizon, 1)).sum())
+    share = opts.test_share(units)
+    n_test = np.maximum(horizon, np.round(lengths * share).astype(int)) if share else 0 * lengths
     n_val = np.maximum(horizon, np.round(lengths * opts.val_size).astype(int)) if opts.val_size else 0 * lengths
     need = horizon + 1
     n_val = np.where(lengths - n_test - n_val >= need, n_val, 0)
