@@ -125,6 +125,8 @@ def tune(
                            "5 for at most 2,000 sequences (forecasting: windows), else 1."),
     ensemble: bool = typer.Option(True, "--ensemble/--no-ensemble", help="Also select ensembles of trials on "
                                   "their out-of-fold predictions (default) or not."),
+    networks_only: bool = typer.Option(False, "--networks-only", help="Ensembles of networks only: the ridge "
+                                       "reference does not join them as a member."),
     test_size: str = typer.Option("auto", "--test-fraction", help="Share of sequences (forecasting: of each "
                                   "series' end) held out as the test split; 0 keeps none; auto: 0.15 where "
                                   "that holds at least 200 sequences (forecasting: horizons), else none, and "

@@ -53,6 +53,7 @@ class TuneConfig:
         references: also fit and score the simple reference models (``cellsearch.references``).
         max_epochs: overrides the space's; trial_timeout: seconds per trial at most.
         prune: stop hopeless trials early.
+        networks_only: keep the references out of the ensembles (``cellsearch.refmembers``).
         cv: folds per trial (``cellsearch.folds``): a number, or ``auto`` (5 for at most 2,000
             sequences or windows, else 1: one validation split).
         ensemble: also select ensembles of trials on their out-of-fold predictions (``cellsearch.ensemble``).
@@ -82,6 +83,7 @@ class TuneConfig:
     max_epochs: int | None = None
     trial_timeout: float | None = None
     prune: bool = True
+    networks_only: bool = False
     cv: str | int = "auto"
     ensemble: bool = True
     workers: int | str = 1

@@ -32,7 +32,8 @@ class Cost:
 def _latency(model: Any, length: int) -> float:
     from cellsearch.model import measure_latency
 
-    return measure_latency(model, model.spec.input_size, length)
+    spec = getattr(model, "spec", None)  # an ensemble of reference members has none
+    return measure_latency(model, spec.input_size if spec is not None else model.members[0].input_size, length)
 
 
 COSTS: dict[str, Cost] = {

@@ -156,7 +156,7 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
             e[c.attr] = None if any(v is None for v in vals) else float(sum(vals))
         e["cost"] = cost_value(cost, e)
         e["name"] = f"E{k + 1}"
-        shown = [f"#{m}" for m in list(members)[:ARCH_MEMBERS]]  # the heaviest first
+        shown = [f"#{m}" if m >= 0 else by_trial[m]["name"] for m in list(members)[:ARCH_MEMBERS]]  # heaviest first
         more = len(members) - len(shown)
         e["arch"] = f"ensemble of {len(members)}: " + "+".join(shown) + (f" +{more} more" if more else "")
         found.append(e)
@@ -172,7 +172,7 @@ def output_reader(points: list[dict[str, Any]], task: str) -> Callable[[dict[str
     out-of-fold example): a trial's from its saved file, an ensemble's as its members' weighted
     average. It gives ``None`` where a file is missing (a study from before, or exported on another
     machine)."""
-    files = {p["trial"]: p.get("oof") for p in points if p.get("kind", "trial") == "trial"}
+    files = {p["trial"]: p.get("oof") for p in points if p.get("kind", "trial") in ("trial", "reference")}
     some = next((Path(f) for f in files.values() if f), None)
     truth = None if some is None or not (some.parent / TRUTH_FILE).exists() else np.load(some.parent / TRUTH_FILE)
     cache: dict[int, np.ndarray | None] = {}
@@ -219,7 +219,8 @@ def assemble(point: dict[str, Any], checkpoint: Any) -> Any:
     if not point.get("members"):
         return load_checkpoint(checkpoint(point["trial"]))[0]
     models, weights, sources = [], [], []
-    for trial, w in point["members"].items():
+    # networks first (the heaviest network then leads: its spec is the ensemble's), reference members after
+    for trial, w in sorted(point["members"].items(), key=lambda kv: int(kv[0]) < 0):
         m, _ = load_checkpoint(checkpoint(int(trial)))
         parts = list(m.members) if isinstance(m, EnsembleModel) else [m]
         inner = m.weights if isinstance(m, EnsembleModel) else [1.0]

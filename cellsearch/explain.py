@@ -89,16 +89,21 @@ def _describe(values: np.ndarray, names: list[str], prep: Any) -> str:
 
 
 def pick_member(model: Any, member: int | None = None) -> Any:
-    """A single ``SequenceModel``: the model itself, or an ensemble's member (default: the heaviest)."""
+    """A single ``SequenceModel``: the model itself, or an ensemble's network member (default: the
+    heaviest network)."""
     members = getattr(model, "members", None)
     if members is None:
         if member not in (None, 0):
             raise UserError(f"--member {member}: the model is not an ensemble")
         return model
+    networks = model.networks  # a reference member has no gates to show
     if member is None:
-        return members[int(np.argmax(model.weights))]
+        return max(networks, key=lambda km: model.weights[km[0]])[1]
     if not 0 <= member < len(members):
         raise UserError(f"--member {member}: the ensemble has members 0 to {len(members) - 1}")
+    if all(k != member for k, _ in networks):
+        raise UserError(f"--member {member}: that member is a reference (no gates); networks: "
+                        f"{', '.join(str(k) for k, _ in networks)}")
     return members[member]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ from cellsearch.config import PICKS, Pick
 from cellsearch.data import Preprocessing, get_layout
 from cellsearch.errors import UserError
 from cellsearch.files import dumps
-from cellsearch.formats import Format, check_formats
+from cellsearch.formats import Format, UnsupportedFormatError, check_formats
 from cellsearch.study import default_storage
 from cellsearch.tasks import get_task
 from cellsearch.tracking import default_tracking_uri, fetch_artifact, register_bundle, repoint_artifacts
@@ -65,7 +66,7 @@ def _select_point(study: Any, trial: int | None, pick: str, root: Path, ensemble
                   ) -> dict[str, Any]:
     """Trial ``trial``'s point if it completed, ensemble ``ensemble`` (``E1``), else the front member
     (a trial or an ensemble) that ``pick`` chooses."""
-    from cellsearch.pareto import pareto_front, pick_trial, trial_points
+    from cellsearch.pareto import member_points, pareto_front, pick_trial, trial_points
 
     attrs = study.user_attrs
     points = trial_points(study, attrs.get("cost", "macs"), root=root)
@@ -87,7 +88,7 @@ def _select_point(study: Any, trial: int | None, pick: str, root: Path, ensemble
 
     direction = attrs.get("direction", "maximize")
     return pick_trial(pareto_front(points, direction), direction, pick,
-                      losses=loss_reader(points, attrs["task"]))
+                      losses=loss_reader(points + member_points(study, root), attrs["task"]))
 
 
 def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessing, dict[str, Any]]:
@@ -147,6 +148,12 @@ def md_text(value: Any) -> str:
     return re.sub(r"([\\`*_\[\]|#])", r"\\\1", text)
 
 
+def _member_name(source: dict[str, Any]) -> str:
+    """How the card names an ensemble member's origin: its trial, or the reference it is."""
+    trial = source.get("trial")
+    return "-" if trial is None else str(trial) if int(trial) >= 0 else "ridge (reference)"
+
+
 def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any]) -> str:
     """The bundle's README: data, architecture, scores, cost, how to use it."""
     def fmt(v: Any) -> str:
@@ -168,14 +175,14 @@ def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[s
 | reference | validation {metrics['metric']} | test {metrics['metric']} | MACs per prediction | stored numbers |
 | --- | --- | --- | --- | --- |
 {refs}""" if refs else "")
-    from cellsearch.model import EnsembleModel, model_arch
+    from cellsearch.model import EnsembleModel, member_arch, model_arch
 
     spec = model.spec
     layers = "\n".join(f"| {k} | {layer.cell} | {layer.hidden} | {'yes' if layer.bidirectional else 'no'} |"
                        for k, layer in enumerate(spec.layers))
     members = ""
     if isinstance(model, EnsembleModel):
-        rows = "".join(f"| {src.get('trial', '-')} | {src.get('fold', '-')} | {m.spec.arch} | {w:.3f} |\n"
+        rows = "".join(f"| {_member_name(src)} | {src.get('fold', '-')} | {member_arch(m)} | {w:.3f} |\n"
                        for m, w, src in zip(model.members, model.weights, model.sources))
         members = f"""
 ## Members ({len(model.members)} models; the output averages their {
@@ -242,7 +249,10 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
         (bundle / "metrics.json").write_text(dumps(metrics))
         (bundle / "README.md").write_text(_card(model, prep, info, metrics))
         for fmt in formats:
-            fmt.write(model, bundle / fmt.filename)
+            try:
+                fmt.write(model, bundle / fmt.filename)
+            except UnsupportedFormatError as exc:  # the bundle goes on without that file; one line says why
+                print(f"cellsearch: {fmt.filename} not written: {exc}", file=sys.stderr)
         if out.exists():
             os.replace(out, staging / "old")
         os.replace(bundle, out)
@@ -334,13 +344,19 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
 
         if dataset is None:
             raise UserError(f"--weights refit needs the training file, {data or 'unknown'}, which is not here")
-        model = refit(point, trials, dataset)
+        from cellsearch.pareto import member_points
+
+        model = refit(point, trials, dataset, member_points(st, run_dir))
         how = "each trial retrained on all non-test data for its cross-validated number of steps"
     else:
-        model = assemble(point, lambda n: _local_checkpoint(trials[n], tracking, run_dir))
+        from cellsearch.pareto import member_points
+
+        refs = {p["trial"]: p["checkpoint"] for p in member_points(st, run_dir)}
+        model = assemble(point, lambda n: refs[n] if n in refs else _local_checkpoint(trials[n], tracking, run_dir))
         how = ("the best validation check of each fold's model, averaged" if point.get("folds", 1) > 1
                or point["kind"] == "ensemble" else "the trial's best validation check (not retrained)")
-    source = (f"ensemble {point['name']} of trials {', '.join(map(str, point['members']))}"
+    source = (f"ensemble {point['name']} of " + ", ".join(f"trial {m}" if int(m) >= 0 else "the ridge reference"
+                                                          for m in point["members"])
               if point["kind"] == "ensemble" else f"trial {point['trial']}")
     length = int(info.get("length", {}).get("median", 1) or 1)
     metrics = {"study": st.study_name, "source": source, "trial": point["trial"], "ensemble": point.get("name")

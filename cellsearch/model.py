@@ -230,17 +230,20 @@ class EnsembleModel(nn.Module):
         total = float(sum(weights))
         self.weights = [float(w) / total for w in weights]
         self.sources = sources or [{} for _ in members]
-        self.spec = members[0].spec
+        # the first network's spec (a reference member, ``cellsearch.refmembers``, has none); the
+        # ensemble's task is every member's
+        self.spec = next((m.spec for m in members if hasattr(m, "spec")), None)
+        self.task = self.spec.task if self.spec is not None else members[0].task
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         from cellsearch.tasks import get_task
 
-        return get_task(self.spec.task).average_torch([m(x, lengths) for m in self.members], self.weights)
+        return get_task(self.task).average_torch([m(x, lengths) for m in self.members], self.weights)
 
     @property
     def arch(self) -> str:
         """``gru32+peephole64-gru32/p8 (5 models)``: the distinct member architectures, in order."""
-        archs = list(dict.fromkeys(m.spec.arch for m in self.members))
+        archs = list(dict.fromkeys(member_arch(m) for m in self.members))
         return "+".join(archs) + f" ({len(self.members)} models)"
 
     def n_params(self) -> int:
@@ -252,8 +255,29 @@ class EnsembleModel(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """The members' specs, weights and sources (what ``from_description`` rebuilds)."""
-        return {"members": [{"spec": m.spec.to_dict(), "weight": w, **src}
+        return {"members": [{**({"spec": m.spec.to_dict()} if hasattr(m, "spec") else m.describe()), "weight": w, **src}
                             for m, w, src in zip(self.members, self.weights, self.sources)]}
+
+    @property
+    def networks(self) -> list[tuple[int, nn.Module]]:
+        """(index, member) of the members that are networks (not references)."""
+        return [(k, m) for k, m in enumerate(self.members) if hasattr(m, "spec")]
+
+
+def member_arch(model: nn.Module) -> str:
+    """A member's architecture tag: a network's spec's, or a reference member's own."""
+    return model.spec.arch if hasattr(model, "spec") else model.arch
+
+
+def _member_from(d: dict[str, Any]) -> nn.Module:
+    """One ensemble member from its description: a network (``spec``) or a reference member."""
+    if "reference" in d:
+        from cellsearch.refmembers import RidgeMember
+
+        if d["reference"] != RidgeMember.kind:
+            raise ValueError(f"unknown reference member {d['reference']!r}")
+        return RidgeMember.from_description(d)
+    return build(ModelSpec.from_dict(d["spec"]))
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
@@ -270,7 +294,9 @@ def check_description(d: dict[str, Any]) -> None:
     """Raise ``ValueError`` when a description (``describe``'s dict) asks for absurd sizes."""
     import math
 
-    specs = [m["spec"] for m in d["members"]] if "members" in d else [d]
+    specs = [m["spec"] for m in d["members"] if "spec" in m] if "members" in d else [d]
+    if "members" in d and not specs:
+        raise ValueError("an ensemble needs at least one network member")
     if len(specs) > LIMITS["members"]:
         raise ValueError(f"{len(specs)} members (at most {LIMITS['members']})")
     if "members" in d:
@@ -307,8 +333,9 @@ def from_description(d: dict[str, Any]) -> nn.Module:
     if "members" not in d:
         return build(ModelSpec.from_dict(d))
     members = d["members"]
-    return EnsembleModel([build(ModelSpec.from_dict(m["spec"])) for m in members], [m["weight"] for m in members],
-                         [{k: v for k, v in m.items() if k not in ("spec", "weight")} for m in members])
+    own = {"spec", "weight", "reference", "input_size", "length", "n_outputs", "task", "temperature"}
+    return EnsembleModel([_member_from(m) for m in members], [m["weight"] for m in members],
+                         [{k: v for k, v in m.items() if k not in own} for m in members])
 
 
 def model_arch(model: nn.Module) -> str:

@@ -60,6 +60,16 @@ def trial_points(study: Any, cost: str, ensembles: bool = True, root: Any = None
     return pts
 
 
+def member_points(study: Any, root: Any = None) -> list[dict[str, Any]]:
+    """The reference members the study's ensembles may hold (``cellsearch.refmembers``): points keyed
+    by a negative trial number, with their checkpoint and out-of-fold files (relative to ``root``).
+    They are not on the Pareto front: the front shows what the search found, references beside it."""
+    from cellsearch.rundir import in_run_dir
+
+    return [{**p, "checkpoint": in_run_dir(root, p.get("checkpoint")), "oof": in_run_dir(root, p.get("oof"))}
+            for p in study.user_attrs.get("reference_members", [])]
+
+
 def rank(point: dict[str, Any], direction: str) -> tuple[float, float]:
     """A point's score as a sortable key (higher is better): the score, then the out-of-fold loss."""
     loss = point.get("oof_loss")

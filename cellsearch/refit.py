@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any) -> Any:
+def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any,
+          references: list[dict[str, Any]] | None = None) -> Any:
     """The model of ``point`` (a trial or an ensemble of trials) retrained on ``dataset``'s training
     and validation splits: a ``SequenceModel``, or an ``EnsembleModel`` of the retrained members.
 
@@ -19,6 +20,8 @@ def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any) -> Any:
         point: a Pareto-front point (``cellsearch.pareto``): ``trial`` or ``members`` with weights.
         trials: the study's trials by number (their stored spec, training options and best steps).
         dataset: the training file read as the search read it.
+        references: the study's reference members (``cellsearch.refmembers``): one in ``members``
+            (a negative key) is refit on the same rows, at the fold members' temperature.
     """
     import torch
 
@@ -31,7 +34,11 @@ def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any) -> Any:
     pool = concat_splits([dataset.splits["train"], dataset.splits["val"]])
     members = point.get("members") or {point["trial"]: 1.0}
     models, weights = [], []
-    for n, w in members.items():
+    for n, w in sorted(members.items(), key=lambda kv: int(kv[0]) < 0):  # networks first, as assembled
+        if int(n) < 0:
+            models.append(_refit_reference(int(n), references or [], pool, dataset))
+            weights.append(float(w))
+            continue
         rec = TrialRecord.of(trials[int(n)])
         sizes = rec.fold_sizes or [len(pool)]
         steps = int(round(sum(rec.best_steps) / len(rec.best_steps) * len(pool) / (sum(sizes) / len(sizes))))
@@ -43,4 +50,20 @@ def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any) -> Any:
         weights.append(float(w))
     if len(models) == 1:
         return models[0]
-    return EnsembleModel(models, weights, [{"trial": int(n), "refit": True} for n in members])
+    order = sorted(members, key=lambda n: int(n) < 0)
+    return EnsembleModel(models, weights, [{"trial": int(n), "refit": True} for n in order])
+
+
+def _refit_reference(key: int, references: list[dict[str, Any]], pool: Any, dataset: Any) -> Any:
+    """A reference member fitted on all of ``pool``, at the temperature its fold members were given."""
+    from cellsearch.model import load_checkpoint
+    from cellsearch.refmembers import fit_ridge
+
+    point = next((p for p in references if p["trial"] == key), None)
+    if point is None:
+        raise ValueError(f"member {key} is no reference member of this study")
+    folds_model, _ = load_checkpoint(point["checkpoint"])
+    first = folds_model.members[0]
+    member = fit_ridge(pool, dataset.task, first.length, first.n_outputs)
+    member.temperature = first.temperature
+    return member

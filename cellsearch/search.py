@@ -16,7 +16,7 @@ from typing import Any
 from cellsearch.config import TuneConfig
 from cellsearch.context import prepare
 from cellsearch.files import write_json
-from cellsearch.pareto import pareto_front, pick_trial, trial_points
+from cellsearch.pareto import member_points, pareto_front, pick_trial, trial_points
 from cellsearch.study import counts, finished
 
 
@@ -96,7 +96,8 @@ def _score_test(dataset: Any, folds: Any, study: Any, points: list[dict[str, Any
     if not len(test):
         _score_out_of_fold(dataset, folds, points, entries)
         return
-    checkpoints = {p["trial"]: p.get("checkpoint") for p in trial_points(study, "macs", False, root)}
+    checkpoints = {p["trial"]: p.get("checkpoint") for p in trial_points(study, "macs", False, root)
+                   + member_points(study, root)}
     for e in entries:
         needed = list(e["members"]) if e.get("members") else [e["trial"]]
         if until is not None and time.time() >= until:
@@ -108,11 +109,52 @@ def _score_test(dataset: Any, folds: Any, study: Any, points: list[dict[str, Any
             e["test_score"] = None
 
 
+def _reference_members(ctx: Any) -> list[dict[str, Any]]:
+    """The references that join the ensemble library (``cellsearch.refmembers``): fitted fold by fold,
+    saved like a trial (fold models, out-of-fold outputs), recorded in the study
+    (``reference_members``: points keyed by a negative trial number) — none with ``--networks-only``,
+    with one fold (no out-of-fold rows to select on), or where ridge does not serve the task."""
+    import numpy as np
+
+    from cellsearch.costs import COSTS, cost_value, measure_costs
+    from cellsearch.folds import oof_loss
+    from cellsearch.model import EnsembleModel, save_checkpoint
+    from cellsearch.refmembers import MEMBER_KEYS, fold_members
+    from cellsearch.searchdata import data_shape
+
+    config = ctx.config
+    if config.networks_only or ctx.folds.k < 2:
+        return []
+    fitted = fold_members(ctx.dataset, ctx.folds)
+    if fitted is None:
+        return []
+    members, oof = fitted
+    key = MEMBER_KEYS["ridge"]
+    model = EnsembleModel(members, [1.0] * len(members), [{"trial": key, "fold": k} for k in range(len(members))])
+    ckpt, oof_file = ctx.sdir / "trials" / "ridge.pt", ctx.sdir / "oof" / "ridge.npy"
+    save_checkpoint(ckpt, model, trial=key)
+    oof_file.parent.mkdir(parents=True, exist_ok=True)
+    np.save(oof_file, oof)
+    from cellsearch.folds import fold_scores
+
+    scores = fold_scores(ctx.dataset.task, oof, ctx.folds, ctx.dataset.preprocessing.target_scale)
+    costs = measure_costs(model, data_shape(ctx.dataset).length, tuple(COSTS))
+    point = {"trial": key, "name": "ridge", "kind": "reference", "arch": members[0].arch,
+             "score": float(np.mean(scores)), "spread": float(np.std(scores)),
+             "oof_loss": oof_loss(ctx.dataset.task, oof, ctx.folds.oof), "folds": ctx.folds.k,
+             "cost": cost_value(config.cost, costs), **{c.attr: costs.get(c.attr) for c in COSTS.values()},
+             "checkpoint": str(ckpt.relative_to(config.run_dir)), "oof": str(oof_file.relative_to(config.run_dir))}
+    ctx.study.set_user_attr("reference_members", [point])
+    return [{**point, "checkpoint": str(ckpt), "oof": str(oof_file)}]
+
+
 def _select_ensembles(ctx: Any) -> list[dict[str, Any]]:
-    """The ensemble of the study's complete trials (``cellsearch.ensemble``), stored with the study."""
+    """The ensemble of the study's complete trials and the reference members (``cellsearch.ensemble``),
+    stored with the study."""
     from cellsearch.ensemble import select_ensembles
 
     trials = trial_points(ctx.study, ctx.config.cost, ensembles=False, root=ctx.config.run_dir)
+    trials += _reference_members(ctx)
     found = select_ensembles(trials, ctx.folds, ctx.dataset.task, ctx.direction,
                              ctx.dataset.preprocessing.target_scale, ctx.config.cost, seed=ctx.config.seed or 0)
     ctx.study.set_user_attr("ensembles", found)
@@ -190,8 +232,9 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         st.set_user_attr("ensembles", [])
     points = trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir)
     front = pareto_front(points, direction)
-    chosen = pick_trial(front, direction, config.pick, losses=loss_reader(points, dataset.task))
-    _score_test(dataset, ctx.folds, st, points, front, config.run_dir,
+    points_and_members = points + member_points(st, config.run_dir)
+    chosen = pick_trial(front, direction, config.pick, losses=loss_reader(points_and_members, dataset.task))
+    _score_test(dataset, ctx.folds, st, points_and_members, front, config.run_dir,
                 None if config.timeout is None else config.started_at + config.timeout)
     result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,
                         chosen=chosen, run_dir=config.run_dir, counts=counts(st), interrupted=interrupted,
