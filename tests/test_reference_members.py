@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from cellsearch.data.splits import SplitTensors
-from cellsearch.refmembers import RidgeMember, fit_ridge, resample_torch
 from cellsearch.references import resample
+from cellsearch.refmembers import RidgeMember, fit_ridge, resample_torch
 
 
 def _split(n: int, classes: int | None, seed: int = 0) -> SplitTensors:
