@@ -306,7 +306,8 @@ def check_description(d: dict[str, Any]) -> None:
             raise ValueError("member weights must be finite, at least 0 and not all 0")
     from cellsearch.tasks import TASKS
 
-    for spec in specs:
+    references = [m for m in d.get("members", []) if "spec" not in m]
+    for spec in specs + references:
         if spec.get("task") not in TASKS:
             raise ValueError(f"unknown task {spec.get('task')!r} (known: {', '.join(TASKS)})")
     total = 0

@@ -401,7 +401,8 @@ def test_the_pareto_plot_does_not_warn_on_the_terminal(tmp_path, monkeypatch):
 
 def _spec_mut(key, value):
     def mutate(d):
-        specs = [m["spec"] for m in d["members"]] if "members" in d else [d]
+        # a network member's spec, or a reference member's own fields (``cellsearch.refmembers``)
+        specs = [m.get("spec", m) for m in d["members"]] if "members" in d else [d]
         for s in specs:
             s[key] = value
         return d
