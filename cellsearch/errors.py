@@ -5,3 +5,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input from the user (file, column, option): message only, no traceback."""
+
+
+class UnsupportedFormatError(Exception):
+    """The model holds something this format cannot express; the message says which member. The
+    bundle is written without that format's file, and export says so in one line."""

@@ -27,9 +27,9 @@ from typing import Any, Literal, get_args
 
 from cellsearch.config import PICKS, Pick
 from cellsearch.data import Preprocessing, get_layout
-from cellsearch.errors import UserError
+from cellsearch.errors import UnsupportedFormatError, UserError
 from cellsearch.files import dumps
-from cellsearch.formats import Format, UnsupportedFormatError, check_formats
+from cellsearch.formats import Format, check_formats
 from cellsearch.study import default_storage
 from cellsearch.tasks import get_task
 from cellsearch.tracking import default_tracking_uri, fetch_artifact, register_bundle, repoint_artifacts

@@ -15,14 +15,10 @@ from typing import Any
 from cellsearch.errors import UserError
 
 
-class UnsupportedFormatError(Exception):
-    """The model holds something this format cannot express; the message says which member. The
-    bundle is written without that format's file, and export says so in one line."""
-
-
 @dataclass(frozen=True)
 class Format:
-    """One extra format: its file in the bundle, what it is, and ``write(model, path)``."""
+    """One extra format: its file in the bundle, what it is, and ``write(model, path)`` (which raises
+    ``cellsearch.errors.UnsupportedFormatError`` for a model it cannot express)."""
 
     filename: str
     description: str

@@ -154,12 +154,11 @@ def _ensemble_onnx(model: Any) -> Any:
     import onnx
     from onnx import helper
 
-    from cellsearch.formats import UnsupportedFormatError
-    from cellsearch.model import member_arch
+    from cellsearch.errors import UnsupportedFormatError
 
     for k, member in enumerate(model.members):
         if not hasattr(member, "spec"):
-            raise UnsupportedFormatError(f"member {k} ({member_arch(member)}, a reference) has no ONNX form here; "
+            raise UnsupportedFormatError(f"member {k} ({member.arch}, a reference) has no ONNX form here; "
                                     "search with --networks-only, or export one trial (--trial), for an ONNX graph")
     task = get_task(model.spec.task)
     shared = {"x", "lengths", ""}

@@ -28,23 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from cellsearch.refmembers import ALPHAS, resample
 from cellsearch.tasks import get_task
 
-ALPHAS = np.logspace(-3, 3, 13)
 #: A reference whose scoring would take more multiply-accumulates than this (about a minute on two
 #: cores: 1-NN on very large data) is skipped.
 MAX_WORK = 2e11
-
-
-def resample(x: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
-    """Each padded sequence's real steps linearly resampled to ``length`` steps: (N, length, F)."""
-    n, _, f = x.shape
-    pos = np.linspace(0.0, 1.0, length)[None, :] * (np.maximum(lengths, 1) - 1)[:, None]  # (N, L)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, np.maximum(lengths, 1)[:, None] - 1)
-    w = (pos - lo)[:, :, None]
-    rows = np.arange(n)[:, None]
-    return (x[rows, lo] * (1 - w) + x[rows, hi] * w).astype(np.float32)
 
 
 def znormalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -27,14 +27,27 @@ from torch import nn
 
 from cellsearch.tasks import get_task
 
+#: Ridge penalties tried (leave-one-out picks one), for the reference and the member alike.
+ALPHAS = np.logspace(-3, 3, 13)
 #: Temperatures tried for ridge's decision values (classification).
 TEMPERATURES = np.logspace(-1, 2, 31)
 #: The key a reference member takes among trial numbers (members of an ensemble are keyed by trial).
 MEMBER_KEYS = {"ridge": -1}
 
 
+def resample(x: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
+    """Each padded sequence's real steps linearly resampled to ``length`` steps: (N, length, F)."""
+    n, _, f = x.shape
+    pos = np.linspace(0.0, 1.0, length)[None, :] * (np.maximum(lengths, 1) - 1)[:, None]  # (N, L)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(lengths, 1)[:, None] - 1)
+    w = (pos - lo)[:, :, None]
+    rows = np.arange(n)[:, None]
+    return (x[rows, lo] * (1 - w) + x[rows, hi] * w).astype(np.float32)
+
+
 def resample_torch(x: torch.Tensor, lengths: torch.Tensor, length: int) -> torch.Tensor:
-    """``cellsearch.references.resample`` in torch: each sequence's real steps linearly resampled to
+    """``resample`` in torch: each sequence's real steps linearly resampled to
     ``length`` steps, (N, length, F)."""
     n = lengths.clamp(min=1).to(x.dtype)
     pos = torch.linspace(0.0, 1.0, length, dtype=x.dtype, device=x.device)[None, :] * (n - 1)[:, None]
@@ -96,8 +109,6 @@ def fit_ridge(train: Any, task: str, length: int, n_outputs: int) -> RidgeMember
     """A ``RidgeMember`` fitted on a split's rows (``RidgeClassifierCV`` / ``RidgeCV``, the penalty
     chosen by leave-one-out, as the reference), its temperature still 1."""
     from sklearn.linear_model import RidgeClassifierCV, RidgeCV
-
-    from cellsearch.references import ALPHAS, resample
 
     feats = resample(train.x, train.lengths, length).reshape(len(train.x), -1)
     member = RidgeMember(train.x.shape[2], length, n_outputs, task)
