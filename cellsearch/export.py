@@ -171,7 +171,7 @@ def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[s
     refs = "".join(f"| {r['arch']} | {fmt(r.get('score'))} | {fmt(r.get('test_score'))} | {r['macs']:,} | "
                    f"{r['params']:,} |\n" for r in metrics.get("references", []))
     refs_section = (f"""
-## References (simple models on the same splits, never exported)
+## References (simple models on the same splits; alone never exported)
 | reference | validation {metrics['metric']} | test {metrics['metric']} | MACs per prediction | stored numbers |
 | --- | --- | --- | --- | --- |
 {refs}""" if refs else "")

@@ -2,8 +2,9 @@
 
 Each reference is fitted on the training split only and scored on the same validation and test
 splits as the networks, with the same metric. They are shown beside the networks (Pareto table and
-plot, MLflow runs tagged ``reference``, the model card) and never exported: the bundle is always a
-network. The registry ``REFERENCES`` maps a name to a ``Reference``; each task lists the references
+plot, MLflow runs tagged ``reference``, the model card). Alone a reference is never exported (the
+bundle always holds a network); ridge also joins the ensemble library as a member
+(``cellsearch.refmembers``). The registry ``REFERENCES`` maps a name to a ``Reference``; each task lists the references
 that apply to it (``Task.references``).
 
 * ``1nn``: 1-nearest-neighbour, Euclidean distance, on sequences z-normalised one by one (each
