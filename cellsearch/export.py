@@ -351,8 +351,9 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     else:
         from cellsearch.pareto import member_points
 
-        refs = {p["trial"]: p["checkpoint"] for p in member_points(st, run_dir)}
-        model = assemble(point, lambda n: refs[n] if n in refs else _local_checkpoint(trials[n], tracking, run_dir))
+        refs = {p["trial"]: p for p in member_points(st, run_dir)}
+        model = assemble(point, lambda n: _reference_checkpoint(refs[n], tracking) if n in refs
+                         else _local_checkpoint(trials[n], tracking, run_dir))
         how = ("the best validation check of each fold's model, averaged" if point.get("folds", 1) > 1
                or point["kind"] == "ensemble" else "the trial's best validation check (not retrained)")
     source = (f"ensemble {point['name']} of " + ", ".join(f"trial {m}" if int(m) >= 0 else "the ridge reference"
@@ -372,6 +373,16 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     if register:
         register_bundle(out, register, tracking, st.study_name)
     return out
+
+
+def _reference_checkpoint(point: dict[str, Any], tracking_uri: str) -> str:
+    """A reference member's fold models: in the run directory, else fetched from the search's run."""
+    if point.get("checkpoint") and Path(point["checkpoint"]).exists():
+        return point["checkpoint"]
+    if not point.get("checkpoint_uri"):
+        raise UserError(f"the {point['name']} member's models ({point.get('checkpoint')}) are not on this machine "
+                        "and were not tracked; export on the machine that ran the search")
+    return fetch_artifact(point["checkpoint_uri"], tracking_uri)
 
 
 def _local_checkpoint(trial: Any, tracking_uri: str, run_dir: Path) -> str:

@@ -109,7 +109,7 @@ def _score_test(dataset: Any, folds: Any, study: Any, points: list[dict[str, Any
             e["test_score"] = None
 
 
-def _reference_members(ctx: Any) -> list[dict[str, Any]]:
+def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
     """The references that join the ensemble library (``cellsearch.refmembers``): fitted fold by fold,
     saved like a trial (fold models, out-of-fold outputs), recorded in the study
     (``reference_members``: points keyed by a negative trial number) — none with ``--networks-only``,
@@ -143,18 +143,19 @@ def _reference_members(ctx: Any) -> list[dict[str, Any]]:
              "score": float(np.mean(scores)), "spread": float(np.std(scores)),
              "oof_loss": oof_loss(ctx.dataset.task, oof, ctx.folds.oof), "folds": ctx.folds.k,
              "cost": cost_value(config.cost, costs), **{c.attr: costs.get(c.attr) for c in COSTS.values()},
-             "checkpoint": str(ckpt.relative_to(config.run_dir)), "oof": str(oof_file.relative_to(config.run_dir))}
+             "checkpoint": str(ckpt.relative_to(config.run_dir)), "oof": str(oof_file.relative_to(config.run_dir)),
+             "checkpoint_uri": tracker.log_search_file(ckpt, "references")}
     ctx.study.set_user_attr("reference_members", [point])
     return [{**point, "checkpoint": str(ckpt), "oof": str(oof_file)}]
 
 
-def _select_ensembles(ctx: Any) -> list[dict[str, Any]]:
+def _select_ensembles(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
     """The ensemble of the study's complete trials and the reference members (``cellsearch.ensemble``),
     stored with the study."""
     from cellsearch.ensemble import select_ensembles
 
     trials = trial_points(ctx.study, ctx.config.cost, ensembles=False, root=ctx.config.run_dir)
-    trials += _reference_members(ctx)
+    trials += _reference_members(ctx, tracker)
     found = select_ensembles(trials, ctx.folds, ctx.dataset.task, ctx.direction,
                              ctx.dataset.preprocessing.target_scale, ctx.config.cost, seed=ctx.config.seed or 0)
     ctx.study.set_user_attr("ensembles", found)
@@ -227,7 +228,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
             interrupted = True
     st = ctx.study
     if config.ensemble:
-        _select_ensembles(ctx)
+        _select_ensembles(ctx, tracker)
     else:
         st.set_user_attr("ensembles", [])
     points = trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir)

@@ -58,6 +58,10 @@ class Tracker(Protocol):
     def record_references(self, references: list[dict[str, Any]]) -> None:
         """The reference models' scores and costs (``cellsearch.references``), once per search."""
 
+    def log_search_file(self, path: Path, artifact_path: str) -> str | None:
+        """Store a file of the whole search (a reference member's fold models) with its parent run;
+        returns a URI it can be fetched from (or ``None``)."""
+
     def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
                      dataset: Any) -> None:
         """After each trial: refresh what shows the study's progress (throttled)."""
@@ -187,6 +191,9 @@ class NullTracker:
 
     def record_references(self, references: list[dict[str, Any]]) -> None:
         pass
+
+    def log_search_file(self, path: Path, artifact_path: str) -> str | None:
+        return None
 
     def update_study(self, study: Any, points: list[dict[str, Any]], front: list[dict[str, Any]],
                      dataset: Any) -> None:
@@ -369,6 +376,11 @@ class MLflowTracker:
                 params[f"l{k}_bidirectional"] = True
         self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return MLflowTrialRun(self.client, run.info.run_id)
+
+    def log_search_file(self, path: Path, artifact_path: str) -> str | None:
+        """Store a file with the search's parent run (another machine exports from it)."""
+        self.client.log_artifact(self.parent_id, str(path), artifact_path=artifact_path)
+        return f"runs:/{self.parent_id}/{artifact_path}/{Path(path).name}"
 
     def record_references(self, references: list[dict[str, Any]]) -> None:
         """One finished nested run per reference, tagged ``reference``, with its scores and costs."""
