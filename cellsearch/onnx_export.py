@@ -154,18 +154,12 @@ def _ensemble_onnx(model: Any) -> Any:
     import onnx
     from onnx import helper
 
-    from cellsearch.errors import UnsupportedFormatError
-
-    for k, member in enumerate(model.members):
-        if not hasattr(member, "spec"):
-            raise UnsupportedFormatError(f"member {k} ({member.arch}, a reference) has no ONNX form here; "
-                                    "search with --networks-only, or export one trial (--trial), for an ONNX graph")
     task = get_task(model.spec.task)
     shared = {"x", "lengths", ""}
     nodes, inits = [], []
     outs = []
     for k, member in enumerate(model.members):
-        g = _model_onnx(member).graph
+        g = (_model_onnx(member) if hasattr(member, "spec") else reference_onnx(member)).graph
         prefix = f"m{k}/"
 
         def rename(name: str, prefix: str = prefix) -> str:
@@ -195,6 +189,60 @@ def _ensemble_onnx(model: Any) -> Any:
         [helper.make_tensor_value_info("x", g.FLOAT, ["batch", "time", spec.input_size]),
          helper.make_tensor_value_info("lengths", g.INT64, ["batch"])],
         outputs, initializer=inits + g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellsearch")
+    proto.ir_version = min(proto.ir_version, 9)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def reference_onnx(member: Any) -> Any:
+    """The ONNX ``ModelProto`` of a reference member (``cellsearch.refmembers.RidgeMember``): each
+    sequence's real steps linearly resampled to the member's length (two ``GatherElements`` and a
+    blend), flattened, one ``Gemm``; classification's temperature and log-softmax after it. Raises
+    ``UnsupportedFormatError`` for a member kind it does not know."""
+    import onnx
+    from onnx import helper
+
+    from cellsearch.errors import UnsupportedFormatError
+
+    if getattr(member, "kind", None) != "ridge":
+        raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
+    g = Graph()
+    length, feats = member.length, member.input_size
+    n = g.node("Max", ["lengths", g.const("one_i", 1, "int64")])
+    last = g.node("Unsqueeze", [g.node("Sub", [n, g.const("one_i", 1, "int64")]), g.const("ax1s", [1], "int64")])
+    pos = g.node("Mul", [g.node("Cast", [last], to=g.FLOAT),
+                         g.const("grid", np.linspace(0.0, 1.0, length, dtype=np.float32)[None, :], "float32")])
+    lo_f = g.node("Floor", [pos])
+    lo = g.node("Cast", [lo_f], to=g.INT64)
+    hi = g.node("Min", [g.node("Add", [lo, g.const("one_i", 1, "int64")]), last])
+    w = g.node("Unsqueeze", [g.node("Sub", [pos, lo_f]), g.const("ax2s", [2], "int64")])
+    ones = g.const("ones_i", np.ones((1, 1, feats), dtype=np.int64), "int64")
+
+    def take(idx: str) -> str:
+        full = g.node("Mul", [g.node("Unsqueeze", [idx, g.const("ax2s", [2], "int64")]), ones])
+        return g.node("GatherElements", ["x", full], axis=1)
+
+    blend = g.node("Add", [g.node("Mul", [take(lo), g.node("Sub", [g.const("one_f", [1.0], "float32"), w])]),
+                           g.node("Mul", [take(hi), w])])
+    flat = g.node("Reshape", [blend, g.const("flat_shape", [0, -1], "int64")])
+    weight = member.linear.weight.detach().cpu().numpy().astype(np.float32)
+    bias = member.linear.bias.detach().cpu().numpy().astype(np.float32)
+    out = g.node("Gemm", [flat, g.const("ridge_W", weight, "float32"), g.const("ridge_b", bias, "float32")], transB=1)
+    task = get_task(member.task)
+    if task.labels:
+        out = g.node("LogSoftmax", [g.node("Mul", [out, g.const("temperature", [member.temperature], "float32")])],
+                     axis=1)
+    g.nodes.append(helper.make_node("Identity", [out], ["output"]))
+    outputs = [helper.make_tensor_value_info("output", g.FLOAT, ["batch", member.n_outputs])]
+    for node_out, name in task.onnx_head(g, "output"):
+        g.nodes.append(helper.make_node("Identity", [node_out], [name]))
+        outputs.append(helper.make_tensor_value_info(name, g.FLOAT, ["batch", member.n_outputs]))
+    graph = helper.make_graph(
+        g.nodes, "cellsearch_reference",
+        [helper.make_tensor_value_info("x", g.FLOAT, ["batch", "time", feats]),
+         helper.make_tensor_value_info("lengths", g.INT64, ["batch"])],
+        outputs, initializer=g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellsearch")
     proto.ir_version = min(proto.ir_version, 9)
     onnx.checker.check_model(proto)

@@ -6,7 +6,8 @@ sees what a recurrent network reads step by step differently, and their errors d
 reference also enters the ensemble library as a candidate: fitted on each fold's training rows as
 the networks are, its out-of-fold outputs next to theirs, and a Caruana ensemble may mix them
 (``cellsearch.ensemble``). Exported, it is one more member of the bundle's ``EnsembleModel``:
-``predict``, ``cellsearch.load``, the MLflow pyfunc and serving run it like the networks.
+``predict``, ``cellsearch.load``, the MLflow pyfunc, serving and the ONNX graph
+(``cellsearch.onnx_export.reference_onnx``) run it like the networks.
 
 ``RidgeMember`` is a ``torch.nn.Module`` with the networks' interface (``forward(x, lengths)``,
 outputs in their units): the sequence resampled to a fixed length (linear interpolation over its
