@@ -150,8 +150,11 @@ def md_text(value: Any) -> str:
 
 def _member_name(source: dict[str, Any]) -> str:
     """How the card names an ensemble member's origin: its trial, or the reference it is."""
+    from cellsearch.refmembers import MEMBER_KEYS
+
     trial = source.get("trial")
-    return "-" if trial is None else str(trial) if int(trial) >= 0 else "ridge (reference)"
+    kinds = {v: k for k, v in MEMBER_KEYS.items()}
+    return "-" if trial is None else str(trial) if int(trial) >= 0 else f"{kinds.get(int(trial), '?')} (reference)"
 
 
 def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[str, Any]) -> str:
@@ -356,7 +359,8 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
                          else _local_checkpoint(trials[n], tracking, run_dir))
         how = ("the best validation check of each fold's model, averaged" if point.get("folds", 1) > 1
                or point["kind"] == "ensemble" else "the trial's best validation check (not retrained)")
-    source = (f"ensemble {point['name']} of " + ", ".join(f"trial {m}" if int(m) >= 0 else "the ridge reference"
+    source = (f"ensemble {point['name']} of " + ", ".join(f"trial {m}" if int(m) >= 0 else
+                                                          f"the {_member_name({'trial': m})}"
                                                           for m in point["members"])
               if point["kind"] == "ensemble" else f"trial {point['trial']}")
     length = int(info.get("length", {}).get("median", 1) or 1)

@@ -272,11 +272,9 @@ def member_arch(model: nn.Module) -> str:
 def _member_from(d: dict[str, Any]) -> nn.Module:
     """One ensemble member from its description: a network (``spec``) or a reference member."""
     if "reference" in d:
-        from cellsearch.refmembers import RidgeMember
+        from cellsearch.refmembers import member_from_description
 
-        if d["reference"] != RidgeMember.kind:
-            raise ValueError(f"unknown reference member {d['reference']!r}")
-        return RidgeMember.from_description(d)
+        return member_from_description(d)
     return build(ModelSpec.from_dict(d["spec"]))
 
 
@@ -334,7 +332,7 @@ def from_description(d: dict[str, Any]) -> nn.Module:
     if "members" not in d:
         return build(ModelSpec.from_dict(d))
     members = d["members"]
-    own = {"spec", "weight", "reference", "input_size", "length", "n_outputs", "task", "temperature"}
+    own = {"spec", "weight", "reference", "input_size", "length", "n_outputs", "task", "temperature", "n_bank"}
     return EnsembleModel([_member_from(m) for m in members], [m["weight"] for m in members],
                          [{k: v for k, v in m.items() if k not in own} for m in members])
 

@@ -195,20 +195,9 @@ def _ensemble_onnx(model: Any) -> Any:
     return proto
 
 
-def reference_onnx(member: Any) -> Any:
-    """The ONNX ``ModelProto`` of a reference member (``cellsearch.refmembers.RidgeMember``): each
-    sequence's real steps linearly resampled to the member's length (two ``GatherElements`` and a
-    blend), flattened, one ``Gemm``; classification's temperature and log-softmax after it. Raises
-    ``UnsupportedFormatError`` for a member kind it does not know."""
-    import onnx
-    from onnx import helper
-
-    from cellsearch.errors import UnsupportedFormatError
-
-    if getattr(member, "kind", None) != "ridge":
-        raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
-    g = Graph()
-    length, feats = member.length, member.input_size
+def _resample_onnx(g: Graph, x: str, length: int, feats: int) -> str:
+    """``cellsearch.refmembers.resample_torch`` in ONNX: each sequence's real steps of ``x`` linearly
+    resampled to ``length`` steps (two ``GatherElements`` and a blend), flattened to (batch, length x feats)."""
     n = g.node("Max", ["lengths", g.const("one_i", 1, "int64")])
     last = g.node("Unsqueeze", [g.node("Sub", [n, g.const("one_i", 1, "int64")]), g.const("ax1s", [1], "int64")])
     pos = g.node("Mul", [g.node("Cast", [last], to=g.FLOAT),
@@ -221,18 +210,71 @@ def reference_onnx(member: Any) -> Any:
 
     def take(idx: str) -> str:
         full = g.node("Mul", [g.node("Unsqueeze", [idx, g.const("ax2s", [2], "int64")]), ones])
-        return g.node("GatherElements", ["x", full], axis=1)
+        return g.node("GatherElements", [x, full], axis=1)
 
     blend = g.node("Add", [g.node("Mul", [take(lo), g.node("Sub", [g.const("one_f", [1.0], "float32"), w])]),
                            g.node("Mul", [take(hi), w])])
-    flat = g.node("Reshape", [blend, g.const("flat_shape", [0, -1], "int64")])
-    weight = member.linear.weight.detach().cpu().numpy().astype(np.float32)
-    bias = member.linear.bias.detach().cpu().numpy().astype(np.float32)
-    out = g.node("Gemm", [flat, g.const("ridge_W", weight, "float32"), g.const("ridge_b", bias, "float32")], transB=1)
+    return g.node("Reshape", [blend, g.const("flat_shape", [0, -1], "int64")])
+
+
+def _znormalise_onnx(g: Graph, x: str) -> str:
+    """``cellsearch.refmembers.znormalise_torch`` in ONNX."""
+    mask = g.mask(x, "lengths")
+    axis1 = g.const("ax1s", [1], "int64")
+    n = g.node("Reshape", [g.node("Cast", [g.node("Max", ["lengths", g.const("one_i", 1, "int64")])], to=g.FLOAT),
+                           g.const("shape_b11", [-1, 1, 1], "int64")])
+    mean = g.node("Div", [g.node("ReduceSum", [g.node("Mul", [x, mask]), axis1], keepdims=1), n])
+    centred = g.node("Mul", [g.node("Sub", [x, mean]), mask])
+    std = g.node("Sqrt", [g.node("Div", [g.node("ReduceSum", [g.node("Mul", [centred, centred]), axis1], keepdims=1),
+                                         n])])
+    safe = g.node("Where", [g.node("Greater", [std, g.const("tiny8", 1e-8, "float32")]), std,
+                            g.const("one_f", [1.0], "float32")])
+    return g.node("Mul", [g.node("Div", [centred, safe]), mask])
+
+
+def reference_onnx(member: Any) -> Any:
+    """The ONNX ``ModelProto`` of a reference member (``cellsearch.refmembers``): ridge (resample,
+    one ``Gemm``) or 1-NN (z-normalise, resample, the distances to the stored sequences by one
+    ``MatMul``, a softmax, the stored labels' average); classification's temperature and log after.
+    Raises ``UnsupportedFormatError`` for a member kind it does not know."""
+    import onnx
+    from onnx import helper
+
+    from cellsearch.errors import UnsupportedFormatError
+
+    kind = getattr(member, "kind", None)
+    if kind not in ("ridge", "1nn"):
+        raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
+    g = Graph()
+    length, feats = member.length, member.input_size
     task = get_task(member.task)
-    if task.labels:
-        out = g.node("LogSoftmax", [g.node("Mul", [out, g.const("temperature", [member.temperature], "float32")])],
-                     axis=1)
+    if kind == "ridge":
+        flat = _resample_onnx(g, "x", length, feats)
+        weight = member.linear.weight.detach().cpu().numpy().astype(np.float32)
+        bias = member.linear.bias.detach().cpu().numpy().astype(np.float32)
+        out = g.node("Gemm", [flat, g.const("ridge_W", weight, "float32"), g.const("ridge_b", bias, "float32")],
+                     transB=1)
+        if task.labels:
+            out = g.node("LogSoftmax", [g.node("Mul", [out, g.const("temperature", [member.temperature], "float32")])],
+                         axis=1)
+    else:
+        q = _resample_onnx(g, _znormalise_onnx(g, "x"), length, feats)
+        bank = member.bank.detach().cpu().numpy().astype(np.float32)
+        sq = g.node("ReduceSum", [g.node("Mul", [q, q]), g.const("ax1s", [1], "int64")], keepdims=1)
+        cross = g.node("MatMul", [q, g.const("bank_T", bank.T.copy(), "float32")])
+        twice = g.node("Mul", [cross, g.const("two_f", [2.0], "float32")])
+        d2 = g.node("Max", [g.node("Add", [g.node("Sub", [sq, twice]),
+                                           g.const("bank_sq", (bank * bank).sum(1)[None, :], "float32")]),
+                            g.const("zero_f", [0.0], "float32")])
+        scale = -member.temperature / (length * feats)
+        w = g.node("Softmax", [g.node("Mul", [d2, g.const("nn_scale", [scale], "float32")])], axis=1)
+        values = member.values.detach().cpu().numpy().astype(np.float32)
+        out = g.node("MatMul", [w, g.const("nn_values", values, "float32")])
+        if task.labels:
+            from cellsearch.refmembers import NN_FLOOR
+
+            out = g.node("Log", [g.node("Add", [g.node("Mul", [out, g.const("nn_keep", [1 - NN_FLOOR], "float32")]),
+                                                g.const("nn_floor", [NN_FLOOR / member.n_outputs], "float32")])])
     g.nodes.append(helper.make_node("Identity", [out], ["output"]))
     outputs = [helper.make_tensor_value_info("output", g.FLOAT, ["batch", member.n_outputs])]
     for node_out, name in task.onnx_head(g, "output"):

@@ -29,22 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from cellsearch.refmembers import ALPHAS, resample
+from cellsearch.refmembers import ALPHAS, resample, znormalise
 from cellsearch.tasks import get_task
 
 #: A reference whose scoring would take more multiply-accumulates than this (about a minute on two
 #: cores: 1-NN on very large data) is skipped.
 MAX_WORK = 2e11
-
-
-def znormalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Each sequence's channels to mean 0 and standard deviation 1 over its real steps (a constant
-    channel becomes 0); padding stays 0."""
-    real = (np.arange(x.shape[1])[None, :] < lengths[:, None])[:, :, None]
-    n = np.maximum(lengths, 1)[:, None, None]
-    mean = np.where(real, x, 0).sum(axis=1, keepdims=True) / n
-    std = np.sqrt(np.where(real, (x - mean) ** 2, 0).sum(axis=1, keepdims=True) / n)
-    return np.where(real, (x - mean) / np.where(std > 1e-8, std, 1.0), 0).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""References as ensemble members: the ridge reference as a model the ensemble can hold.
+"""References as ensemble members: the ridge and 1-NN references as models the ensemble can hold.
 
 The search shows simple references beside its networks (``cellsearch.references``). On a few dozen
 sequences a reference may beat every network, or help them: a linear model on the whole sequence
@@ -14,8 +14,9 @@ outputs in their units): the sequence resampled to a fixed length (linear interp
 real steps, as the reference does), flattened, one linear map. For classification it is made
 probabilistic: ridge's one-vs-rest decision values times a temperature fitted on the out-of-fold rows
 (lowest log-loss), through a softmax; its outputs are log-probabilities, which the ensemble averages
-as probabilities like the networks' logits. 1-NN stays a reference only: its "probabilities" are
-0 or 1, and it stores the whole training set.
+as probabilities like the networks' logits. ``NeighbourMember`` is 1-NN made probabilistic the same
+way (a softmax over minus the distances to the stored training sequences), where those sequences are
+few enough to store (``MAX_BANK``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ from cellsearch.tasks import get_task
 #: Ridge penalties tried (leave-one-out picks one), for the reference and the member alike.
 ALPHAS = np.logspace(-3, 3, 13)
 #: Temperatures tried for ridge's decision values (classification).
-TEMPERATURES = np.logspace(-1, 2, 31)
+TEMPERATURES = np.logspace(-1, 3, 41)
 #: The key a reference member takes among trial numbers (members of an ensemble are keyed by trial).
-MEMBER_KEYS = {"ridge": -1}
+MEMBER_KEYS = {"ridge": -1, "1nn": -2}
+#: A 1-NN member stores its training sequences: none above this many stored numbers.
+MAX_BANK = 10_000_000
+#: Classification probabilities of a 1-NN member are mixed with this much of the uniform (no zeros).
+NN_FLOOR = 1e-4
 
 
 def resample(x: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
@@ -64,6 +69,8 @@ class RidgeMember(nn.Module):
     """Ridge on the resampled, flattened sequence, in the networks' output units (module doc)."""
 
     kind = "ridge"
+    #: Whether the temperature is chosen for this task (regression's ridge has none to choose).
+    tuned_for_values = False
 
     def __init__(self, input_size: int, length: int, n_outputs: int, task: str, temperature: float = 1.0) -> None:
         super().__init__()
@@ -96,6 +103,15 @@ class RidgeMember(nn.Module):
                 "n_outputs": self.n_outputs, "task": self.task, "temperature": self.temperature}
 
     @classmethod
+    def fits(cls, n_train: int, dim: int) -> bool:
+        """Ridge stores one weight per input number and output: always."""
+        return True
+
+    @classmethod
+    def fit(cls, train: Any, task: str, length: int, n_outputs: int) -> RidgeMember:
+        return fit_ridge(train, task, length, n_outputs)
+
+    @classmethod
     def from_description(cls, d: dict[str, Any]) -> RidgeMember:
         for key in ("input_size", "length", "n_outputs"):
             if not 1 <= int(d[key]) <= 10_000_000:
@@ -104,6 +120,102 @@ class RidgeMember(nn.Module):
             raise ValueError("ridge member: too many weights")
         return cls(int(d["input_size"]), int(d["length"]), int(d["n_outputs"]), str(d["task"]),
                    float(d.get("temperature", 1.0)))
+
+
+def znormalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Each sequence's channels to mean 0 and standard deviation 1 over its real steps (a constant
+    channel becomes 0); padding stays 0."""
+    real = (np.arange(x.shape[1])[None, :] < lengths[:, None])[:, :, None]
+    n = np.maximum(lengths, 1)[:, None, None]
+    mean = np.where(real, x, 0).sum(axis=1, keepdims=True) / n
+    std = np.sqrt(np.where(real, (x - mean) ** 2, 0).sum(axis=1, keepdims=True) / n)
+    return np.where(real, (x - mean) / np.where(std > 1e-8, std, 1.0), 0).astype(np.float32)
+
+
+def znormalise_torch(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``znormalise`` in torch: each sequence's channels to mean 0 and standard
+    deviation 1 over its real steps (a constant channel becomes 0); padding stays 0."""
+    real = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)[:, :, None]
+    n = lengths.clamp(min=1).to(x.dtype)[:, None, None]
+    mean = (x * real).sum(dim=1, keepdim=True) / n
+    centred = (x - mean) * real
+    std = torch.sqrt((centred * centred).sum(dim=1, keepdim=True) / n)
+    return centred / torch.where(std > 1e-8, std, torch.ones_like(std)) * real
+
+
+class NeighbourMember(nn.Module):
+    """1-NN made probabilistic: each sequence z-normalised and resampled as the 1-NN reference does,
+    its squared distance to every stored training sequence (per number), and a softmax over minus
+    those distances times a temperature chosen on the out-of-fold rows (large: the nearest alone, as
+    1-NN; small: a smooth vote). The weights average the stored labels (one-hot; a floor of
+    ``NN_FLOOR`` of the uniform keeps every probability above 0) or targets."""
+
+    kind = "1nn"
+    tuned_for_values = True
+
+    def __init__(self, input_size: int, length: int, n_outputs: int, task: str, n_bank: int,
+                 temperature: float = 1.0) -> None:
+        super().__init__()
+        self.input_size, self.length, self.n_outputs, self.task = input_size, length, n_outputs, task
+        self.n_bank, self.temperature = n_bank, float(temperature)
+        self.bank = nn.Parameter(torch.zeros(n_bank, input_size * length), requires_grad=False)
+        self.values = nn.Parameter(torch.zeros(n_bank, n_outputs), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        lengths = lengths.to(x.device)
+        q = resample_torch(znormalise_torch(x.float(), lengths), lengths, self.length).flatten(1)
+        d2 = ((q * q).sum(1, keepdim=True) - 2 * q @ self.bank.T + (self.bank * self.bank).sum(1)[None, :]).clamp(min=0)
+        w = torch.softmax(-d2 * (self.temperature / q.shape[1]), dim=1)
+        out = w @ self.values
+        if get_task(self.task).labels:
+            return torch.log(out * (1 - NN_FLOOR) + NN_FLOOR / self.n_outputs)
+        return out
+
+    @property
+    def arch(self) -> str:
+        return f"1nn/{self.length}"
+
+    def n_params(self) -> int:
+        return self.bank.numel() + self.values.numel()
+
+    def macs_per_sequence(self, length: int) -> int:
+        """One multiply-add per stored number (the distances), as the 1-NN reference counts."""
+        return self.bank.numel()
+
+    def describe(self) -> dict[str, Any]:
+        return {"reference": self.kind, "input_size": self.input_size, "length": self.length,
+                "n_outputs": self.n_outputs, "task": self.task, "temperature": self.temperature,
+                "n_bank": self.n_bank}
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> NeighbourMember:
+        for key in ("input_size", "length", "n_outputs", "n_bank"):
+            if not 1 <= int(d[key]) <= 10_000_000:
+                raise ValueError(f"1nn member: {key} {d[key]} out of range")
+        if int(d["input_size"]) * int(d["length"]) * int(d["n_bank"]) > MAX_BANK:
+            raise ValueError("1nn member: too many stored numbers")
+        return cls(int(d["input_size"]), int(d["length"]), int(d["n_outputs"]), str(d["task"]), int(d["n_bank"]),
+                   float(d.get("temperature", 1.0)))
+
+    @classmethod
+    def fits(cls, n_train: int, dim: int) -> bool:
+        """Whether the training sequences are few enough to store."""
+        return n_train * dim <= MAX_BANK
+
+    @classmethod
+    def fit(cls, train: Any, task: str, length: int, n_outputs: int) -> NeighbourMember:
+        """The training rows stored: z-normalised, resampled, flattened, with their labels or targets."""
+        bank = resample(znormalise(train.x, train.lengths), train.lengths, length).reshape(len(train.x), -1)
+        member = cls(train.x.shape[2], length, n_outputs, task, len(bank))
+        y = np.asarray(train.y)
+        values = np.eye(n_outputs, dtype=np.float32)[y.astype(np.int64)] if get_task(task).labels else \
+            y.reshape(len(y), -1).astype(np.float32)
+        with torch.no_grad():
+            member.bank.copy_(torch.as_tensor(bank, dtype=torch.float32))
+            member.values.copy_(torch.as_tensor(values))
+        return member
 
 
 def fit_ridge(train: Any, task: str, length: int, n_outputs: int) -> RidgeMember:
@@ -142,23 +254,36 @@ def _outputs(model: nn.Module, split: Any) -> np.ndarray:
         return model(torch.from_numpy(split.x), torch.from_numpy(split.lengths.astype(np.int64))).numpy()
 
 
-def fold_members(dataset: Any, folds: Any) -> tuple[list[RidgeMember], np.ndarray] | None:
-    """The ridge member of each fold (fitted on the fold's training rows) and their out-of-fold
-    outputs in fold order; classification's temperature is chosen on those outputs (lowest
-    log-loss) and set in every fold's member. ``None`` where ridge does not serve the task."""
+#: The reference members by kind: what ``describe`` names and the search fits.
+MEMBERS: dict[str, Any] = {"ridge": RidgeMember, "1nn": NeighbourMember}
+
+
+def member_from_description(d: dict[str, Any]) -> nn.Module:
+    """A reference member from its description (``describe``)."""
+    if d.get("reference") not in MEMBERS:
+        raise ValueError(f"unknown reference member {d.get('reference')!r}")
+    return MEMBERS[d["reference"]].from_description(d)
+
+
+def fold_members(dataset: Any, folds: Any, kind: str) -> tuple[list[nn.Module], np.ndarray] | None:
+    """The ``kind`` member of each fold (fitted on the fold's training rows) and their out-of-fold
+    outputs in fold order; the temperature is chosen on those outputs (lowest out-of-fold loss) and
+    set in every fold's member. ``None`` where the reference does not serve the task or (1-NN) the
+    training sequences are too many to store."""
     from cellsearch.folds import row_losses
 
-    task = dataset.task
-    if "ridge" not in get_task(task).references:
+    task, cls = dataset.task, MEMBERS[kind]
+    if kind not in get_task(task).references:
         return None
     pool = folds.folds[0].train.split
     length = max(1, int(np.median(pool.lengths)))
+    if not cls.fits(len(pool), length * pool.x.shape[2]):
+        return None
     members, parts = [], []
     for f in folds.folds:
-        m = fit_ridge(f.train.tensors(), task, length, dataset.n_outputs)
-        members.append(m)
+        members.append(cls.fit(f.train.tensors(), task, length, dataset.n_outputs))
         parts.append(f.val.tensors())
-    if get_task(task).labels:
+    if get_task(task).labels or cls.tuned_for_values:
         best, best_loss = 1.0, np.inf
         for t in TEMPERATURES:
             for m in members:

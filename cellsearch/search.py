@@ -110,43 +110,47 @@ def _score_test(dataset: Any, folds: Any, study: Any, points: list[dict[str, Any
 
 
 def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
-    """The references that join the ensemble library (``cellsearch.refmembers``): fitted fold by fold,
+    """The references that join the ensemble library (``cellsearch.refmembers``: ridge, 1-NN where its
+    training sequences are few enough to store): fitted fold by fold,
     saved like a trial (fold models, out-of-fold outputs), recorded in the study
     (``reference_members``: points keyed by a negative trial number) — none with ``--networks-only``,
     with one fold (no out-of-fold rows to select on), or where ridge does not serve the task."""
     import numpy as np
 
     from cellsearch.costs import COSTS, cost_value, measure_costs
-    from cellsearch.folds import oof_loss
+    from cellsearch.folds import fold_scores, oof_loss
     from cellsearch.model import EnsembleModel, save_checkpoint
-    from cellsearch.refmembers import MEMBER_KEYS, fold_members
+    from cellsearch.refmembers import MEMBER_KEYS, MEMBERS, fold_members
     from cellsearch.searchdata import data_shape
 
     config = ctx.config
     if config.networks_only or ctx.folds.k < 2:
         return []
-    fitted = fold_members(ctx.dataset, ctx.folds)
-    if fitted is None:
-        return []
-    members, oof = fitted
-    key = MEMBER_KEYS["ridge"]
-    model = EnsembleModel(members, [1.0] * len(members), [{"trial": key, "fold": k} for k in range(len(members))])
-    ckpt, oof_file = ctx.sdir / "trials" / "ridge.pt", ctx.sdir / "oof" / "ridge.npy"
-    save_checkpoint(ckpt, model, trial=key)
-    oof_file.parent.mkdir(parents=True, exist_ok=True)
-    np.save(oof_file, oof)
-    from cellsearch.folds import fold_scores
-
-    scores = fold_scores(ctx.dataset.task, oof, ctx.folds, ctx.dataset.preprocessing.target_scale)
-    costs = measure_costs(model, data_shape(ctx.dataset).length, tuple(COSTS))
-    point = {"trial": key, "name": "ridge", "kind": "reference", "arch": members[0].arch,
-             "score": float(np.mean(scores)), "spread": float(np.std(scores)),
-             "oof_loss": oof_loss(ctx.dataset.task, oof, ctx.folds.oof), "folds": ctx.folds.k,
-             "cost": cost_value(config.cost, costs), **{c.attr: costs.get(c.attr) for c in COSTS.values()},
-             "checkpoint": str(ckpt.relative_to(config.run_dir)), "oof": str(oof_file.relative_to(config.run_dir)),
-             "checkpoint_uri": tracker.log_search_file(ckpt, "references")}
-    ctx.study.set_user_attr("reference_members", [point])
-    return [{**point, "checkpoint": str(ckpt), "oof": str(oof_file)}]
+    found = []
+    for kind in MEMBERS:
+        fitted = fold_members(ctx.dataset, ctx.folds, kind)
+        if fitted is None:
+            continue
+        members, oof = fitted
+        key = MEMBER_KEYS[kind]
+        model = EnsembleModel(members, [1.0] * len(members), [{"trial": key, "fold": k} for k in range(len(members))])
+        ckpt, oof_file = ctx.sdir / "trials" / f"{kind}.pt", ctx.sdir / "oof" / f"{kind}.npy"
+        save_checkpoint(ckpt, model, trial=key)
+        oof_file.parent.mkdir(parents=True, exist_ok=True)
+        np.save(oof_file, oof)
+        scores = fold_scores(ctx.dataset.task, oof, ctx.folds, ctx.dataset.preprocessing.target_scale)
+        costs = measure_costs(model, data_shape(ctx.dataset).length, tuple(COSTS))
+        found.append({
+            "trial": key, "name": kind, "kind": "reference", "arch": members[0].arch,
+            "score": float(np.mean(scores)), "spread": float(np.std(scores)),
+            "oof_loss": oof_loss(ctx.dataset.task, oof, ctx.folds.oof), "folds": ctx.folds.k,
+            "cost": cost_value(config.cost, costs), **{c.attr: costs.get(c.attr) for c in COSTS.values()},
+            "checkpoint": str(ckpt.relative_to(config.run_dir)), "oof": str(oof_file.relative_to(config.run_dir)),
+            "checkpoint_uri": tracker.log_search_file(ckpt, "references")})
+    if found:
+        ctx.study.set_user_attr("reference_members", found)
+    return [{**p, "checkpoint": str(config.run_dir / p["checkpoint"]), "oof": str(config.run_dir / p["oof"])}
+            for p in found]
 
 
 def _select_ensembles(ctx: Any, tracker: Any) -> list[dict[str, Any]]:

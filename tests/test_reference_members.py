@@ -13,7 +13,7 @@ import torch
 
 from cellsearch.data.splits import SplitTensors
 from cellsearch.references import resample
-from cellsearch.refmembers import RidgeMember, fit_ridge, resample_torch
+from cellsearch.refmembers import NeighbourMember, RidgeMember, fit_ridge, resample_torch
 
 
 def _split(n: int, classes: int | None, seed: int = 0) -> SplitTensors:
@@ -27,21 +27,47 @@ def _split(n: int, classes: int | None, seed: int = 0) -> SplitTensors:
     return SplitTensors(x, lengths.astype(np.int64), y, np.arange(n))
 
 
-def test_the_ridge_member_in_onnx_is_the_ridge_member():
-    """Resampling by GatherElements, one Gemm, temperature and log-softmax: the same outputs as the
-    torch member, on sequences of varying lengths."""
+@pytest.mark.parametrize("cls", [RidgeMember, NeighbourMember])
+def test_a_reference_member_in_onnx_is_the_member(cls):
+    """Ridge: resampling by GatherElements, one Gemm, temperature and log-softmax. 1-NN: z-normalised,
+    resampled, distances by one MatMul, softmax, the labels' average. The same outputs as the torch
+    member, on sequences of varying lengths."""
     ort = pytest.importorskip("onnxruntime")
     from cellsearch.onnx_export import reference_onnx
 
     for classes, task in ((3, "classification"), (2, "classification"), (None, "regression")):
         train, test = _split(60, classes), _split(25, classes, seed=3)
-        member = fit_ridge(train, task, 9, classes or 1)
-        member.temperature = 2.5
+        member = cls.fit(train, task, 9, classes or 1)
+        member.temperature = 20.0
         sess = ort.InferenceSession(reference_onnx(member).SerializeToString())
         got = sess.run(["output"], {"x": test.x, "lengths": test.lengths})[0]
         with torch.no_grad():
             want = member(torch.from_numpy(test.x), torch.from_numpy(test.lengths)).numpy()
-        np.testing.assert_allclose(got, want, atol=1e-5)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert cls.from_description(member.describe()).describe() == member.describe()
+
+
+def test_the_neighbour_member_at_a_high_temperature_is_one_nn():
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from cellsearch.refmembers import znormalise
+
+    train, test = _split(60, 3), _split(40, 3, seed=1)
+    member = NeighbourMember.fit(train, "classification", 9, 3)
+    member.temperature = 1e6
+    with torch.no_grad():
+        out = member(torch.from_numpy(test.x), torch.from_numpy(test.lengths)).numpy()
+
+    def flat(s):
+        return resample(znormalise(s.x, s.lengths), s.lengths, 9).reshape(len(s.x), -1)
+
+    want = KNeighborsClassifier(n_neighbors=1, algorithm="brute").fit(flat(train), train.y).predict(flat(test))
+    assert (out.argmax(axis=1) == want).all()
+    np.testing.assert_allclose(np.exp(out).sum(axis=1), 1.0, atol=1e-4)
+    member.temperature = 0.0  # no temperature: every stored sequence votes alike (the class shares)
+    with torch.no_grad():
+        flat_vote = np.exp(member(torch.from_numpy(test.x), torch.from_numpy(test.lengths)).numpy())
+    np.testing.assert_allclose(flat_vote[0], np.bincount(train.y, minlength=3) / 60, atol=1e-3)
 
 
 def test_resampling_in_torch_matches_the_reference():
@@ -99,17 +125,20 @@ def test_the_ridge_reference_is_a_candidate_and_an_exported_member(searched, tin
     from cellsearch.export import export
 
     st = searched.study
-    (ref,) = st.user_attrs["reference_members"]
-    assert ref["trial"] < 0 and ref["kind"] == "reference"
+    refs = {r["name"]: r for r in st.user_attrs["reference_members"]}
+    assert set(refs) == {"ridge", "1nn"} and all(r["trial"] < 0 and r["kind"] == "reference" for r in refs.values())
+    ref = refs["ridge"]
     assert all(p["kind"] != "reference" for p in searched.front)  # the front shows what the search found
     oof = np.load(searched.run_dir / ref["oof"])
     assert oof.shape[0] == len(np.load(searched.run_dir / ref["oof"].replace("ridge.npy", "truth.npy")))
     # an ensemble holding the reference (the selection's own, or one made here from it)
     trials = [t.number for t in st.get_trials() if t.user_attrs.get("val_score") is not None]
-    st.set_user_attr("ensembles", [{"name": "E9", "members": {str(trials[0]): 0.5, str(ref["trial"]): 0.5},
+    members = {str(trials[0]): 0.4, str(ref["trial"]): 0.3, str(refs["1nn"]["trial"]): 0.3}
+    st.set_user_attr("ensembles", [{"name": "E9", "members": members,
                                     "score": 0.5, "arch": "pair", "macs": 1.0, "params": 1.0, "latency_ms": 1.0}])
     out = export(out=tmp_path / "m", run_dir=searched.run_dir, ensemble="E9", formats=["onnx"])
-    assert "ridge (reference)" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "ridge (reference)" in card and "1nn (reference)" in card
     model = cellsearch.load(out)
     df = pd.read_csv(tiny_csv)
     preds = model.predict(df.drop(columns=["label"]))
@@ -120,8 +149,8 @@ def test_the_ridge_reference_is_a_candidate_and_an_exported_member(searched, tin
     prob = [c for c in fresh.columns if c.startswith("prob_")]
     np.testing.assert_allclose(fresh[prob].to_numpy(), preds[prob].to_numpy(), atol=1e-5)
     # the exported ensemble's output is the weighted average of the network's and the ridge's probabilities
-    net, ridge = model.model.members[0], model.model.members[-1]
-    assert isinstance(ridge, RidgeMember) and not isinstance(net, RidgeMember)
+    kinds = [getattr(m, "kind", "network") for m in model.model.members]
+    assert kinds[0] == "network" and {"ridge", "1nn"} <= set(kinds)  # networks first
     # the ONNX graph holds the ridge member too (resampling by GatherElements, one Gemm): parity
     ort = pytest.importorskip("onnxruntime")
     from cellsearch.data import read_dataset
@@ -133,7 +162,8 @@ def test_the_ridge_reference_is_a_candidate_and_an_exported_member(searched, tin
     got = ort.InferenceSession(str(out / "model.onnx")).run(["output"], {"x": split.x, "lengths": split.lengths})[0]
     np.testing.assert_allclose(got, want, atol=1e-4)
     refit = export(out=tmp_path / "m3", run_dir=searched.run_dir, ensemble="E9", weights="refit")
-    assert any(isinstance(m, RidgeMember) for m in cellsearch.load(refit).model.members)
+    refit_kinds = {type(m) for m in cellsearch.load(refit).model.members}
+    assert RidgeMember in refit_kinds and NeighbourMember in refit_kinds
 
 
 def test_networks_only_keeps_the_references_out(tiny_csv, tmp_path):
