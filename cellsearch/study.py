@@ -3,7 +3,8 @@ a server), the sampler, and counting a study's trials. Preparing a search is ``c
 reading its data and folds, ``cellsearch.searchdata``.
 
 A running trial beats every ``HEARTBEAT_S`` seconds; one silent for ``GRACE_S`` is failed (its
-process died), so a crash never leaves a trial counted as running.
+process died), so a crash never leaves a trial counted as running; one that never beat (created as
+the database went away) is failed after ``NO_BEAT_S``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from cellsearch.errors import UserError
 
 HEARTBEAT_S = 2
 GRACE_S = 8
+#: A running trial with no heartbeat at all this long after it started is failed as stale.
+NO_BEAT_S = 90
 
 
 def study_dir(run_dir: Path, study_name: str) -> Path:
@@ -55,6 +58,32 @@ def _storage_class() -> type:
             except Exception as exc:  # the database is away: beat again at the next interval
                 print(f"cellsearch: storage unavailable ({type(exc).__name__}) for trial {trial_id}'s "
                       "heartbeat; retrying at the next beat", file=sys.stderr, flush=True)
+
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            """Optuna's stale trials (a heartbeat older than the grace period), and running trials
+            that never beat at all after ``NO_BEAT_S``: a trial created just as the database went
+            away keeps no heartbeat row, and Optuna would wait for it forever."""
+            import datetime
+
+            stale = list(super()._get_stale_trial_ids(study_id))
+            now = datetime.datetime.now()
+            for t in self.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if t._trial_id in stale or t.datetime_start is None or \
+                        (now - t.datetime_start).total_seconds() < NO_BEAT_S:
+                    continue
+                if self._never_beat(t._trial_id):
+                    stale.append(t._trial_id)
+            return stale
+
+        def _never_beat(self, trial_id: int) -> bool:
+            from optuna.storages._rdb import models
+
+            session = self.scoped_session()
+            try:
+                return session.query(models.TrialHeartbeatModel).filter(
+                    models.TrialHeartbeatModel.trial_id == trial_id).first() is None
+            finally:
+                session.close()
 
     return ResilientRDBStorage
 

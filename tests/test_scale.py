@@ -205,3 +205,31 @@ def test_a_failed_heartbeat_is_one_line_and_the_next_beat_goes_on(tmp_path, monk
     storage.record_heartbeat(trial._trial_id)
     assert beats == [trial._trial_id] * 2
     assert storage._get_stale_trial_ids(trial.study._study_id) == []  # it did beat: the trial is alive
+
+
+def test_a_running_trial_that_never_beat_is_failed_in_the_end(tmp_path):
+    """A trial created just as the database went away has no heartbeat row; Optuna would count it
+    running forever and the study's last slot would never free. Past NO_BEAT_S it is stale."""
+    import datetime
+
+    from cellsearch.study import NO_BEAT_S, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path}/nobeat.db")
+    study = optuna.create_study(storage=storage, study_name="nobeat")
+
+    def running(age_s: float) -> int:
+        start = datetime.datetime.now() - datetime.timedelta(seconds=age_s)
+        template = optuna.trial.FrozenTrial(
+            number=0, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=start,
+            datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+            intermediate_values={}, trial_id=0)
+        return storage.create_new_trial(study._study_id, template_trial=template)
+
+    old, young = running(NO_BEAT_S + 5), running(1)
+    beating = running(NO_BEAT_S + 5)
+    storage.record_heartbeat(beating)  # a live trial from before the outage: beats, not stale
+    assert storage._get_stale_trial_ids(study._study_id) == [old]
+    optuna.storages.fail_stale_trials(study)
+    states = {t._trial_id: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[old] == optuna.trial.TrialState.FAIL
+    assert states[young] == states[beating] == optuna.trial.TrialState.RUNNING
