@@ -184,11 +184,20 @@ def _ensemble_onnx(model: Any) -> Any:
     for node_out, name in task.onnx_average(g, list(zip(outs, model.weights))):
         g.nodes.append(helper.make_node("Identity", [node_out], [name]))
         outputs.append(helper.make_tensor_value_info(name, g.FLOAT, ["batch", n]))
+    return _checked_model(nodes + g.nodes, "cellsearch_ensemble", spec.input_size, outputs, inits + g.inits)
+
+
+def _checked_model(nodes: list[Any], name: str, input_size: int, outputs: list[Any], inits: list[Any]) -> Any:
+    """A checked ``ModelProto`` of ``nodes`` reading ``x`` (batch, time, ``input_size``) and
+    ``lengths`` (batch): what every graph here ends with."""
+    import onnx
+    from onnx import TensorProto, helper
+
     graph = helper.make_graph(
-        nodes + g.nodes, "cellsearch_ensemble",
-        [helper.make_tensor_value_info("x", g.FLOAT, ["batch", "time", spec.input_size]),
-         helper.make_tensor_value_info("lengths", g.INT64, ["batch"])],
-        outputs, initializer=inits + g.inits)
+        nodes, name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", input_size]),
+         helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
+        outputs, initializer=inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellsearch")
     proto.ir_version = min(proto.ir_version, 9)
     onnx.checker.check_model(proto)
@@ -237,7 +246,6 @@ def reference_onnx(member: Any) -> Any:
     one ``Gemm``) or 1-NN (z-normalise, resample, the distances to the stored sequences by one
     ``MatMul``, a softmax, the stored labels' average); classification's temperature and log after.
     Raises ``UnsupportedFormatError`` for a member kind it does not know."""
-    import onnx
     from onnx import helper
 
     from cellsearch.errors import UnsupportedFormatError
@@ -280,20 +288,11 @@ def reference_onnx(member: Any) -> Any:
     for node_out, name in task.onnx_head(g, "output"):
         g.nodes.append(helper.make_node("Identity", [node_out], [name]))
         outputs.append(helper.make_tensor_value_info(name, g.FLOAT, ["batch", member.n_outputs]))
-    graph = helper.make_graph(
-        g.nodes, "cellsearch_reference",
-        [helper.make_tensor_value_info("x", g.FLOAT, ["batch", "time", feats]),
-         helper.make_tensor_value_info("lengths", g.INT64, ["batch"])],
-        outputs, initializer=g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellsearch")
-    proto.ir_version = min(proto.ir_version, 9)
-    onnx.checker.check_model(proto)
-    return proto
+    return _checked_model(g.nodes, "cellsearch_reference", feats, outputs, g.inits)
 
 
 def _model_onnx(model: Any) -> Any:
     """The ONNX ``ModelProto`` of one ``SequenceModel``."""
-    import onnx
     from onnx import TensorProto, helper
 
     spec = model.spec
@@ -343,15 +342,7 @@ def _model_onnx(model: Any) -> Any:
     for node_out, name in get_task(spec.task).onnx_head(g, "output"):
         nodes.append(helper.make_node("Identity", [node_out], [name]))
         outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", spec.n_outputs]))
-    graph = helper.make_graph(
-        nodes, "cellsearch",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "time", spec.input_size]),
-         helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
-        outputs, initializer=g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="cellsearch")
-    proto.ir_version = min(proto.ir_version, 9)
-    onnx.checker.check_model(proto)
-    return proto
+    return _checked_model(nodes, "cellsearch", spec.input_size, outputs, g.inits)
 
 
 def export_onnx(model: Any, path: str | Path) -> Path:
