@@ -59,7 +59,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 
 
 # Data options shared by every command that reads a CSV (one definition, reused).
-LAYOUT = typer.Option(None, "--layout", help="long, wide or series (detected by default).")
+LAYOUT = typer.Option(None, "--layout", help="text, long, wide or series (detected by default).")
 TARGET = typer.Option(None, "--target", help="Target column (detected by default).")
 ID_COL = typer.Option(None, "--id-col", help="Column grouping rows into sequences or series.")
 TIME_COL = typer.Option(None, "--time-col", help="Column ordering rows within a sequence.")
@@ -70,6 +70,9 @@ FILL = typer.Option(None, "--fill", help="Fill missing feature values: ffill or 
 SEASON = typer.Option(None, "--season", help="Forecasting: season length for MASE and the seasonal naive "
                       "forecast (default: from the time column's dates: 12 monthly, 4 quarterly, 7 daily; else 1).")
 SEED = typer.Option(0, "--seed", help="Seed for splits, sampling and training.")
+TEXT_COL = typer.Option(None, "--text-col", help="Text layout: the column of documents (detected by default).")
+MAX_TOKENS = typer.Option(None, "--max-tokens", help="Text layout: tokens read per document (default: the "
+                          "training documents' 95th percentile, at most 512); longer ones keep head and tail.")
 
 
 @app.command()
@@ -78,13 +81,15 @@ def inspect(
     layout: str | None = LAYOUT, target: str | None = TARGET, id_col: str | None = ID_COL,
     time_col: str | None = TIME_COL, task: str | None = TASK, window: int | None = WINDOW,
     horizon: int | None = HORIZON, fill: str | None = FILL, season: int | None = SEASON, seed: int = SEED,
+    text_col: str | None = TEXT_COL, max_tokens: int | None = MAX_TOKENS,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """What cellsearch understood of a CSV: layout, task, columns, sequences and the split."""
     from cellsearch.data import inspect as inspect_file
 
     info = inspect_file(file, layout=layout, target=target, id_col=id_col, time_col=time_col, task=task,
-                        window=window, horizon=horizon, fill=fill, season=season, seed=seed)
+                        window=window, horizon=horizon, fill=fill, season=season, seed=seed,
+                        text_col=text_col, max_tokens=max_tokens)
     if as_json:
         print(dumps(info))
         return
@@ -99,6 +104,7 @@ def tune(
     layout: str | None = LAYOUT, target: str | None = TARGET, id_col: str | None = ID_COL,
     time_col: str | None = TIME_COL, task: str | None = TASK, window: int | None = WINDOW,
     horizon: int | None = HORIZON, fill: str | None = FILL, season: int | None = SEASON, seed: int = SEED,
+    text_col: str | None = TEXT_COL, max_tokens: int | None = MAX_TOKENS,
     space: str = typer.Option("default", "--space", help="Search space: a shipped name (quick, default, greff) "
                               "or a YAML path."),
     trials: int | None = typer.Option(None, "--trials", help="Finished trials the study should hold (resumes "

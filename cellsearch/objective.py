@@ -183,7 +183,7 @@ class Objective:
         from cellsearch.stack import LayerSpec
 
         ds = self.ctx.dataset
-        inputs = tuple(InputSpec(*group) for group in input_groups(ds.preprocessing))
+        inputs = tuple(InputSpec(*group) for group in input_groups(ds.preprocessing, cfg))
         spec = ModelSpec(input_size=ds.n_features, inputs=inputs,
                          layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]), n_outputs=ds.n_outputs,
                          task=ds.task, dropout=float(cfg["dropout"]), patch=cfg["patch"],

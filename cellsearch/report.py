@@ -32,6 +32,12 @@ def print_inspect(info: dict[str, Any]) -> None:
     if "window" in info:
         rows.append(("window / horizon", f"{info['window']} / {info['horizon']}, season {info['season']} "
                      f"({info['n_series']} series, {info['series_trained']} long enough to train)"))
+    if "text" in info:
+        t = info["text"]
+        rows.append(("text", f"column {t['column']!r}: {t['documents']:,} documents, vocabulary {t['vocabulary']:,} "
+                     f"word pieces (training rows); tokens per document median {t['tokens']['median']:g}, 95th "
+                     f"percentile {t['tokens']['p95']:.0f}, max {t['tokens']['max']:,}; read up to {t['max_tokens']} "
+                     f"({t['cut']:,} cut to head and tail)"))
     if "classes" in info:
         rows.append(("classes", ", ".join(f"{k}: {v}" for k, v in info["classes"].items())))
     for k, v in rows:

@@ -13,11 +13,12 @@ from cellsearch.errors import UserError
 def data_shape(dataset: Any) -> Any:
     """What the search space needs of the data (``space.DataShape``): median length, task, season."""
     from cellsearch.data import get_layout
+    from cellsearch.data.encoders import searched_keys
     from cellsearch.space import DataShape
 
     prep = dataset.preprocessing
     return DataShape(length=int(dataset.info["length"]["median"]), task=dataset.task,
-                     season=get_layout(prep.layout).seasonality(prep)[0])
+                     season=get_layout(prep.layout).seasonality(prep)[0], searched=searched_keys(prep))
 
 
 def fingerprint(dataset: Any) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from cellsearch.errors import UserError
 
 TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
             "max_epochs", "patience", "min_steps", "max_steps", "patch", "pooling", "normalize", "crop",
-            "forecast_loss", "seasonal_base", "starts"}
+            "forecast_loss", "seasonal_base", "starts", "embedding", "vocab"}
 TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps", "max_steps")
 INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps", "max_steps")
 #: A patch size is offered only if the median sequence still has this many steps after patching.
@@ -60,7 +60,10 @@ SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
                             "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "max_steps": 0,
                             "patch": 1, "pooling": "last", "normalize": False, "crop": 0.0, "forecast_loss": "l1",
-                            "seasonal_base": False, "starts": []}
+                            "seasonal_base": False, "starts": [], "embedding": None, "vocab": None}
+#: Keys drawn only for data whose input encoders take them (``Encoder.searched``; ``None``: the
+#: encoder's own default).
+ENCODER_KEYS = ("embedding", "vocab")
 LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
 
 
@@ -84,6 +87,8 @@ class DataShape:
     length: int
     task: str
     season: int = 1
+    #: The space keys the data's input encoders take (``ENCODER_KEYS``: text's ``embedding``, ``vocab``).
+    searched: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,9 @@ class SearchSpace:
         out["forecast_loss"] = str(_draw(trial, "forecast_loss", loss))
         base = cfg["seasonal_base"] if shape is None or (not whole and shape.season > 1) else False
         out["seasonal_base"] = bool(_draw(trial, "seasonal_base", base))
+        for key in ENCODER_KEYS:
+            wanted = shape is not None and key in shape.searched and cfg[key] is not None
+            out[key] = int(_draw(trial, key, cfg[key])) if wanted else None
         return out
 
     def starts(self, shape: DataShape) -> list[dict[str, Any]]:
@@ -265,7 +273,7 @@ def _check_dist(where: str, name: str, spec: Any, allowed: tuple[Any, ...] | Non
 RANGES: dict[str, tuple[float, float]] = {
     "layers.depth": (1, 16), "layers.hidden": (1, 65_536), "batch_size": (1, 1_000_000), "max_epochs": (1, 100_000),
     "patience": (0, 100_000), "min_steps": (0, 10_000_000), "max_steps": (0, 10_000_000), "lr": (1e-12, 10.0),
-    "dropout": (0.0, 0.99), "crop": (0.0, 0.5),
+    "dropout": (0.0, 0.99), "crop": (0.0, 0.5), "embedding": (1, 65_536), "vocab": (2, 10_000_000),
     "weight_decay": (0.0, 10.0)}
 
 
@@ -315,8 +323,12 @@ def validate(config: Any, where: str) -> dict[str, Any]:
     _check_dist(where, "layers.bidirectional", cfg["layers"]["bidirectional"], (True, False))
     for key in (*TRAINING_KEYS, "crop"):
         _check_dist(where, key, cfg[key])
+    for key in ENCODER_KEYS:
+        _check_dist(where, key, cfg[key])
     for name in RANGES:
-        _check_range(where, name, cfg["layers"][name[7:]] if name.startswith("layers.") else cfg[name])
+        value = cfg["layers"][name[7:]] if name.startswith("layers.") else cfg[name]
+        if value is not None:
+            _check_range(where, name, value)
     from cellsearch.pooling import POOLINGS
 
     _check_dist(where, "pooling", cfg["pooling"], tuple(POOLINGS))

@@ -40,6 +40,8 @@ class DataOptions:
     seed: int = 0
     val_size: float = 0.15
     test_size: float | Literal["auto"] = "auto"
+    text_col: str | None = None
+    max_tokens: int | None = None
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first bad option (``layout`` is checked against the layout
@@ -50,10 +52,10 @@ class DataOptions:
             raise UserError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.fill is not None and self.fill not in FILLS:
             raise UserError(f"--fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
-        for name in ("window", "horizon", "season"):
+        for name in ("window", "horizon", "season", "max_tokens"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise UserError(f"--{name} must be at least 1, got {v}")
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
         if not 0 <= self.seed < 2 ** 32:
             raise UserError(f"--seed must be a whole number from 0 to {2 ** 32 - 1}, got {self.seed}")
         if not 0 <= self.val_size < 1:

@@ -1,7 +1,7 @@
 """The input-encoder registry, ``ENCODERS``: how each feature column becomes model inputs.
 
-``numeric`` (numbers and booleans, as they are) and ``categorical`` (text with few values, one-hot)
-ship; ``pick_encoder`` gives a column the first encoder by priority that accepts it. The interface
+``numeric`` (numbers and booleans, as they are), ``categorical`` (text with few values, one-hot) and
+``text`` (free text: WordPiece tokens through an embedding, the text layout's) ship; ``pick_encoder`` gives a column the first encoder by priority that accepts it. The interface
 is ``Encoder`` in ``cellsearch.data.encoders.base``; a new kind of input is one module, added with
 ``register_encoder``.
 """
@@ -15,6 +15,7 @@ import pandas as pd
 from cellsearch.data.encoders.base import Encoder
 from cellsearch.data.encoders.categorical import CategoricalEncoder
 from cellsearch.data.encoders.numeric import NumericEncoder
+from cellsearch.data.encoders.text import TextEncoder
 from cellsearch.registry import Registry
 
 #: The registry: encoder name → its one instance.
@@ -31,10 +32,11 @@ def pick_encoder(s: pd.Series) -> Encoder:
     return next(e for e in sorted(ENCODERS.values(), key=lambda e: e.priority) if e.accepts(s))
 
 
-def input_groups(prep: Any) -> list[tuple[str, int, dict[str, Any]]]:
+def input_groups(prep: Any, drawn: dict[str, Any] | None = None) -> list[tuple[str, int, dict[str, Any]]]:
     """The model's input groups (encoder, channels, layer settings) for a fitted ``Preprocessing``:
     one per feature column, in the order of the model's input channels — or none when every
-    column's inputs are read as they are (``Encoder.input_params`` is ``None`` for all)."""
+    column's inputs are read as they are (``Encoder.input_params`` is ``None`` for all). ``drawn``, a
+    trial's configuration, sets what the encoders search (``Encoder.searched_params``)."""
     fitted = prep.encoders
     if not all(c in fitted for c in prep.features):
         return []
@@ -45,10 +47,17 @@ def input_groups(prep: Any) -> list[tuple[str, int, dict[str, Any]]]:
         groups.append((enc.name, width, enc.input_params(fitted[c], width)))
     if all(params is None for _, _, params in groups):
         return []
-    return [(name, width, params or {}) for name, width, params in groups]
+    return [(name, width, get_encoder(name).searched_params(params or {}, drawn or {}) if params is not None else {})
+            for name, width, params in groups]
 
 
-for _encoder in (NumericEncoder(), CategoricalEncoder()):
+def searched_keys(prep: Any) -> frozenset[str]:
+    """The space keys the data's encoders search (``Encoder.searched``), for ``DataShape``."""
+    kinds = {state.get("kind", "numeric") for state in prep.encoders.values()}
+    return frozenset(k for kind in kinds if kind in ENCODERS for k in get_encoder(kind).searched)
+
+
+for _encoder in (NumericEncoder(), CategoricalEncoder(), TextEncoder()):
     register_encoder(_encoder)
 
-__all__ = ["ENCODERS", "Encoder", "get_encoder", "input_groups", "pick_encoder", "register_encoder"]
+__all__ = ["ENCODERS", "Encoder", "get_encoder", "input_groups", "pick_encoder", "register_encoder", "searched_keys"]

@@ -26,6 +26,9 @@ class Encoder(ABC):
     name: ClassVar[str]
     #: Detection tries encoders in increasing priority; the first that ``accepts`` a column takes it.
     priority: ClassVar[int] = 50
+    #: Keys of the search space that this encoder's layer takes (``searched_params``); the space draws
+    #: them only for data with an input of this encoder (e.g. the text encoder's ``embedding``).
+    searched: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def accepts(self, s: pd.Series) -> bool:
@@ -53,6 +56,11 @@ class Encoder(ABC):
         """The settings of the model layer that reads this column's ``width`` inputs (JSON-able: they
         go into ``ModelSpec.inputs``), or ``None``: the model reads them as they are (the default)."""
         return None
+
+    def searched_params(self, params: dict[str, Any], drawn: dict[str, Any]) -> dict[str, Any]:
+        """``params`` (``input_params``) with what a trial drew for the keys in ``searched`` (``drawn``:
+        the trial's configuration). Unchanged by default."""
+        return params
 
     def input_layer(self, params: dict[str, Any], width: int) -> tuple[Any, int]:
         """The model's layer for a group of ``width`` input channels (``nn.Module`` or ``None`` for

@@ -15,6 +15,7 @@ from cellsearch.data.detect import Schema, find_columns, is_numeric
 from cellsearch.data.layouts.base import Inputs, Layout
 from cellsearch.data.layouts.long import LongLayout
 from cellsearch.data.layouts.series import SeriesLayout
+from cellsearch.data.layouts.text import TextLayout
 from cellsearch.data.layouts.wide import WideLayout
 from cellsearch.data.options import DataOptions
 from cellsearch.errors import UserError
@@ -51,7 +52,7 @@ def detect(df: pd.DataFrame, opts: DataOptions, path: Path) -> tuple[Schema, lis
     return schema, warnings
 
 
-for _layout in (LongLayout(), WideLayout(), SeriesLayout()):
+for _layout in (TextLayout(), LongLayout(), WideLayout(), SeriesLayout()):
     register_layout(_layout)
 
 __all__ = ["LAYOUTS", "Inputs", "Layout", "detect", "get_layout", "register_layout"]
