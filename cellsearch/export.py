@@ -27,6 +27,7 @@ from typing import Any, Literal, get_args
 
 from cellsearch.config import PICKS, Pick
 from cellsearch.data import Preprocessing, get_layout
+from cellsearch.data.encoders import get_encoder
 from cellsearch.errors import UnsupportedFormatError, UserError
 from cellsearch.files import dumps
 from cellsearch.formats import Format, check_formats
@@ -164,13 +165,19 @@ def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[s
 
     task = get_task(prep.task)
     note = task.metric_note
-    extra = ", ".join(f"{k} {v}" for k, v in get_layout(prep.layout).summary(prep).items())
+    def words(v: Any) -> str:  # a layout's summary entry: nested mappings as "key value" pairs
+        return "; ".join(f"{k} {words(x)}" for k, x in v.items()) if isinstance(v, dict) else fmt(v)
+
+    extra = ", ".join(f"{k}: {words(v)}" for k, v in get_layout(prep.layout).summary(prep).items())
     secondary = "".join(f"; test {k[5:]} {fmt(v)}" for k, v in metrics.items()
                         if k.startswith("test_") and k != "test_score")
     held_line = f"- test {metrics['metric']}: {fmt(metrics.get('test_score'))}{secondary}"
     if metrics.get("test_score") is None and metrics.get("oof_score") is not None:
         held_line = (f"- out-of-fold {metrics['metric']}: {fmt(metrics['oof_score'])} (no test split: the rows were "
                      "too few to spare one; each row scored by the fold model that did not train on it)")
+    notes = "\n\n".join(n for n in (get_encoder(state["kind"]).card_note(column, state)
+                                      for column, state in prep.encoders.items()) if n)
+    inputs_section = f"\n## Inputs\n{notes}\n" if notes else ""
     refs = "".join(f"| {r['arch']} | {fmt(r.get('score'))} | {fmt(r.get('test_score'))} | {r['macs']:,} | "
                    f"{r['params']:,} |\n" for r in metrics.get("references", []))
     refs_section = (f"""
@@ -205,7 +212,7 @@ Exported from study `{metrics['study']}`, {metrics['source']}.
 - task: {prep.task}; target {md_text(prep.target)}; inputs: {', '.join(md_text(c) for c in prep.inputs)}
 - split: {json.dumps(info.get('splits', {}))} ({md_text(info.get('split_source', 'n/a'))})
 {f"- {extra}" if extra else ''}
-
+{inputs_section}
 ## Architecture
 | layer | cell | width | bidirectional |
 | --- | --- | --- | --- |
@@ -249,6 +256,9 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
         torch.save(model.state_dict(), bundle / "weights.pt")
         (bundle / "spec.json").write_text(json.dumps(describe(model), indent=2))
         prep.save(bundle / "preprocessing.json")
+        for column, state in prep.encoders.items():
+            for name, text in get_encoder(state["kind"]).bundle_files(column, state).items():
+                (bundle / name).write_text(text)
         (bundle / "metrics.json").write_text(dumps(metrics))
         (bundle / "README.md").write_text(_card(model, prep, info, metrics))
         for fmt in formats:

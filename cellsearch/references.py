@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsearch.refmembers import ALPHAS, resample, znormalise
+from cellsearch.refmembers import ALPHAS, resample, supported, znormalise
 from cellsearch.tasks import get_task
 
 #: A reference whose scoring would take more multiply-accumulates than this (about a minute on two
@@ -49,6 +49,8 @@ class Context:
     n_outputs: int
     target_index: int = 0
     season: int = 1
+    #: The fitted preprocessing (references that read the inputs through an encoder's state: text).
+    prep: Any = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,42 @@ def _ridge_model(task: str) -> Any:
     return RidgeClassifierCV(alphas=ALPHAS) if get_task(task).labels else RidgeCV(alphas=ALPHAS)
 
 
+def _documents(split: Any, ctx: Context) -> list[str]:
+    """The text layout's documents back from their token ids (normalised: lower case, no tags)."""
+    from cellsearch.data.encoders.text import load_tokenizer
+
+    column = ctx.prep.layout_data["text_col"]
+    tok = load_tokenizer(ctx.prep.encoders[column])
+    return tok.decode_batch([[int(v) for v in x[:n, 0]] for x, n in zip(split.x, split.lengths)])
+
+
+def _tfidf(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
+    """TF-IDF of word 1-2-grams and character 2-5-grams (sublinear counts, terms in 2 documents at
+    least) and a linear model: logistic regression (the penalty chosen by 3-fold cross-validation)
+    or ridge (leave-one-out)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.pipeline import make_pipeline, make_union
+
+    vectors = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+                         TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2))
+    if get_task(ctx.task).labels:
+        folds = int(min(3, np.bincount(np.unique(train.y, return_inverse=True)[1]).min()))
+        model = LogisticRegressionCV(**supported(LogisticRegressionCV, Cs=np.logspace(-1, 2, 7), cv=folds,
+                                                  max_iter=1000, scoring="accuracy", l1_ratios=(0.0,),
+                                                  use_legacy_attributes=False)) if folds >= 2 else _logistic()
+    else:
+        model = RidgeCV(alphas=ALPHAS)
+    est = make_pipeline(vectors, model).fit(_documents(train, ctx), train.y)
+    return lambda split: est.predict(_documents(split, ctx))
+
+
+def _logistic() -> Any:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=10.0, max_iter=1000)
+
+
 def _naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     """Repeat each window's last value: 0 in the window's own scaled units."""
     return lambda split: np.zeros((len(split), ctx.n_outputs), dtype=np.float32)
@@ -123,6 +161,10 @@ REFERENCES: dict[str, Reference] = {
                      _sklearn(lambda x, n, length: resample(znormalise(x, n), n, length).reshape(len(x), -1),
                               _nn_model),
                      macs=lambda c: c.n_train * c.dim, params=lambda c: c.n_train * c.dim),
+    # Per document, one weight per output for each n-gram it holds: about 18 per token (the word, the
+    # pair, the 2-5-grams of its characters); about 20 n-grams per training document are kept.
+    "tfidf": Reference("TF-IDF + linear", _tfidf, macs=lambda c: 18 * c.length * c.n_outputs,
+                       params=lambda c: 20 * c.n_train * c.n_outputs),
     "ridge": Reference("ridge",
                        _sklearn(lambda x, n, length: resample(x, n, length).reshape(len(x), -1), _ridge_model),
                        macs=lambda c: c.dim * c.n_outputs, params=lambda c: (c.dim + 1) * c.n_outputs),
@@ -144,6 +186,7 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     ``deadline``, or whose scoring would exceed ``MAX_WORK``, are skipped.
     """
     from cellsearch.costs import cost_value
+    from cellsearch.data import get_layout
     from cellsearch.folds import make_folds
     from cellsearch.metrics import score, test_scores
 
@@ -155,11 +198,12 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     n_val = sum(len(v) for _, v in parts)
     length = max(1, int(np.median(train.lengths)))
     ctx = Context(task, length, length * train.x.shape[2], len(train), dataset.n_outputs,
-                  int(prep.layout_data.get("target_index", 0)), int(prep.layout_data.get("season", 1)))
+                  int(prep.layout_data.get("target_index", 0)), int(prep.layout_data.get("season", 1)), prep)
+    applicable = get_layout(prep.layout).references(prep)
     out = []
     for name in names or tuple(REFERENCES):
         ref = REFERENCES[name]
-        if name not in get_task(task).references or (deadline is not None and time.time() >= deadline) or \
+        if name not in applicable or (deadline is not None and time.time() >= deadline) or \
                 ref.macs(ctx) * (n_val + len(test)) > MAX_WORK:
             continue
         t0 = time.perf_counter()

@@ -34,9 +34,13 @@ ALPHAS = np.logspace(-3, 3, 13)
 #: Temperatures tried for ridge's decision values (classification).
 TEMPERATURES = np.logspace(-1, 3, 41)
 #: The key a reference member takes among trial numbers (members of an ensemble are keyed by trial).
-MEMBER_KEYS = {"ridge": -1, "1nn": -2}
+MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3}
 #: A 1-NN member stores its training sequences: none above this many stored numbers.
 MAX_BANK = 10_000_000
+#: The TF-IDF member hashes pairs of neighbouring word pieces into this many features ...
+PAIR_BUCKETS = 1 << 17
+#: ... by ``(first * PAIR_PRIME + second) mod PAIR_BUCKETS``.
+PAIR_PRIME = 1_000_003
 #: Classification probabilities of a 1-NN member are mixed with this much of the uniform (no zeros).
 NN_FLOOR = 1e-4
 
@@ -108,7 +112,7 @@ class RidgeMember(nn.Module):
         return True
 
     @classmethod
-    def fit(cls, train: Any, task: str, length: int, n_outputs: int) -> RidgeMember:
+    def fit(cls, train: Any, task: str, length: int, n_outputs: int, prep: Any = None) -> RidgeMember:
         return fit_ridge(train, task, length, n_outputs)
 
     @classmethod
@@ -205,7 +209,7 @@ class NeighbourMember(nn.Module):
         return n_train * dim <= MAX_BANK
 
     @classmethod
-    def fit(cls, train: Any, task: str, length: int, n_outputs: int) -> NeighbourMember:
+    def fit(cls, train: Any, task: str, length: int, n_outputs: int, prep: Any = None) -> NeighbourMember:
         """The training rows stored: z-normalised, resampled, flattened, with their labels or targets."""
         bank = resample(znormalise(train.x, train.lengths), train.lengths, length).reshape(len(train.x), -1)
         member = cls(train.x.shape[2], length, n_outputs, task, len(bank))
@@ -249,13 +253,142 @@ def fit_ridge(train: Any, task: str, length: int, n_outputs: int) -> RidgeMember
     return member
 
 
+class TfidfMember(nn.Module):
+    """TF-IDF of a document's word pieces and their pairs, and a linear model: the text reference as a
+    member (token ids in, the networks' outputs out, so it is one more model of the ensemble).
+
+    Features: each word piece (``vocab`` ids) and each pair of neighbours hashed into ``buckets``;
+    weights ``(1 + log tf) · idf`` (smooth idf of the training documents), the vector scaled to unit
+    length, as scikit-learn's ``TfidfVectorizer(sublinear_tf=True)``. Counting is one ``unique`` over
+    (document, feature) keys, so it costs O(tokens log tokens), not a vocabulary-wide vector per
+    document. Fitted by logistic regression (classification: the penalty by 3-fold
+    cross-validation; outputs the log-probabilities, times the temperature) or ridge."""
+
+    kind = "tfidf"
+    tuned_for_values = False
+
+    def __init__(self, vocab: int, buckets: int, unk: int, n_outputs: int, task: str, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.vocab, self.buckets, self.unk, self.n_outputs, self.task = vocab, buckets, unk, n_outputs, task
+        self.temperature = float(temperature)
+        self.register_buffer("idf", torch.ones(vocab + buckets))
+        self.weight = nn.Parameter(torch.zeros(vocab + buckets, n_outputs))
+        self.bias = nn.Parameter(torch.zeros(n_outputs))
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feature index, weight) of every token and pair of each document, (N, 2T - 1) each: a
+        document's features' weights summed per feature give its TF-IDF vector (0 weight: padding)."""
+        ids = x[..., 0].long()
+        ids = torch.where((ids >= 0) & (ids < self.vocab), ids, torch.full_like(ids, self.unk))
+        n, t = ids.shape
+        pos = torch.arange(t, device=ids.device)[None, :]
+        pairs = self.vocab + (ids[:, :-1] * PAIR_PRIME + ids[:, 1:]) % self.buckets
+        feats = torch.cat([ids, pairs], dim=1)
+        real = torch.cat([pos < lengths[:, None], pos[:, 1:] < lengths[:, None]], dim=1)
+        keys = torch.arange(n, device=ids.device)[:, None] * (self.vocab + self.buckets) + feats
+        _, inverse, counts = torch.unique(torch.where(real, keys, torch.full_like(keys, -1)), return_inverse=True,
+                                          return_counts=True)
+        tf = counts[inverse].to(torch.float32)
+        each = (1 + tf.log()) * self.idf[feats]  # the feature's weight, carried by each of its tf occurrences
+        norm = ((each ** 2 / tf) * real).sum(dim=1, keepdim=True).sqrt().clamp(min=1e-12)
+        return feats, each / tf * real / norm
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        feats, w = self.features(x, lengths.to(x.device).long())
+        out = (w[..., None] * self.weight[feats]).sum(dim=1) + self.bias
+        if get_task(self.task).labels:
+            return torch.log_softmax(out * self.temperature, dim=1)
+        return out
+
+    @property
+    def arch(self) -> str:
+        return "tfidf"
+
+    def n_params(self) -> int:
+        return int(self.weight.numel() + self.bias.numel() + self.idf.numel())
+
+    def macs_per_sequence(self, length: int) -> int:
+        """One multiply-add per output for each token and pair."""
+        return (2 * length - 1) * self.n_outputs
+
+    def describe(self) -> dict[str, Any]:
+        return {"reference": self.kind, "vocab": self.vocab, "buckets": self.buckets, "unk": self.unk,
+                "n_outputs": self.n_outputs, "task": self.task, "temperature": self.temperature}
+
+    @classmethod
+    def fits(cls, n_train: int, dim: int) -> bool:
+        return True
+
+    @classmethod
+    def fit(cls, train: Any, task: str, length: int, n_outputs: int, prep: Any = None) -> TfidfMember:
+        from scipy import sparse
+        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+
+        state = prep.encoders[prep.layout_data["text_col"]]
+        member = cls(int(state["vocab"]), PAIR_BUCKETS, int(state["unk"]), n_outputs, task)
+        x, lengths = torch.from_numpy(train.x), torch.from_numpy(train.lengths.astype(np.int64))
+        feats, _ = member.features(x, lengths)
+        width = member.vocab + member.buckets
+        real = torch.cat([torch.arange(x.shape[1])[None, :] < lengths[:, None],
+                          torch.arange(1, x.shape[1])[None, :] < lengths[:, None]], dim=1)
+        rows = np.repeat(np.arange(len(train.x)), real.sum(dim=1).numpy())
+        present = sparse.csr_matrix((np.ones(len(rows)), (rows, feats[real].numpy())), shape=(len(train.x), width))
+        df = np.asarray((present > 0).sum(axis=0)).ravel()
+        with torch.no_grad():
+            member.idf.copy_(torch.as_tensor(np.log((1 + len(train.x)) / (1 + df)) + 1, dtype=torch.float32))
+        feats, w = member.features(x, lengths)
+        design = sparse.csr_matrix((w[real].numpy().astype(np.float64), (rows, feats[real].numpy())),
+                                   shape=(len(train.x), width))
+        y = np.asarray(train.y)
+        if get_task(task).labels:
+            least = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
+            est = (LogisticRegressionCV(**supported(LogisticRegressionCV, Cs=[1.0, 3.0, 10.0, 30.0], cv=min(3, least),
+                                                    max_iter=1000, l1_ratios=(0.0,), use_legacy_attributes=False))
+                   if least >= 2 else LogisticRegression(C=10.0, max_iter=1000)).fit(design, y)
+            coef, icpt, classes = np.atleast_2d(est.coef_), np.atleast_1d(est.intercept_), est.classes_
+            full_w, full_b = np.zeros((n_outputs, width)), np.full(n_outputs, -1e3)  # -1e3: a class never seen
+            classes = np.asarray(classes, dtype=np.int64)
+            if len(classes) == 2 and coef.shape[0] == 1:
+                full_w[classes[1]], full_w[classes[0]] = coef[0] / 2, -coef[0] / 2
+                full_b[classes[1]], full_b[classes[0]] = icpt[0] / 2, -icpt[0] / 2
+            else:
+                full_w[classes], full_b[classes] = coef, icpt
+        else:
+            est = RidgeCV(alphas=ALPHAS).fit(design, y.reshape(len(y), -1))
+            full_w, full_b = np.atleast_2d(est.coef_), np.atleast_1d(est.intercept_)
+        with torch.no_grad():
+            member.weight.copy_(torch.as_tensor(full_w.T, dtype=torch.float32))
+            member.bias.copy_(torch.as_tensor(full_b, dtype=torch.float32))
+        return member
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> TfidfMember:
+        for key in ("vocab", "buckets", "n_outputs"):
+            if not 1 <= int(d[key]) <= 10_000_000:
+                raise ValueError(f"tfidf member: {key} {d[key]} out of range")
+        if (int(d["vocab"]) + int(d["buckets"])) * int(d["n_outputs"]) > 200_000_000:
+            raise ValueError("tfidf member: too many weights")
+        return cls(int(d["vocab"]), int(d["buckets"]), int(d["unk"]), int(d["n_outputs"]), str(d["task"]),
+                   float(d.get("temperature", 1.0)))
+
+
+def supported(cls: Any, **options: Any) -> dict[str, Any]:
+    """The ``options`` the installed scikit-learn's ``cls`` takes (newer ones silence its warnings)."""
+    import inspect
+
+    known = inspect.signature(cls).parameters
+    return {k: v for k, v in options.items() if k in known}
+
+
 def _outputs(model: nn.Module, split: Any) -> np.ndarray:
     with torch.no_grad():
         return model(torch.from_numpy(split.x), torch.from_numpy(split.lengths.astype(np.int64))).numpy()
 
 
 #: The reference members by kind: what ``describe`` names and the search fits.
-MEMBERS: dict[str, Any] = {"ridge": RidgeMember, "1nn": NeighbourMember}
+MEMBERS: dict[str, Any] = {"ridge": RidgeMember, "1nn": NeighbourMember, "tfidf": TfidfMember}
 
 
 def member_from_description(d: dict[str, Any]) -> nn.Module:
@@ -270,10 +403,11 @@ def fold_members(dataset: Any, folds: Any, kind: str) -> tuple[list[nn.Module], 
     outputs in fold order; the temperature is chosen on those outputs (lowest out-of-fold loss) and
     set in every fold's member. ``None`` where the reference does not serve the task or (1-NN) the
     training sequences are too many to store."""
+    from cellsearch.data import get_layout
     from cellsearch.folds import row_losses
 
     task, cls = dataset.task, MEMBERS[kind]
-    if kind not in get_task(task).references:
+    if kind not in get_layout(dataset.preprocessing.layout).references(dataset.preprocessing):
         return None
     pool = folds.folds[0].train.split
     length = max(1, int(np.median(pool.lengths)))
@@ -281,7 +415,7 @@ def fold_members(dataset: Any, folds: Any, kind: str) -> tuple[list[nn.Module], 
         return None
     members, parts = [], []
     for f in folds.folds:
-        members.append(cls.fit(f.train.tensors(), task, length, dataset.n_outputs))
+        members.append(cls.fit(f.train.tensors(), task, length, dataset.n_outputs, dataset.preprocessing))
         parts.append(f.val.tensors())
     if get_task(task).labels or cls.tuned_for_values:
         best, best_loss = 1.0, np.inf

@@ -114,7 +114,8 @@ def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
     training sequences are few enough to store): fitted fold by fold,
     saved like a trial (fold models, out-of-fold outputs), recorded in the study
     (``reference_members``: points keyed by a negative trial number) — none with ``--networks-only``,
-    with one fold (no out-of-fold rows to select on), or where ridge does not serve the task."""
+    without validation rows (nothing to select on), or where a reference does not serve the data
+    (``Layout.references``)."""
     import numpy as np
 
     from cellsearch.costs import COSTS, cost_value, measure_costs
@@ -124,7 +125,7 @@ def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
     from cellsearch.searchdata import data_shape
 
     config = ctx.config
-    if config.networks_only or ctx.folds.k < 2:
+    if config.networks_only or not ctx.folds.validated:
         return []
     found = []
     for kind in MEMBERS:

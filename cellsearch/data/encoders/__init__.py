@@ -1,9 +1,9 @@
 """The input-encoder registry, ``ENCODERS``: how each feature column becomes model inputs.
 
 ``numeric`` (numbers and booleans, as they are), ``categorical`` (text with few values, one-hot) and
-``text`` (free text: WordPiece tokens through an embedding, the text layout's) ship; ``pick_encoder`` gives a column the first encoder by priority that accepts it. The interface
-is ``Encoder`` in ``cellsearch.data.encoders.base``; a new kind of input is one module, added with
-``register_encoder``.
+``text`` (free text: WordPiece tokens through an embedding, the text layout's) ship; ``pick_encoder``
+gives a column the first encoder by priority that accepts it. The interface is ``Encoder`` in
+``cellsearch.data.encoders.base``; a new kind of input is one module, added with ``register_encoder``.
 """
 
 from __future__ import annotations

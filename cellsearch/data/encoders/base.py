@@ -62,6 +62,16 @@ class Encoder(ABC):
         the trial's configuration). Unchanged by default."""
         return params
 
+    def bundle_files(self, column: str, state: dict[str, Any]) -> dict[str, str]:
+        """Files (name → text) an exported bundle carries for this column, e.g. a tokenizer that
+        users of the ONNX graph need to make its inputs. None by default."""
+        return {}
+
+    def card_note(self, column: str, state: dict[str, Any]) -> str:
+        """Markdown for the model card on how this column becomes the model's inputs (for users of
+        the ONNX graph, which takes the inputs themselves); empty by default."""
+        return ""
+
     def input_layer(self, params: dict[str, Any], width: int) -> tuple[Any, int]:
         """The model's layer for a group of ``width`` input channels (``nn.Module`` or ``None`` for
         as they are) and the width it gives per step; built by ``cellsearch.model.build``."""

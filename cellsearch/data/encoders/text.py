@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from cellsearch.data.encoders.base import Encoder
 from cellsearch.errors import UserError
 
@@ -150,6 +151,29 @@ class TextEncoder(Encoder):
         if drawn.get("vocab") is not None:
             out["vocab"] = int(min(int(drawn["vocab"]), params["vocab"]))
         return out
+
+    def bundle_files(self, column: str, state: dict[str, Any]) -> dict[str, str]:
+        return {"tokenizer.json": state["tokenizer"]}
+
+    def card_note(self, column: str, state: dict[str, Any]) -> str:
+        budget = int(state["max_tokens"])
+        return f"""Column {column!r} is free text, read as WordPiece token ids by the tokenizer in `tokenizer.json`
+(trained on the training rows; vocabulary {int(state['vocab']):,}). `cellsearch.load`, `cellsearch predict`
+and the MLflow model take the raw text. The ONNX graph takes the ids themselves: `x` (documents, tokens, 1)
+float32 and `lengths` (documents,) int64, made as training made them:
+```python
+from tokenizers import Tokenizer
+import numpy as np
+tok = Tokenizer.from_file("tokenizer.json")
+ids = [e.ids for e in tok.encode_batch(texts)]
+# a longer document keeps its head and tail; an empty one is one [UNK]
+ids = [i if len(i) <= {budget} else i[:{budget // 4}] + i[len(i) - {budget - budget // 4}:] for i in ids]
+ids = [i or [{int(state['unk'])}] for i in ids]
+lengths = np.array([len(i) for i in ids], dtype=np.int64)
+x = np.zeros((len(ids), lengths.max(), 1), dtype=np.float32)
+for k, i in enumerate(ids):
+    x[k, :len(i), 0] = i
+```"""
 
     def input_layer(self, params: dict[str, Any], width: int) -> tuple[Any, int]:
         if width != 1:

@@ -118,6 +118,12 @@ class Layout(ABC):
         """The registered tasks the layout serves."""
         return [name for name in TASKS if cls.serves(name)]
 
+    def references(self, prep: Preprocessing) -> tuple[str, ...]:
+        """Keys of ``cellsearch.references.REFERENCES`` shown beside the networks (and, where
+        ``cellsearch.refmembers`` has them, joining the ensembles): the task's (``Task.references``) by
+        default; a layout whose inputs they cannot read names its own."""
+        return get_task(prep.task).references
+
     def summary(self, prep: Preprocessing) -> dict[str, Any]:
         """Entries of the layout's own for ``inspect`` and the model card (e.g. window and horizon)."""
         return {}

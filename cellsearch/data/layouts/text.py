@@ -62,7 +62,8 @@ class TextLayout(Layout):
                               warnings)
         ignored = [c for c in found.rest(df) if c not in (text, target)]
         if ignored:
-            warnings.append(f"text layout: columns other than the text and the target are ignored: {', '.join(ignored)}")
+            warnings.append(f"text layout: columns other than the text and the target are ignored: "
+                            f"{', '.join(ignored)}")
         return Schema(self.name, sequence_task(opts, df[target], warnings), target, found.id_col, None,
                       found.split_col, [text], {"text_col": text})
 
@@ -106,6 +107,10 @@ class TextLayout(Layout):
 
     def example(self, df: pd.DataFrame, prep: Preprocessing) -> pd.DataFrame:
         return df.head(2).reset_index(drop=True)
+
+    def references(self, prep: Preprocessing) -> tuple[str, ...]:
+        """TF-IDF of word and character n-grams with a linear model: token ids are not numbers."""
+        return ("tfidf",)
 
     def summary(self, prep: Preprocessing) -> dict[str, Any]:
         return {"text": {"column": prep.layout_data["text_col"], **prep.layout_data.get("text_stats", {})}}
