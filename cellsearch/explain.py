@@ -11,7 +11,11 @@ For each chosen sequence ``explain`` records, from an exported bundle (or any tr
   a hybrid stack can be compared over the same steps;
 - the effect of clamping each gate of each layer to 0, to 1 and to its own mean over the sequence
   (``Cell.clamped``: inside the cell, never by editing weights), ranked by how much it moves the
-  prediction.
+  prediction; where the steps are words (text), the strongest clamps also name the words whose
+  effect on the prediction (the change as each word is read) the gate carried.
+
+Where the layout names its steps (``Layout.step_labels``: a document's tokens), the page's x axis
+and hover show them.
 
 ``write_html`` turns them into one self-contained interactive page (plotly, its JavaScript inlined:
 it opens offline and inside MLflow's artifact viewer).
@@ -36,6 +40,9 @@ MAX_PREFIXES = 400
 PREFIX_BATCH_STEPS = 200_000
 #: Values each clampable gate is fixed to.
 CLAMP_TO = ("0", "1", "mean")
+#: Where steps are words: the strongest clamps whose per-word effects are computed, and the words named.
+WORD_CLAMPS = 3
+WORDS_NAMED = 5
 
 
 @dataclass
@@ -60,6 +67,8 @@ class ClampEffect:
     output: np.ndarray
     change: float
     text: str
+    #: Text: the words whose effect on the prediction the clamp changed most, with that change.
+    words: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +88,8 @@ class Explanation:
     probabilities: bool = False
     layers: list[LayerTrace] = field(default_factory=list)
     clamps: list[ClampEffect] = field(default_factory=list)
+    #: What each input step is (text: its token), or ``None`` (steps are numbered).
+    step_labels: list[str] | None = None
 
 
 def _describe(values: np.ndarray, names: list[str], prep: Any) -> str:
@@ -109,9 +120,11 @@ def pick_member(model: Any, member: int | None = None) -> Any:
 
 def explain_sequences(model: Any, prep: Any, x: np.ndarray, lengths: np.ndarray, keys: np.ndarray,
                       scale: tuple[np.ndarray, np.ndarray] | None = None, truth: dict[str, Any] | None = None,
-                      channels: list[str] | None = None, clamps: bool = True) -> list[Explanation]:
+                      channels: list[str] | None = None, clamps: bool = True,
+                      labels: list[list[str] | None] | None = None) -> list[Explanation]:
     """Explain each sequence of a padded batch ``x`` (N, T, F) with ``model`` (a ``SequenceModel``);
-    ``channels`` name the inputs (default: the preprocessing's model inputs, else x0, x1, ...)."""
+    ``channels`` name the inputs (default: the preprocessing's model inputs, else x0, x1, ...);
+    ``labels`` name each sequence's steps (text: its tokens)."""
     import torch
 
     model.eval()
@@ -126,7 +139,7 @@ def explain_sequences(model: Any, prep: Any, x: np.ndarray, lengths: np.ndarray,
         xs = torch.from_numpy(np.ascontiguousarray(x[n:n + 1, :length])).float()
         sc = None if scale is None else (float(scale[0][n]), float(scale[1][n]))
         out.append(_explain_one(model, prep, xs, str(keys[n]), sc, (truth or {}).get(str(keys[n])), names,
-                                channels, clamps))
+                                channels, clamps, labels[n] if labels is not None else None))
     return out
 
 
@@ -152,7 +165,8 @@ def _prefix_predictions(model: Any, prep: Any, xs: Any, ends: np.ndarray, scale:
 
 
 def _explain_one(model: Any, prep: Any, xs: Any, key: str, scale: tuple[float, float] | None, truth: Any,
-                 names: list[str], channels: list[str], clamps: bool) -> Explanation:
+                 names: list[str], channels: list[str], clamps: bool, labels: list[str] | None = None
+                 ) -> Explanation:
     import torch
 
     from cellsearch.stack import reverse_padded
@@ -180,9 +194,47 @@ def _explain_one(model: Any, prep: Any, xs: Any, key: str, scale: tuple[float, f
                 cells.append((k, direction, cell, gates))
             h = layer(h, lens, None)
         effects = _clamp_effects(model, prep, xs, scale, final, names, cells) if clamps else []
+        if labels is not None:
+            _word_effects(model, prep, xs, scale, ends, per_step, labels, effects, cells)
     return Explanation(key=key, truth=truth, inputs=xs[0].numpy(), channels=channels, patch=p, step_ends=ends,
                        per_step=per_step, output=final, output_names=names, probabilities=prep.classes is not None,
-                       prediction=_describe(final, names, prep), layers=layers, clamps=effects)
+                       prediction=_describe(final, names, prep), layers=layers, clamps=effects, step_labels=labels)
+
+
+def word_effects(per_step: np.ndarray, ends: np.ndarray, labels: list[str], output: int) -> np.ndarray:
+    """Each step's effect on output ``output``: how the prediction changes as it is read (the first
+    step: from the prediction after it alone — nothing is read before it). Steps whose prefix was not
+    computed (``_prefix_predictions`` spaces them on long sequences) share the change of their run."""
+    curve = per_step[:, output]
+    known = np.flatnonzero(np.isfinite(curve))
+    filled = np.interp(np.arange(len(curve)), known, curve[known]) if len(known) else np.zeros(len(curve))
+    return np.diff(np.r_[filled[0], filled])
+
+
+def _word_effects(model: Any, prep: Any, xs: Any, scale: Any, ends: np.ndarray, base: np.ndarray,
+                  labels: list[str], effects: list[ClampEffect], cells: list[tuple[int, str, Any, Any]]) -> None:
+    """For the ``WORD_CLAMPS`` strongest clamps: the words (steps, by ``labels``) whose effect on the
+    predicted output changed most under the clamp, named in ``ClampEffect.words`` and its text."""
+    target = int(np.nan_to_num(base[-1]).argmax()) if prep.classes is not None else 0
+    by_cell = {(k, d): cell for k, d, cell, _ in cells}
+    gates = {(k, d): g for k, d, _, g in cells}
+    before = word_effects(base, ends, labels, target)
+    for e in effects[:WORD_CLAMPS]:
+        cell = by_cell[(e.layer, e.direction)]
+        value = gates[(e.layer, e.direction)][e.gate].mean(axis=1) if e.to == "mean" else float(e.to)
+        with cell.clamped({e.gate: value}):
+            after = word_effects(_prefix_predictions(model, prep, xs, ends, scale), ends, labels, target)
+        carried = before - after  # the part of each word's effect that the gate carried
+        top = np.argsort(-np.abs(carried))[:WORDS_NAMED]
+        e.words = [(_step_words(labels, ends, int(j)), float(carried[j])) for j in top if abs(carried[j]) > 1e-4]
+        if e.words:
+            e.text += "; words whose effect it carried: " + ", ".join(f"{w!r} ({c:+.2f})" for w, c in e.words)
+
+
+def _step_words(labels: list[str], ends: np.ndarray, j: int) -> str:
+    """The words a model step read (one, or a patch of several)."""
+    start = int(ends[j - 1]) if j else 0
+    return " ".join(labels[start:int(ends[j])])
 
 
 def _clamp_effects(model: Any, prep: Any, xs: Any, scale: Any, base: np.ndarray, names: list[str],
@@ -273,8 +325,12 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     truth = None
     if get_task(prep.task).whole_sequences and prep.id_col and prep.target in df.columns and prep.id_col in df.columns:
         truth = {str(k): v for k, v in df.groupby(prep.id_col, sort=False)[prep.target].first().items()}
+    from cellsearch.data import get_layout
+
+    layout = get_layout(prep.layout)
+    labels = [layout.step_labels(prep, x[n], int(lengths[n])) for n in range(len(picks))]
     return explain_sequences(pick_member(predictor.model, member), prep, x, lengths, inputs.keys[picks], scale,
-                             truth)
+                             truth, labels=labels if any(v is not None for v in labels) else None)
 
 
 def _sequence_figure(e: Explanation, title: str) -> Any:
@@ -286,8 +342,9 @@ def _sequence_figure(e: Explanation, title: str) -> Any:
 
     from cellsearch.cells import CELLS
 
-    panels = [("inputs", "Input channels (as the model reads them)"),
-              ("pred", "Prediction if the sequence ended here")]
+    words = e.step_labels
+    panels = [("inputs", "Tokens, as the model reads them" if words else "Input channels (as the model reads them)"),
+              ("pred", "Prediction if the text ended here" if words else "Prediction if the sequence ended here")]
     for tr in e.layers:
         side = f" ({tr.direction})" if tr.direction != "forward" or any(
             o.layer == tr.layer and o.direction == "backward" for o in e.layers) else ""
@@ -301,13 +358,23 @@ def _sequence_figure(e: Explanation, title: str) -> Any:
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.35 / len(panels),
                         subplot_titles=[p[1] for p in panels], row_heights=heights)
     t_raw = np.arange(1, len(e.inputs) + 1)
-    for c in range(e.inputs.shape[1]):
-        fig.add_trace(go.Scatter(x=t_raw, y=e.inputs[:, c], mode="lines", name=e.channels[c], legendgroup="in",
-                                 legendgrouptitle_text="inputs" if c == 0 else None), row=1, col=1)
+    read = [words[int(end) - 1] for end in e.step_ends] if words else None  # the token each model step ends on
+    if words:  # the text itself, one token per tick along the shared axis (zoom in to read a long one)
+        fig.add_trace(go.Scatter(x=t_raw, y=np.zeros(len(words)), mode="markers", marker=dict(size=5, color="#888"),
+                                 text=words, name="tokens", showlegend=False,
+                                 hovertemplate="token %{x}: %{text}<extra></extra>"), row=1, col=1)
+        fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, row=1, col=1)
+        fig.update_xaxes(tickmode="array", tickvals=t_raw, ticktext=words, tickangle=-60, showticklabels=True,
+                         tickfont=dict(size=11), row=1, col=1)
+    else:
+        for c in range(e.inputs.shape[1]):
+            fig.add_trace(go.Scatter(x=t_raw, y=e.inputs[:, c], mode="lines", name=e.channels[c], legendgroup="in",
+                                     legendgrouptitle_text="inputs" if c == 0 else None), row=1, col=1)
     for j, name in enumerate(e.output_names[:10]):
         fig.add_trace(go.Scatter(x=e.step_ends, y=e.per_step[:, j], mode="lines+markers", marker_size=4,
-                                 connectgaps=True,
-                                 name=name, legendgroup="out",
+                                 connectgaps=True, name=name, legendgroup="out", text=read,
+                                 hovertemplate=(f"after %{{x}} tokens (…%{{text}}): {name} %{{y:.3f}}<extra></extra>"
+                                                if words else None),
                                  legendgrouptitle_text="prediction" if j == 0 else None), row=2, col=1)
     for r, (kind, _) in enumerate(panels, start=1):
         if isinstance(kind, tuple):
@@ -323,7 +390,9 @@ def _sequence_figure(e: Explanation, title: str) -> Any:
                               title=dict(text="value" if state else "open", side="right"),
                               tickvals=None if state else [0, 0.5, 1],
                               ticktext=None if state else ["0 shut", "0.5", "1 open"]),
-                hovertemplate="step %{x}<br>unit %{y}<br>%{z:.3f}<extra></extra>"), row=r, col=1)
+                text=[read] * z.shape[0] if words else None,
+                hovertemplate=("token %{x} (%{text})" if words else "step %{x}") + "<br>unit %{y}<br>%{z:.3f}"
+                              "<extra></extra>"), row=r, col=1)
             fig.update_yaxes(title_text="unit", row=r, col=1)
     for tr in e.layers:
         fig.add_trace(go.Scatter(x=e.step_ends, y=tr.mean_abs_hidden, mode="lines",
@@ -331,19 +400,22 @@ def _sequence_figure(e: Explanation, title: str) -> Any:
                                      "" if tr.direction == "forward" else " (backward)"),
                                  legendgroup="mag", legendgrouptitle_text="mean |h|" if tr is e.layers[0] else None),
                       row=len(panels), col=1)
-    fig.update_xaxes(title_text="step", row=len(panels), col=1)
+    fig.update_xaxes(title_text="token" if words else "step", row=len(panels), col=1)
     # the cursor: a vertical line over every panel, moved by the slider and the play button
     def cursor(x: float) -> list[dict[str, Any]]:
         return [dict(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1,
                      line=dict(color="black", width=1.5, dash="dot"))]
 
-    frames = [go.Frame(name=str(k), layout=dict(shapes=cursor(float(x)),
-                                                title_text=f"{title} — step {int(x)} / {len(e.inputs)}"))
+    def where(k: int, x: float) -> str:
+        return (f"{title} — token {int(x)} / {len(e.inputs)}: {read[k]!r}" if words else
+                f"{title} — step {int(x)} / {len(e.inputs)}")
+
+    frames = [go.Frame(name=str(k), layout=dict(shapes=cursor(float(x)), title_text=where(k, x)))
               for k, x in enumerate(e.step_ends)]
     fig.frames = frames
     anim = dict(frame=dict(duration=250, redraw=True), mode="immediate", transition=dict(duration=0))
     fig.update_layout(
-        title_text=f"{title} — step {int(e.step_ends[-1])} / {len(e.inputs)}", shapes=cursor(float(e.step_ends[-1])),
+        title_text=where(len(e.step_ends) - 1, e.step_ends[-1]), shapes=cursor(float(e.step_ends[-1])),
         height=max(700, 190 * len(panels)), margin=dict(l=70, r=40, t=90, b=110), legend=dict(x=1.08, y=1),
         updatemenus=[dict(type="buttons", x=0.0, y=-0.02, yanchor="top", xanchor="left", direction="left",
                           buttons=[dict(label="▶ play", method="animate", args=[None, {**anim, "fromcurrent": True}]),

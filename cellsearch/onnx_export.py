@@ -251,12 +251,17 @@ def reference_onnx(member: Any) -> Any:
     from cellsearch.errors import UnsupportedFormatError
 
     kind = getattr(member, "kind", None)
-    if kind not in ("ridge", "1nn"):
+    if kind not in ("ridge", "1nn", "tfidf"):
         raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
     g = Graph()
-    length, feats = member.length, member.input_size
+    length, feats = getattr(member, "length", 1), getattr(member, "input_size", 1)
     task = get_task(member.task)
-    if kind == "ridge":
+    if kind == "tfidf":
+        out = _tfidf_onnx(g, member)
+        if task.labels:
+            out = g.node("LogSoftmax", [g.node("Mul", [out, g.const("temperature", [member.temperature], "float32")])],
+                         axis=1)
+    elif kind == "ridge":
         flat = _resample_onnx(g, "x", length, feats)
         weight = member.linear.weight.detach().cpu().numpy().astype(np.float32)
         bias = member.linear.bias.detach().cpu().numpy().astype(np.float32)
@@ -289,6 +294,61 @@ def reference_onnx(member: Any) -> Any:
         g.nodes.append(helper.make_node("Identity", [node_out], [name]))
         outputs.append(helper.make_tensor_value_info(name, g.FLOAT, ["batch", member.n_outputs]))
     return _checked_model(g.nodes, "cellsearch_reference", feats, outputs, g.inits)
+
+
+def _tfidf_onnx(g: Graph, member: Any) -> str:
+    """``TfidfMember`` in ONNX, before its softmax: word pieces and hashed pairs of ``x``, their counts
+    per document by one ``Unique`` over (document, feature) keys, the sublinear TF-IDF weights scaled
+    to unit length, and the weighted sum of the features' rows of the linear map."""
+    from onnx import helper
+
+    from cellsearch.refmembers import PAIR_PRIME
+
+    ids = g.node("Cast", [g.node("Squeeze", ["x", g.const("ax2s", [2], "int64")])], to=g.INT64)
+    inside = g.node("And", [g.node("Less", [ids, g.const("tf_vocab", member.vocab, "int64")]),
+                            g.node("GreaterOrEqual", [ids, g.const("zero_i", 0, "int64")])])
+    ids = g.node("Where", [inside, ids, g.const("tf_unk", member.unk, "int64")])
+    big = g.const("tf_end", [2 ** 62], "int64")
+    first = g.node("Slice", [ids, g.const("tf_0", [0], "int64"), g.const("tf_m1", [-1], "int64"),
+                             g.const("ax1s", [1], "int64")])
+    second = g.node("Slice", [ids, g.const("tf_1", [1], "int64"), big, g.const("ax1s", [1], "int64")])
+    hashed = g.node("Add", [g.node("Mul", [first, g.const("tf_prime", PAIR_PRIME, "int64")]), second])
+    pairs = g.node("Add", [g.node("Mod", [hashed, g.const("tf_buckets", member.buckets, "int64")]),
+                           g.const("tf_vocab", member.vocab, "int64")])
+    feats = g.node("Concat", [ids, pairs], axis=1)
+    steps = g.node("Gather", [g.node("Shape", [ids]), g.const("one_i", 1, "int64")])
+    lengths = g.node("Unsqueeze", ["lengths", g.const("ax1s", [1], "int64")])
+    real = g.node("Concat", [
+        g.node("Less", [g.node("Unsqueeze", [g.node("Range", [g.const("zero_i", 0, "int64"), steps,
+                                                              g.const("one_i", 1, "int64")]),
+                                             g.const("ax0s", [0], "int64")]), lengths]),
+        g.node("Less", [g.node("Unsqueeze", [g.node("Range", [g.const("one_i", 1, "int64"), steps,
+                                                              g.const("one_i", 1, "int64")]),
+                                             g.const("ax0s", [0], "int64")]), lengths])], axis=1)
+    rows = g.node("Range", [g.const("zero_i", 0, "int64"),
+                            g.node("Gather", [g.node("Shape", [ids]), g.const("zero_i", 0, "int64")]),
+                            g.const("one_i", 1, "int64")])
+    keys = g.node("Add", [g.node("Mul", [g.node("Unsqueeze", [rows, g.const("ax1s", [1], "int64")]),
+                                         g.const("tf_width", member.vocab + member.buckets, "int64")]), feats])
+    keys = g.node("Where", [real, keys, g.const("tf_pad", -1, "int64")])
+    flat = g.node("Reshape", [keys, g.const("tf_flat", [-1], "int64")])
+    names = [f"tf_unique_{k}" for k in range(4)]
+    g.nodes.append(helper.make_node("Unique", [flat], names, sorted=1))
+    tf = g.node("Cast", [g.node("Reshape", [g.node("Gather", [names[3], names[2]]), g.node("Shape", [keys])])],
+                to=g.FLOAT)
+    idf = member.idf.detach().cpu().numpy().astype(np.float32)
+    each = g.node("Mul", [g.node("Add", [g.const("one_f", [1.0], "float32"), g.node("Log", [tf])]),
+                          g.node("Gather", [g.const("tf_idf", idf, "float32"), feats])])
+    realf = g.node("Cast", [real], to=g.FLOAT)
+    norm = g.node("Max", [g.node("Sqrt", [g.node("ReduceSum", [
+        g.node("Mul", [g.node("Div", [g.node("Mul", [each, each]), tf]), realf]), g.const("ax1s", [1], "int64")],
+        keepdims=1)]), g.const("tf_eps", [1e-12], "float32")])
+    w = g.node("Div", [g.node("Mul", [g.node("Div", [each, tf]), realf]), norm])
+    table = member.weight.detach().cpu().numpy().astype(np.float32)
+    rows_w = g.node("Gather", [g.const("tf_W", table, "float32"), feats])
+    summed = g.node("ReduceSum", [g.node("Mul", [g.node("Unsqueeze", [w, g.const("ax2s", [2], "int64")]), rows_w]),
+                                  g.const("ax1s", [1], "int64")], keepdims=0)
+    return g.node("Add", [summed, g.const("tf_b", member.bias.detach().cpu().numpy().astype(np.float32), "float32")])
 
 
 def _model_onnx(model: Any) -> Any:

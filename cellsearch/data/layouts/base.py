@@ -118,6 +118,11 @@ class Layout(ABC):
         """The registered tasks the layout serves."""
         return [name for name in TASKS if cls.serves(name)]
 
+    def step_labels(self, prep: Preprocessing, x: np.ndarray, length: int) -> list[str] | None:
+        """What each of a sequence's ``length`` input steps (``x``: (T, F) model inputs) is, in the
+        user's words, for ``explain``'s x axis (text: its tokens); ``None``: steps are numbered."""
+        return None
+
     def references(self, prep: Preprocessing) -> tuple[str, ...]:
         """Keys of ``cellsearch.references.REFERENCES`` shown beside the networks (and, where
         ``cellsearch.refmembers`` has them, joining the ensembles): the task's (``Task.references``) by

@@ -108,6 +108,13 @@ class TextLayout(Layout):
     def example(self, df: pd.DataFrame, prep: Preprocessing) -> pd.DataFrame:
         return df.head(2).reset_index(drop=True)
 
+    def step_labels(self, prep: Preprocessing, x: np.ndarray, length: int) -> list[str] | None:
+        """The document's word pieces (``##ing`` continues the word before it)."""
+        from cellsearch.data.encoders.text import load_tokenizer
+
+        tok = load_tokenizer(prep.encoders[prep.layout_data["text_col"]])
+        return [tok.id_to_token(int(v)) or "[UNK]" for v in x[:length, 0]]
+
     def references(self, prep: Preprocessing) -> tuple[str, ...]:
         """TF-IDF of word and character n-grams with a linear model: token ids are not numbers."""
         return ("tfidf",)
