@@ -270,6 +270,7 @@ class TfidfMember(nn.Module):
     def __init__(self, vocab: int, buckets: int, unk: int, n_outputs: int, task: str, temperature: float = 1.0) -> None:
         super().__init__()
         self.vocab, self.buckets, self.unk, self.n_outputs, self.task = vocab, buckets, unk, n_outputs, task
+        self.input_size = 1  # one channel: the token ids
         self.temperature = float(temperature)
         self.register_buffer("idf", torch.ones(vocab + buckets))
         self.weight = nn.Parameter(torch.zeros(vocab + buckets, n_outputs))
@@ -345,7 +346,8 @@ class TfidfMember(nn.Module):
         if get_task(task).labels:
             least = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
             est = (LogisticRegressionCV(**supported(LogisticRegressionCV, Cs=[1.0, 3.0, 10.0, 30.0], cv=min(3, least),
-                                                    max_iter=1000, l1_ratios=(0.0,), use_legacy_attributes=False))
+                                                    max_iter=1000, scoring="neg_log_loss", l1_ratios=(0.0,),
+                                                    use_legacy_attributes=False))
                    if least >= 2 else LogisticRegression(C=10.0, max_iter=1000)).fit(design, y)
             coef, icpt, classes = np.atleast_2d(est.coef_), np.atleast_1d(est.intercept_), est.classes_
             full_w, full_b = np.zeros((n_outputs, width)), np.full(n_outputs, -1e3)  # -1e3: a class never seen

@@ -104,6 +104,45 @@ class _Batches(torch.utils.data.Dataset):
         return self.x[idx_t, : int(lengths.max())], lengths, self.y[idx_t], self.weight[idx_t]
 
 
+#: Batches are made of sequences of similar length where the mean length is below this share of the
+#: longest (padding would be most of a batch's steps otherwise: text, ragged recordings).
+BUCKET_BELOW = 0.8
+#: A bucket pool: this many batches' worth of shuffled sequences, sorted by length, then cut.
+BUCKET_POOL = 50
+
+
+class LengthBuckets(torch.utils.data.Sampler):
+    """Batches of positions whose sequences have similar lengths, so that a batch trimmed to its
+    longest sequence (``_Batches``) is mostly real steps. Training (``generator`` given): each epoch
+    a random order is cut into pools of ``BUCKET_POOL`` batches, each pool sorted by length and cut
+    into batches, and the batches are shuffled — every batch still draws from the whole data.
+    Validation (no generator): the positions sorted by length, cut into batches."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, generator: torch.Generator | None = None) -> None:
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
+
+    def __len__(self) -> int:
+        n, pool = len(self.lengths), self.batch_size * BUCKET_POOL
+        if self.generator is None:
+            return -(-n // self.batch_size)
+        return sum(-(-min(pool, n - s) // self.batch_size) for s in range(0, n, pool))
+
+    def __iter__(self) -> Any:
+        n, bs = len(self.lengths), self.batch_size
+        if self.generator is None:
+            order = torch.argsort(self.lengths, stable=True)
+            yield from (order[k:k + bs].tolist() for k in range(0, n, bs))
+            return
+        perm = torch.randperm(n, generator=self.generator)
+        batches = []
+        for s in range(0, n, bs * BUCKET_POOL):
+            chunk = perm[s:s + bs * BUCKET_POOL]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches += [chunk[k:k + bs].tolist() for k in range(0, len(chunk), bs)]
+        for k in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[k]
+
+
 class SequenceDataModule(pl.LightningDataModule):
     """Batches of one fold (``cellsearch.folds``): its training part and the validation part it is
     scored on; the dataset's own train/validation split when no fold is given."""
@@ -131,9 +170,13 @@ class SequenceDataModule(pl.LightningDataModule):
 
         part = self.parts[split]
         gen = torch.Generator().manual_seed(self.seed)
-        base = RandomSampler(part, generator=gen) if shuffle else SequentialSampler(part)
-        return torch.utils.data.DataLoader(part, batch_size=None,
-                                           sampler=BatchSampler(base, self.batch_size, drop_last=False))
+        lengths = part.lengths if part.index is None else part.lengths[part.index]
+        if split != "test" and len(lengths) and lengths.float().mean() < BUCKET_BELOW * lengths.max():
+            sampler: Any = LengthBuckets(lengths, self.batch_size, gen if shuffle else None)
+        else:
+            base = RandomSampler(part, generator=gen) if shuffle else SequentialSampler(part)
+            sampler = BatchSampler(base, self.batch_size, drop_last=False)
+        return torch.utils.data.DataLoader(part, batch_size=None, sampler=sampler)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader("train", True)
