@@ -344,11 +344,16 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     all_backends: bool = typer.Option(False, "--all-backends", help="Also time the custom cells with each "
                                       "recurrent-GEMM backend this machine has (mkl, aten, blocked)."),
+    text: bool = typer.Option(False, "--text", help="Instead: training tokens per second of a text model "
+                              "(embedding, each cell, mean pooling, Adam) against torch's own modules."),
 ) -> None:
     """Speed of each cell variant (forward + backward) against torch's nn.LSTM on this machine."""
     if device not in ("cpu", "cuda"):
         raise UserError(f"--device must be cpu or cuda, got {device!r}")
     sizes = _ints(hidden, "--hidden")
+    if text:
+        _bench_text(sizes, threads, repeats, as_json)
+        return
     import torch
 
     from cellsearch import kernels
@@ -385,6 +390,29 @@ def bench(
               + ", ".join(f"hidden {h}: {b}" for h, b in chosen.items()))
     for b, brows in per_backend.items():
         print(f"  backend {b}: " + ", ".join(f"{r.variant} h{r.hidden} {r.ratio:.2f}x" for r in brows))
+
+
+def _bench_text(sizes: tuple[int, ...], threads: int, repeats: int, as_json: bool) -> None:
+    """``cellsearch bench --text``: training tokens per second (``cellsearch.benchmarks.text``)."""
+    from cellsearch import kernels
+    from cellsearch.benchmarks import text as text_bench
+
+    rows = text_bench.run_text_bench(hidden=sizes, threads=threads, repeats=repeats)
+    if as_json:
+        print(json.dumps({"cpu": kernels.cpu_model(), "threads": threads, "kernel": kernels.status(),
+                          "rows": text_bench.rows_to_json(rows)}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"text training step (embedding 64, batch 32 documents of 4-256 tokens, Adam), "
+                        f"{threads} threads, CPU {kernels.cpu_model()}")
+    for col in ("variant", "hidden", "tokens/s", "torch's", "tokens/s ", "ratio"):
+        table.add_column(col, justify="left" if col in ("variant", "torch's") else "right")
+    for r in rows:
+        table.add_row(r.variant, str(r.hidden), f"{r.tokens_per_s:,.0f}", r.reference,
+                      f"{r.reference_tokens_per_s:,.0f}", f"{r.ratio:.2f}x")
+    Console().print(table)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,259 @@
+"""Text: a CSV of documents (``id, text, label[, split]``) is detected, tokenised on its training rows
+only, searched, exported with its tokenizer, predicted from raw text (``cellsearch.load``, the pyfunc,
+``predict``, MLflow serving) and from token ids (ONNX with the shipped ``tokenizer.json``), and
+explained word by word; the TF-IDF reference and member are checked against their definitions."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cellsearch
+from cellsearch.data import read_dataset
+
+GOOD = ["great", "love", "delicious", "perfect", "tasty", "fresh", "best", "wonderful"]
+BAD = ["awful", "stale", "bland", "broken", "worst", "soggy", "refund", "disappointing"]
+FILLER = ["the", "this", "coffee", "bag", "was", "and", "it", "tea", "box", "i", "a", "snack", "my", "kids"]
+
+
+def make_reviews(path: Path, n: int = 120, seed: int = 0, split: bool = False) -> Path:
+    """Reviews whose label is whether their sentiment words are mostly good; lengths 4 to 40 words."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        good = i % 2 == 0
+        words = list(rng.choice(FILLER, size=int(rng.integers(3, 36))))
+        for _ in range(int(rng.integers(1, 4))):
+            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(GOOD if good else BAD)))
+        rows.append({"id": 1000 + i, "text": " ".join(words).capitalize() + ".", "label": "great" if good else "other"})
+    df = pd.DataFrame(rows)
+    if split:
+        df["split"] = np.where(np.arange(n) < int(n * 0.75), "train", "test")
+    df.to_csv(path, index=False)
+    return path
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cellsearch.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_file_of_documents_is_read_as_text(tmp_path):
+    csv = make_reviews(tmp_path / "reviews.csv")
+    ds = read_dataset(csv)
+    assert ds.info["layout"] == "text" and ds.task == "classification" and ds.preprocessing.features == ["text"]
+    assert ds.info["text"]["column"] == "text" and ds.info["text"]["documents"] == 120
+    assert ds.info["text"]["tokens"]["max"] >= ds.info["length"]["max"]
+    # the ids the model reads are the tokenizer's, one channel, padding 0 after each end
+    train = ds.splits["train"]
+    assert train.x.shape[2] == 1 and (train.x[0, train.lengths[0]:] == 0).all()
+    state = ds.preprocessing.encoders["text"]
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(state["tokenizer"])
+    first_key = train.keys[0]
+    doc = pd.read_csv(csv).set_index("id").loc[first_key, "text"]
+    assert train.x[0, :train.lengths[0], 0].astype(int).tolist() == tok.encode(doc).ids
+    # inspect shows it; --text-col names it
+    res = _cli("inspect", str(csv), "--json", "--text-col", "text")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["layout"] == "text" and info["text"]["vocabulary"] == state["vocab"]
+
+
+def test_the_tokenizer_learns_from_the_training_rows_only(tmp_path):
+    csv = make_reviews(tmp_path / "reviews.csv", split=True)
+    df = pd.read_csv(csv)
+    test_row = df.index[df["split"] == "test"][0]
+    df.loc[test_row, "text"] = "Zyxwvut жжж great."  # a word and characters only the test rows have
+    df.to_csv(csv, index=False)
+    ds = read_dataset(csv)
+    state = ds.preprocessing.encoders["text"]
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_str(state["tokenizer"]).get_vocab()
+    assert "zyxwvut" not in vocab and not any("ж" in piece for piece in vocab)
+    test = ds.splits["test"]
+    row = int(np.flatnonzero(test.keys == df.loc[test_row, "id"])[0])
+    ids = test.x[row, :test.lengths[row], 0].astype(int).tolist()
+    assert state["unk"] in ids  # the unseen characters read as unknown
+    assert vocab["great"] in ids  # a training word is itself
+
+
+def test_long_documents_keep_head_and_tail_and_empty_ones_a_token():
+    from cellsearch.data.encoders.text import head_and_tail
+
+    assert head_and_tail(list(range(10)), 20) == list(range(10))
+    assert head_and_tail(list(range(100)), 8) == [0, 1] + list(range(94, 100))
+
+
+@pytest.mark.parametrize("args, rows, message", [
+    (["--text-col", "body"], None, "--text-col 'body' is not a column"),
+    ([], "empty", "no text in the training rows"),
+    (["--text-col", "text"], "no label", "no target column found"),
+    (["--layout", "text"], "numbers", "no column of free text found"),
+])
+def test_bad_text_input_gets_one_line(tmp_path, args, rows, message):
+    csv = make_reviews(tmp_path / "reviews.csv", n=20)
+    df = pd.read_csv(csv)
+    if rows == "empty":
+        df["text"] = ""
+        df.to_csv(csv, index=False)
+        args = ["--text-col", "text"]
+    elif rows == "no label":
+        df[["id", "text"]].to_csv(csv, index=False)
+    elif rows == "numbers":
+        pd.DataFrame({"id": range(20), "x": np.arange(20.0), "label": ["a", "b"] * 10}).to_csv(csv, index=False)
+    res = _cli("inspect", str(csv), *args)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr
+
+
+def test_the_tfidf_member_is_sublinear_tfidf_of_pieces_and_pairs(tmp_path):
+    """The member's features against a direct count: (1 + log tf) · idf per word piece and hashed pair,
+    scaled to unit length; its ONNX graph gives the same outputs."""
+    import onnxruntime as ort
+
+    from cellsearch.onnx_export import reference_onnx
+    from cellsearch.refmembers import PAIR_PRIME, TfidfMember
+
+    ds = read_dataset(make_reviews(tmp_path / "reviews.csv"), test_size=0.0)
+    train = ds.splits["train"]
+    member = TfidfMember.fit(train, "classification", 1, 2, ds.preprocessing)
+    idf = member.idf.numpy()
+    n = 5
+    x, lengths = torch.from_numpy(train.x[:n]), torch.from_numpy(train.lengths[:n])
+    feats, w = member.features(x, lengths)
+    for d in range(n):
+        ids = train.x[d, :train.lengths[d], 0].astype(np.int64).tolist()
+        grams = ids + [member.vocab + (a * PAIR_PRIME + b) % member.buckets for a, b in zip(ids, ids[1:])]
+        want = {f: (1 + math.log(c)) * idf[f] for f, c in Counter(grams).items()}
+        norm = math.sqrt(sum(v * v for v in want.values()))
+        got: dict[int, float] = {}
+        for f, v in zip(feats[d].tolist(), w[d].tolist()):
+            got[f] = got.get(f, 0.0) + v
+        got = {f: v for f, v in got.items() if v}
+        assert set(got) == set(want)
+        for f in want:
+            assert got[f] == pytest.approx(want[f] / norm, rel=1e-4)
+    # it learned the sentiment words: better than chance on its own training rows
+    with torch.no_grad():
+        out = member(torch.from_numpy(train.x), torch.from_numpy(train.lengths))
+    assert (out.argmax(1).numpy() == train.y).mean() > 0.9
+    member.temperature = 1.3
+    with torch.no_grad():
+        ref = member(x, lengths).numpy()
+    sess = ort.InferenceSession(reference_onnx(member).SerializeToString())
+    got = sess.run(None, {"x": train.x[:n, :int(lengths.max())], "lengths": train.lengths[:n].astype(np.int64)})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_explain_traces_each_token_through_the_embedding_and_the_cell_equations():
+    from cellsearch.explain import explain_sequences, word_effects
+    from cellsearch.model import InputSpec, ModelSpec, build
+    from cellsearch.stack import LayerSpec
+    from tests.test_explain import PREP, _reference
+
+    torch.manual_seed(0)
+    spec = ModelSpec(input_size=1, inputs=(InputSpec("text", 1, {"vocab": 30, "embedding": 4, "unk": 1}),),
+                     layers=(LayerSpec("gru", 3, False),), n_outputs=2, task="classification")
+    model = build(spec).eval()
+    ids = np.array([[[5], [7], [42], [3], [9]]], dtype=np.float32)  # 42: beyond the kept vocabulary
+    labels = ["good", "tea", "zzz", "but", "stale"]
+    (e,) = explain_sequences(model, PREP, ids, np.array([5]), np.array(["d1"]), labels=[labels])
+    assert e.step_labels == labels
+    embedded = model.inputs(torch.from_numpy(ids))[0].detach().double().numpy()
+    np.testing.assert_allclose(embedded[2], model.inputs.layers[0].embed.weight[1].detach().numpy(), atol=1e-6)
+    ref = _reference(model.stack.layers[0].fwd, embedded)
+    for name, want in ref.items():
+        np.testing.assert_allclose(e.layers[0].gates[name], want, atol=1e-5, err_msg=name)
+    effects = word_effects(e.per_step, e.step_ends, labels, 0)
+    np.testing.assert_allclose(effects[1:], np.diff(e.per_step[:, 0]), atol=1e-9)
+    assert any(c.words for c in e.clamps[:3]) and all(w in " ".join(labels) for c in e.clamps for w, _ in c.words)
+
+
+@pytest.mark.slow
+def test_text_end_to_end_tune_export_predict_onnx_serve_explain(tmp_path):
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    from tests.conftest import http_json, serve_bundle, stop_process, wait_for_server
+
+    csv = make_reviews(tmp_path / "reviews.csv", n=160, split=True)
+    space = tmp_path / "space.yaml"
+    space.write_text("sampler: random\nlayers:\n  depth: 1\n  cell: {type: categorical, choices: [gru, cifg]}\n"
+                     "  hidden: 8\nembedding: {type: categorical, choices: [8, 16]}\n"
+                     "vocab: {type: categorical, choices: [60, 5000]}\n"
+                     "lr: 0.02\nbatch_size: 16\nmax_epochs: 3\npatience: 2\nmin_steps: 30\n")
+    runs = tmp_path / "runs"
+    res = _cli("tune", str(csv), "--space", str(space), "--trials", "3", "--run-dir", str(runs), "--cv", "2",
+               "--workers", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout)
+    refs = result["references"]
+    assert [r["arch"] for r in refs] == ["TF-IDF + linear"] and refs[0]["test_score"] > 0.8
+    out = tmp_path / "model"
+    res = _cli("export", "--run-dir", str(runs), "--out", str(out), "--format", "onnx")
+    assert res.returncode == 0, res.stderr
+    assert (out / "tokenizer.json").exists() and "tokenizer.json" in (out / "README.md").read_text()
+    spec = json.loads((out / "spec.json").read_text())
+    networks = [m["spec"] for m in spec["members"] if "spec" in m] if "members" in spec else [spec]
+    assert all(s["inputs"][0]["encoder"] == "text" and s["inputs"][0]["params"]["embedding"] in (8, 16)
+               for s in networks)
+
+    df = pd.read_csv(csv)
+    new = df[df["split"] == "test"].drop(columns=["label", "split"]).head(6).copy()
+    new.iloc[0, 1] = ""                                        # an empty document
+    new.iloc[1, 1] = "Qwertyuiop fantastical " + "great " * 800  # unseen words; longer than the budget
+    predictor = cellsearch.load(out)
+    preds = predictor.predict(new)
+    assert len(preds) == 6 and np.isfinite(preds.filter(like="prob_").to_numpy()).all()
+    import mlflow
+
+    pyfunc = mlflow.pyfunc.load_model(str(out)).predict(new)
+    np.testing.assert_allclose(pyfunc.filter(like="prob_").to_numpy(), preds.filter(like="prob_").to_numpy(),
+                               atol=1e-6)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    res = _cli("predict", str(out), str(tmp_path / "new.csv"))
+    assert res.returncode == 0, res.stderr
+    assert pd.read_csv(pd.io.common.StringIO(res.stdout))["prediction"].tolist() == preds["prediction"].tolist()
+
+    # ONNX takes token ids, made with the shipped tokenizer.json as the card says
+    state = json.loads((out / "preprocessing.json").read_text())["encoders"]["text"]
+    budget, unk = state["max_tokens"], state["unk"]
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    ids = [e.ids for e in tok.encode_batch(new["text"].fillna("").tolist())]
+    ids = [i if len(i) <= budget else i[:budget // 4] + i[len(i) - (budget - budget // 4):] for i in ids]
+    ids = [i or [unk] for i in ids]
+    lengths = np.array([len(i) for i in ids], dtype=np.int64)
+    x = np.zeros((len(ids), lengths.max(), 1), dtype=np.float32)
+    for k, i in enumerate(ids):
+        x[k, :len(i), 0] = i
+    sess = ort.InferenceSession(str(out / "model.onnx"))
+    names = [o.name for o in sess.get_outputs()]
+    got = dict(zip(names, sess.run(None, {"x": x, "lengths": lengths})))
+    probs = got.get("probabilities", np.exp(got[names[0]]))
+    np.testing.assert_allclose(probs, preds.filter(like="prob_").to_numpy(), atol=1e-5)
+
+    proc, url = serve_bundle(out)
+    try:
+        body = {"dataframe_split": new.to_dict(orient="split")}
+        answer = pd.DataFrame(wait_for_server(lambda: http_json(url, body), proc)["predictions"])
+        assert answer["prediction"].tolist() == preds["prediction"].tolist()
+    finally:
+        stop_process(proc)
+
+    page = tmp_path / "explain.html"
+    res = _cli("explain", str(out), str(csv), "--out", str(page))
+    assert res.returncode == 0, res.stderr
+    html = page.read_text()
+    assert "Tokens, as the model reads them" in html and "Prediction if the text ended here" in html
