@@ -86,10 +86,13 @@ def _select_point(study: Any, trial: int | None, pick: str, root: Path, ensemble
                             f"{', '.join(found) or 'none'}")
         return found[ensemble]
     from cellsearch.ensemble import loss_reader
+    from cellsearch.references import best_reference
 
     direction = attrs.get("direction", "maximize")
+    floor = best_reference(attrs.get("references") or [], direction)
     return pick_trial(pareto_front(points, direction), direction, pick,
-                      losses=loss_reader(points + member_points(study, root), attrs["task"]))
+                      losses=loss_reader(points + member_points(study, root), attrs["task"]),
+                      floor=floor["score"] if floor else None)
 
 
 def _study_preprocessing(sdir: Path, attrs: dict[str, Any]) -> tuple[Preprocessing, dict[str, Any]]:

@@ -141,10 +141,26 @@ def _equivalent(best: dict[str, Any], p: dict[str, Any], sign: float, se: float,
 
 
 def pick_trial(front: list[dict[str, Any]], direction: str, rule: str = "knee",
-               losses: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any] | None:
+               losses: Callable[[dict[str, Any]], Any] | None = None, floor: float | None = None
+               ) -> dict[str, Any] | None:
     """Choose from the front by ``rule``: knee (default), best or smallest. See the module doc.
     ``losses`` gives a point's out-of-fold loss example by example (``ensemble.loss_reader``), which
-    the cross-validated knee pairs; without it the knee pairs the fold losses."""
+    the cross-validated knee pairs; without it the knee pairs the fold losses. ``floor``: the best
+    reference's validation score; a knee below it gives way to the cheapest front member at or above
+    it (the best where none is): the chosen model is not worse than what the table shows beside it."""
+    chosen = _pick(front, direction, rule, losses)
+    if chosen is None or floor is None or rule != "knee":
+        return chosen
+    sign = 1.0 if direction == "maximize" else -1.0
+    if sign * chosen["score"] >= sign * floor:
+        return chosen
+    above = [p for p in front if sign * p["score"] >= sign * floor]
+    return min(above, key=lambda p: p["cost"]) if above else _pick(front, direction, "best", losses)
+
+
+def _pick(front: list[dict[str, Any]], direction: str, rule: str,
+          losses: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any] | None:
+    """``pick_trial`` without the reference floor."""
     if not front:
         return None
     sign = 1.0 if direction == "maximize" else -1.0

@@ -239,7 +239,11 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     points = trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir)
     front = pareto_front(points, direction)
     points_and_members = points + member_points(st, config.run_dir)
-    chosen = pick_trial(front, direction, config.pick, losses=loss_reader(points_and_members, dataset.task))
+    from cellsearch.references import best_reference
+
+    floor = best_reference(references, direction)
+    chosen = pick_trial(front, direction, config.pick, losses=loss_reader(points_and_members, dataset.task),
+                        floor=floor["score"] if floor else None)
     _score_test(dataset, ctx.folds, st, points_and_members, front, config.run_dir,
                 None if config.timeout is None else config.started_at + config.timeout)
     result = TuneResult(study=st, metric=ctx.metric, direction=direction, cost=cost, front=front,
