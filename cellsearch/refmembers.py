@@ -270,7 +270,7 @@ class TfidfMember(nn.Module):
     def __init__(self, vocab: int, buckets: int, unk: int, n_outputs: int, task: str, temperature: float = 1.0) -> None:
         super().__init__()
         self.vocab, self.buckets, self.unk, self.n_outputs, self.task = vocab, buckets, unk, n_outputs, task
-        self.input_size = 1  # one channel: the token ids
+        self.input_size = self.length = 1  # one channel: the token ids; no resampling length
         self.temperature = float(temperature)
         self.register_buffer("idf", torch.ones(vocab + buckets))
         self.weight = nn.Parameter(torch.zeros(vocab + buckets, n_outputs))

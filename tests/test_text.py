@@ -252,6 +252,11 @@ def test_text_end_to_end_tune_export_predict_onnx_serve_explain(tmp_path):
     finally:
         stop_process(proc)
 
+    refit = tmp_path / "refit"
+    res = _cli("export", "--run-dir", str(runs), "--out", str(refit), "--weights", "refit")
+    assert res.returncode == 0, res.stderr
+    assert np.isfinite(cellsearch.load(refit).predict(new).filter(like="prob_").to_numpy()).all()
+
     page = tmp_path / "explain.html"
     res = _cli("explain", str(out), str(csv), "--out", str(page))
     assert res.returncode == 0, res.stderr

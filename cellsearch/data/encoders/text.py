@@ -40,15 +40,19 @@ EMBEDDING = 64
 
 
 def looks_like_text(s: pd.Series) -> bool:
-    """Whether a column holds free text: strings, mostly distinct, of several words (median ≥ 3)."""
+    """Whether a column holds free text: strings, mostly distinct, of several words (median ≥ 3),
+    most of them with a letter (``"0.1 0.5 0.3"`` is numbers packed in a cell, not text)."""
     if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
         return False
     values = s.dropna()
     if len(values) == 0 or not all(isinstance(v, str) for v in values.head(100)):
         return False
     sample = values.astype(str).head(2000)
-    words = sample.str.split().str.len()
-    return bool(sample.nunique() >= 0.5 * len(sample) and words.median() >= 3)
+    words = sample.str.split()
+    if not (sample.nunique() >= 0.5 * len(sample) and words.str.len().median() >= 3):
+        return False
+    tokens = [w for ws in words.head(200) for w in ws]
+    return sum(any(ch.isalpha() for ch in w) for w in tokens) >= 0.5 * len(tokens)
 
 
 def train_tokenizer(docs: list[str], vocab_size: int = VOCAB_SIZE) -> Any:
