@@ -7,6 +7,9 @@
   number of steps between the spikes (regression), which needs precise internal timing.
 * ``seasonal.csv`` — series layout: three monthly demand series with trend, yearly seasonality and
   noise, on different scales; forecast the next 6 months.
+* ``reviews.csv`` — text layout: short product reviews (``id, text, label``) whose verdict may be
+  negated ("not bad at all") or turned by a "but" late in the text, so word order matters; target
+  ``label`` (great / other).
 """
 
 from __future__ import annotations
@@ -60,10 +63,36 @@ def seasonal(seed: int = 0) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def reviews(n: int = 1500, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    things = ["coffee", "tea", "granola", "hot sauce", "dog food", "cereal", "olive oil", "chocolate", "pasta"]
+    good = ["great", "delicious", "excellent", "tasty", "fresh", "wonderful", "perfect"]
+    bad = ["bad", "stale", "bland", "awful", "bitter", "disappointing", "greasy"]
+    filler = ["I bought this for my family.", "Shipping was quick.", "The price was fair.",
+              "We tried it last week.", "The package was a bit dented.", "My kids ate it for breakfast."]
+    rows = []
+    for i in range(n):
+        thing = str(rng.choice(things))
+        positive = bool(rng.random() < 0.6)
+        negated = bool(rng.random() < 0.3)
+        word = str(rng.choice(bad if positive == negated else good))
+        tail = " at all" if negated and rng.random() < 0.5 else ""
+        verdict = f"The {thing} is {'not ' if negated else ''}{word}{tail}."
+        first = positive
+        if rng.random() < 0.25:  # an opening that the end of the review turns around
+            first = not positive
+            verdict = f"At first I thought it was {str(rng.choice(good if first else bad))}, but " + \
+                verdict[0].lower() + verdict[1:]
+        parts = list(rng.choice(filler, size=int(rng.integers(0, 4)), replace=False)) + [verdict]
+        rows.append({"id": i, "text": " ".join(parts), "label": "great" if positive else "other"})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     digits().to_csv(HERE / "digits.csv", index=False)
     timing().to_csv(HERE / "timing.csv", index=False)
     seasonal().to_csv(HERE / "seasonal.csv", index=False)
+    reviews().to_csv(HERE / "reviews.csv", index=False)
 
 
 if __name__ == "__main__":
