@@ -262,3 +262,25 @@ def test_text_end_to_end_tune_export_predict_onnx_serve_explain(tmp_path):
     assert res.returncode == 0, res.stderr
     html = page.read_text()
     assert "Tokens, as the model reads them" in html and "Prediction if the text ended here" in html
+
+
+def test_length_buckets_cover_every_document_once_with_little_padding():
+    from cellsearch.train import LengthBuckets
+
+    rng = np.random.default_rng(0)
+    lengths = torch.from_numpy(rng.lognormal(3.5, 0.9, size=1000).astype(np.int64) + 1)
+    buckets = LengthBuckets(lengths, 32, torch.Generator().manual_seed(0))
+    batches = list(buckets)
+    assert len(batches) == len(buckets)
+    assert sorted(i for b in batches for i in b) == list(range(1000))  # every document once per epoch
+
+    def padded(bs):
+        return sum(len(b) * int(lengths[b].max()) for b in bs) / int(lengths.sum())
+
+    shuffled = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
+    plain = [shuffled[k:k + 32] for k in range(0, 1000, 32)]
+    assert padded(batches) < 1.3 < padded(plain)  # steps run per real step
+    again = list(LengthBuckets(lengths, 32, torch.Generator().manual_seed(0)))
+    assert again == batches  # reproducible from the seed
+    ordered = [i for b in LengthBuckets(lengths, 32) for i in b]  # validation: sorted by length
+    assert (np.diff(lengths[ordered].numpy()) >= 0).all()
