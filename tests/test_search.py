@@ -126,6 +126,13 @@ def test_pareto_front_and_knee():
     # Minimised scores (RMSE) flip the sense.
     rm = [_pt(0, 1.0, 1e3), _pt(1, 0.5, 1e4), _pt(2, 0.45, 1e6)]
     assert pick_trial(pareto_front(rm, "minimize"), "minimize", "knee")["trial"] == 1
+    # The best reference's validation score is a floor for the knee: the cheapest member at or above
+    # it is taken; the best where none is; the other rules are left as asked.
+    assert pick_trial(front, "maximize", "knee", floor=0.955)["trial"] == 2
+    assert pick_trial(front, "maximize", "knee", floor=0.90)["trial"] == 1
+    assert pick_trial(front, "maximize", "knee", floor=0.99)["trial"] == 2
+    assert pick_trial(front, "maximize", "smallest", floor=0.99)["trial"] == 0
+    assert pick_trial(pareto_front(rm, "minimize"), "minimize", "knee", floor=0.47)["trial"] == 2
 
 
 def test_pruning_waits_for_its_step_floor_and_promotes_by_rank():
