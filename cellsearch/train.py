@@ -109,6 +109,10 @@ class _Batches(torch.utils.data.Dataset):
 BUCKET_BELOW = 0.8
 #: A bucket pool: this many batches' worth of shuffled sequences, sorted by length, then cut.
 BUCKET_POOL = 50
+#: ... and only where there are at least this many batches: on a few dozen sequences the padding
+#: costs little, and batches cut from one sorted pool would be the same few every epoch (and, where
+#: length goes with the class, of one class).
+BUCKET_MIN_BATCHES = 8
 
 
 class LengthBuckets(torch.utils.data.Sampler):
@@ -171,7 +175,8 @@ class SequenceDataModule(pl.LightningDataModule):
         part = self.parts[split]
         gen = torch.Generator().manual_seed(self.seed)
         lengths = part.lengths if part.index is None else part.lengths[part.index]
-        if split != "test" and len(lengths) and lengths.float().mean() < BUCKET_BELOW * lengths.max():
+        if split != "test" and len(lengths) >= BUCKET_MIN_BATCHES * self.batch_size and \
+                lengths.float().mean() < BUCKET_BELOW * lengths.max():
             sampler: Any = LengthBuckets(lengths, self.batch_size, gen if shuffle else None)
         else:
             base = RandomSampler(part, generator=gen) if shuffle else SequentialSampler(part)
