@@ -145,6 +145,8 @@ def select_ensembles(trials: list[dict[str, Any]], folds: Any, task: str, direct
     by_trial = {t["trial"]: t for t in pool}
     found = []
     for k, members in enumerate(sets):
+        if all(int(n) < 0 for n in members):  # references alone: the bundle always holds a network
+            continue
         total = sum(members.values())
         members = {n: w / total for n, w in members.items()}
         out = members_output(task, preds, members)
