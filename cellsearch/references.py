@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsearch.refmembers import ALPHAS, resample, supported, znormalise
+from cellsearch.refmembers import ALPHAS, logistic, resample, znormalise
 from cellsearch.tasks import get_task
 
 #: A reference whose scoring would take more multiply-accumulates than this (about a minute on two
@@ -107,26 +107,17 @@ def _tfidf(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     least) and a linear model: logistic regression (the penalty chosen by 3-fold cross-validation)
     or ridge (leave-one-out)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline, make_union
 
     vectors = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
                          TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2))
     if get_task(ctx.task).labels:
-        folds = int(min(3, np.bincount(np.unique(train.y, return_inverse=True)[1]).min()))
-        model = LogisticRegressionCV(**supported(LogisticRegressionCV, Cs=np.logspace(-1, 2, 7), cv=folds,
-                                                  max_iter=1000, scoring="accuracy", l1_ratios=(0.0,),
-                                                  use_legacy_attributes=False)) if folds >= 2 else _logistic()
+        model = logistic(np.asarray(train.y), np.logspace(-1, 2, 7), "accuracy")
     else:
         model = RidgeCV(alphas=ALPHAS)
     est = make_pipeline(vectors, model).fit(_documents(train, ctx), train.y)
     return lambda split: est.predict(_documents(split, ctx))
-
-
-def _logistic() -> Any:
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(C=10.0, max_iter=1000)
 
 
 def _naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:

@@ -276,17 +276,24 @@ class TfidfMember(nn.Module):
         self.weight = nn.Parameter(torch.zeros(vocab + buckets, n_outputs))
         self.bias = nn.Parameter(torch.zeros(n_outputs))
 
+    def grams(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The feature index of every token and pair of each document, (N, 2T - 1), and whether it
+        is one of the document's own (not padding)."""
+        ids = x[..., 0].long()
+        ids = torch.where((ids >= 0) & (ids < self.vocab), ids, torch.full_like(ids, self.unk))
+        pos = torch.arange(ids.shape[1], device=ids.device)[None, :]
+        pairs = self.vocab + (ids[:, :-1] * PAIR_PRIME + ids[:, 1:]) % self.buckets
+        real = torch.cat([pos < lengths[:, None], pos[:, 1:] < lengths[:, None]], dim=1)
+        return torch.cat([ids, pairs], dim=1), real
+
     def features(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(feature index, weight) of every token and pair of each document, (N, 2T - 1) each: a
         document's features' weights summed per feature give its TF-IDF vector (0 weight: padding)."""
-        ids = x[..., 0].long()
-        ids = torch.where((ids >= 0) & (ids < self.vocab), ids, torch.full_like(ids, self.unk))
-        n, t = ids.shape
-        pos = torch.arange(t, device=ids.device)[None, :]
-        pairs = self.vocab + (ids[:, :-1] * PAIR_PRIME + ids[:, 1:]) % self.buckets
-        feats = torch.cat([ids, pairs], dim=1)
-        real = torch.cat([pos < lengths[:, None], pos[:, 1:] < lengths[:, None]], dim=1)
-        keys = torch.arange(n, device=ids.device)[:, None] * (self.vocab + self.buckets) + feats
+        return self.weighted(*self.grams(x, lengths))
+
+    def weighted(self, feats: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``features`` from ``grams``' output."""
+        keys = torch.arange(len(feats), device=feats.device)[:, None] * (self.vocab + self.buckets) + feats
         _, inverse, counts = torch.unique(torch.where(real, keys, torch.full_like(keys, -1)), return_inverse=True,
                                           return_counts=True)
         tf = counts[inverse].to(torch.float32)
@@ -325,30 +332,23 @@ class TfidfMember(nn.Module):
     @classmethod
     def fit(cls, train: Any, task: str, length: int, n_outputs: int, prep: Any = None) -> TfidfMember:
         from scipy import sparse
-        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+        from sklearn.linear_model import RidgeCV
 
         state = prep.encoders[prep.layout_data["text_col"]]
         member = cls(int(state["vocab"]), PAIR_BUCKETS, int(state["unk"]), n_outputs, task)
-        x, lengths = torch.from_numpy(train.x), torch.from_numpy(train.lengths.astype(np.int64))
-        feats, _ = member.features(x, lengths)
+        feats, real = member.grams(torch.from_numpy(train.x), torch.from_numpy(train.lengths.astype(np.int64)))
         width = member.vocab + member.buckets
-        real = torch.cat([torch.arange(x.shape[1])[None, :] < lengths[:, None],
-                          torch.arange(1, x.shape[1])[None, :] < lengths[:, None]], dim=1)
         rows = np.repeat(np.arange(len(train.x)), real.sum(dim=1).numpy())
-        present = sparse.csr_matrix((np.ones(len(rows)), (rows, feats[real].numpy())), shape=(len(train.x), width))
+        cols = feats[real].numpy()
+        present = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(train.x), width))
         df = np.asarray((present > 0).sum(axis=0)).ravel()
         with torch.no_grad():
             member.idf.copy_(torch.as_tensor(np.log((1 + len(train.x)) / (1 + df)) + 1, dtype=torch.float32))
-        feats, w = member.features(x, lengths)
-        design = sparse.csr_matrix((w[real].numpy().astype(np.float64), (rows, feats[real].numpy())),
-                                   shape=(len(train.x), width))
+        _, w = member.weighted(feats, real)
+        design = sparse.csr_matrix((w[real].numpy().astype(np.float64), (rows, cols)), shape=(len(train.x), width))
         y = np.asarray(train.y)
         if get_task(task).labels:
-            least = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
-            est = (LogisticRegressionCV(**supported(LogisticRegressionCV, Cs=[1.0, 3.0, 10.0, 30.0], cv=min(3, least),
-                                                    max_iter=1000, scoring="neg_log_loss", l1_ratios=(0.0,),
-                                                    use_legacy_attributes=False))
-                   if least >= 2 else LogisticRegression(C=10.0, max_iter=1000)).fit(design, y)
+            est = logistic(y, [1.0, 3.0, 10.0, 30.0], "neg_log_loss").fit(design, y)
             coef, icpt, classes = np.atleast_2d(est.coef_), np.atleast_1d(est.intercept_), est.classes_
             full_w, full_b = np.zeros((n_outputs, width)), np.full(n_outputs, -1e3)  # -1e3: a class never seen
             classes = np.asarray(classes, dtype=np.int64)
@@ -376,7 +376,19 @@ class TfidfMember(nn.Module):
                    float(d.get("temperature", 1.0)))
 
 
-def supported(cls: Any, **options: Any) -> dict[str, Any]:
+def logistic(y: np.ndarray, cs: Any, scoring: str) -> Any:
+    """Logistic regression for labels ``y``: the penalty chosen among ``cs`` by ``scoring`` in 3-fold
+    cross-validation (fewer folds where a class has fewer rows), or C = 10 where a class has one row."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    folds = int(min(3, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+    if folds < 2:
+        return LogisticRegression(C=10.0, max_iter=1000)
+    return LogisticRegressionCV(**_supported(LogisticRegressionCV, Cs=cs, cv=folds, max_iter=1000, scoring=scoring,
+                                            l1_ratios=(0.0,), use_legacy_attributes=False))
+
+
+def _supported(cls: Any, **options: Any) -> dict[str, Any]:
     """The ``options`` the installed scikit-learn's ``cls`` takes (newer ones silence its warnings)."""
     import inspect
 
