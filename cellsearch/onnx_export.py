@@ -254,7 +254,7 @@ def reference_onnx(member: Any) -> Any:
     if kind not in ("ridge", "1nn", "tfidf"):
         raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
     g = Graph()
-    length, feats = getattr(member, "length", 1), getattr(member, "input_size", 1)
+    length, feats = member.length, member.input_size
     task = get_task(member.task)
     if kind == "tfidf":
         out = _tfidf_onnx(g, member)
@@ -302,12 +302,10 @@ def _tfidf_onnx(g: Graph, member: Any) -> str:
     to unit length, and the weighted sum of the features' rows of the linear map."""
     from onnx import helper
 
+    from cellsearch.data.encoders.text import onnx_kept_ids
     from cellsearch.refmembers import PAIR_PRIME
 
-    ids = g.node("Cast", [g.node("Squeeze", ["x", g.const("ax2s", [2], "int64")])], to=g.INT64)
-    inside = g.node("And", [g.node("Less", [ids, g.const("tf_vocab", member.vocab, "int64")]),
-                            g.node("GreaterOrEqual", [ids, g.const("zero_i", 0, "int64")])])
-    ids = g.node("Where", [inside, ids, g.const("tf_unk", member.unk, "int64")])
+    ids = onnx_kept_ids(g, "x", member.vocab, member.unk, "tf")
     big = g.const("tf_end", [2 ** 62], "int64")
     first = g.node("Slice", [ids, g.const("tf_0", [0], "int64"), g.const("tf_m1", [-1], "int64"),
                              g.const("ax1s", [1], "int64")])

@@ -63,7 +63,6 @@ def _refit_reference(key: int, references: list[dict[str, Any]], pool: Any, data
         raise ValueError(f"member {key} is no reference member of this study")
     folds_model, _ = load_checkpoint(point["checkpoint"])
     first = folds_model.members[0]
-    member = type(first).fit(pool, dataset.task, getattr(first, "length", 1), first.n_outputs,
-                             dataset.preprocessing)
+    member = type(first).fit(pool, dataset.task, first.length, first.n_outputs, dataset.preprocessing)
     member.temperature = first.temperature
     return member

@@ -279,8 +279,9 @@ class TfidfMember(nn.Module):
     def grams(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The feature index of every token and pair of each document, (N, 2T - 1), and whether it
         is one of the document's own (not padding)."""
-        ids = x[..., 0].long()
-        ids = torch.where((ids >= 0) & (ids < self.vocab), ids, torch.full_like(ids, self.unk))
+        from cellsearch.data.encoders.embedding import kept_ids
+
+        ids = kept_ids(x, self.vocab, self.unk)
         pos = torch.arange(ids.shape[1], device=ids.device)[None, :]
         pairs = self.vocab + (ids[:, :-1] * PAIR_PRIME + ids[:, 1:]) % self.buckets
         real = torch.cat([pos < lengths[:, None], pos[:, 1:] < lengths[:, None]], dim=1)

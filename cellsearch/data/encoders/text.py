@@ -113,6 +113,15 @@ def token_ids(docs: list[str], state: dict[str, Any]) -> tuple[np.ndarray, np.nd
     return x, lengths, cut, full
 
 
+def onnx_kept_ids(g: Any, x: str, vocab: int, unk: int, prefix: str) -> str:
+    """``embedding.kept_ids`` in ONNX (graph builder ``g``, ids ``x`` (B, T, 1) as floats): int64 ids,
+    those outside ``[0, vocab)`` read as ``unk``; ``prefix`` names its constants."""
+    ids = g.node("Cast", [g.node("Squeeze", [x, g.const("ax2s", [2], "int64")])], to=g.INT64)
+    inside = g.node("And", [g.node("Less", [ids, g.const(f"{prefix}_vocab", vocab, "int64")]),
+                            g.node("GreaterOrEqual", [ids, g.const("zero_i", 0, "int64")])])
+    return g.node("Where", [inside, ids, g.const(f"{prefix}_unk", unk, "int64")])
+
+
 class TextEncoder(Encoder):
     """WordPiece tokens through an embedding (state: the tokenizer's JSON, its vocabulary size, the
     ``[UNK]`` id and the token budget ``max_tokens``)."""
@@ -190,9 +199,6 @@ for k, i in enumerate(ids):
     def onnx_input(self, g: Any, x: str, params: dict[str, Any], layer: Any) -> str:
         """Ids as floats → int64, those outside the kept vocabulary → ``[UNK]``, one ``Gather``."""
         k = len(g.nodes)
-        ids = g.node("Cast", [g.node("Squeeze", [x, g.const("ax2s", [2], "int64")])], to=7)
-        inside = g.node("And", [g.node("Less", [ids, g.const(f"tok{k}_vocab", np.array(layer.vocab), "int64")]),
-                                g.node("GreaterOrEqual", [ids, g.const(f"tok{k}_zero", np.array(0), "int64")])])
-        ids = g.node("Where", [inside, ids, g.const(f"tok{k}_unk", np.array(layer.unk), "int64")])
+        ids = onnx_kept_ids(g, x, layer.vocab, layer.unk, f"tok{k}")
         table = layer.embed.weight.detach().cpu().numpy().astype(np.float32)
         return g.node("Gather", [g.const(f"tok{k}_table", table, "float32"), ids], axis=0)
