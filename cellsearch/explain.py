@@ -201,7 +201,7 @@ def _explain_one(model: Any, prep: Any, xs: Any, key: str, scale: tuple[float, f
                        prediction=_describe(final, names, prep), layers=layers, clamps=effects, step_labels=labels)
 
 
-def word_effects(per_step: np.ndarray, ends: np.ndarray, labels: list[str], output: int) -> np.ndarray:
+def word_effects(per_step: np.ndarray, output: int) -> np.ndarray:
     """Each step's effect on output ``output``: how the prediction changes as it is read (the first
     step: from the prediction after it alone — nothing is read before it). Steps whose prefix was not
     computed (``_prefix_predictions`` spaces them on long sequences) share the change of their run."""
@@ -218,17 +218,22 @@ def _word_effects(model: Any, prep: Any, xs: Any, scale: Any, ends: np.ndarray, 
     target = int(np.nan_to_num(base[-1]).argmax()) if prep.classes is not None else 0
     by_cell = {(k, d): cell for k, d, cell, _ in cells}
     gates = {(k, d): g for k, d, _, g in cells}
-    before = word_effects(base, ends, labels, target)
+    before = word_effects(base, target)
     for e in effects[:WORD_CLAMPS]:
         cell = by_cell[(e.layer, e.direction)]
-        value = gates[(e.layer, e.direction)][e.gate].mean(axis=1) if e.to == "mean" else float(e.to)
-        with cell.clamped({e.gate: value}):
-            after = word_effects(_prefix_predictions(model, prep, xs, ends, scale), ends, labels, target)
+        with cell.clamped({e.gate: _clamp_value(gates[(e.layer, e.direction)][e.gate], e.to)}):
+            after = word_effects(_prefix_predictions(model, prep, xs, ends, scale), target)
         carried = before - after  # the part of each word's effect that the gate carried
         top = np.argsort(-np.abs(carried))[:WORDS_NAMED]
         e.words = [(_step_words(labels, ends, int(j)), float(carried[j])) for j in top if abs(carried[j]) > 1e-4]
         if e.words:
             e.text += "; words whose effect it carried: " + ", ".join(f"{w!r} ({c:+.2f})" for w, c in e.words)
+
+
+def _clamp_value(trace: np.ndarray, to: str) -> Any:
+    """What a gate is fixed to (``CLAMP_TO``): 0, 1, or each unit's mean over the sequence (``trace``:
+    the gate's (units, steps) values as trained)."""
+    return trace.mean(axis=1) if to == "mean" else float(to)
 
 
 def _step_words(labels: list[str], ends: np.ndarray, j: int) -> str:
@@ -245,8 +250,7 @@ def _clamp_effects(model: Any, prep: Any, xs: Any, scale: Any, base: np.ndarray,
     for k, direction, cell, gates in cells:
         for gate in cell.clampable:
             for to in CLAMP_TO:
-                value = gates[gate].mean(axis=1) if to == "mean" else float(to)
-                with cell.clamped({gate: value}):
+                with cell.clamped({gate: _clamp_value(gates[gate], to)}):
                     out = to_units(model(xs).numpy(), prep, scale)[0]
                 side = direction != "forward" or model.stack.specs[k].bidirectional
                 where = f"{cell.gate_words.get(gate, gate)} of layer {k + 1}" + (f" ({direction})" if side else "")

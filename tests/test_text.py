@@ -176,7 +176,7 @@ def test_explain_traces_each_token_through_the_embedding_and_the_cell_equations(
     ref = _reference(model.stack.layers[0].fwd, embedded)
     for name, want in ref.items():
         np.testing.assert_allclose(e.layers[0].gates[name], want, atol=1e-5, err_msg=name)
-    effects = word_effects(e.per_step, e.step_ends, labels, 0)
+    effects = word_effects(e.per_step, 0)
     np.testing.assert_allclose(effects[1:], np.diff(e.per_step[:, 0]), atol=1e-9)
     assert any(c.words for c in e.clamps[:3]) and all(w in " ".join(labels) for c in e.clamps for w, _ in c.words)
 
