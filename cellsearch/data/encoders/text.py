@@ -12,7 +12,7 @@ budget (head and tail: the verdict of a review is often at its end); the state r
 derived from the training documents' lengths unless ``--max-tokens`` gives it.
 
 The encoder is the text layout's (``cellsearch.data.layouts.text``): per-step layouts never pick it
-(``accepts`` is false), and their one-hot encoder names the text layout for a column of free text.
+(``accepts`` is false); there a column of free text still meets the one-hot encoder's limit.
 """
 
 from __future__ import annotations
