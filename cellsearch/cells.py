@@ -152,6 +152,10 @@ class LSTMCell(Cell):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.clamp is not None:
             return self.steps(x, False, self.clamp)[0]
+        if kernels.under_vmap(x):  # torch's LSTM has no batching rule: the same equations, compiled
+            r = self.rnn
+            xp = x @ r.weight_ih_l0.t() + r.bias_ih_l0 + r.bias_hh_l0
+            return kernels.lstm_family(xp, r.weight_hh_l0, xp.new_zeros(0), False, False)
         return self.rnn(x)[0]
 
     def steps(self, x: torch.Tensor, record: bool = False, clamp: dict[str, torch.Tensor] | None = None
@@ -280,7 +284,7 @@ class GRUCell(Cell):
         if kernels.fused_cpu_ok(x):
             T, B, _ = x.shape  # noqa: N806
             xp = torch.addmm(r.bias_ih_l0, x.reshape(T * B, -1), r.weight_ih_l0.t()).view(T, B, -1)
-            return kernels.GRUFunction.apply(xp, r.weight_hh_l0, r.bias_hh_l0)
+            return kernels.GRUFunction.apply(xp, r.weight_hh_l0, r.bias_hh_l0)[0]
         return r(x)[0]
 
     def steps(self, x: torch.Tensor, record: bool = False, clamp: dict[str, torch.Tensor] | None = None

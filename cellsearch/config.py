@@ -19,6 +19,7 @@ from cellsearch.errors import UserError
 Objective = Literal["pareto", "score"]
 Pick = Literal["knee", "best", "smallest"]
 Device = Literal["cpu", "cuda", "auto"]
+FoldBatching = Literal["auto", "on", "off"]
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 #: A study name: letters, digits, ``-``, ``_`` and ``.``, not starting with a dot (it names a folder
 #: under the run directory and must never leave it).
@@ -29,6 +30,7 @@ UNBOUNDED_TRIALS = 10 ** 9
 STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
 PICKS: tuple[Pick, ...] = get_args(Pick)
 DEVICES: tuple[Device, ...] = get_args(Device)
+FOLD_BATCHING: tuple[FoldBatching, ...] = get_args(FoldBatching)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +58,9 @@ class TuneConfig:
         networks_only: keep the references out of the ensembles (``cellsearch.refmembers``).
         cv: folds per trial (``cellsearch.folds``): a number, or ``auto`` (5 for at most 2,000
             sequences or windows, else 1: one validation split).
+        fold_batching: how a trial's folds train: ``auto`` (together as one batched model where a
+            quick measurement says it is faster, ``cellsearch.foldbatch``; on the CPU), ``on``
+            (together on the CPU always) or ``off`` (one by one).
         ensemble: also select ensembles of trials on their out-of-fold predictions (``cellsearch.ensemble``).
         workers: processes on this machine sharing the study: a number, or ``auto`` (one per CPU
             core, at most ``cellsearch.workers.AUTO_MAX``; the CLI's default). The models searched
@@ -85,6 +90,7 @@ class TuneConfig:
     prune: bool = True
     networks_only: bool = False
     cv: str | int = "auto"
+    fold_batching: FoldBatching = "auto"
     ensemble: bool = True
     workers: int | str = 1
     verbose: bool = False
@@ -146,7 +152,8 @@ class TuneConfig:
 
         self.data_options.validate()
         for name, value, allowed in (("objective", self.objective, OBJECTIVES), ("cost", self.cost, tuple(COSTS)),
-                                     ("pick", self.pick, PICKS), ("device", self.device, DEVICES)):
+                                     ("pick", self.pick, PICKS), ("device", self.device, DEVICES),
+                                     ("fold-batching", self.fold_batching, FOLD_BATCHING)):
             if value not in allowed:
                 raise UserError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
         for name, what in (("cv", "folds"), ("workers", "processes")):

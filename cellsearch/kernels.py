@@ -211,46 +211,89 @@ class LSTMFamilyFunction(torch.autograd.Function):
     """Recurrence of the LSTM family over precomputed input projections, with a hand-written backward.
 
     Inputs: ``xp`` (T, B, G*H) input projections plus biases, ``R`` (G*H, H) recurrent weights,
-    ``peep`` (3, H) peephole weights (ignored unless ``use_peep``). Output: ``y`` (T, B, H).
+    ``peep`` (3, H) peephole weights (ignored unless ``use_peep``). Output: ``y`` (T, B, H). Under
+    ``torch.func.vmap`` (the folds of a trial trained as one batched model, ``cellsearch.foldbatch``)
+    each model of the batch runs the compiled loop on its own weights (``vmap`` below).
     """
 
     @staticmethod
-    def forward(ctx: Any, xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
-                use_peep: bool, coupled: bool) -> torch.Tensor:
+    def forward(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: N803
+                use_peep: bool, coupled: bool) -> tuple[torch.Tensor, ...]:
         gemm = gemm_for(xp.shape[1], R.shape[1], R.shape[0] // R.shape[1])
         y, c, tc, gates = torch.ops.cellsearch_kernels.lstm_family_forward(
             xp.contiguous(), R.contiguous(), peep.contiguous(), use_peep, coupled, gemm)
-        ctx.save_for_backward(y, c, tc, gates, R, peep)
-        ctx.flags = (use_peep, coupled, gemm)
-        return y
+        return y, c, tc, gates, torch.tensor(gemm)
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        _, R, peep, use_peep, coupled = inputs  # noqa: N806
+        y, c, tc, gates, gemm = output
+        ctx.save_for_backward(y, c, tc, gates, R, peep)
+        ctx.flags = (use_peep, coupled, int(gemm))
+        ctx.mark_non_differentiable(c, tc, gates, gemm)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
         y, c, tc, gates, R, peep = ctx.saved_tensors  # noqa: N806
         dxp, dR, dpeep = torch.ops.cellsearch_kernels.lstm_family_backward(  # noqa: N806
             dy.contiguous(), y, c, tc, gates, R.contiguous(), peep.contiguous(), *ctx.flags)
         return dxp, dR, dpeep, None, None
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], xp: torch.Tensor, R: torch.Tensor,  # noqa: N803
+             peep: torch.Tensor, use_peep: bool, coupled: bool) -> tuple[Any, Any]:
+        parts = [LSTMFamilyFunction.apply(*args, use_peep, coupled)
+                 for args in _members(info.batch_size, in_dims[:3], xp, R, peep)]
+        return tuple(torch.stack(p) for p in zip(*parts)), (0,) * 5
+
+
+def _members(n: int, in_dims: tuple[Any, ...], *args: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Each of the ``n`` models' arguments: the arguments batched along ``in_dims`` cut apart (one
+    ``unbind`` each, so that their gradients are put together by one ``stack``), the unbatched ones
+    shared."""
+    cut = [[a] * n if d is None else a.unbind(d) for a, d in zip(args, in_dims)]
+    return list(zip(*cut))
 
 
 class GRUFunction(torch.autograd.Function):
     """torch's GRU recurrence over precomputed input projections, with a hand-written backward.
 
     Inputs: ``xp`` (T, B, 3H) = x W_ih^T + b_ih (blocks r, z, n), ``R`` = W_hh (3H, H), ``bh`` = b_hh.
+    Under ``torch.func.vmap`` each model of the batch runs on its own weights, as
+    ``LSTMFamilyFunction``.
     """
 
     @staticmethod
-    def forward(ctx: Any, xp: torch.Tensor, R: torch.Tensor, bh: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        ctx.gemm = gemm_for(xp.shape[1], R.shape[1], 3)
+    def forward(xp: torch.Tensor, R: torch.Tensor, bh: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: N803
+        gemm = gemm_for(xp.shape[1], R.shape[1], 3)
         y, gates, hn = torch.ops.cellsearch_kernels.gru_forward(xp.contiguous(), R.contiguous(), bh.contiguous(),
-                                                                ctx.gemm)
-        ctx.save_for_backward(y, gates, hn, R)
-        return y
+                                                                gemm)
+        return y, gates, hn, torch.tensor(gemm)
 
     @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+        y, gates, hn, gemm = output
+        ctx.save_for_backward(y, gates, hn, inputs[1])
+        ctx.gemm = int(gemm)
+        ctx.mark_non_differentiable(gates, hn, gemm)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, *_: Any) -> tuple[torch.Tensor, ...]:
         y, gates, hn, R = ctx.saved_tensors  # noqa: N806
         return tuple(torch.ops.cellsearch_kernels.gru_backward(dy.contiguous(), y, gates, hn, R.contiguous(),
                                                                ctx.gemm))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], xp: torch.Tensor, R: torch.Tensor,  # noqa: N803
+             bh: torch.Tensor) -> tuple[Any, Any]:
+        parts = [GRUFunction.apply(*args) for args in _members(info.batch_size, in_dims, xp, R, bh)]
+        return tuple(torch.stack(p) for p in zip(*parts)), (0,) * 4
+
+
+def under_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is one model's view of a batch of models (inside ``torch.func.vmap``: the folds of
+    a trial trained together, ``cellsearch.foldbatch``)."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
 
 
 def fused_cpu_ok(x: torch.Tensor) -> bool:
@@ -326,5 +369,5 @@ def lstm_family(xp: torch.Tensor, R: torch.Tensor, peep: torch.Tensor,  # noqa: 
                 use_peep: bool, coupled: bool) -> torch.Tensor:
     """Run the recurrence with the fastest path this tensor's device and dtype allow."""
     if fused_cpu_ok(xp):
-        return LSTMFamilyFunction.apply(xp, R, peep, use_peep, coupled)
+        return LSTMFamilyFunction.apply(xp, R, peep, use_peep, coupled)[0]
     return lstm_family_steps(xp, R, peep, use_peep, coupled)[0]

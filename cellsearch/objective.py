@@ -139,12 +139,16 @@ class Objective:
 
         ctx, config = self.ctx, self.ctx.config
         self._started = time.time()
+        together = self._together(cfg, options, model, seed)
+        if together:
+            self._train_together(trial, run, options, together, seed, curve, results)
+            return
         race: list[float] = []
         for k, fold in enumerate(ctx.folds.folds):
             if k:
                 model = self._build(cfg, seed)
             results.append(fit(
-                model, ctx.dataset, options, fold=fold, seed=seed + 1009 * k, max_seconds=self._budget(),
+                model, ctx.dataset, options, fold=fold, seed=self._fold_seeds(seed)[k], max_seconds=self._budget(),
                 on_epoch=self._epoch_hook(trial, run, curve, k, options), verbose=config.verbose,
                 accelerator=ctx.accelerator))
             if ctx.folds.k == 1:
@@ -158,6 +162,47 @@ class Objective:
                                                           FOLD_ETA):
                 raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean validation loss "
                                          f"so far is not in the best 1/{FOLD_ETA} of the trials that got that far")
+
+    def _together(self, cfg: dict[str, Any], options: Any, model: Any, seed: int) -> list[Any]:
+        """The trial's fold models when its folds train together as one batched model, else none
+        (``--fold-batching``: ``auto`` asks ``foldbatch.batching_pays``); only on the CPU, only with
+        several folds."""
+        from cellsearch.foldbatch import batching_pays
+
+        ctx, mode = self.ctx, self.ctx.config.fold_batching
+        if ctx.folds.k == 1 or mode == "off" or ctx.accelerator != "cpu":
+            return []
+        models = [model] + [self._build(cfg, seed) for _ in range(ctx.folds.k - 1)]
+        if mode == "auto" and not batching_pays(models, ctx.dataset, options, ctx.folds.folds,
+                                                 self._fold_seeds(seed)):
+            return []
+        return models
+
+    def _fold_seeds(self, seed: int) -> list[int]:
+        """Each fold's training seed (its batches' order), the same whether folds train alone or together."""
+        return [seed + 1009 * k for k in range(self.ctx.folds.k)]
+
+    def _train_together(self, trial: Any, run: Any, options: Any, models: list[Any], seed: int,
+                        curve: list[float], results: list[Any]) -> None:
+        """All folds at once (``cellsearch.foldbatch``): the step rungs on fold 1's checks as one by
+        one; the fold race is recorded (other trials' pruning reads it) but decides nothing, every
+        fold having trained."""
+        import numpy as np
+
+        from cellsearch.foldbatch import fit_folds
+        from cellsearch.pruning import fold_value
+
+        ctx, config = self.ctx, self.ctx.config
+        k = ctx.folds.k
+        TrialRecord(together=True).write(trial, "together")
+        hooks = [self._epoch_hook(trial, run, curve, j, options) for j in range(k)]
+        results.extend(fit_folds(models, ctx.dataset, options, ctx.folds.folds, seeds=self._fold_seeds(seed),
+                                 max_seconds=self._budget(), on_epoch=hooks, verbose=config.verbose))
+        histories = [[h.get("val_loss", math.nan) for h in r.history] for r in results]
+        TrialRecord(race=[fold_value(histories[:j + 1]) for j in range(k)]).write(trial, "race")
+        if config.objective == "score":
+            for j in range(k):
+                trial.report(float(np.mean([r.best_score for r in results[:j + 1]])), j)
 
     @property
     def _season(self) -> tuple[int, int]:

@@ -32,7 +32,8 @@ class TrialRecord:
         oof_loss, fold_losses: the continuous out-of-fold loss that breaks ties, over all rows and
             fold by fold.
         best_epoch, epochs, steps, best_steps, fold_sizes, batch_size, train_seconds, stopped_by:
-            how training went (``best_steps`` and ``fold_sizes`` size a refit).
+            how training went (``best_steps`` and ``fold_sizes`` size a refit); together: its folds
+            trained together as one batched model (``cellsearch.foldbatch``).
         checkpoint, oof: its fold models and out-of-fold outputs, relative to the run directory;
             checkpoint_uri, oof_uri: the same as MLflow artifacts (another machine exports from them).
         reason: why it was pruned or failed.
@@ -59,6 +60,7 @@ class TrialRecord:
     batch_size: int | None = None
     train_seconds: float | None = None
     stopped_by: StoppedBy = ""
+    together: bool = False
     checkpoint: str | None = None
     oof: str | None = None
     checkpoint_uri: str | None = None

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cellsearch import kernels
 from cellsearch.cells import CELLS, Cell
 
 
@@ -130,7 +131,9 @@ class CellStack(nn.Module):
         if lengths is None:
             return xt, None, None
         lengths = lengths.to(device=x.device, dtype=torch.long)
-        if lengths.shape != (x.shape[0],) or int(lengths.min()) < 1 or int(lengths.max()) > x.shape[1]:
+        # (not checked per model inside vmap, where a value cannot be read: the batch was checked)
+        if lengths.shape != (x.shape[0],) or not kernels.under_vmap(lengths) and (
+                int(lengths.min()) < 1 or int(lengths.max()) > x.shape[1]):
             raise ValueError("lengths must be (batch,) with values in 1..time")
         mask = (torch.arange(x.shape[1], device=x.device).unsqueeze(1) < lengths.unsqueeze(0))
         return xt, lengths, mask.unsqueeze(-1).to(x.dtype)

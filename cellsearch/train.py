@@ -147,6 +147,22 @@ class LengthBuckets(torch.utils.data.Sampler):
             yield batches[k]
 
 
+def batch_sampler(part: _Batches, batch_size: int, seed: int | None, buckets: bool = True) -> Any:
+    """The batches (lists of positions) a part is read in: shuffled each epoch from ``seed``'s
+    generator (``None``: in order, for validation), in length buckets (``LengthBuckets``) where
+    ``buckets`` and the lengths are ragged enough. One fold's batches are the same whether it trains
+    alone or with the others (``cellsearch.foldbatch``)."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    lengths = part.lengths if part.index is None else part.lengths[part.index]
+    if buckets and len(lengths) >= BUCKET_MIN_BATCHES * batch_size and \
+            lengths.float().mean() < BUCKET_BELOW * lengths.max():
+        return LengthBuckets(lengths, batch_size, gen)
+    base = SequentialSampler(part) if gen is None else RandomSampler(part, generator=gen)
+    return BatchSampler(base, batch_size, drop_last=False)
+
+
 class SequenceDataModule(pl.LightningDataModule):
     """Batches of one fold (``cellsearch.folds``): its training part and the validation part it is
     scored on; the dataset's own train/validation split when no fold is given."""
@@ -170,17 +186,8 @@ class SequenceDataModule(pl.LightningDataModule):
                 self.parts["test"] = _Batches(test, task)
 
     def _loader(self, split: str, shuffle: bool) -> torch.utils.data.DataLoader:
-        from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
-
         part = self.parts[split]
-        gen = torch.Generator().manual_seed(self.seed)
-        lengths = part.lengths if part.index is None else part.lengths[part.index]
-        if split != "test" and len(lengths) >= BUCKET_MIN_BATCHES * self.batch_size and \
-                lengths.float().mean() < BUCKET_BELOW * lengths.max():
-            sampler: Any = LengthBuckets(lengths, self.batch_size, gen if shuffle else None)
-        else:
-            base = RandomSampler(part, generator=gen) if shuffle else SequentialSampler(part)
-            sampler = BatchSampler(base, self.batch_size, drop_last=False)
+        sampler = batch_sampler(part, self.batch_size, self.seed if shuffle else None, buckets=split != "test")
         return torch.utils.data.DataLoader(part, batch_size=None, sampler=sampler)
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
@@ -212,7 +219,7 @@ class SequenceTask(pl.LightningModule):
         self.target_std = target_std
         self.forecast_loss = forecast_loss
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._train_loss: list[float] = []
+        self._train_loss: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.model(x, lengths)
@@ -228,10 +235,22 @@ class SequenceTask(pl.LightningModule):
         if self.crop > 0:
             x, lengths = crop_batch(x, lengths, self.crop)
         loss = self.training_loss(self(x, lengths), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {self.current_epoch}")
-        self._train_loss.append(float(loss.detach()))
+        self._train_loss.append(loss.detach())  # read at the next check: no host sync per step
         return loss
+
+    def _mean_train_loss(self) -> float | None:
+        """The mean training loss since the last check (``None``: no step since), which must be
+        finite (``NonFiniteLossError``)."""
+        if not self._train_loss:
+            return None
+        value = float(torch.stack(self._train_loss).mean())
+        self._train_loss.clear()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss became {value} by step {self.global_step}")
+        return value
+
+    def on_train_end(self) -> None:
+        self._mean_train_loss()  # (a refit validates nothing: its last steps are checked here)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, lengths, y, w = batch
@@ -244,9 +263,9 @@ class SequenceTask(pl.LightningModule):
         y = torch.cat([t for _, t, _ in self._val])
         w = torch.cat([w for _, _, w in self._val])
         self._val.clear()
-        if self._train_loss:  # the training loss since the previous validation, beside its scores
-            self.log("train_loss", float(np.mean(self._train_loss)), prog_bar=False)
-            self._train_loss.clear()
+        train_loss = self._mean_train_loss()  # since the previous validation, beside its scores
+        if train_loss is not None:
+            self.log("train_loss", train_loss, prog_bar=False)
         self.log("val_loss", float(self.training_loss(out, y)))
         self.log("val_score", score_outputs(out, y, self.task, self.target_std, w), prog_bar=True)
 

@@ -76,6 +76,13 @@ class Task:
 
         return F.mse_loss(out, y)
 
+    def loss_rows(self, out: Any, y: Any, forecast_loss: str = "l1") -> Any:
+        """Each row's training loss (torch, (B,)): ``loss`` is their mean. Folds trained together
+        (``cellsearch.foldbatch``) average them over each fold's real rows."""
+        import torch.nn.functional as F  # noqa: N812
+
+        return F.mse_loss(out, y, reduction="none").reshape(len(out), -1).mean(1)
+
     def row_losses(self, pred: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Each example's continuous loss, the tie-break between equal scores: mean squared error
         of the model's (scaled) outputs by default."""

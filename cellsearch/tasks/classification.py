@@ -56,6 +56,11 @@ class Classification(Task):
 
         return F.cross_entropy(out, y)
 
+    def loss_rows(self, out: Any, y: Any, forecast_loss: str = "l1") -> Any:
+        import torch.nn.functional as F  # noqa: N812
+
+        return F.cross_entropy(out, y, reduction="none")
+
     def row_losses(self, pred: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Log-loss of the class scores (``pred`` holds logits or log-probabilities)."""
         pred = np.asarray(pred, dtype=np.float64)

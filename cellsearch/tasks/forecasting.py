@@ -32,6 +32,12 @@ class Forecasting(Task):
 
         return F.l1_loss(out, y) if forecast_loss == "l1" else F.mse_loss(out, y)
 
+    def loss_rows(self, out: Any, y: Any, forecast_loss: str = "l1") -> Any:
+        import torch.nn.functional as F  # noqa: N812
+
+        rows = F.l1_loss(out, y, reduction="none") if forecast_loss == "l1" else F.mse_loss(out, y, reduction="none")
+        return rows.reshape(len(out), -1).mean(1)
+
     def score(self, pred: np.ndarray, y: np.ndarray, target_scale: float = 1.0,
               weight: np.ndarray | None = None) -> float:
         """MASE: each window's mean absolute scaled error times its ``weight``, averaged."""

@@ -1,0 +1,418 @@
+"""The K fold models of a trial trained together, as one batched model.
+
+A trial trains one architecture from the same initial weights on each of its K folds. On small data
+an optimiser step of one fold model is a fraction of a millisecond of arithmetic inside a millisecond
+or more of loop: the trainer's per-step machinery, the optimiser's per-tensor work, validation in
+small batches — paid again for each fold, one after another. Here the K models train as one:
+
+* their parameters are stacked along a leading dimension (``torch.func.stack_module_state``), and one
+  forward runs all K (``torch.func.vmap`` over ``functional_call``: model k reads fold k's batch; the
+  compiled cell loops run each model on its own weights, ``cellsearch.kernels``);
+* the loss is the sum of the folds' own mean losses over their real rows, so each model's gradient is
+  exactly what it would be alone, and one Adam step advances all K (Adam is elementwise: the same
+  update as K optimisers);
+* each fold draws its batches from its own training rows in the order its own loader would
+  (``train.batch_sampler``, the same seed); a shorter batch is padded with rows that weigh nothing;
+* each fold validates on its own rows (one batched forward per chunk of rows), keeps its best
+  weights and stops early on its own patience, never before ``min_steps``, as ``train.fit`` does;
+  the batch trains until every fold has stopped (or the step cap, or the time limit).
+
+``fit_folds`` returns one ``FitResult`` per fold, as training them one by one gives (a parity test
+checks the weights). Dropout and window cropping draw their randomness differently (one draw for
+the batch of models), so with those a fold's result is equally likely, not identical.
+
+Whether it pays is measured (``batching_pays``): a few training steps of the batched models against
+one model, once per architecture, batch and length in a process; where the arithmetic dominates (wide
+layers, long sequences) the folds train one by one, as before. GPUs train the folds one by one (the
+cell kernels there are torch's own, which ``vmap`` cannot batch).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from cellsearch.data import Dataset
+from cellsearch.folds import Fold
+from cellsearch.metrics import metric_of
+from cellsearch.tasks import get_task
+from cellsearch.train import (
+    Deadline,
+    FitResult,
+    NonFiniteLossError,
+    Schedule,
+    TimeUpError,
+    TrainOptions,
+    _Batches,
+    batch_sampler,
+    crop_batch,
+    quiet_lightning,
+    score_outputs,
+)
+
+#: Validation reads each fold's rows in chunks of at most this many sequences per model.
+VAL_ROWS = 512
+#: Batching pays when K batched steps cost at most this share of K single steps (``batching_pays``;
+#: the trainer's per-step overhead, saved K-1 times, comes on top).
+PAYS_BELOW = 1.0
+
+
+class StackedModels(nn.Module):
+    """K models of one architecture as one module: each parameter and buffer stacked along a leading
+    dimension of size K; ``forward(x, lengths)`` takes (K, B, T, F) and (K, B) and returns (K, B, O),
+    model k reading ``x[k]``. ``member_state(k)`` is model k's ``state_dict``."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        from torch.func import stack_module_state
+
+        params, buffers = stack_module_state(models)
+        self.k = len(models)
+        self._names = {name: name.replace(".", "__") for name in [*params, *buffers]}
+        for name, value in params.items():
+            self.register_parameter(self._names[name], nn.Parameter(value.detach().clone()))
+        for name, value in buffers.items():
+            self.register_buffer(self._names[name], value.clone())
+        self._keys = list(models[0].state_dict())
+        self._params, self._buffers_of = list(params), list(buffers)
+        # the architecture, without weights of its own (a list: not registered as a submodule)
+        self._base = [copy.deepcopy(models[0]).to("meta")]
+
+    def train(self, mode: bool = True) -> StackedModels:
+        super().train(mode)
+        self._base[0].train(mode)
+        return self
+
+    def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
+             lengths: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call
+
+        return functional_call(self._base[0], (params, buffers), (x, lengths))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        from torch.func import vmap
+
+        params = {n: getattr(self, self._names[n]) for n in self._params}
+        buffers = {n: getattr(self, self._names[n]) for n in self._buffers_of}
+        return vmap(self._one, randomness="different")(params, buffers, x, lengths)
+
+    @torch.no_grad()
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Model ``k``'s weights as its own ``state_dict`` (copies)."""
+        return {key: getattr(self, self._names[key])[k].detach().clone() for key in self._keys}
+
+
+@dataclass
+class Rows:
+    """K folds' batches stacked: ``x`` (K, B, T, F), ``lengths`` (K, B), ``y`` (K, B, ...), ``weight``
+    (K, B) and ``real`` (K, B): 1 for a fold's own rows, 0 for the padding of a shorter batch."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor
+    real: torch.Tensor
+
+    @classmethod
+    def stack(cls, batches: list[tuple[torch.Tensor, ...]], rows: int | None = None) -> Rows:
+        """Each fold's (x, lengths, y, weight), padded to ``rows`` rows (default: the largest) and to
+        the longest sequence of any; padding rows repeat a fold's first row and weigh nothing (a fold
+        with no rows at all borrows another's first row)."""
+        rows = rows or max(len(b[1]) for b in batches)
+        steps = max(int(b[0].shape[1]) for b in batches)
+        donor = next(b for b in batches if len(b[1]))
+        xs, ls, ys, ws, rs = [], [], [], [], []
+        for x, lengths, y, w in batches:
+            n = len(lengths)
+            src = (x, lengths, y) if n else donor[:3]
+            pad = rows - n
+            take = torch.cat([torch.arange(n), torch.zeros(pad, dtype=torch.long)]) if n else torch.zeros(rows, dtype=torch.long)
+            xk = src[0][take]
+            xs.append(nn.functional.pad(xk, (0, 0, 0, steps - xk.shape[1])))
+            ls.append(src[1][take])
+            ys.append(src[2][take])
+            ws.append(torch.cat([w, w.new_zeros(pad)]) if n else w.new_zeros(rows))
+            rs.append(torch.cat([torch.ones(n), torch.zeros(pad)]))
+        return cls(torch.stack(xs), torch.stack(ls), torch.stack(ys), torch.stack(ws), torch.stack(rs))
+
+    def as_tuple(self) -> tuple[torch.Tensor, ...]:
+        return self.x, self.lengths, self.y, self.weight, self.real
+
+
+class FoldStream(torch.utils.data.IterableDataset):
+    """The training batches of K folds, stacked (``Rows``), without end: fold k's batches come from
+    its own ``batch_sampler`` (seed ``seeds[k]``), a new epoch of it whenever one ends."""
+
+    def __init__(self, parts: list[_Batches], batch_size: int, seeds: list[int]) -> None:
+        self.parts, self.batch_size, self.seeds = parts, batch_size, seeds
+
+    def __iter__(self) -> Any:
+        samplers = [batch_sampler(p, self.batch_size, s) for p, s in zip(self.parts, self.seeds)]
+        epochs = [iter(s) for s in samplers]
+        while True:
+            batches = []
+            for k, part in enumerate(self.parts):
+                idx = next(epochs[k], None)
+                if idx is None:
+                    epochs[k] = iter(samplers[k])
+                    idx = next(epochs[k])
+                batches.append(part[idx])
+            yield Rows.stack(batches, self.batch_size).as_tuple()
+
+
+def validation_rows(parts: list[_Batches], rows: int = VAL_ROWS) -> list[tuple[torch.Tensor, ...]]:
+    """The K folds' validation rows as stacked chunks (``Rows``), each fold's rows in length order
+    (little padding) and cut into chunks of at most ``rows``; a fold out of rows is padding."""
+    orders = [torch.argsort(p.lengths if p.index is None else p.lengths[p.index], stable=True) for p in parts]
+    chunks = max(-(-len(p) // rows) for p in parts)
+    out = []
+    for c in range(chunks):
+        batches = [p[o[c * rows:(c + 1) * rows].tolist()] if len(o[c * rows:(c + 1) * rows]) else
+                   _empty(p) for p, o in zip(parts, orders)]
+        out.append(Rows.stack(batches).as_tuple())
+    return out
+
+
+def _empty(part: _Batches) -> tuple[torch.Tensor, ...]:
+    x, lengths, y, w = part[[0]]
+    return x[:0], lengths[:0], y[:0], w[:0]
+
+
+@dataclass
+class FoldBook:
+    """One fold's validation history, best check and weights, and early stopping (``EarlyStopping``'s
+    rule: ``patience`` checks without a strictly better score; stopping waits for ``min_steps``)."""
+
+    direction: str
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_score: float = math.nan
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    wait: int = 0
+    patience_hit: bool = False
+    stopped_at: int | None = None
+
+    def better(self, value: float) -> bool:
+        if self.best_epoch < 0:
+            return not math.isnan(value)
+        return value > self.best_score if self.direction == "maximize" else value < self.best_score
+
+
+class FoldsTask(pl.LightningModule):
+    """Trains ``StackedModels`` on K folds at once (module doc): the summed per-fold losses, Adam, and
+    at each validation every fold's scores, best weights and early stopping (``FoldBook``)."""
+
+    def __init__(self, models: StackedModels, task: str, options: TrainOptions, target_std: float,
+                 min_steps: int, on_epoch: list[Callable[[int, dict[str, float]], None] | None]) -> None:
+        super().__init__()
+        self.model = models
+        self.task = task
+        self._task = get_task(task)
+        self.options = options
+        self.target_std = target_std
+        self.min_steps = min_steps
+        self.on_epoch = on_epoch
+        direction = metric_of(task)[1]
+        self.books = [FoldBook(direction) for _ in range(models.k)]
+        self._val: list[tuple[torch.Tensor, ...]] = []
+        self._losses: list[torch.Tensor] = []
+
+    def _fold_losses(self, out: torch.Tensor, y: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """(K,) each fold's mean training loss over its real rows."""
+        k, b = real.shape
+        rows = self._task.loss_rows(out.flatten(0, 1), y.flatten(0, 1), self.options.forecast_loss).view(k, b)
+        return (rows * real).sum(1) / real.sum(1).clamp(min=1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, lengths, y, _, real = batch
+        if self.options.crop > 0:
+            cropped = [crop_batch(x[k], lengths[k], self.options.crop) for k in range(len(x))]
+            steps = max(c[0].shape[1] for c in cropped)
+            x = torch.stack([nn.functional.pad(c[0], (0, 0, 0, steps - c[0].shape[1])) for c in cropped])
+            lengths = torch.stack([c[1] for c in cropped])
+        losses = self._fold_losses(self.model(x, lengths), y, real)
+        self._losses.append(losses.detach())  # read at the next check: no host sync per step
+        return losses.sum()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, lengths, y, w, real = batch
+        self._val.append((self.model(x, lengths).detach(), y, w, real))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val or self.trainer.sanity_checking:
+            self._val.clear()
+            return
+        train = torch.stack(self._losses).mean(0).tolist() if self._losses else [math.nan] * self.model.k
+        self._losses.clear()
+        bad = [v for v in train if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(f"training loss became {bad[0]} by step {self.global_step}")
+        step = int(self.global_step)
+        for k, book in enumerate(self.books):
+            if book.stopped_at is not None:
+                continue
+            keep = [r[3][k] > 0 for r in self._val]
+            out = torch.cat([r[0][k][m] for r, m in zip(self._val, keep)])
+            y = torch.cat([r[1][k][m] for r, m in zip(self._val, keep)])
+            w = torch.cat([r[2][k][m] for r, m in zip(self._val, keep)])
+            m = {"val_loss": float(self._task.loss(out, y, self.options.forecast_loss)),
+                 "val_score": score_outputs(out, y, self.task, self.target_std, w)}
+            if not math.isnan(train[k]):
+                m["train_loss"] = train[k]
+            epoch = len(book.history)
+            book.history.append({"epoch": epoch, **m})
+            if book.better(m["val_score"]):
+                book.best_score, book.best_epoch, book.wait = m["val_score"], epoch, 0
+                book.best_state = self.model.member_state(k)
+            else:
+                book.wait += 1
+            book.patience_hit = book.patience_hit or book.wait >= self.options.patience
+            if book.patience_hit and step >= self.min_steps:
+                book.stopped_at = step
+            if self.on_epoch[k] is not None:
+                self.on_epoch[k](epoch, {**m, "step": float(step)})
+        self._val.clear()
+        if all(b.stopped_at is not None for b in self.books):
+            self.trainer.should_stop = True
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.options.lr, weight_decay=self.options.weight_decay)
+
+
+class _Data(pl.LightningDataModule):
+    def __init__(self, train: FoldStream, val: list[tuple[torch.Tensor, ...]]) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.train, batch_size=None)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(self.val, batch_size=None)
+
+
+def fold_parts(dataset: Dataset, folds: list[Fold]) -> tuple[list[_Batches], list[_Batches]]:
+    """Each fold's training and validation rows as ``_Batches``."""
+    task = dataset.task
+    return ([_Batches(f.train.split, task, f.train.index) for f in folds],
+            [_Batches(f.val.split, task, f.val.index) for f in folds])
+
+
+def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, folds: list[Fold], *,
+              seeds: list[int], max_seconds: float | None = None,
+              on_epoch: list[Callable[[int, dict[str, float]], None] | None] | None = None,
+              verbose: bool = False) -> list[FitResult]:
+    """Train ``models[k]`` on ``folds[k]``, all together (module doc); one ``FitResult`` per fold, as
+    ``train.fit(models[k], dataset, options, fold=folds[k], seed=seeds[k])`` gives. The folds share
+    the first fold's ``Schedule`` (folds differ by a row or so). ``on_epoch[k](check, metrics)`` runs
+    after each of fold k's validations and may raise (``optuna.TrialPruned``) to stop them all."""
+    import signal
+
+    quiet_lightning()
+    pl.seed_everything(seeds[0], workers=False, verbose=False)
+    torch.set_flush_denormal(True)
+    k = len(models)
+    plan = Schedule.plan(len(folds[0].train), options.batch_size, options.max_epochs, options.min_steps,
+                         options.max_steps)
+    stacked = StackedModels(models)
+    task = FoldsTask(stacked, dataset.task, options, dataset.preprocessing.target_scale, plan.min_steps,
+                     on_epoch or [None] * k)
+    train_parts, val_parts = fold_parts(dataset, folds)
+    data = _Data(FoldStream(train_parts, plan.batch_size, seeds), validation_rows(val_parts))
+    deadline = Deadline(None if not max_seconds else time.time() + max_seconds)
+    trainer = pl.Trainer(
+        max_steps=plan.steps, max_epochs=-1, min_steps=plan.min_steps, val_check_interval=plan.val_every,
+        check_val_every_n_epoch=None, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=verbose, enable_model_summary=verbose, num_sanity_val_steps=0,
+        callbacks=[deadline], deterministic=False)
+    sigint = signal.getsignal(signal.SIGINT)
+    t0 = time.perf_counter()
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            trainer.fit(task, datamodule=data)
+    except TimeUpError:
+        pass
+    except SystemExit:
+        signal.signal(signal.SIGINT, sigint)
+        raise KeyboardInterrupt from None
+    finally:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, sigint)
+    seconds = time.perf_counter() - t0
+    if trainer.interrupted and not deadline.hit:
+        raise KeyboardInterrupt
+    steps = int(trainer.global_step)
+    results = []
+    for model, book in zip(models, task.books):
+        if book.best_state is None:
+            raise NonFiniteLossError("the time limit came before the first validation" if deadline.hit
+                                     else "no finite validation score")
+        model.load_state_dict(book.best_state)
+        model.eval()
+        done = book.stopped_at if book.stopped_at is not None else steps
+        stopped = ("early_stopping" if book.stopped_at is not None else "time_limit" if deadline.hit else
+                   "max_steps" if steps >= plan.steps else "time_limit")
+        results.append(FitResult(model, book.best_score, book.best_epoch, len(book.history), book.history,
+                                 seconds / k, stopped, done, plan.batch_size,
+                                 best_step=min(done, (book.best_epoch + 1) * plan.val_every)))
+    return results
+
+
+# ---- whether it pays ----------------------------------------------------------------------------
+_PAYS: dict[tuple[Any, ...], bool] = {}
+
+
+def batching_pays(models: list[nn.Module], dataset: Dataset, options: TrainOptions, folds: list[Fold],
+                  seeds: list[int], repeats: int = 3) -> bool:
+    """Whether K models train faster batched than one by one: ``repeats`` forward-backward passes of
+    the batched copies on each fold's first batch against as many of one copy on its fold's (after a
+    pass each to warm up), batched at most ``PAYS_BELOW`` x K times the single. Measured once per
+    architecture, batch size, sequence length and thread count in a process (cached)."""
+    spec = getattr(models[0], "spec", None)
+    plan = Schedule.plan(len(folds[0].train), options.batch_size, options.max_epochs, options.min_steps,
+                         options.max_steps)
+    train_parts, _ = fold_parts(dataset, folds)
+    first = [p[next(iter(batch_sampler(p, plan.batch_size, s)))] for p, s in zip(train_parts, seeds)]
+    rows = Rows.stack(first, plan.batch_size)
+    key = (None if spec is None else repr(spec), plan.batch_size, int(rows.x.shape[2]), torch.get_num_threads())
+    if key not in _PAYS:
+        task = get_task(dataset.task)
+        single = copy.deepcopy(models[0]).train()
+        stacked = StackedModels([copy.deepcopy(m) for m in models]).train()
+
+        def one() -> None:
+            out = single(rows.x[0], rows.lengths[0])
+            task.loss_rows(out, rows.y[0], options.forecast_loss).mean().backward()
+
+        def batched() -> None:
+            out = stacked(rows.x, rows.lengths)
+            task.loss_rows(out.flatten(0, 1), rows.y.flatten(0, 1), options.forecast_loss).mean().backward()
+
+        def seconds(fn: Callable[[], None]) -> float:
+            fn()
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            return time.perf_counter() - t0
+
+        _PAYS[key] = seconds(batched) <= PAYS_BELOW * len(models) * seconds(one)
+    return _PAYS[key]
+
+
+def summary(results: list[FitResult]) -> dict[str, float]:
+    """Mean best score and steps of the folds (for logs and benchmarks)."""
+    return {"score": float(np.mean([r.best_score for r in results])),
+            "steps": float(np.mean([r.steps for r in results]))}
