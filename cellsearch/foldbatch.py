@@ -135,12 +135,12 @@ class Rows:
             n = len(lengths)
             src = (x, lengths, y) if n else donor[:3]
             pad = rows - n
-            take = torch.cat([torch.arange(n), torch.zeros(pad, dtype=torch.long)]) if n else torch.zeros(rows, dtype=torch.long)
+            take = torch.cat([torch.arange(n), torch.zeros(pad, dtype=torch.long)])
             xk = src[0][take]
             xs.append(nn.functional.pad(xk, (0, 0, 0, steps - xk.shape[1])))
             ls.append(src[1][take])
             ys.append(src[2][take])
-            ws.append(torch.cat([w, w.new_zeros(pad)]) if n else w.new_zeros(rows))
+            ws.append(torch.cat([w, w.new_zeros(pad)]))
             rs.append(torch.cat([torch.ones(n), torch.zeros(pad)]))
         return cls(torch.stack(xs), torch.stack(ls), torch.stack(ys), torch.stack(ws), torch.stack(rs))
 
