@@ -34,9 +34,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -150,23 +150,26 @@ class Rows:
 
 class FoldStream(torch.utils.data.IterableDataset):
     """The training batches of K folds, stacked (``Rows``), without end: fold k's batches come from
-    its own ``batch_sampler`` (seed ``seeds[k]``), a new epoch of it whenever one ends."""
+    its own ``batch_sampler`` (batch size ``batch_sizes[k]``, seed ``seeds[k]``), a new epoch of it
+    whenever one ends."""
 
-    def __init__(self, parts: list[_Batches], batch_size: int, seeds: list[int]) -> None:
-        self.parts, self.batch_size, self.seeds = parts, batch_size, seeds
+    def __init__(self, parts: list[_Batches], batch_sizes: list[int], seeds: list[int]) -> None:
+        self.parts, self.batch_sizes, self.seeds = parts, batch_sizes, seeds
 
     def __iter__(self) -> Any:
-        samplers = [batch_sampler(p, self.batch_size, s) for p, s in zip(self.parts, self.seeds)]
-        epochs = [iter(s) for s in samplers]
+        samplers = [batch_sampler(p, b, s) for p, b, s in zip(self.parts, self.batch_sizes, self.seeds)]
+        # An epoch is ``len(sampler)`` batches, never read to exhaustion: Lightning reads a sized loader
+        # so, and a sampler read past its last batch draws from its generator again.
+        epochs = [islice(iter(s), len(s)) for s in samplers]
         while True:
             batches = []
             for k, part in enumerate(self.parts):
                 idx = next(epochs[k], None)
                 if idx is None:
-                    epochs[k] = iter(samplers[k])
+                    epochs[k] = islice(iter(samplers[k]), len(samplers[k]))
                     idx = next(epochs[k])
                 batches.append(part[idx])
-            yield Rows.stack(batches, self.batch_size).as_tuple()
+            yield Rows.stack(batches, max(self.batch_sizes)).as_tuple()
 
 
 def validation_rows(parts: list[_Batches], rows: int = VAL_ROWS) -> list[tuple[torch.Tensor, ...]]:
@@ -212,14 +215,14 @@ class FoldsTask(pl.LightningModule):
     at each validation every fold's scores, best weights and early stopping (``FoldBook``)."""
 
     def __init__(self, models: StackedModels, task: str, options: TrainOptions, target_std: float,
-                 min_steps: int, on_epoch: list[Callable[[int, dict[str, float]], None] | None]) -> None:
+                 plans: list[Schedule], on_epoch: list[Callable[[int, dict[str, float]], None] | None]) -> None:
         super().__init__()
         self.model = models
         self.task = task
         self._task = get_task(task)
         self.options = options
         self.target_std = target_std
-        self.min_steps = min_steps
+        self.plans = plans
         self.on_epoch = on_epoch
         direction = metric_of(task)[1]
         self.books = [FoldBook(direction) for _ in range(models.k)]
@@ -276,7 +279,7 @@ class FoldsTask(pl.LightningModule):
             else:
                 book.wait += 1
             book.patience_hit = book.patience_hit or book.wait >= self.options.patience
-            if book.patience_hit and step >= self.min_steps:
+            if book.patience_hit and step >= self.plans[k].min_steps or step >= self.plans[k].steps:
                 book.stopped_at = step
             if self.on_epoch[k] is not None:
                 self.on_epoch[k](epoch, {**m, "step": float(step)})
@@ -307,13 +310,26 @@ def fold_parts(dataset: Dataset, folds: list[Fold]) -> tuple[list[_Batches], lis
             [_Batches(f.val.split, task, f.val.index) for f in folds])
 
 
+def schedules(options: TrainOptions, folds: list[Fold]) -> list[Schedule]:
+    """Each fold's ``Schedule``: its batch size, step cap and floor, and validation interval."""
+    return [Schedule.plan(len(f.train), options.batch_size, options.max_epochs, options.min_steps, options.max_steps)
+            for f in folds]
+
+
+def can_train_together(options: TrainOptions, folds: list[Fold]) -> bool:
+    """Whether these folds can train as one batch: they validate at the same step interval (their
+    batch sizes and step caps may differ; rolling-origin folds of different sizes often do)."""
+    return len(folds) > 1 and len({p.val_every for p in schedules(options, folds)}) == 1
+
+
 def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, folds: list[Fold], *,
               seeds: list[int], max_seconds: float | None = None,
               on_epoch: list[Callable[[int, dict[str, float]], None] | None] | None = None,
               verbose: bool = False) -> list[FitResult]:
     """Train ``models[k]`` on ``folds[k]``, all together (module doc); one ``FitResult`` per fold, as
-    ``train.fit(models[k], dataset, options, fold=folds[k], seed=seeds[k])`` gives. The folds share
-    the first fold's ``Schedule`` (folds differ by a row or so). ``on_epoch[k](check, metrics)`` runs
+    ``train.fit(models[k], dataset, options, fold=folds[k], seed=seeds[k])`` gives: each fold keeps its
+    own ``Schedule`` (batch size, step floor and cap), but they must validate at the same step interval
+    (``can_train_together``; else ``ValueError``). ``on_epoch[k](check, metrics)`` runs
     after each of fold k's validations and may raise (``optuna.TrialPruned``) to stop them all."""
     import signal
 
@@ -321,16 +337,17 @@ def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, 
     pl.seed_everything(seeds[0], workers=False, verbose=False)
     torch.set_flush_denormal(True)
     k = len(models)
-    plan = Schedule.plan(len(folds[0].train), options.batch_size, options.max_epochs, options.min_steps,
-                         options.max_steps)
+    plans = schedules(options, folds)
+    if len({p.val_every for p in plans}) > 1:
+        raise ValueError("these folds validate at different step intervals: train them one by one")
     stacked = StackedModels(models)
-    task = FoldsTask(stacked, dataset.task, options, dataset.preprocessing.target_scale, plan.min_steps,
+    task = FoldsTask(stacked, dataset.task, options, dataset.preprocessing.target_scale, plans,
                      on_epoch or [None] * k)
     train_parts, val_parts = fold_parts(dataset, folds)
-    data = _Data(FoldStream(train_parts, plan.batch_size, seeds), validation_rows(val_parts))
+    data = _Data(FoldStream(train_parts, [p.batch_size for p in plans], seeds), validation_rows(val_parts))
     deadline = Deadline(None if not max_seconds else time.time() + max_seconds)
     trainer = pl.Trainer(
-        max_steps=plan.steps, max_epochs=-1, min_steps=plan.min_steps, val_check_interval=plan.val_every,
+        max_steps=max(p.steps for p in plans), max_epochs=-1, val_check_interval=plans[0].val_every,
         check_val_every_n_epoch=None, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=verbose, enable_model_summary=verbose, num_sanity_val_steps=0,
         callbacks=[deadline], deterministic=False)
@@ -356,15 +373,17 @@ def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, 
         raise KeyboardInterrupt
     steps = int(trainer.global_step)
     results = []
-    for model, book in zip(models, task.books):
+    for model, book, plan in zip(models, task.books, plans):
         if book.best_state is None:
             raise NonFiniteLossError("the time limit came before the first validation" if deadline.hit
                                      else "no finite validation score")
         model.load_state_dict(book.best_state)
         model.eval()
         done = book.stopped_at if book.stopped_at is not None else steps
-        stopped = ("early_stopping" if book.stopped_at is not None else "time_limit" if deadline.hit else
-                   "max_steps" if steps >= plan.steps else "time_limit")
+        if book.stopped_at is not None:  # (as ``fit`` says it: the step cap before early stopping)
+            stopped = "max_steps" if done >= plan.steps else "early_stopping"
+        else:
+            stopped = "time_limit"
         results.append(FitResult(model, book.best_score, book.best_epoch, len(book.history), book.history,
                                  seconds / k, stopped, done, plan.batch_size,
                                  best_step=min(done, (book.best_epoch + 1) * plan.val_every)))
@@ -382,12 +401,11 @@ def batching_pays(models: list[nn.Module], dataset: Dataset, options: TrainOptio
     pass each to warm up), batched at most ``PAYS_BELOW`` x K times the single. Measured once per
     architecture, batch size, sequence length and thread count in a process (cached)."""
     spec = getattr(models[0], "spec", None)
-    plan = Schedule.plan(len(folds[0].train), options.batch_size, options.max_epochs, options.min_steps,
-                         options.max_steps)
+    plans = schedules(options, folds)
     train_parts, _ = fold_parts(dataset, folds)
-    first = [p[next(iter(batch_sampler(p, plan.batch_size, s)))] for p, s in zip(train_parts, seeds)]
-    rows = Rows.stack(first, plan.batch_size)
-    key = (None if spec is None else repr(spec), plan.batch_size, int(rows.x.shape[2]), torch.get_num_threads())
+    first = [p[next(iter(batch_sampler(p, plan.batch_size, s)))] for p, plan, s in zip(train_parts, plans, seeds)]
+    rows = Rows.stack(first)
+    key = (None if spec is None else repr(spec), rows.x.shape, torch.get_num_threads())
     if key not in _PAYS:
         task = get_task(dataset.task)
         single = copy.deepcopy(models[0]).train()
@@ -411,8 +429,3 @@ def batching_pays(models: list[nn.Module], dataset: Dataset, options: TrainOptio
         _PAYS[key] = seconds(batched) <= PAYS_BELOW * len(models) * seconds(one)
     return _PAYS[key]
 
-
-def summary(results: list[FitResult]) -> dict[str, float]:
-    """Mean best score and steps of the folds (for logs and benchmarks)."""
-    return {"score": float(np.mean([r.best_score for r in results])),
-            "steps": float(np.mean([r.steps for r in results]))}

@@ -166,11 +166,11 @@ class Objective:
     def _together(self, cfg: dict[str, Any], options: Any, model: Any, seed: int) -> list[Any]:
         """The trial's fold models when its folds train together as one batched model, else none
         (``--fold-batching``: ``auto`` asks ``foldbatch.batching_pays``); only on the CPU, only with
-        several folds."""
-        from cellsearch.foldbatch import batching_pays
+        several folds validated at one step interval."""
+        from cellsearch.foldbatch import batching_pays, can_train_together
 
         ctx, mode = self.ctx, self.ctx.config.fold_batching
-        if ctx.folds.k == 1 or mode == "off" or ctx.accelerator != "cpu":
+        if mode == "off" or ctx.accelerator != "cpu" or not can_train_together(options, ctx.folds.folds):
             return []
         models = [model] + [self._build(cfg, seed) for _ in range(ctx.folds.k - 1)]
         if mode == "auto" and not batching_pays(models, ctx.dataset, options, ctx.folds.folds,
