@@ -349,6 +349,9 @@ def bench(
                                       "recurrent-GEMM backend this machine has (mkl, aten, blocked)."),
     text: bool = typer.Option(False, "--text", help="Instead: training tokens per second of a text model "
                               "(embedding, each cell, mean pooling, Adam) against torch's own modules."),
+    steps: bool = typer.Option(False, "--steps", help="Instead: where a small trial's training step goes, and "
+                               "the search's fold-steps per second with the folds one by one and together "
+                               "against a bare PyTorch loop (the first --hidden size)."),
 ) -> None:
     """Speed of each cell variant (forward + backward) against torch's nn.LSTM on this machine."""
     if device not in ("cpu", "cuda"):
@@ -356,6 +359,9 @@ def bench(
     sizes = _ints(hidden, "--hidden")
     if text:
         _bench_text(sizes, threads, repeats, as_json)
+        return
+    if steps:
+        _bench_steps(sizes[0], threads, as_json)
         return
     import torch
 
@@ -393,6 +399,38 @@ def bench(
               + ", ".join(f"hidden {h}: {b}" for h, b in chosen.items()))
     for b, brows in per_backend.items():
         print(f"  backend {b}: " + ", ".join(f"{r.variant} h{r.hidden} {r.ratio:.2f}x" for r in brows))
+
+
+def _bench_steps(hidden: int, threads: int, as_json: bool) -> None:
+    """``cellsearch bench --steps``: a small trial's training step by part, and the folds trained
+    together (``cellsearch.benchmarks.steps``)."""
+    from cellsearch import kernels
+    from cellsearch.benchmarks import steps as steps_bench
+
+    r = {"cpu": kernels.cpu_model(), **steps_bench.run_steps(hidden=hidden, threads=threads)}
+    if as_json:
+        print(json.dumps(r, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"GRU {hidden}, batch {r['batch']}, 67 sequences x 12 steps, 5 folds, {r['steps']} "
+                        f"steps; {threads} threads, CPU {r['cpu']}")
+    for col in ("way of training", "ms per (fold-)step"):
+        table.add_column(col, justify="left" if col.startswith("way") else "right")
+    for key, words in (("bare_ms", "bare PyTorch loop, one model"), ("lightning_ms", "fit, fixed steps"),
+                       ("alone_ms", "fit as a fold trained alone (validation, early stopping)"),
+                       ("together_ms", "five folds together (foldbatch.fit_folds)")):
+        table.add_row(words, f"{r[key]:.3f}")
+    for part, ms in r["parts_ms"].items():
+        table.add_row(f"  part: {part}", f"{ms:.3f}")
+    for mode, words in (("off", "one by one"), ("on", "together")):
+        m = r["search"][mode]
+        table.add_row(f"search, folds {words}: {m['fold_steps_per_s']:,.0f} fold-steps/s of training",
+                      f"{1000 / m['fold_steps_per_s']:.3f}" if m["fold_steps_per_s"] else "-")
+    Console().print(table)
+    print(f"goal ratio (search's fold-steps/s over the bare loop's steps/s): {r['ratio']:.2f} "
+          f"(folds one by one: {r['ratio_before']:.2f}); goal at least 1.0")
 
 
 def _bench_text(sizes: tuple[int, ...], threads: int, repeats: int, as_json: bool) -> None:

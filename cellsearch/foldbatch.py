@@ -46,13 +46,13 @@ from cellsearch.folds import Fold
 from cellsearch.metrics import metric_of
 from cellsearch.tasks import get_task
 from cellsearch.train import (
+    Batches,
     Deadline,
     FitResult,
     NonFiniteLossError,
     Schedule,
     TimeUpError,
     TrainOptions,
-    _Batches,
     batch_sampler,
     crop_batch,
     quiet_lightning,
@@ -153,7 +153,7 @@ class FoldStream(torch.utils.data.IterableDataset):
     its own ``batch_sampler`` (batch size ``batch_sizes[k]``, seed ``seeds[k]``), a new epoch of it
     whenever one ends."""
 
-    def __init__(self, parts: list[_Batches], batch_sizes: list[int], seeds: list[int]) -> None:
+    def __init__(self, parts: list[Batches], batch_sizes: list[int], seeds: list[int]) -> None:
         self.parts, self.batch_sizes, self.seeds = parts, batch_sizes, seeds
 
     def __iter__(self) -> Any:
@@ -172,7 +172,7 @@ class FoldStream(torch.utils.data.IterableDataset):
             yield Rows.stack(batches, max(self.batch_sizes)).as_tuple()
 
 
-def validation_rows(parts: list[_Batches], rows: int = VAL_ROWS) -> list[tuple[torch.Tensor, ...]]:
+def validation_rows(parts: list[Batches], rows: int = VAL_ROWS) -> list[tuple[torch.Tensor, ...]]:
     """The K folds' validation rows as stacked chunks (``Rows``), each fold's rows in length order
     (little padding) and cut into chunks of at most ``rows``; a fold out of rows is padding."""
     orders = [torch.argsort(p.lengths if p.index is None else p.lengths[p.index], stable=True) for p in parts]
@@ -185,7 +185,7 @@ def validation_rows(parts: list[_Batches], rows: int = VAL_ROWS) -> list[tuple[t
     return out
 
 
-def _empty(part: _Batches) -> tuple[torch.Tensor, ...]:
+def _empty(part: Batches) -> tuple[torch.Tensor, ...]:
     x, lengths, y, w = part[[0]]
     return x[:0], lengths[:0], y[:0], w[:0]
 
@@ -303,11 +303,11 @@ class _Data(pl.LightningDataModule):
         return torch.utils.data.DataLoader(self.val, batch_size=None)
 
 
-def fold_parts(dataset: Dataset, folds: list[Fold]) -> tuple[list[_Batches], list[_Batches]]:
-    """Each fold's training and validation rows as ``_Batches``."""
+def fold_parts(dataset: Dataset, folds: list[Fold]) -> tuple[list[Batches], list[Batches]]:
+    """Each fold's training and validation rows as ``Batches``."""
     task = dataset.task
-    return ([_Batches(f.train.split, task, f.train.index) for f in folds],
-            [_Batches(f.val.split, task, f.val.index) for f in folds])
+    return ([Batches(f.train.split, task, f.train.index) for f in folds],
+            [Batches(f.val.split, task, f.val.index) for f in folds])
 
 
 def schedules(options: TrainOptions, folds: list[Fold]) -> list[Schedule]:

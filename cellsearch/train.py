@@ -81,7 +81,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")
 
 
-class _Batches(torch.utils.data.Dataset):
+class Batches(torch.utils.data.Dataset):
     """Rows ``index`` of a split (all of it when ``None``), indexed by whole batches (a list of
     positions), each batch trimmed to its longest sequence. The split's arrays are shared, not copied:
     every fold of a search reads the same tensors."""
@@ -117,7 +117,7 @@ BUCKET_MIN_BATCHES = 8
 
 class LengthBuckets(torch.utils.data.Sampler):
     """Batches of positions whose sequences have similar lengths, so that a batch trimmed to its
-    longest sequence (``_Batches``) is mostly real steps. Training (``generator`` given): each epoch
+    longest sequence (``Batches``) is mostly real steps. Training (``generator`` given): each epoch
     a random order is cut into pools of ``BUCKET_POOL`` batches, each pool sorted by length and cut
     into batches, and the batches are shuffled — every batch still draws from the whole data.
     Validation (no generator): the positions sorted by length, cut into batches."""
@@ -147,7 +147,7 @@ class LengthBuckets(torch.utils.data.Sampler):
             yield batches[k]
 
 
-def batch_sampler(part: _Batches, batch_size: int, seed: int | None, buckets: bool = True) -> Any:
+def batch_sampler(part: Batches, batch_size: int, seed: int | None, buckets: bool = True) -> Any:
     """The batches (lists of positions) a part is read in: shuffled each epoch from ``seed``'s
     generator (``None``: in order, for validation), in length buckets (``LengthBuckets``) where
     ``buckets`` and the lengths are ragged enough. One fold's batches are the same whether it trains
@@ -173,17 +173,17 @@ class SequenceDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.seed = seed
         self.fold = fold
-        self.parts: dict[str, _Batches] = {}
+        self.parts: dict[str, Batches] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if not self.parts:
             task = self.dataset.task
             fold = self.fold or holdout_fold(self.dataset)
-            self.parts = {"train": _Batches(fold.train.split, task, fold.train.index),
-                          "val": _Batches(fold.val.split, task, fold.val.index)}
+            self.parts = {"train": Batches(fold.train.split, task, fold.train.index),
+                          "val": Batches(fold.val.split, task, fold.val.index)}
             test = self.dataset.splits["test"]
             if len(test):
-                self.parts["test"] = _Batches(test, task)
+                self.parts["test"] = Batches(test, task)
 
     def _loader(self, split: str, shuffle: bool) -> torch.utils.data.DataLoader:
         part = self.parts[split]
@@ -305,7 +305,7 @@ def outputs(model: torch.nn.Module, split: SplitTensors, task: str, batch_size: 
             index: np.ndarray | None = None) -> np.ndarray:
     """The model's outputs on one split, or on its rows ``index`` (eval mode, batched)."""
     model.eval()
-    part = _Batches(split, task, index)
+    part = Batches(split, task, index)
     outs = []
     for k in range(0, len(part), batch_size):
         x, lengths, _, _ = part[list(range(k, min(k + batch_size, len(part))))]

@@ -1,21 +1,24 @@
-"""Where a small model's training step goes (``python -m cellsearch.benchmarks.steps``; issue 31).
+"""Where a small model's training step goes, and what training the folds together buys
+(``python -m cellsearch.benchmarks.steps``, also ``cellsearch bench --steps``; issue 31).
 
 The shape of a trial on a small real set: 67 sequences of 12 steps, a GRU of 64 units, batches of
-11. The same model trains for the same number of optimiser steps four ways, in one process, one
-after another, on the same thread count:
+11, five folds. In one process, one after another, on the same thread count:
 
-* ``bare``: a plain PyTorch loop — forward, backward, ``Adam.step`` on one batch after another (no
-  Lightning, no validation), timed by part: the model's forward and backward, and the optimiser;
+* ``bare``: a plain PyTorch loop training one model — forward, backward, ``Adam.step`` on one batch
+  after another (no Lightning, no validation), timed by part: the model's forward and backward, and
+  the optimiser;
 * ``lightning``: ``cellsearch.train.fit`` with ``fixed_steps`` (the trainer, the data module and
   loader, the deadline callback; no validation);
-* ``search``: ``fit`` as a trial runs it (validation at the schedule's interval, early stopping, the
-  history callback, the kept best weights);
-* per part: the Lightning loop's own cost is ``lightning - bare``, validation and its callbacks
-  ``search - lightning``.
+* ``alone``: ``fit`` as a trial ran each fold before (validation at the schedule's interval, early
+  stopping, the history callback, the kept best weights), per fold;
+* ``together``: ``cellsearch.foldbatch.fit_folds``, the five folds as one batched model, validation
+  and early stopping per fold, in milliseconds per fold-step (optimiser steps x folds advanced);
+* ``search``: the real thing — ``tune`` on a one-point space (that GRU, the same steps in every
+  trial, ``--no-prune``, five folds), with ``--fold-batching off`` and ``on``: fold-steps per second of
+  the trials' training (``train_seconds``), and each trial's whole wall time.
 
-Reports milliseconds per step, and the throughput ratio the issue's goal is stated in: optimiser
-steps per second of the search's training over the bare loop's (goal: at least 1.0, with the folds
-advanced together; today a fraction).
+The goal's ratio: the search's fold-steps per second of training over the bare loop's steps per
+second (goal: at least 1.0).
 """
 
 from __future__ import annotations
@@ -46,16 +49,18 @@ def _data(path: Path, n: int = 67, steps: int = 12, seed: int = 0) -> Path:
 
 def run_steps(steps: int = 500, hidden: int = 64, batch: int = 11, threads: int = 1,
               val_every: int = 50) -> dict[str, Any]:
-    """Milliseconds per optimiser step of each way of training (module doc).
+    """Milliseconds per optimiser step (fold-step) of each way of training, the search's throughput with
+    the folds one by one and together, and the goal's ratio (module doc).
 
     Example:
-        >>> r = run_steps(steps=20, hidden=8, val_every=10)
-        >>> r["bare_ms"] > 0 and r["ratio"] > 0
+        >>> r = run_steps(steps=20, hidden=8, val_every=10)  # doctest: +SKIP
+        >>> r["bare_ms"] > 0 and r["together_ms"] > 0 and r["search"]["on"]["together"] == 3
         True
     """
     import torch
 
     from cellsearch.data import read_dataset
+    from cellsearch.foldbatch import fit_folds
     from cellsearch.folds import make_folds
     from cellsearch.model import ModelSpec, build
     from cellsearch.stack import LayerSpec
@@ -98,18 +103,68 @@ def run_steps(steps: int = 500, hidden: int = 64, batch: int = 11, threads: int 
                            min_steps=steps, max_steps=steps)
     plain = fit(model(), ds, options, fold=fold, fixed_steps=steps)
     searched = fit(model(), ds, options, fold=fold)
+    folds = make_folds(ds, 5).folds
+    t0 = time.perf_counter()
+    together = fit_folds([model() for _ in folds], ds, options, folds, seeds=[1009 * k for k in range(len(folds))])
+    together_s = time.perf_counter() - t0
     timed = (("bare_ms", bare, steps), ("lightning_ms", plain.train_seconds, plain.steps),
-             ("search_ms", searched.train_seconds, searched.steps))
+             ("alone_ms", searched.train_seconds, searched.steps),
+             ("together_ms", together_s, sum(r.steps for r in together)))
     per = {name: 1000 * seconds / max(1, n) for name, seconds, n in timed}
+    search = {mode: run_search(steps, hidden, batch, val_every, mode) for mode in ("off", "on")}
     return {**{k: round(v, 3) for k, v in per.items()},
             "parts_ms": {"model forward+backward": round(1000 * fwd_bwd / steps, 3),
                          "optimiser": round(1000 * step_opt / steps, 3),
                          "Lightning loop, data module, callbacks": round(per["lightning_ms"] - per["bare_ms"], 3),
                          f"validation every {val_every} steps, early stopping, history":
-                             round(per["search_ms"] - per["lightning_ms"], 3)},
-            "steps": {"bare": steps, "lightning": plain.steps, "search": searched.steps},
-            "ratio": round(per["bare_ms"] / per["search_ms"], 3), "threads": threads, "hidden": hidden,
-            "batch": batch}
+                             round(per["alone_ms"] - per["lightning_ms"], 3)},
+            "search": search,
+            "ratio": round(search["on"]["fold_steps_per_s"] * per["bare_ms"] / 1000, 3),
+            "ratio_before": round(search["off"]["fold_steps_per_s"] * per["bare_ms"] / 1000, 3),
+            "threads": threads, "hidden": hidden, "batch": batch, "steps": steps}
+
+
+#: The one-point space of the goal: one GRU, one learning rate and batch, the same steps in every trial.
+ONE_POINT = """layers: {{depth: 1, cell: gru, hidden: {hidden}}}
+dropout: 0.0
+lr: 3.0e-3
+batch_size: {batch}
+patch: 1
+pooling: last
+normalize: false
+crop: 0.0
+max_epochs: {checks}
+patience: 1000000
+min_steps: {steps}
+max_steps: {steps}
+"""
+
+
+def run_search(steps: int, hidden: int, batch: int, val_every: int, fold_batching: str,
+               trials: int = 3) -> dict[str, float]:
+    """``tune`` on the one-point space (``--no-prune``, five folds, one worker): fold-steps per second
+    of the trials' training, and seconds per trial of wall time (model building, costs and
+    checkpoints included)."""
+    import optuna
+
+    from cellsearch.records import TrialRecord
+    from cellsearch.search import tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        space = Path(tmp) / "one.yaml"
+        space.write_text(ONE_POINT.format(hidden=hidden, batch=batch, steps=steps, checks=max(1, steps // val_every)))
+        t0 = time.perf_counter()
+        result = tune(_data(Path(tmp) / "small.csv"), space=str(space), trials=trials, cv=5, prune=False,
+                      workers=1, references=False, ensemble=False, track=False, progress=False,
+                      fold_batching=fold_batching, run_dir=Path(tmp) / "runs", test_size=0.0)
+        wall = time.perf_counter() - t0
+        recs = [TrialRecord.of(t) for t in result.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    fold_steps = sum(r.steps or 0 for r in recs)
+    seconds = sum(r.train_seconds or 0.0 for r in recs)
+    return {"trials": len(recs), "fold_steps": fold_steps, "train_seconds": round(seconds, 3),
+            "fold_steps_per_s": round(fold_steps / seconds, 1) if seconds else 0.0,
+            "seconds_per_trial": round(wall / max(1, len(recs)), 3),
+            "together": sum(bool(r.together) for r in recs)}
 
 
 def main() -> None:
