@@ -53,6 +53,7 @@ from cellsearch.train import (
     Schedule,
     TimeUpError,
     TrainOptions,
+    adam,
     batch_sampler,
     crop_batch,
     quiet_lightning,
@@ -288,7 +289,7 @@ class FoldsTask(pl.LightningModule):
             self.trainer.should_stop = True
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.options.lr, weight_decay=self.options.weight_decay)
+        return adam(self.parameters(), self.options.lr, self.options.weight_decay)
 
 
 class _Data(pl.LightningDataModule):

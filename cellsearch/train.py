@@ -270,7 +270,18 @@ class SequenceTask(pl.LightningModule):
         self.log("val_score", score_outputs(out, y, self.task, self.target_std, w), prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return adam(self.parameters(), self.lr, self.weight_decay)
+
+
+def adam(params: Any, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam as every model here trains with it: torch's fused kernel (one call for all parameters,
+    about half the time of the per-tensor loop on a small model's step), where this torch and device
+    have it; the plain loop otherwise (the same update)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # older torch, or a device without the fused kernel
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 def crop_batch(x: torch.Tensor, lengths: torch.Tensor, fraction: float,

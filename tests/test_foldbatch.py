@@ -111,16 +111,25 @@ def test_stacked_models_run_each_model_on_its_own_rows():
         assert all(torch.equal(v, models[k].state_dict()[key]) for key, v in stacked.member_state(k).items())
 
 
-def test_gradients_through_the_compiled_loops_under_vmap():
+@pytest.mark.parametrize("kind", ["numbers", "text"])
+def test_gradients_through_the_compiled_loops_under_vmap(kind):
     """Each model's gradient from the batched forward equals its own, through the compiled LSTM-family
-    and GRU loops' vmap rules."""
+    and GRU loops' vmap rules (and a text model's token embedding: ids past its vocabulary, padding)."""
+    from cellsearch.model import InputSpec
+
     if not kernels.available():
         pytest.skip("no compiled loop on this machine")
-    spec = ModelSpec(input_size=2, layers=(LayerSpec("peephole", 6, False), LayerSpec("gru", 5, False)),
-                     n_outputs=1, task="regression")
+    layers = (LayerSpec("peephole", 6, False), LayerSpec("gru", 5, False))
     torch.manual_seed(2)
+    if kind == "text":
+        spec = ModelSpec(input_size=1, inputs=(InputSpec("text", 1, {"embedding": 8, "vocab": 50, "unk": 1}),),
+                         layers=layers, n_outputs=2, task="classification", pooling="mean")
+        x = torch.randint(0, 80, (2, 3, 7, 1)).float()
+    else:
+        spec = ModelSpec(input_size=2, layers=layers, n_outputs=1, task="regression")
+        x = torch.randn(2, 3, 7, 2)
     models = [build(spec) for _ in range(2)]
-    x, lengths = torch.randn(2, 3, 7, 2), torch.full((2, 3), 7)
+    lengths = torch.tensor([[7, 3, 5], [2, 7, 7]])
     stacked = StackedModels(models)
     stacked(x, lengths).pow(2).sum().backward()
     for k, m in enumerate(models):
