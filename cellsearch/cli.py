@@ -131,7 +131,8 @@ def tune(
                            "5 for at most 2,000 sequences (forecasting: windows), else 1."),
     fold_batching: str = typer.Option("auto", "--fold-batching", help="How a trial's folds train on the CPU: "
                                       "auto: together as one batched model where a quick measurement says it "
-                                      "is faster; on: always together; off: one by one."),
+                                      "is faster; on: together wherever the model can run batched; off: one "
+                                      "by one."),
     ensemble: bool = typer.Option(True, "--ensemble/--no-ensemble", help="Also select ensembles of trials on "
                                   "their out-of-fold predictions (default) or not."),
     networks_only: bool = typer.Option(False, "--networks-only", help="Ensembles of networks only: the ridge "

@@ -60,7 +60,7 @@ class TuneConfig:
             sequences or windows, else 1: one validation split).
         fold_batching: how a trial's folds train: ``auto`` (together as one batched model where a
             quick measurement says it is faster, ``cellsearch.foldbatch``; on the CPU), ``on``
-            (together on the CPU always) or ``off`` (one by one).
+            (together on the CPU wherever the model can run batched) or ``off`` (one by one).
         ensemble: also select ensembles of trials on their out-of-fold predictions (``cellsearch.ensemble``).
         workers: processes on this machine sharing the study: a number, or ``auto`` (one per CPU
             core, at most ``cellsearch.workers.AUTO_MAX``; the CLI's default). The models searched

@@ -30,6 +30,7 @@ cell kernels there are torch's own, which ``vmap`` cannot batch).
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -59,6 +60,8 @@ from cellsearch.train import (
     quiet_lightning,
     score_outputs,
 )
+
+log = logging.getLogger(__name__)
 
 #: Validation reads each fold's rows in chunks of at most this many sequences per model.
 VAL_ROWS = 512
@@ -216,7 +219,8 @@ class FoldsTask(pl.LightningModule):
     at each validation every fold's scores, best weights and early stopping (``FoldBook``)."""
 
     def __init__(self, models: StackedModels, task: str, options: TrainOptions, target_std: float,
-                 plans: list[Schedule], on_epoch: list[Callable[[int, dict[str, float]], None] | None]) -> None:
+                 plans: list[Schedule], on_epoch: list[Callable[[int, dict[str, float]], None] | None],
+                 on_check: Callable[[int, list[float]], None] | None = None) -> None:
         super().__init__()
         self.model = models
         self.task = task
@@ -225,6 +229,7 @@ class FoldsTask(pl.LightningModule):
         self.target_std = target_std
         self.plans = plans
         self.on_epoch = on_epoch
+        self.on_check = on_check
         direction = metric_of(task)[1]
         self.books = [FoldBook(direction) for _ in range(models.k)]
         self._val: list[tuple[torch.Tensor, ...]] = []
@@ -285,6 +290,8 @@ class FoldsTask(pl.LightningModule):
             if self.on_epoch[k] is not None:
                 self.on_epoch[k](epoch, {**m, "step": float(step)})
         self._val.clear()
+        if self.on_check is not None:
+            self.on_check(step, [b.history[-1]["val_loss"] for b in self.books])
         if all(b.stopped_at is not None for b in self.books):
             self.trainer.should_stop = True
 
@@ -326,12 +333,13 @@ def can_train_together(options: TrainOptions, folds: list[Fold]) -> bool:
 def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, folds: list[Fold], *,
               seeds: list[int], max_seconds: float | None = None,
               on_epoch: list[Callable[[int, dict[str, float]], None] | None] | None = None,
-              verbose: bool = False) -> list[FitResult]:
+              on_check: Callable[[int, list[float]], None] | None = None, verbose: bool = False) -> list[FitResult]:
     """Train ``models[k]`` on ``folds[k]``, all together (module doc); one ``FitResult`` per fold, as
     ``train.fit(models[k], dataset, options, fold=folds[k], seed=seeds[k])`` gives: each fold keeps its
     own ``Schedule`` (batch size, step floor and cap), but they must validate at the same step interval
     (``can_train_together``; else ``ValueError``). ``on_epoch[k](check, metrics)`` runs
-    after each of fold k's validations and may raise (``optuna.TrialPruned``) to stop them all."""
+    after each of fold k's validations, ``on_check(step, losses)`` after each validation with every
+    fold's latest validation loss; either may raise (``optuna.TrialPruned``) to stop them all."""
     import signal
 
     quiet_lightning()
@@ -343,7 +351,7 @@ def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, 
         raise ValueError("these folds validate at different step intervals: train them one by one")
     stacked = StackedModels(models)
     task = FoldsTask(stacked, dataset.task, options, dataset.preprocessing.target_scale, plans,
-                     on_epoch or [None] * k)
+                     on_epoch or [None] * k, on_check)
     train_parts, val_parts = fold_parts(dataset, folds)
     data = _Data(FoldStream(train_parts, [p.batch_size for p in plans], seeds), validation_rows(val_parts))
     deadline = Deadline(None if not max_seconds else time.time() + max_seconds)
@@ -396,17 +404,19 @@ _PAYS: dict[tuple[Any, ...], bool] = {}
 
 
 def batching_pays(models: list[nn.Module], dataset: Dataset, options: TrainOptions, folds: list[Fold],
-                  seeds: list[int], repeats: int = 3) -> bool:
+                  seeds: list[int], repeats: int = 3, measure: bool = True) -> bool:
     """Whether K models train faster batched than one by one: ``repeats`` forward-backward passes of
     the batched copies on each fold's first batch against as many of one copy on its fold's (after a
-    pass each to warm up), batched at most ``PAYS_BELOW`` x K times the single. Measured once per
-    architecture, batch size, sequence length and thread count in a process (cached)."""
+    pass each to warm up), batched at most ``PAYS_BELOW`` x K times the single. Never for a model that
+    cannot run batched (a user's cell built on a torch module without a ``vmap`` rule, such as
+    ``nn.RNN``); with ``measure=False`` that is all it asks. Answered once per architecture, batch
+    size, sequence length and thread count in a process (cached)."""
     spec = getattr(models[0], "spec", None)
     plans = schedules(options, folds)
     train_parts, _ = fold_parts(dataset, folds)
     first = [p[next(iter(batch_sampler(p, plan.batch_size, s)))] for p, plan, s in zip(train_parts, plans, seeds)]
     rows = Rows.stack(first)
-    key = (None if spec is None else repr(spec), rows.x.shape, torch.get_num_threads())
+    key = (None if spec is None else repr(spec), rows.x.shape, torch.get_num_threads(), measure)
     if key not in _PAYS:
         task = get_task(dataset.task)
         single = copy.deepcopy(models[0]).train()
@@ -423,10 +433,16 @@ def batching_pays(models: list[nn.Module], dataset: Dataset, options: TrainOptio
         def seconds(fn: Callable[[], None]) -> float:
             fn()
             t0 = time.perf_counter()
-            for _ in range(repeats):
+            for _ in range(repeats if measure else 0):
                 fn()
             return time.perf_counter() - t0
 
-        _PAYS[key] = seconds(batched) <= PAYS_BELOW * len(models) * seconds(one)
+        try:
+            together = seconds(batched)
+        except Exception as exc:  # whatever vmap refuses: the folds train one by one
+            log.info("cellsearch: folds train one by one: the model cannot run batched (%s: %s)",
+                     type(exc).__name__, str(exc).splitlines()[0][:200])
+            _PAYS[key] = False
+        else:
+            _PAYS[key] = not measure or together <= PAYS_BELOW * len(models) * seconds(one)
     return _PAYS[key]
-

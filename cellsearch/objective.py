@@ -149,7 +149,8 @@ class Objective:
                 model = self._build(cfg, seed)
             results.append(fit(
                 model, ctx.dataset, options, fold=fold, seed=self._fold_seeds(seed)[k], max_seconds=self._budget(),
-                on_epoch=self._epoch_hook(trial, run, curve, k, options), verbose=config.verbose,
+                on_epoch=self._epoch_hook(trial, run, curve, k, self._rungs(trial, options) if k == 0 else None),
+                verbose=config.verbose,
                 accelerator=ctx.accelerator))
             if ctx.folds.k == 1:
                 continue
@@ -165,16 +166,16 @@ class Objective:
 
     def _together(self, cfg: dict[str, Any], options: Any, model: Any, seed: int) -> list[Any]:
         """The trial's fold models when its folds train together as one batched model, else none
-        (``--fold-batching``: ``auto`` asks ``foldbatch.batching_pays``); only on the CPU, only with
-        several folds validated at one step interval."""
+        (``--fold-batching``: ``auto`` asks ``foldbatch.batching_pays``, ``on`` only whether the model
+        can run batched); only on the CPU, only with several folds validated at one step interval."""
         from cellsearch.foldbatch import batching_pays, can_train_together
 
         ctx, mode = self.ctx, self.ctx.config.fold_batching
         if mode == "off" or ctx.accelerator != "cpu" or not can_train_together(options, ctx.folds.folds):
             return []
         models = [model] + [self._build(cfg, seed) for _ in range(ctx.folds.k - 1)]
-        if mode == "auto" and not batching_pays(models, ctx.dataset, options, ctx.folds.folds,
-                                                 self._fold_seeds(seed)):
+        if not batching_pays(models, ctx.dataset, options, ctx.folds.folds, self._fold_seeds(seed),
+                             measure=mode == "auto"):
             return []
         return models
 
@@ -184,9 +185,10 @@ class Objective:
 
     def _train_together(self, trial: Any, run: Any, options: Any, models: list[Any], seed: int,
                         curve: list[float], results: list[Any]) -> None:
-        """All folds at once (``cellsearch.foldbatch``): the step rungs on fold 1's checks as one by
-        one; the fold race is recorded (other trials' pruning reads it) but decides nothing, every
-        fold having trained."""
+        """All folds at once (``cellsearch.foldbatch``). The step rungs read, at each check, the mean
+        of the folds' latest validation losses (one by one, only the first fold's: the same quantity,
+        measured on K times the rows); the fold race is recorded (other trials' pruning reads it) but
+        decides nothing, every fold having trained."""
         import numpy as np
 
         from cellsearch.foldbatch import fit_folds
@@ -195,9 +197,11 @@ class Objective:
         ctx, config = self.ctx, self.ctx.config
         k = ctx.folds.k
         TrialRecord(together=True).write(trial, "together")
-        hooks = [self._epoch_hook(trial, run, curve, j, options) for j in range(k)]
+        hooks = [self._epoch_hook(trial, run, curve, j) for j in range(k)]
+        rungs = self._rungs(trial, options)
         results.extend(fit_folds(models, ctx.dataset, options, ctx.folds.folds, seeds=self._fold_seeds(seed),
-                                 max_seconds=self._budget(), on_epoch=hooks, verbose=config.verbose))
+                                 max_seconds=self._budget(), on_epoch=hooks, verbose=config.verbose,
+                                 on_check=lambda step, losses: self._prune_at(rungs, step, float(np.mean(losses)))))
         histories = [[h.get("val_loss", math.nan) for h in r.history] for r in results]
         TrialRecord(race=[fold_value(histories[:j + 1]) for j in range(k)]).write(trial, "race")
         if config.objective == "score":
@@ -251,19 +255,30 @@ class Objective:
                 raise optuna.TrialPruned("no time left in --timeout")
         return budget
 
-    def _epoch_hook(self, trial: Any, run: Any, curve: list[float], fold: int, options: Any) -> Any:
-        """After each validation of fold ``fold``: record it (fold 0 as ``val_score``..., the others as
-        ``fold2_val_score``...), and on the first fold, prune at the step rungs
-        (``cellsearch.pruning.StepRungs``)."""
-        import optuna
-
+    def _rungs(self, trial: Any, options: Any) -> Any:
+        """The trial's step rungs (``cellsearch.pruning.StepRungs``), or ``None`` without pruning."""
         from cellsearch.pruning import StepRungs
 
+        if not self.ctx.config.prune:
+            return None
+        return StepRungs(min_steps=options.min_steps,
+                         peers=lambda k: peer_values(trial.study, trial.number, "rungs", k),
+                         record=lambda values: TrialRecord(rungs=values).write(trial, "rungs"))
+
+    @staticmethod
+    def _prune_at(rungs: Any, step: int, loss: float) -> None:
+        """Raise ``optuna.TrialPruned`` when the trial falls out at a rung it has now reached."""
+        import optuna
+
+        if rungs is not None and rungs.should_stop(step, loss):
+            raise optuna.TrialPruned(f"pruned at step {step}: its smoothed validation loss is not in the best "
+                                     f"1/{rungs.eta} of the trials that reached rung {len(rungs.reached)}")
+
+    def _epoch_hook(self, trial: Any, run: Any, curve: list[float], fold: int, rungs: Any = None) -> Any:
+        """After each validation of fold ``fold``: record it (fold 0 as ``val_score``..., the others as
+        ``fold2_val_score``...), and prune at the step rungs ``rungs`` on its loss (fold 0 of folds
+        trained one by one)."""
         ctx, config = self.ctx, self.ctx.config
-        rungs = (StepRungs(min_steps=options.min_steps,
-                           peers=lambda k: peer_values(trial.study, trial.number, "rungs", k),
-                           record=lambda values: TrialRecord(rungs=values).write(trial, "rungs"))
-                 if config.prune and fold == 0 else None)
         report = config.objective == "score" and ctx.folds.k == 1
 
         def on_epoch(epoch: int, m: dict[str, float]) -> None:
@@ -273,9 +288,7 @@ class Objective:
             run.log_epoch(epoch, m if fold == 0 else {f"fold{fold + 1}_{k}": v for k, v in m.items()})
             if report:
                 trial.report(m["val_score"], epoch)
-            if rungs is not None and rungs.should_stop(step, m.get("val_loss", math.nan)):
-                raise optuna.TrialPruned(f"pruned at step {step}: its smoothed validation loss is not in the best "
-                                         f"1/{rungs.eta} of the trials that reached rung {len(rungs.reached)}")
+            self._prune_at(rungs, step, m.get("val_loss", math.nan))
 
         return on_epoch
 

@@ -175,3 +175,19 @@ def test_no_validation_before_the_time_limit_is_no_result(tmp_path):
         assert not foldbatch.can_train_together(uneven, folds)
         with pytest.raises(ValueError, match="one by one"):
             fit_folds(_models(spec, 3), ds, uneven, folds, seeds=[0, 1, 2])
+
+
+def test_a_cell_that_cannot_run_batched_trains_its_folds_one_by_one(tmp_path, monkeypatch):
+    """A user's cell on a torch module without a vmap rule (``nn.RNN``): never batched, even with
+    ``--fold-batching on``; a registered cell of ours always can be."""
+    from cellsearch.cells import CELLS
+    from tests.test_new_cell import ElmanCell
+
+    monkeypatch.setitem(CELLS, "elman", ElmanCell)
+    ds = read_dataset(make_classification_csv(tmp_path / "c.csv", n_seq=30), test_size=0.0, val_size=0.0)
+    folds = make_folds(ds, 3).folds
+    options = TrainOptions(lr=1e-3, batch_size=4, max_epochs=2, min_steps=4, max_steps=4)
+    for cell, can in (("elman", False), ("cifg", True)):
+        spec = ModelSpec(input_size=ds.n_features, layers=(LayerSpec(cell, 4, False),), n_outputs=ds.n_outputs,
+                         task=ds.task)
+        assert foldbatch.batching_pays(_models(spec, 3), ds, options, folds, [0, 1, 2], measure=False) is can
