@@ -423,7 +423,7 @@ def _bench_steps(hidden: int, threads: int, as_json: bool) -> None:
                        ("alone_ms", "fit as a fold trained alone (validation, early stopping)"),
                        ("together_ms", "five folds together (foldbatch.fit_folds)")):
         table.add_row(words, f"{r[key]:.3f}")
-    for part, ms in r["parts_ms"].items():
+    for part, ms in [*r["parts_ms"].items(), *r["together_parts_ms"].items()]:
         table.add_row(f"  part: {part}", f"{ms:.3f}")
     for mode, words in (("off", "one by one"), ("on", "together")):
         m = r["search"][mode]

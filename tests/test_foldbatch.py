@@ -191,3 +191,18 @@ def test_a_cell_that_cannot_run_batched_trains_its_folds_one_by_one(tmp_path, mo
         spec = ModelSpec(input_size=ds.n_features, layers=(LayerSpec(cell, 4, False),), n_outputs=ds.n_outputs,
                          task=ds.task)
         assert foldbatch.batching_pays(_models(spec, 3), ds, options, folds, [0, 1, 2], measure=False) is can
+
+
+def test_the_steps_benchmark_counts_fold_steps_of_the_real_search():
+    """``cellsearch bench --steps``'s accounting: the one-point search trains every trial's five folds
+    for exactly the space's steps, together with ``on`` and one by one with ``off``."""
+    from cellsearch.benchmarks.steps import run_steps
+
+    r = run_steps(steps=20, hidden=8, val_every=10)
+    for mode, together in (("off", 0), ("on", 3)):
+        m = r["search"][mode]
+        assert (m["trials"], m["fold_steps"], m["together"]) == (3, 3 * 5 * 20, together)
+        assert m["fold_steps_per_s"] == pytest.approx(m["fold_steps"] / m["train_seconds"], rel=0.01)
+    assert r["ratio"] > 0 and r["together_ms"] > 0
+    parts = r["together_parts_ms"]
+    assert parts["batched forward+backward (vmap), per fold-step"] > 0 and parts["fused Adam, per fold-step"] > 0
