@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 
 #: Validation reads each fold's rows in chunks of at most this many sequences per model.
 VAL_ROWS = 512
+#: One model's forward and backward taking longer than this (seconds) is arithmetic that batching cannot
+#: shorten (the loop's per-step overhead it saves is a millisecond or two): one by one, without measuring
+#: the batch (whose measurement would cost K such steps more).
+ARITHMETIC_S = 0.025
 #: Batching pays when K batched steps cost at most this share of K single steps (``batching_pays``;
 #: the trainer's per-step overhead, saved K-1 times, comes on top).
 PAYS_BELOW = 1.0
@@ -407,7 +411,8 @@ def batching_pays(models: list[nn.Module], dataset: Dataset, options: TrainOptio
                   seeds: list[int], repeats: int = 3, measure: bool = True) -> bool:
     """Whether K models train faster batched than one by one: ``repeats`` forward-backward passes of
     the batched copies on each fold's first batch against as many of one copy on its fold's (after a
-    pass each to warm up), batched at most ``PAYS_BELOW`` x K times the single. Never for a model that
+    pass each to warm up), batched at most ``PAYS_BELOW`` x K times the single; not measured where one
+    model's pass alone takes over ``ARITHMETIC_S`` (one by one). Never for a model that
     cannot run batched (a user's cell built on a torch module without a ``vmap`` rule, such as
     ``nn.RNN``); with ``measure=False`` that is all it asks. Answered once per architecture, batch
     size, sequence length and thread count in a process (cached)."""
@@ -437,6 +442,10 @@ def batching_pays(models: list[nn.Module], dataset: Dataset, options: TrainOptio
                 fn()
             return time.perf_counter() - t0
 
+        alone = seconds(one) if measure else 0.0
+        if alone > ARITHMETIC_S * max(1, repeats):  # the step is arithmetic: nothing to save, no need to ask
+            _PAYS[key] = False
+            return False
         try:
             together = seconds(batched)
         except Exception as exc:  # whatever vmap refuses: the folds train one by one
@@ -444,5 +453,5 @@ def batching_pays(models: list[nn.Module], dataset: Dataset, options: TrainOptio
                      type(exc).__name__, str(exc).splitlines()[0][:200])
             _PAYS[key] = False
         else:
-            _PAYS[key] = not measure or together <= PAYS_BELOW * len(models) * seconds(one)
+            _PAYS[key] = not measure or together <= PAYS_BELOW * len(models) * alone
     return _PAYS[key]
