@@ -52,12 +52,12 @@ from cellsearch.train import (
     FitResult,
     NonFiniteLossError,
     Schedule,
-    TimeUpError,
     TrainOptions,
     adam,
     batch_sampler,
     crop_batch,
     quiet_lightning,
+    run_trainer,
     score_outputs,
 )
 
@@ -344,8 +344,6 @@ def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, 
     (``can_train_together``; else ``ValueError``). ``on_epoch[k](check, metrics)`` runs
     after each of fold k's validations, ``on_check(step, losses)`` after each validation with every
     fold's latest validation loss; either may raise (``optuna.TrialPruned``) to stop them all."""
-    import signal
-
     quiet_lightning()
     pl.seed_everything(seeds[0], workers=False, verbose=False)
     torch.set_flush_denormal(True)
@@ -364,26 +362,7 @@ def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, 
         check_val_every_n_epoch=None, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=verbose, enable_model_summary=verbose, num_sanity_val_steps=0,
         callbacks=[deadline], deterministic=False)
-    sigint = signal.getsignal(signal.SIGINT)
-    t0 = time.perf_counter()
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            if not verbose:
-                warnings.simplefilter("ignore")
-            trainer.fit(task, datamodule=data)
-    except TimeUpError:
-        pass
-    except SystemExit:
-        signal.signal(signal.SIGINT, sigint)
-        raise KeyboardInterrupt from None
-    finally:
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, sigint)
-    seconds = time.perf_counter() - t0
-    if trainer.interrupted and not deadline.hit:
-        raise KeyboardInterrupt
+    seconds = run_trainer(trainer, task, data, deadline, verbose)
     steps = int(trainer.global_step)
     results = []
     for model, book, plan in zip(models, task.books, plans):

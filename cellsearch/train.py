@@ -436,6 +436,34 @@ class Schedule:
         return cls(batch, steps, val_every, min(min_steps, steps))
 
 
+def run_trainer(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule, deadline: Deadline,
+                verbose: bool = False) -> float:
+    """``trainer.fit(module, data)``; returns its seconds. The deadline's ``TimeUpError`` ends it quietly
+    (the best check so far stands); Ctrl-C stays a ``KeyboardInterrupt`` (Lightning would turn it into
+    an exit and ignore further Ctrl-C)."""
+    import signal
+
+    sigint = signal.getsignal(signal.SIGINT)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            trainer.fit(module, datamodule=data)
+    except TimeUpError:
+        pass  # the time limit fell inside an epoch: keep the best check so far
+    except SystemExit:
+        # Lightning answers Ctrl-C with exit(1) after ignoring SIGINT: restore and re-raise as such.
+        signal.signal(signal.SIGINT, sigint)
+        raise KeyboardInterrupt from None
+    finally:
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, sigint)
+    if trainer.interrupted and not deadline.hit:  # (Lightning marks any exception, ours too, interrupted)
+        raise KeyboardInterrupt
+    return time.perf_counter() - t0
+
+
 def fit(model: SequenceModel, dataset: Dataset, options: TrainOptions, *, seed: int = 0,
         max_seconds: float | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
         verbose: bool = False, accelerator: str = "cpu", fold: Fold | None = None,
@@ -454,7 +482,6 @@ def fit(model: SequenceModel, dataset: Dataset, options: TrainOptions, *, seed: 
     trial. A KeyboardInterrupt stays a KeyboardInterrupt (Lightning would turn it into an exit and
     ignore further Ctrl-C).
     """
-    import signal
 
     from pytorch_lightning.callbacks import EarlyStopping
 
@@ -483,25 +510,7 @@ def fit(model: SequenceModel, dataset: Dataset, options: TrainOptions, *, seed: 
         callbacks=[deadline] + ([] if fixed_steps is not None else [history, early]), deterministic=False,
     )
     dm = SequenceDataModule(dataset, batch_size=plan.batch_size, seed=seed, fold=fold)
-    sigint = signal.getsignal(signal.SIGINT)
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            if not verbose:
-                warnings.simplefilter("ignore")
-            trainer.fit(task, datamodule=dm)
-    except TimeUpError:
-        pass  # the time limit fell inside an epoch: keep the best check so far
-    except SystemExit:
-        # Lightning answers Ctrl-C with exit(1) after ignoring SIGINT: restore and re-raise as such.
-        signal.signal(signal.SIGINT, sigint)
-        raise KeyboardInterrupt from None
-    finally:
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-            signal.signal(signal.SIGINT, sigint)
-    seconds = time.perf_counter() - t0
-    if trainer.interrupted and not deadline.hit:  # (Lightning marks any exception, ours too, interrupted)
-        raise KeyboardInterrupt
+    seconds = run_trainer(trainer, task, dm, deadline, verbose)
     steps = int(trainer.global_step)
     if fixed_steps is not None:
         model.eval()
