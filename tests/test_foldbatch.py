@@ -206,3 +206,29 @@ def test_the_steps_benchmark_counts_fold_steps_of_the_real_search():
     assert r["ratio"] > 0 and r["together_ms"] > 0
     parts = r["together_parts_ms"]
     assert parts["batched forward+backward (vmap), per fold-step"] > 0 and parts["fused Adam, per fold-step"] > 0
+
+
+def test_each_check_reports_every_folds_loss_and_may_stop_them_all(tmp_path):
+    """``on_check(step, losses)``: once per validation, every fold's latest validation loss (what the
+    step rungs of folds trained together read); raising there stops the batch."""
+    ds = read_dataset(make_classification_csv(tmp_path / "c.csv", n_seq=40), test_size=0.0, val_size=0.0)
+    folds = make_folds(ds, 4).folds
+    spec = ModelSpec(input_size=ds.n_features, layers=(LayerSpec("cifg", 6, False),), n_outputs=ds.n_outputs,
+                     task=ds.task)
+    options = TrainOptions(lr=5e-3, batch_size=8, max_epochs=4, patience=100, min_steps=40, max_steps=40)
+    seen: list[tuple[int, list[float]]] = []
+    results = fit_folds(_models(spec, 4), ds, options, folds, seeds=[0, 1, 2, 3],
+                        on_check=lambda step, losses: seen.append((step, losses)))
+    assert [s for s, _ in seen] == [10, 20, 30, 40]
+    for c, (_, losses) in enumerate(seen):
+        assert losses == [r.history[c]["val_loss"] for r in results]
+
+    class StopError(Exception):
+        pass
+
+    def stop(step: int, losses: list[float]) -> None:
+        if step >= 20:
+            raise StopError
+
+    with pytest.raises(StopError):
+        fit_folds(_models(spec, 4), ds, options, folds, seeds=[0, 1, 2, 3], on_check=stop)
