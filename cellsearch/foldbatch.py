@@ -106,11 +106,16 @@ class StackedModels(nn.Module):
 
         return functional_call(self._base[0], (params, buffers), (x, lengths))
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs (M, B, O) of the models ``members`` (all K by default; M of them) on ``x`` (M, B, T,
+        F): the models not asked for are not computed (nor, in training, their gradients)."""
         from torch.func import vmap
 
-        params = {n: getattr(self, self._names[n]) for n in self._params}
-        buffers = {n: getattr(self, self._names[n]) for n in self._buffers_of}
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t if members is None else t.index_select(0, members)
+
+        params = {n: pick(getattr(self, self._names[n])) for n in self._params}
+        buffers = {n: pick(getattr(self, self._names[n])) for n in self._buffers_of}
         return vmap(self._one, randomness="different")(params, buffers, x, lengths)
 
     @torch.no_grad()
@@ -245,42 +250,56 @@ class FoldsTask(pl.LightningModule):
         rows = self._task.loss_rows(out.flatten(0, 1), y.flatten(0, 1), self.options.forecast_loss).view(k, b)
         return (rows * real).sum(1) / real.sum(1).clamp(min=1)
 
+    @property
+    def active(self) -> list[int]:
+        """The folds still training: a fold that has stopped is neither computed nor validated again
+        (the batch goes on for the others, at the cost of those left)."""
+        return [k for k, b in enumerate(self.books) if b.stopped_at is None]
+
+    def _members(self, batch: Any) -> tuple[Any, torch.Tensor | None]:
+        """The batch's rows of the active folds, and their indices (``None``: all folds)."""
+        active = self.active
+        if len(active) == len(self.books):
+            return batch, None
+        idx = torch.tensor(active)
+        return tuple(t.index_select(0, idx) for t in batch), idx
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, lengths, y, _, real = batch
+        (x, lengths, y, _, real), members = self._members(batch)
         if self.options.crop > 0:
             cropped = [crop_batch(x[k], lengths[k], self.options.crop) for k in range(len(x))]
             steps = max(c[0].shape[1] for c in cropped)
             x = torch.stack([nn.functional.pad(c[0], (0, 0, 0, steps - c[0].shape[1])) for c in cropped])
             lengths = torch.stack([c[1] for c in cropped])
-        losses = self._fold_losses(self.model(x, lengths), y, real)
+        losses = self._fold_losses(self.model(x, lengths, members), y, real)
         self._losses.append(losses.detach())  # read at the next check: no host sync per step
         return losses.sum()
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, lengths, y, w, real = batch
-        self._val.append((self.model(x, lengths).detach(), y, w, real))
+        (x, lengths, y, w, real), members = self._members(batch)
+        self._val.append((self.model(x, lengths, members).detach(), y, w, real))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val or self.trainer.sanity_checking:
             self._val.clear()
             return
-        train = torch.stack(self._losses).mean(0).tolist() if self._losses else [math.nan] * self.model.k
+        active = self.active  # (the same since the last check: it changes only here)
+        train = torch.stack(self._losses).mean(0).tolist() if self._losses else [math.nan] * len(active)
         self._losses.clear()
         bad = [v for v in train if not math.isfinite(v)]
         if bad:
             raise NonFiniteLossError(f"training loss became {bad[0]} by step {self.global_step}")
         step = int(self.global_step)
-        for k, book in enumerate(self.books):
-            if book.stopped_at is not None:
-                continue
-            keep = [r[3][k] > 0 for r in self._val]
-            out = torch.cat([r[0][k][m] for r, m in zip(self._val, keep)])
-            y = torch.cat([r[1][k][m] for r, m in zip(self._val, keep)])
-            w = torch.cat([r[2][k][m] for r, m in zip(self._val, keep)])
+        for j, k in enumerate(active):
+            book = self.books[k]
+            keep = [r[3][j] > 0 for r in self._val]
+            out = torch.cat([r[0][j][m] for r, m in zip(self._val, keep)])
+            y = torch.cat([r[1][j][m] for r, m in zip(self._val, keep)])
+            w = torch.cat([r[2][j][m] for r, m in zip(self._val, keep)])
             m = {"val_loss": float(self._task.loss(out, y, self.options.forecast_loss)),
                  "val_score": score_outputs(out, y, self.task, self.target_std, w)}
-            if not math.isnan(train[k]):
-                m["train_loss"] = train[k]
+            if not math.isnan(train[j]):
+                m["train_loss"] = train[j]
             epoch = len(book.history)
             book.history.append({"epoch": epoch, **m})
             if book.better(m["val_score"]):

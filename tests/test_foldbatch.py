@@ -36,7 +36,8 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 ])
 def test_a_fold_trained_inside_the_batch_gets_the_weights_it_gets_alone(tmp_path, layers, pooling):
     """Same seed, same batches, same steps: each fold's kept weights, best check and stop equal those of
-    training it alone with ``train.fit`` (ragged lengths: batches padded in rows and steps)."""
+    training it alone with ``train.fit`` (ragged lengths: batches padded in rows and steps; folds that
+    stop early leave the batch)."""
     ds = read_dataset(make_classification_csv(tmp_path / "c.csv", n_seq=50), test_size=0.0, val_size=0.0)
     folds = make_folds(ds, 4, seed=1).folds
     assert len({len(f.train) for f in folds}) > 1  # folds of different sizes: shorter batches are padded
@@ -45,6 +46,7 @@ def test_a_fold_trained_inside_the_batch_gets_the_weights_it_gets_alone(tmp_path
     options = TrainOptions(lr=5e-3, batch_size=8, max_epochs=6, patience=2, min_steps=30, max_steps=60)
     seeds = [11 + 1009 * k for k in range(len(folds))]
     together = fit_folds(_models(spec, len(folds)), ds, options, folds, seeds=seeds)
+    assert len({r.steps for r in together}) > 1  # folds stop apart: the batch goes on with those left
     for k, (fold, seed) in enumerate(zip(folds, seeds)):
         alone = fit(_models(spec, 1)[0], ds, options, fold=fold, seed=seed)
         got = together[k]
