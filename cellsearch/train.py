@@ -520,8 +520,9 @@ def fit(model: SequenceModel, dataset: Dataset, options: TrainOptions, *, seed: 
                                  else "no finite validation score")
     model.load_state_dict(history.best_state)
     model.eval()
-    stopped = ("time_limit" if deadline.hit else "max_steps" if steps >= plan.steps else
-               "early_stopping" if early.wait_count >= early.patience else "time_limit")
+    # Short of the step cap and the deadline, only early stopping ends training (its patience may have
+    # run out before the step floor and the check at the floor improved: it still stops there).
+    stopped = "time_limit" if deadline.hit else "max_steps" if steps >= plan.steps else "early_stopping"
     return FitResult(model, history.best_score, history.best_epoch, len(history.history),
                      history.history, seconds, stopped, steps, plan.batch_size,
                      best_step=min(steps, (history.best_epoch + 1) * plan.val_every))

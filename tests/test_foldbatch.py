@@ -43,7 +43,7 @@ def test_a_fold_trained_inside_the_batch_gets_the_weights_it_gets_alone(tmp_path
     assert len({len(f.train) for f in folds}) > 1  # folds of different sizes: shorter batches are padded
     spec = ModelSpec(input_size=ds.n_features, layers=tuple(LayerSpec(*x) for x in layers), n_outputs=ds.n_outputs,
                      task=ds.task, pooling=pooling)
-    options = TrainOptions(lr=5e-3, batch_size=8, max_epochs=6, patience=2, min_steps=30, max_steps=60)
+    options = TrainOptions(lr=5e-3, batch_size=8, max_epochs=12, patience=1, min_steps=30, max_steps=120)
     seeds = [11 + 1009 * k for k in range(len(folds))]
     together = fit_folds(_models(spec, len(folds)), ds, options, folds, seeds=seeds)
     assert len({r.steps for r in together}) > 1  # folds stop apart: the batch goes on with those left
