@@ -132,31 +132,38 @@ def test_kill_9_one_worker_and_the_others_finish(tiny_csv, tiny_space, tmp_path)
 
 
 @pytest.mark.slow
-def test_nan_loss_ends_the_trial_with_a_reason_and_the_search_goes_on(tiny_csv, tiny_space, tmp_path, monkeypatch):
-    """A loss that turns NaN (injected in the first trial's second epoch) prunes that trial with the
-    reason recorded; the next trial runs normally."""
+@pytest.mark.parametrize("batching", ["off", "on"])
+def test_nan_loss_ends_the_trial_with_a_reason_and_the_search_goes_on(tiny_csv, tiny_space, tmp_path, monkeypatch,
+                                                                     batching):
+    """A loss that turns NaN (injected in the first trial, some steps in) prunes that trial with the
+    reason recorded; the next trial runs normally — with the folds trained one by one and together."""
     import torch
 
-    from cellsearch import train
+    from cellsearch import foldbatch, train
 
-    original = train.SequenceTask.training_loss
-    calls = {"n": 0}
+    def poison(cls: type, name: str) -> None:
+        original = getattr(cls, name)
 
-    def poisoned(self, out, y):
-        loss = original(self, out, y)
-        calls["n"] += 1
-        first_trial = not getattr(poisoned, "done", False)
-        if first_trial and self.current_epoch >= 1:
-            poisoned.done = True
-            return loss * torch.tensor(float("nan"))
-        return loss
+        def poisoned(self, *args):
+            loss = original(self, *args)
+            if not getattr(poisoned, "done", False) and self.global_step >= 10:
+                poisoned.done = True
+                return loss * torch.tensor(float("nan"))
+            return loss
 
-    monkeypatch.setattr(train.SequenceTask, "training_loss", poisoned)
-    r = tune(tiny_csv, space=str(tiny_space), trials=2, run_dir=tmp_path, progress=False, track=False)
+        monkeypatch.setattr(cls, name, poisoned)
+
+    if batching == "off":
+        poison(train.SequenceTask, "training_loss")
+    else:
+        poison(foldbatch.FoldsTask, "_fold_losses")
+    r = tune(tiny_csv, space=str(tiny_space), trials=2, run_dir=tmp_path, progress=False, track=False,
+             fold_batching=batching)
     first, second = r.study.trials[:2]
     assert first.state == optuna.trial.TrialState.PRUNED
     assert "loss became nan" in first.user_attrs["reason"]
     assert second.state == optuna.trial.TrialState.COMPLETE
+    assert bool(second.user_attrs.get("together")) == (batching == "on")
 
 
 @needs_pg
