@@ -203,6 +203,15 @@ def _empty(part: Batches) -> tuple[torch.Tensor, ...]:
     return x[:0], lengths[:0], y[:0], w[:0]
 
 
+def mean_fold_losses(task: Any, out: torch.Tensor, y: torch.Tensor, real: torch.Tensor,
+                     forecast_loss: str = "l1") -> torch.Tensor:
+    """(K,) each fold's mean training loss (``Task.loss_rows``) over its real rows, from outputs (K, B,
+    O) of stacked batches (``Rows``): their sum gives each model exactly its own gradient."""
+    k, b = real.shape
+    rows = task.loss_rows(out.flatten(0, 1), y.flatten(0, 1), forecast_loss).view(k, b)
+    return (rows * real).sum(1) / real.sum(1).clamp(min=1)
+
+
 @dataclass
 class FoldBook:
     """One fold's validation history, best check and weights, and early stopping (``EarlyStopping``'s
@@ -245,10 +254,7 @@ class FoldsTask(pl.LightningModule):
         self._losses: list[torch.Tensor] = []
 
     def _fold_losses(self, out: torch.Tensor, y: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(K,) each fold's mean training loss over its real rows."""
-        k, b = real.shape
-        rows = self._task.loss_rows(out.flatten(0, 1), y.flatten(0, 1), self.options.forecast_loss).view(k, b)
-        return (rows * real).sum(1) / real.sum(1).clamp(min=1)
+        return mean_fold_losses(self._task, out, y, real, self.options.forecast_loss)
 
     @property
     def active(self) -> list[int]:
@@ -347,10 +353,14 @@ def schedules(options: TrainOptions, folds: list[Fold]) -> list[Schedule]:
             for f in folds]
 
 
+def _one_interval(plans: list[Schedule]) -> bool:
+    return len({p.val_every for p in plans}) == 1
+
+
 def can_train_together(options: TrainOptions, folds: list[Fold]) -> bool:
     """Whether these folds can train as one batch: they validate at the same step interval (their
     batch sizes and step caps may differ; rolling-origin folds of different sizes often do)."""
-    return len(folds) > 1 and len({p.val_every for p in schedules(options, folds)}) == 1
+    return len(folds) > 1 and _one_interval(schedules(options, folds))
 
 
 def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, folds: list[Fold], *,
@@ -368,7 +378,7 @@ def fit_folds(models: list[nn.Module], dataset: Dataset, options: TrainOptions, 
     torch.set_flush_denormal(True)
     k = len(models)
     plans = schedules(options, folds)
-    if len({p.val_every for p in plans}) > 1:
+    if not _one_interval(plans):
         raise ValueError("these folds validate at different step intervals: train them one by one")
     stacked = StackedModels(models)
     task = FoldsTask(stacked, dataset.task, options, dataset.preprocessing.target_scale, plans,

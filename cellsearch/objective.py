@@ -139,14 +139,13 @@ class Objective:
 
         ctx, config = self.ctx, self.ctx.config
         self._started = time.time()
-        together = self._together(cfg, options, model, seed)
+        models, together = self._fold_models(cfg, options, model, seed)
         if together:
-            self._train_together(trial, run, options, together, seed, curve, results)
+            self._train_together(trial, run, options, models, seed, curve, results)
             return
         race: list[float] = []
         for k, fold in enumerate(ctx.folds.folds):
-            if k:
-                model = self._build(cfg, seed)
+            model = models[k] if k < len(models) else self._build(cfg, seed)
             results.append(fit(
                 model, ctx.dataset, options, fold=fold, seed=self._fold_seeds(seed)[k], max_seconds=self._budget(),
                 on_epoch=self._epoch_hook(trial, run, curve, k, self._rungs(trial, options) if k == 0 else None),
@@ -164,20 +163,19 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean validation loss "
                                          f"so far is not in the best 1/{FOLD_ETA} of the trials that got that far")
 
-    def _together(self, cfg: dict[str, Any], options: Any, model: Any, seed: int) -> list[Any]:
-        """The trial's fold models when its folds train together as one batched model, else none
-        (``--fold-batching``: ``auto`` asks ``foldbatch.batching_pays``, ``on`` only whether the model
-        can run batched); only on the CPU, only with several folds validated at one step interval."""
+    def _fold_models(self, cfg: dict[str, Any], options: Any, model: Any, seed: int) -> tuple[list[Any], bool]:
+        """The fold models built so far (the first, or all K where batching was considered), and
+        whether the folds train together as one batched model (``--fold-batching``: ``auto`` asks
+        ``foldbatch.batching_pays``, ``on`` only whether the model can run batched); only on the CPU,
+        only with several folds validated at one step interval."""
         from cellsearch.foldbatch import batching_pays, can_train_together
 
         ctx, mode = self.ctx, self.ctx.config.fold_batching
         if mode == "off" or ctx.accelerator != "cpu" or not can_train_together(options, ctx.folds.folds):
-            return []
+            return [model], False
         models = [model] + [self._build(cfg, seed) for _ in range(ctx.folds.k - 1)]
-        if not batching_pays(models, ctx.dataset, options, ctx.folds.folds, self._fold_seeds(seed),
-                             measure=mode == "auto"):
-            return []
-        return models
+        return models, batching_pays(models, ctx.dataset, options, ctx.folds.folds, self._fold_seeds(seed),
+                                     measure=mode == "auto")
 
     def _fold_seeds(self, seed: int) -> list[int]:
         """Each fold's training seed (its batches' order), the same whether folds train alone or together."""

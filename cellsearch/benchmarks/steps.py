@@ -139,7 +139,7 @@ def _batched_parts(models: list[Any], ds: Any, folds: list[Any], seeds: list[int
                    steps: int) -> dict[str, float]:
     """Milliseconds per fold-step of the batched models' forward and backward and of the fused Adam
     step, in a bare loop over the folds' own batches (what ``fit_folds`` adds is the rest)."""
-    from cellsearch.foldbatch import FoldStream, StackedModels, fold_parts
+    from cellsearch.foldbatch import FoldStream, StackedModels, fold_parts, mean_fold_losses
     from cellsearch.tasks import get_task
     from cellsearch.train import adam
 
@@ -152,8 +152,7 @@ def _batched_parts(models: list[Any], ds: Any, folds: list[Any], seeds: list[int
         x, lengths, y, _, real = next(stream)
         a = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        rows = task.loss_rows(stacked(x, lengths).flatten(0, 1), y.flatten(0, 1)).view(real.shape)
-        ((rows * real).sum(1) / real.sum(1)).sum().backward()
+        mean_fold_losses(task, stacked(x, lengths), y, real).sum().backward()
         b = time.perf_counter()
         opt.step()
         fwd_bwd += b - a
