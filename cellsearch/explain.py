@@ -99,6 +99,16 @@ def _describe(values: np.ndarray, names: list[str], prep: Any) -> str:
     return ", ".join(f"{v:.3g}" for v in values[:4]) + (" …" if len(values) > 4 else "")
 
 
+def model_steps(model: Any, x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs as the model reads them step by step (``SequenceModel.resequence``: a character-level
+    text model's characters), so that every panel's x axis is the recurrent stack's steps."""
+    import torch
+
+    with torch.no_grad():
+        xs, ls = model.resequence(torch.from_numpy(x), torch.from_numpy(lengths.astype(np.int64)))
+    return xs.numpy().astype(x.dtype), ls.numpy().astype(lengths.dtype)
+
+
 def pick_member(model: Any, member: int | None = None) -> Any:
     """A single ``SequenceModel``: the model itself, or an ensemble's network member (default: the
     heaviest network)."""
@@ -317,7 +327,8 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
     probs = to_units(predictor.raw_outputs(inputs.x, inputs.lengths), prep, None) if prep.classes is not None else \
         predictor.raw_outputs(inputs.x, inputs.lengths)
     picks = _choose(inputs.keys, probs, prep, sequences, limit)
-    x, lengths = inputs.x[picks], inputs.lengths[picks].copy()
+    chosen = pick_member(predictor.model, member)
+    x, lengths = model_steps(chosen, inputs.x[picks], inputs.lengths[picks].copy())
     if x.shape[1] > max_steps:  # keep each sequence's last max_steps real steps
         cut = np.zeros((len(picks), max_steps, x.shape[2]), dtype=x.dtype)
         for n, length in enumerate(lengths):
@@ -333,7 +344,7 @@ def explain(model_dir: str | Path, data: str | Path | Any, sequences: list[str] 
 
     layout = get_layout(prep.layout)
     labels = [layout.step_labels(prep, x[n], int(lengths[n])) for n in range(len(picks))]
-    return explain_sequences(pick_member(predictor.model, member), prep, x, lengths, inputs.keys[picks], scale,
+    return explain_sequences(chosen, prep, x, lengths, inputs.keys[picks], scale,
                              truth, labels=labels if any(v is not None for v in labels) else None)
 
 

@@ -73,9 +73,13 @@ class ModelSpec:
 
     @property
     def arch(self) -> str:
-        """Architecture tag such as ``peephole64-gru32``, with ``/p8`` (patches), ``/mean`` (pooling
-        other than the last step) and ``/zn`` (per-sequence normalisation) where they apply."""
-        tag = "-".join(layer.tag for layer in self.layers)
+        """Architecture tag such as ``peephole64-gru32``, with what the input layers add (``/chars``: text
+        read as characters), ``/p8`` (patches), ``/mean`` (pooling other than the last step) and ``/zn``
+        (per-sequence normalisation) where they apply."""
+        from cellsearch.data.encoders import get_encoder
+
+        tag = "-".join(layer.tag for layer in self.layers) + "".join(
+            get_encoder(g.encoder).arch_tag(g.params) for g in self.inputs)
         return tag + (f"/p{self.patch}" if self.patch > 1 else "") + (
             f"/{self.pooling}" if self.pooling != "last" else "") + ("/zn" if self.normalize else "") + (
             f"/sn{self.season}" if self.season else "")
@@ -121,6 +125,7 @@ class SequenceModel(nn.Module):
         (``normalize``), then ``patch`` steps per input vector; returns (inputs, their lengths)."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        x, lengths = self.inputs.resequence(x, lengths)
         x = self.inputs(x)
         if self.spec.normalize or self.spec.patch > 1:
             mask = real_steps(lengths, x.shape[1], x.device).unsqueeze(-1)
@@ -136,6 +141,11 @@ class SequenceModel(nn.Module):
             x = nn.functional.pad(x, (0, 0, 0, (-t) % p)).reshape(b, -(-t // p), p * f)
             lengths = torch.div(lengths + p - 1, p, rounding_mode="floor")
         return x, lengths
+
+    def resequence(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs as the model's steps (``InputLayers.resequence``: a character-level text model's
+        characters); reading them again gives them unchanged."""
+        return self.inputs.resequence(x, lengths)
 
     def features(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """One vector per sequence: the pooled outputs of the last layer."""
@@ -164,6 +174,7 @@ class SequenceModel(nn.Module):
     def macs_per_sequence(self, length: int) -> int:
         """Per sequence of ``length`` input steps: ``ceil(length / patch)`` stack steps, the
         normalisation (two per input value) if any, and the head."""
+        length = self.inputs.steps(length)
         steps = -(-length // self.spec.patch)
         norm = 2 * self.inputs.size * length if self.spec.normalize else 0
         base = self.spec.n_outputs if self.spec.season else 0
@@ -185,6 +196,20 @@ class InputLayers(nn.Module):
         built = [get_encoder(g.encoder).input_layer(g.params, g.width) for g in spec.inputs]
         self.layers = nn.ModuleList([m if m is not None else nn.Identity() for m, _ in built])
         self.size = sum(w for _, w in built) if built else spec.input_size
+
+    def resequence(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The steps the model reads: as given, or as an input layer with ``resequence`` makes them
+        (a text input read as characters); only where that layer reads every input channel."""
+        for layer in self.layers:
+            if hasattr(layer, "resequence"):
+                if len(self.layers) != 1:
+                    raise ValueError("an input layer that changes the steps must read every channel")
+                return layer.resequence(x, lengths)
+        return x, lengths
+
+    def steps(self, length: int) -> int:
+        """The steps an input of ``length`` steps becomes (``resequence``), for its cost."""
+        return next((layer.steps(length) for layer in self.layers if hasattr(layer, "steps")), length)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.widths:

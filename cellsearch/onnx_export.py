@@ -109,8 +109,13 @@ def _input_layers(g: Graph, model: Any, x: str) -> str:
 def _prepare(g: Graph, model: Any) -> tuple[str, str]:
     """The model's ``prepare`` in ONNX: the input layer, zero steps after each end, z-normalise, read
     patches. Returns the names of (inputs, lengths) the stack reads."""
+    from cellsearch.data.encoders import get_encoder
+
     spec = model.spec
-    x, lengths = _input_layers(g, model, "x"), "lengths"
+    x, lengths = "x", "lengths"
+    for group, layer in zip(spec.inputs, model.inputs.layers):
+        x, lengths = get_encoder(group.encoder).onnx_resequence(g, x, lengths, group.params, layer)
+    x = _input_layers(g, model, x)
     if not (spec.normalize or spec.patch > 1):
         return x, lengths
     mask = g.mask(x, lengths)

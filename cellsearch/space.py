@@ -43,7 +43,7 @@ from cellsearch.errors import UserError
 
 TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
             "max_epochs", "patience", "min_steps", "max_steps", "patch", "pooling", "normalize", "crop",
-            "forecast_loss", "seasonal_base", "starts", "embedding", "vocab"}
+            "forecast_loss", "seasonal_base", "starts", "embedding", "vocab", "tokens"}
 TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps", "max_steps")
 INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps", "max_steps")
 #: A patch size is offered only if the median sequence still has this many steps after patching.
@@ -60,10 +60,13 @@ SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
                             "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "max_steps": 0,
                             "patch": 1, "pooling": "last", "normalize": False, "crop": 0.0, "forecast_loss": "l1",
-                            "seasonal_base": False, "starts": [], "embedding": None, "vocab": None}
+                            "seasonal_base": False, "starts": [], "embedding": None, "vocab": None,
+                            "tokens": None}
 #: Keys drawn only for data whose input encoders take them (``Encoder.searched``; ``None``: the
 #: encoder's own default).
-ENCODER_KEYS = ("embedding", "vocab")
+ENCODER_KEYS = ("embedding", "vocab", "tokens")
+#: The values of the encoder keys that are not numbers (text's ``tokens``: word pieces or characters).
+ENCODER_CHOICES: dict[str, tuple[str, ...]] = {"tokens": ("pieces", "chars")}
 LAYER_DEFAULTS: dict[str, Any] = {"depth": 1, "cell": "lstm", "hidden": 32, "bidirectional": False}
 
 
@@ -87,7 +90,8 @@ class DataShape:
     length: int
     task: str
     season: int = 1
-    #: The space keys the data's input encoders take (``ENCODER_KEYS``: text's ``embedding``, ``vocab``).
+    #: The space keys the data's input encoders take (``ENCODER_KEYS``: text's ``embedding``, ``vocab``,
+    #: ``tokens``).
     searched: frozenset[str] = frozenset()
 
 
@@ -140,7 +144,8 @@ class SearchSpace:
         out["seasonal_base"] = bool(_draw(trial, "seasonal_base", base))
         for key in ENCODER_KEYS:
             wanted = shape is not None and key in shape.searched and cfg[key] is not None
-            out[key] = int(_draw(trial, key, cfg[key])) if wanted else None
+            kind = str if key in ENCODER_CHOICES else int
+            out[key] = kind(_draw(trial, key, cfg[key])) if wanted else None
         return out
 
     def starts(self, shape: DataShape) -> list[dict[str, Any]]:
@@ -324,7 +329,8 @@ def validate(config: Any, where: str) -> dict[str, Any]:
     for key in (*TRAINING_KEYS, "crop"):
         _check_dist(where, key, cfg[key])
     for key in ENCODER_KEYS:
-        _check_dist(where, key, cfg[key])
+        if cfg[key] is not None:
+            _check_dist(where, key, cfg[key], ENCODER_CHOICES.get(key))
     for name in RANGES:
         value = cfg["layers"][name[7:]] if name.startswith("layers.") else cfg[name]
         if value is not None:

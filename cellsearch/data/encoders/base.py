@@ -77,6 +77,16 @@ class Encoder(ABC):
         as they are) and the width it gives per step; built by ``cellsearch.model.build``."""
         return None, width
 
+    def arch_tag(self, params: dict[str, Any]) -> str:
+        """What the architecture tag adds for this layer's settings (text read as characters:
+        ``/chars``); nothing by default."""
+        return ""
+
+    def onnx_resequence(self, g: Any, x: str, lengths: str, params: dict[str, Any], layer: Any) -> tuple[str, str]:
+        """The ONNX nodes of the layer's ``resequence`` (where it changes the steps, as a text input
+        read as characters): the names of (inputs, lengths). Unchanged by default."""
+        return x, lengths
+
     def onnx_input(self, g: Any, x: str, params: dict[str, Any], layer: Any) -> str:
         """The layer's ONNX nodes (graph builder ``g``, input ``x`` (batch, time, width)); returns its
         output's name. As they are by default."""

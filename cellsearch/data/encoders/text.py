@@ -7,6 +7,11 @@ trainer merged them (the most frequent pieces first), so a smaller vocabulary is
 trained one: the search draws the vocabulary the model keeps (``vocab``; ids beyond it read as
 ``[UNK]``) and the embedding's width (``embedding``) per trial from one tokenisation of the data.
 
+Character level is searched too (``tokens``: ``pieces`` or ``chars``): a character-level model reads
+each word piece as its characters, the tokenizer's own single-character ids (``c`` starting a word,
+``##c`` inside one), one recurrent step each, up to ``max_chars`` steps per document
+(``embedding.CharSplit``) — from the same tokenisation, so every trial shares one copy of the data.
+
 A document longer than ``max_tokens`` keeps its first quarter and its last three quarters of that
 budget (head and tail: the verdict of a review is often at its end); the state records the budget,
 derived from the training documents' lengths unless ``--max-tokens`` gives it.
@@ -37,6 +42,13 @@ MAX_TOKENS_PERCENTILE = 95
 MAX_TOKENS_CAP = 512
 #: The embedding width when the space does not draw one.
 EMBEDDING = 64
+#: Character level: a piece is read as at most this many characters ...
+CHAR_SPAN = 24
+#: ... and a document as at most the training documents' 95th percentile of characters, within this.
+MAX_CHARS_CAP = 1024
+#: Character tables by tokenizer (``input_params`` fills it: a model built in this process takes its
+#: table from here; one loaded from saved weights takes the table from them).
+_CHAR_TABLES: dict[str, np.ndarray] = {}
 
 
 def looks_like_text(s: pd.Series) -> bool:
@@ -84,9 +96,42 @@ def load_tokenizer(state: dict[str, Any]) -> Any:
         raise UserError(f"the text encoder's tokenizer cannot be read ({str(exc).splitlines()[0]})") from None
 
 
+def char_table(tok: Any, unk: int) -> np.ndarray:
+    """(pieces, span) int64: each word piece's characters as the tokenizer's single-character ids (the
+    first of a word as ``c``, the others as ``##c``; ``[UNK]`` where it has none), 0 after the end;
+    ``[PAD]`` has none and ``[UNK]`` is itself."""
+    vocab = tok.get_vocab()
+    rows: list[list[int]] = [[] for _ in range(tok.get_vocab_size())]
+    for piece, i in vocab.items():
+        if piece in (PAD, UNK):
+            rows[i] = [] if piece == PAD else [unk]
+            continue
+        inside = piece.startswith("##") and len(piece) > 2
+        body = piece[2:] if inside else piece
+        rows[i] = [vocab.get(c if k == 0 and not inside else "##" + c, unk) for k, c in enumerate(body)]
+    span = max(1, min(CHAR_SPAN, max((len(r) for r in rows), default=1)))
+    table = np.zeros((len(rows), span), dtype=np.int64)
+    for i, r in enumerate(rows):
+        table[i, :len(r[:span])] = r[:span]
+    return table
+
+
+def fingerprint(state: dict[str, Any]) -> str:
+    """A short name of the fitted tokenizer (which character table a model's parameters mean)."""
+    import hashlib
+
+    return hashlib.sha1(state["tokenizer"].encode()).hexdigest()[:16]
+
+
 def documents(s: pd.Series) -> list[str]:
     """The column's documents as strings (a missing value is an empty document)."""
     return ["" if not isinstance(v, str) else v for v in s.astype(object).where(s.notna(), "")]
+
+
+def _budget(lengths: list[int], cap: int) -> int:
+    """Steps per document: the training lengths' ``MAX_TOKENS_PERCENTILE``, rounded up to 16, in [16, cap]."""
+    p = float(np.percentile(lengths, MAX_TOKENS_PERCENTILE))
+    return int(min(cap, max(16, 16 * np.ceil(p / 16))))
 
 
 def head_and_tail(ids: list[int], budget: int) -> list[int]:
@@ -122,6 +167,12 @@ def onnx_kept_ids(g: Any, x: str, vocab: int, unk: int, prefix: str) -> str:
     return g.node("Where", [inside, ids, g.const(f"{prefix}_unk", unk, "int64")])
 
 
+def _int64_zero() -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor("zero", TensorProto.INT64, [1], [0])
+
+
 class TextEncoder(Encoder):
     """WordPiece tokens through an embedding (state: the tokenizer's JSON, its vocabulary size, the
     ``[UNK]`` id and the token budget ``max_tokens``)."""
@@ -129,7 +180,7 @@ class TextEncoder(Encoder):
     name = "text"
     priority = 80
     #: The space's keys this encoder's layer takes (``cellsearch.space``: drawn only for data with text).
-    searched = ("embedding", "vocab")
+    searched = ("embedding", "vocab", "tokens")
 
     def accepts(self, s: pd.Series) -> bool:
         return False  # the text layout's own: see the module doc
@@ -140,12 +191,16 @@ class TextEncoder(Encoder):
         if not any(d.strip() for d in docs):
             raise UserError(f"{path}: text column {column!r} has no text in the training rows")
         tok = train_tokenizer(docs, vocab_size)
+        unk = tok.token_to_id(UNK)
+        encoded = [e.ids for e in tok.encode_batch(docs)] or [[unk]]
+        lengths = [len(ids) for ids in encoded]
         if max_tokens is None:
-            lengths = [len(e.ids) for e in tok.encode_batch(docs)] or [1]
-            p = float(np.percentile(lengths, MAX_TOKENS_PERCENTILE))
-            max_tokens = int(min(MAX_TOKENS_CAP, max(16, 16 * np.ceil(p / 16))))
-        return {"tokenizer": tok.to_str(), "vocab": tok.get_vocab_size(), "unk": tok.token_to_id(UNK),
-                "max_tokens": int(max_tokens)}
+            max_tokens = _budget(lengths, MAX_TOKENS_CAP)
+        per_piece = (char_table(tok, unk) > 0).sum(axis=1)
+        chars = [int(per_piece[ids].sum()) if ids else 1 for ids in encoded]
+        return {"tokenizer": tok.to_str(), "vocab": tok.get_vocab_size(), "unk": unk, "max_tokens": int(max_tokens),
+                "max_chars": _budget(chars, MAX_CHARS_CAP),
+                "chars_per_piece": round(float(sum(chars)) / max(1, sum(lengths)), 3)}
 
     def names(self, column: str, state: dict[str, Any]) -> list[str]:
         return [column]
@@ -154,15 +209,25 @@ class TextEncoder(Encoder):
         raise UserError(f"a column of free text ({s.name!r}) is read in the text layout: one row per document")
 
     def input_params(self, state: dict[str, Any], width: int) -> dict[str, Any]:
-        return {"vocab": int(state["vocab"]), "embedding": EMBEDDING, "unk": int(state["unk"])}
+        params = {"vocab": int(state["vocab"]), "embedding": EMBEDDING, "unk": int(state["unk"])}
+        if "max_chars" in state:  # a state fitted before character level has none
+            key = fingerprint(state)
+            if key not in _CHAR_TABLES:
+                _CHAR_TABLES[key] = char_table(load_tokenizer(state), int(state["unk"]))
+            params.update({"tokens": "pieces", "max_chars": int(state["max_chars"]), "tokenizer": key,
+                           "table": list(_CHAR_TABLES[key].shape), "chars_per_piece": float(state["chars_per_piece"])})
+        return params
 
     def searched_params(self, params: dict[str, Any], drawn: dict[str, Any]) -> dict[str, Any]:
-        """``params`` with the trial's drawn ``embedding`` and ``vocab`` (kept within the tokenizer's)."""
+        """``params`` with the trial's drawn ``embedding``, ``vocab`` (kept within the tokenizer's) and
+        ``tokens`` (``chars``: character level)."""
         out = dict(params)
         if drawn.get("embedding") is not None:
             out["embedding"] = int(drawn["embedding"])
         if drawn.get("vocab") is not None:
             out["vocab"] = int(min(int(drawn["vocab"]), params["vocab"]))
+        if drawn.get("tokens") is not None and "max_chars" in params:
+            out["tokens"] = str(drawn["tokens"])
         return out
 
     def bundle_files(self, column: str, state: dict[str, Any]) -> dict[str, str]:
@@ -191,10 +256,71 @@ for k, i in enumerate(ids):
     def input_layer(self, params: dict[str, Any], width: int) -> tuple[Any, int]:
         if width != 1:
             raise ValueError(f"a text input is one channel of token ids, got {width}")
-        from cellsearch.data.encoders.embedding import TokenEmbedding
+        import torch
 
-        dim = int(params["embedding"])
-        return TokenEmbedding(int(params["vocab"]), dim, int(params.get("unk", 1))), dim
+        from cellsearch.data.encoders.embedding import CharSplit, TokenEmbedding
+
+        dim, unk, chars = int(params["embedding"]), int(params.get("unk", 1)), None
+        if params.get("tokens", "pieces") == "chars":
+            known = _CHAR_TABLES.get(str(params["tokenizer"]))
+            if known is None and not (len(params["table"]) == 2 and 0 < np.prod(params["table"]) <= 50_000_000):
+                raise ValueError(f"text input: a character table of shape {params['table']} is out of range")
+            table = known if known is not None else np.zeros([int(v) for v in params["table"]], dtype=np.int64)
+            chars = CharSplit(torch.from_numpy(table), int(params["max_chars"]), unk,
+                              float(params["chars_per_piece"]), loaded=known is not None)
+        return TokenEmbedding(int(params["vocab"]), dim, unk, chars), dim
+
+    def arch_tag(self, params: dict[str, Any]) -> str:
+        return "/chars" if params.get("tokens") == "chars" else ""
+
+    def onnx_resequence(self, g: Any, x: str, lengths: str, params: dict[str, Any], layer: Any) -> tuple[str, str]:
+        """Character level (``embedding.CharSplit``) in ONNX: each piece's row of the character table,
+        the real characters packed to the front (``CumSum`` places, ``ScatterElements``), the head and
+        tail kept within the budget (``GatherElements``); word pieces as they are."""
+        split = getattr(layer, "chars", None)
+        if split is None:
+            return x, lengths
+        k = len(g.nodes)
+        i64 = "int64"
+        table = split.table.detach().cpu().numpy().astype(np.int64)
+        pieces, span = table.shape
+        ids = onnx_kept_ids(g, x, pieces, split.unk, f"ch{k}")
+        shape = g.node("Shape", [ids])
+        b = g.node("Gather", [shape, g.const("zero_v", [0], i64)])
+        t = g.node("Gather", [shape, g.const("one_i", 1, i64)])
+        width = g.node("Mul", [t, g.const(f"ch{k}_span", span, i64)])  # T * span: also the discard slot
+        chars = g.node("Reshape", [g.node("Gather", [g.const(f"ch{k}_table", table, i64), ids], axis=0),
+                                   g.node("Concat", [b, g.const("minus1_v", [-1], i64)], axis=0)])
+        steps = g.node("Range", [g.const("zero_i", 0, i64), t, g.const("one_i", 1, i64)])
+        real_t = g.node("Less", [g.node("Unsqueeze", [steps, g.const("ax0s", [0], i64)]),
+                                 g.node("Unsqueeze", [lengths, g.const("ax1s", [1], i64)])])
+        real_t = g.node("Expand", [g.node("Unsqueeze", [real_t, g.const("ax2s", [2], i64)]),
+                                   g.node("Concat", [b, g.node("Unsqueeze", [t, g.const("ax0s", [0], i64)]),
+                                                     g.const(f"ch{k}_span_v", [span], i64)], axis=0)])
+        real = g.node("And", [g.node("Reshape", [real_t, g.node("Concat", [b, g.const("minus1_v", [-1], i64)],
+                                                                           axis=0)]),
+                              g.node("Greater", [chars, g.const("zero_i", 0, i64)])])
+        counted = g.node("Cast", [real], to=g.INT64)
+        n = g.node("ReduceSum", [counted, g.const("ax1s", [1], i64)], keepdims=0)
+        slot = g.node("Where", [real, g.node("Sub", [g.node("CumSum", [counted, g.const("one_i", 1, i64)]),
+                                                     g.const("one_i", 1, i64)]), width])
+        full = g.node("Concat", [b, g.node("Unsqueeze", [g.node("Add", [width, g.const("one_i", 1, i64)]),
+                                                         g.const("ax0s", [0], i64)])], axis=0)
+        packed = g.node("ScatterElements", [g.node("ConstantOfShape", [full], value=_int64_zero()), slot, chars],
+                        axis=1)  # the discard slot is written many times: its column is never read
+        budget = g.const(f"ch{k}_budget", split.budget, i64)
+        keep = g.node("Min", [g.node("Max", [n, g.const("one_i", 1, i64)]), budget])
+        cols = g.node("Unsqueeze", [g.node("Range", [g.const("zero_i", 0, i64), g.node("ReduceMax", [keep], keepdims=0),
+                                                     g.const("one_i", 1, i64)]), g.const("ax0s", [0], i64)])
+        n1 = g.node("Unsqueeze", [n, g.const("ax1s", [1], i64)])
+        long_doc = g.node("And", [g.node("Greater", [n1, budget]),
+                                  g.node("GreaterOrEqual", [cols, g.const(f"ch{k}_head", split.budget // 4, i64)])])
+        src = g.node("Where", [long_doc, g.node("Add", [g.node("Sub", [n1, budget]), cols]), cols])
+        src = g.node("Min", [src, width])
+        out = g.node("GatherElements", [packed, src], axis=1)
+        out = g.node("Where", [g.node("Less", [cols, g.node("Unsqueeze", [keep, g.const("ax1s", [1], i64)])]), out,
+                               g.const("zero_i", 0, i64)])
+        return g.node("Unsqueeze", [g.node("Cast", [out], to=g.FLOAT), g.const("ax2s", [2], i64)]), keep
 
     def onnx_input(self, g: Any, x: str, params: dict[str, Any], layer: Any) -> str:
         """Ids as floats → int64, those outside the kept vocabulary → ``[UNK]``, one ``Gather``."""
