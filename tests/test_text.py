@@ -157,6 +157,93 @@ def test_the_tfidf_member_is_sublinear_tfidf_of_pieces_and_pairs(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
+def _char_model(ds, **params):
+    """A small bidirectional GRU reading ``ds``'s documents as characters (``params`` override the layer's)."""
+    from cellsearch.data.encoders import input_groups
+    from cellsearch.model import InputSpec, ModelSpec, build
+    from cellsearch.stack import LayerSpec
+
+    ((name, width, layer),) = input_groups(ds.preprocessing, {"tokens": "chars", "embedding": 8})
+    spec = ModelSpec(input_size=1, inputs=(InputSpec(name, width, {**layer, **params}),),
+                     layers=(LayerSpec("gru", 6, True),), n_outputs=2, task="classification", pooling="mean")
+    torch.manual_seed(0)
+    return build(spec).eval()
+
+
+def _spelled(tok, ids) -> str:
+    """Pieces read back as text: ``##x`` continues a word, anything else starts one."""
+    pieces = [tok.id_to_token(int(i)) for i in ids]
+    return "".join(p[2:] if p.startswith("##") else " " + p for p in pieces)
+
+
+def test_character_level_reads_each_piece_as_its_characters(tmp_path, monkeypatch):
+    """``tokens: chars``: each document's steps are its pieces' characters (word starts kept), within
+    the budget by head and tail; reading them again changes nothing; a model built where the
+    character table is unknown refuses to run until its weights are loaded."""
+    from cellsearch.data.encoders import text as text_encoder
+    from cellsearch.data.encoders.text import load_tokenizer
+
+    ds = read_dataset(make_reviews(tmp_path / "reviews.csv"), test_size=0.0)
+    state, train = ds.preprocessing.encoders["text"], ds.splits["train"]
+    tok = load_tokenizer(state)
+    model = _char_model(ds)
+    assert "/chars" in model.spec.arch
+    n = 8
+    x, lengths = torch.from_numpy(train.x[:n]), torch.from_numpy(train.lengths[:n].astype(np.int64))
+    cx, cl = model.resequence(x, lengths)
+    for d in range(n):
+        chars = cx[d, :cl[d], 0].long().tolist()
+        assert all(len(tok.id_to_token(c).removeprefix("##")) == 1 for c in chars)
+        assert _spelled(tok, chars) == _spelled(tok, x[d, :lengths[d], 0].tolist())
+        assert (cx[d, cl[d]:] == 0).all()
+    again = model.resequence(cx, cl)
+    assert torch.equal(again[0], cx) and torch.equal(again[1], cl)
+    assert state["chars_per_piece"] > 1 and model.macs_per_sequence(20) > _char_model(ds, tokens="pieces"
+                                                                                      ).macs_per_sequence(20)
+
+    short = _char_model(ds, max_chars=12)
+    sx, sl = short.resequence(x, lengths)
+    for d in range(n):
+        full = cx[d, :cl[d], 0].tolist()
+        want = full if len(full) <= 12 else full[:3] + full[len(full) - 9:]
+        assert sx[d, :sl[d], 0].tolist() == want
+
+    from cellsearch.model import build
+
+    monkeypatch.setattr(text_encoder, "_CHAR_TABLES", {})  # a process that never read this data
+    fresh = build(model.spec).eval()
+    with pytest.raises(RuntimeError, match="character table"):
+        fresh(x, lengths)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        np.testing.assert_allclose(fresh(x, lengths).numpy(), model(x, lengths).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", ["pieces", "chars"])
+def test_a_text_model_in_onnx_gives_the_same_outputs(tmp_path, tokens):
+    """The ONNX graph of a text model, word pieces or characters (its own character split: the
+    ``CumSum`` places, ``ScatterElements``, head and tail), against the model: documents of different
+    lengths, one over the character budget, an empty one and ids beyond the tokenizer's."""
+    import onnxruntime as ort
+
+    from cellsearch.onnx_export import build_onnx
+
+    ds = read_dataset(make_reviews(tmp_path / "reviews.csv"), test_size=0.0)
+    train = ds.splits["train"]
+    model = _char_model(ds, tokens=tokens, max_chars=40)
+    order = np.argsort(train.lengths)
+    pick = order[[0, 1, len(order) // 2, -1]]
+    x, lengths = train.x[pick][:, :int(train.lengths[pick].max())].copy(), train.lengths[pick].astype(np.int64)
+    x[0, :, 0], lengths[0] = 0, 1
+    x[0, 0, 0] = ds.preprocessing.encoders["text"]["unk"]  # an empty document is one [UNK]
+    x[1, 0, 0] = 10 ** 6                                  # an id the tokenizer never made
+    with torch.no_grad():
+        want = model(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+    sess = ort.InferenceSession(build_onnx(model).SerializeToString())
+    got = sess.run(None, {"x": x, "lengths": lengths})[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_explain_traces_each_token_through_the_embedding_and_the_cell_equations():
     from cellsearch.explain import explain_sequences, word_effects
     from cellsearch.model import InputSpec, ModelSpec, build
@@ -192,7 +279,7 @@ def test_text_end_to_end_tune_export_predict_onnx_serve_explain(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("sampler: random\nlayers:\n  depth: 1\n  cell: {type: categorical, choices: [gru, cifg]}\n"
                      "  hidden: 8\nembedding: {type: categorical, choices: [8, 16]}\n"
-                     "vocab: {type: categorical, choices: [60, 5000]}\n"
+                     "vocab: {type: categorical, choices: [60, 5000]}\ntokens: chars\n"
                      "lr: 0.02\nbatch_size: 16\nmax_epochs: 3\npatience: 2\nmin_steps: 30\n")
     runs = tmp_path / "runs"
     res = _cli("tune", str(csv), "--space", str(space), "--trials", "3", "--run-dir", str(runs), "--cv", "2",
@@ -208,7 +295,7 @@ def test_text_end_to_end_tune_export_predict_onnx_serve_explain(tmp_path):
     spec = json.loads((out / "spec.json").read_text())
     networks = [m["spec"] for m in spec["members"] if "spec" in m] if "members" in spec else [spec]
     assert all(s["inputs"][0]["encoder"] == "text" and s["inputs"][0]["params"]["embedding"] in (8, 16)
-               for s in networks)
+               and s["inputs"][0]["params"]["tokens"] == "chars" for s in networks)  # read as characters
 
     df = pd.read_csv(csv)
     new = df[df["split"] == "test"].drop(columns=["label", "split"]).head(6).copy()
@@ -262,6 +349,7 @@ def test_text_end_to_end_tune_export_predict_onnx_serve_explain(tmp_path):
     assert res.returncode == 0, res.stderr
     html = page.read_text()
     assert "Tokens, as the model reads them" in html and "Prediction if the text ended here" in html
+    assert "##z" in html  # the steps are characters ("great" is g ##r ##e ##a ##t; "tasty", "bland", ...)
 
 
 def test_length_buckets_cover_every_document_once_with_little_padding():

@@ -26,6 +26,16 @@ class TokenEmbedding(nn.Module):
         #: Character level: each word piece is read as its characters, one step each (``resequence``).
         self.chars = chars
 
+    def start_from(self, vectors: torch.Tensor) -> None:
+        """Start the embedding from ``vectors`` (pieces, k): the first ``min(k, dim)`` columns, scaled to
+        the random start's spread, the rest of the columns left random; padding stays zero."""
+        with torch.no_grad():
+            w = self.embed.weight
+            rows, cols = min(len(vectors), w.shape[0]), min(vectors.shape[1], w.shape[1])
+            part = vectors[:rows, :cols].to(w.dtype)
+            w[:rows, :cols] = part * (w.std() / part.std().clamp(min=1e-8))
+            w[0] = 0
+
     def resequence(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The steps the stack reads: the word pieces as they are, or (character level) their characters."""
         return (x, lengths) if self.chars is None else self.chars(x, lengths)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from cellsearch.data.detect import Columns, Schema
 from cellsearch.data.encoders import get_encoder
-from cellsearch.data.encoders.text import documents, looks_like_text, token_ids
+from cellsearch.data.encoders.text import documents, looks_like_text, remember_training_ids, token_ids
 from cellsearch.data.layouts.base import Inputs, Layout, guess_target, sequence_task, wants_series
 from cellsearch.data.options import DataOptions
 from cellsearch.data.preprocessing import Preprocessing, Scaler
@@ -88,6 +88,7 @@ class TextLayout(Layout):
             warnings.append(f"text: {cut:,} of {len(docs):,} documents are longer than {budget} tokens; each keeps "
                             f"its first {budget // 4} and its last {budget - budget // 4} (--max-tokens sets the "
                             "budget)")
+        remember_training_ids(state, x[train], lengths[train])  # the embedding's starting vectors
         seq_order = split_order(assign)
         splits = split_views(x[seq_order], seq_order, assign, lengths, y, keys)
         stats = {"documents": len(docs), "vocabulary": int(state["vocab"]), "max_tokens": budget, "cut": int(cut),
