@@ -37,7 +37,9 @@ def print_inspect(info: dict[str, Any]) -> None:
         rows.append(("text", f"column {t['column']!r}: {t['documents']:,} documents, vocabulary {t['vocabulary']:,} "
                      f"word pieces (training rows); tokens per document median {t['tokens']['median']:g}, 95th "
                      f"percentile {t['tokens']['p95']:.0f}, max {t['tokens']['max']:,}; read up to {t['max_tokens']} "
-                     f"({t['cut']:,} cut to head and tail)"))
+                     f"({t['cut']:,} cut to head and tail)"
+                     + (f"; as characters up to {t['max_chars']:,} ({t['chars_per_piece']:g} per piece)"
+                        if "max_chars" in t else "")))
     if "classes" in info:
         rows.append(("classes", ", ".join(f"{k}: {v}" for k, v in info["classes"].items())))
     for k, v in rows:

@@ -219,6 +219,54 @@ def test_character_level_reads_each_piece_as_its_characters(tmp_path, monkeypatc
         np.testing.assert_allclose(fresh(x, lengths).numpy(), model(x, lengths).numpy(), atol=1e-6)
 
 
+def test_the_embedding_starts_from_cooccurrence_vectors_of_the_training_documents(tmp_path, monkeypatch):
+    """Pieces used alike get vectors closer to each other than to pieces used otherwise; a word-piece
+    model built after the data was read starts from them (its first ``embedding`` components, scaled);
+    a character-level model, and one built where the documents were never read, start at random."""
+    from cellsearch.data.encoders import input_groups
+    from cellsearch.data.encoders import text as text_encoder
+    from cellsearch.data.encoders.text import cooccurrence_vectors, load_tokenizer
+    from cellsearch.model import InputSpec, ModelSpec, build
+    from cellsearch.stack import LayerSpec
+
+    rng = np.random.default_rng(0)
+    docs = []
+    for i in range(300):
+        kind = GOOD if i % 2 == 0 else BAD  # "the tea was great and fresh" / "... awful and stale"
+        a, b, c = rng.choice(kind, size=3, replace=False)
+        docs.append({"text": f"{' '.join(rng.choice(FILLER, size=3))} was {a} {b} and {c} {rng.choice(FILLER)}",
+                     "label": "great" if i % 2 == 0 else "other"})
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame(docs).to_csv(path, index=False)
+    ds = read_dataset(path, test_size=0.0)
+    state, train = ds.preprocessing.encoders["text"], ds.splits["train"]
+    vectors = cooccurrence_vectors(train.x, train.lengths, int(state["vocab"]))
+    tok = load_tokenizer(state)
+    good, bad = [vectors[tok.token_to_id(w)] for w in GOOD], [vectors[tok.token_to_id(w)] for w in BAD]
+    same = np.mean([u @ v for k, u in enumerate(good) for v in good[k + 1:]] +
+                   [u @ v for k, u in enumerate(bad) for v in bad[k + 1:]])
+    other = np.mean([u @ v for u in good for v in bad])
+    assert same > other + 0.3, (same, other)
+
+    def model(tokens: str) -> torch.nn.Module:
+        ((name, width, params),) = input_groups(ds.preprocessing, {"embedding": 8, "tokens": tokens})
+        spec = ModelSpec(input_size=1, inputs=(InputSpec(name, width, params),), layers=(LayerSpec("gru", 4, False),),
+                         n_outputs=2, task="classification")
+        torch.manual_seed(0)
+        return build(spec).inputs.layers[0].embed.weight.detach().numpy()
+
+    def proportional(w: np.ndarray) -> bool:
+        v = vectors[:len(w), :w.shape[1]]
+        scale = (w * v).sum() / (v * v).sum()
+        return bool(np.allclose(w, v * scale, atol=1e-5))
+
+    assert proportional(model("pieces"))
+    assert not proportional(model("chars"))
+    monkeypatch.setattr(text_encoder, "_TRAINING_IDS", {})
+    monkeypatch.setattr(text_encoder, "_VECTORS", {})
+    assert not proportional(model("pieces"))  # never read here: random, until its weights are loaded
+
+
 @pytest.mark.parametrize("tokens", ["pieces", "chars"])
 def test_a_text_model_in_onnx_gives_the_same_outputs(tmp_path, tokens):
     """The ONNX graph of a text model, word pieces or characters (its own character split: the

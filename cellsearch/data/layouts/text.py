@@ -92,6 +92,7 @@ class TextLayout(Layout):
         seq_order = split_order(assign)
         splits = split_views(x[seq_order], seq_order, assign, lengths, y, keys)
         stats = {"documents": len(docs), "vocabulary": int(state["vocab"]), "max_tokens": budget, "cut": int(cut),
+                 "max_chars": int(state["max_chars"]), "chars_per_piece": float(state["chars_per_piece"]),
                  "tokens": {"median": float(np.median(full)), "p95": float(np.percentile(full, 95)),
                             "max": int(full.max())}}
         return splits, {"inputs": [text], "scaler": Scaler([0.0], [1.0]), "encoders": {text: state},
