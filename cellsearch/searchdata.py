@@ -11,14 +11,16 @@ from cellsearch.errors import UserError
 
 
 def data_shape(dataset: Any) -> Any:
-    """What the search space needs of the data (``space.DataShape``): median length, task, season."""
+    """What the search space needs of the data (``space.DataShape``): median length, task, season, the
+    keys its encoders search, a text input's character budget."""
     from cellsearch.data import get_layout
     from cellsearch.data.encoders import searched_keys
     from cellsearch.space import DataShape
 
     prep = dataset.preprocessing
     return DataShape(length=int(dataset.info["length"]["median"]), task=dataset.task,
-                     season=get_layout(prep.layout).seasonality(prep)[0], searched=searched_keys(prep))
+                     season=get_layout(prep.layout).seasonality(prep)[0], searched=searched_keys(prep),
+                     chars=max((int(s.get("max_chars", 0)) for s in prep.encoders.values()), default=0))
 
 
 def fingerprint(dataset: Any) -> dict[str, Any]:

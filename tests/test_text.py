@@ -420,3 +420,21 @@ def test_length_buckets_cover_every_document_once_with_little_padding():
     assert again == batches  # reproducible from the seed
     ordered = [i for b in LengthBuckets(lengths, 32) for i in b]  # validation: sorted by length
     assert (np.diff(lengths[ordered].numpy()) >= 0).all()
+
+
+def test_character_level_is_offered_where_documents_are_short_enough():
+    """The default space draws ``tokens: chars`` only where the character budget is at most
+    ``MAX_CHAR_STEPS``; a space that fixes it gets it whatever the length."""
+    import optuna
+
+    from cellsearch.space import MAX_CHAR_STEPS, DataShape, SearchSpace, load_space
+
+    space = load_space("default")
+    keys = frozenset({"embedding", "vocab", "tokens"})
+    for chars, want in ((MAX_CHAR_STEPS, {"pieces", "chars"}), (MAX_CHAR_STEPS + 1, {"pieces"})):
+        shape = DataShape(length=60, task="classification", searched=keys, chars=chars)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        assert {space.suggest(study.ask(), shape)["tokens"] for _ in range(40)} == want
+    fixed = SearchSpace(space.name, {**space.config, "tokens": "chars"})
+    shape = DataShape(length=60, task="classification", searched=keys, chars=5 * MAX_CHAR_STEPS)
+    assert fixed.suggest(optuna.create_study().ask(), shape)["tokens"] == "chars"
