@@ -68,6 +68,7 @@ def prepare(config: TuneConfig, *, create: bool) -> SearchContext:
 
     config.validate()
     spc = load_space(config.space)
+    _reuse_study_preprocessing(config)
     dataset, folds = read_folds(config)
     if create:  # what reading the data found worth saying (a guessed target, short or flat series, ...)
         for notice in dataset.info.get("warnings", []):
@@ -80,6 +81,20 @@ def prepare(config: TuneConfig, *, create: bool) -> SearchContext:
     url = config.storage or default_storage(config.run_dir)
     with locked(config.run_dir):
         return _open_study(config, dataset, folds, spc, url, create, metric, direction, accelerator)
+
+
+def _reuse_study_preprocessing(config: TuneConfig) -> None:
+    """A study that exists (workers, a resumed search) reads its data with the encoders it was fitted
+    with (``encoders.reuse_fitted``): a tokenizer trained again could number its pieces otherwise."""
+    from cellsearch.data import Preprocessing
+    from cellsearch.data.encoders import reuse_fitted
+
+    saved = study_dir(config.run_dir, config.study_name) / "preprocessing.json"
+    if saved.exists():
+        try:
+            reuse_fitted(Preprocessing.load(saved))
+        except Exception:  # unreadable: read and fit as a new study would; the fingerprint check decides
+            return
 
 
 def _open_study(config: TuneConfig, dataset: Any, folds: Any, spc: Any, url: str, create: bool,

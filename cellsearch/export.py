@@ -115,6 +115,9 @@ def _read_training(data: str, prep: Preprocessing) -> tuple[Any, Any]:
 
     if not data or not Path(data).exists():
         return None, None
+    from cellsearch.data.encoders import reuse_fitted
+
+    reuse_fitted(prep)  # the study's own tokenizer, not one trained again (its ids could differ)
     df = read_input(data, prep)
     return df, read_dataset(data, DataOptions(**prep.options), frame=df)
 

@@ -51,6 +51,16 @@ def input_groups(prep: Any, drawn: dict[str, Any] | None = None) -> list[tuple[s
             for name, width, params in groups]
 
 
+def reuse_fitted(prep: Any) -> None:
+    """Let this process's reading of the training rows give back ``prep``'s fitted encoder states
+    (``Encoder.reuse``): a search's workers and ``export`` read the file again and must see the ids
+    the study's models were trained on."""
+    for state in prep.encoders.values():
+        kind = state.get("kind", "numeric")
+        if kind in ENCODERS:
+            get_encoder(kind).reuse(state)
+
+
 def searched_keys(prep: Any) -> frozenset[str]:
     """The space keys the data's encoders search (``Encoder.searched``), for ``DataShape``."""
     kinds = {state.get("kind", "numeric") for state in prep.encoders.values()}

@@ -77,6 +77,11 @@ class Encoder(ABC):
         as they are) and the width it gives per step; built by ``cellsearch.model.build``."""
         return None, width
 
+    def reuse(self, state: dict[str, Any]) -> None:
+        """Take ``state`` (a study's) as this encoder's fit of the same training rows in this process,
+        where fitting again could give another state (a tokenizer's ties); nothing by default."""
+        return None
+
     def arch_tag(self, params: dict[str, Any]) -> str:
         """What the architecture tag adds for this layer's settings (text read as characters:
         ``/chars``); nothing by default."""

@@ -60,6 +60,8 @@ VECTOR_DIMS = 128
 #: The training documents' ids by tokenizer (the text layout fills it) and the vectors made from them.
 _TRAINING_IDS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 _VECTORS: dict[str, np.ndarray] = {}
+#: Fitted text states by their training documents (``reuse_fitted``).
+_FITTED: dict[str, dict[str, Any]] = {}
 #: Character tables by tokenizer (``input_params`` fills it: a model built in this process takes its
 #: table from here; one loaded from saved weights takes the table from them).
 _CHAR_TABLES: dict[str, np.ndarray] = {}
@@ -165,8 +167,29 @@ def cooccurrence_vectors(x: np.ndarray, lengths: np.ndarray, vocab: int, dims: i
 
 def remember_training_ids(state: dict[str, Any], x: np.ndarray, lengths: np.ndarray) -> None:
     """Keep the training documents' ids for this tokenizer (the embedding's starting vectors are made
-    from them when a model is first built in this process)."""
+    from them when a model is first built in this process), and its character table (a model built
+    here from a stored spec, as a refit is, reads its characters through it)."""
     _TRAINING_IDS[fingerprint(state)] = (x, lengths)
+    if "max_chars" in state:
+        known_char_table(state)
+
+
+def known_char_table(state: dict[str, Any]) -> np.ndarray:
+    """The character table of the state's tokenizer, made once per process (``_CHAR_TABLES``)."""
+    key = fingerprint(state)
+    if key not in _CHAR_TABLES:
+        _CHAR_TABLES[key] = char_table(load_tokenizer(state), int(state["unk"]))
+    return _CHAR_TABLES[key]
+
+
+def reuse_fitted(state: dict[str, Any]) -> None:
+    """Remember a fitted text state (a study's), so that fitting the same training documents again in
+    this process returns it (``TextEncoder.fit``) instead of training a new tokenizer: the trainer
+    breaks ties between equally frequent merges differently from process to process (a second read of
+    4,000 reviews gave 29% of the pieces other ids, 3% of the test tokens), and a search's workers and
+    ``export`` read the file themselves — their models must read the ids of the study's tokenizer."""
+    if "documents" in state:
+        _FITTED[state["documents"]] = state
 
 
 def starting_vectors(key: str, vocab: int) -> np.ndarray | None:
@@ -250,9 +273,16 @@ class TextEncoder(Encoder):
 
     def fit(self, s: pd.Series, column: str, path: Path, max_tokens: int | None = None,
             vocab_size: int = VOCAB_SIZE) -> dict[str, Any]:
+        """The tokenizer trained on the training documents, the token and character budgets — or the
+        state a study fitted on the same documents (``reuse_fitted``)."""
+        import hashlib
+
         docs = documents(s)
         if not any(d.strip() for d in docs):
             raise UserError(f"{path}: text column {column!r} has no text in the training rows")
+        digest = hashlib.sha1("\x00".join([*docs, str(max_tokens), str(vocab_size)]).encode()).hexdigest()
+        if digest in _FITTED:
+            return {k: v for k, v in _FITTED[digest].items() if k != "kind"}
         tok = train_tokenizer(docs, vocab_size)
         unk = tok.token_to_id(UNK)
         encoded = [e.ids for e in tok.encode_batch(docs)] or [[unk]]
@@ -262,6 +292,7 @@ class TextEncoder(Encoder):
         per_piece = (char_table(tok, unk) > 0).sum(axis=1)
         chars = [int(per_piece[ids].sum()) if ids else 1 for ids in encoded]
         return {"tokenizer": tok.to_str(), "vocab": tok.get_vocab_size(), "unk": unk, "max_tokens": int(max_tokens),
+                "documents": digest,
                 "max_chars": _budget(chars, MAX_CHARS_CAP),
                 "chars_per_piece": round(float(sum(chars)) / max(1, sum(lengths)), 3)}
 
@@ -276,10 +307,8 @@ class TextEncoder(Encoder):
         if "max_chars" in state:  # fitted with co-occurrence vectors and character level
             params["init"] = "cooccurrence"  # a state fitted before character level has none
             key = fingerprint(state)
-            if key not in _CHAR_TABLES:
-                _CHAR_TABLES[key] = char_table(load_tokenizer(state), int(state["unk"]))
             params.update({"pieces": int(state["vocab"]), "tokens": "pieces", "max_chars": int(state["max_chars"]),
-                           "tokenizer": key, "table": list(_CHAR_TABLES[key].shape),
+                           "tokenizer": key, "table": list(known_char_table(state).shape),
                            "chars_per_piece": float(state["chars_per_piece"])})
         return params
 
@@ -339,6 +368,9 @@ for k, i in enumerate(ids):
             if vectors is not None:
                 layer.start_from(torch.from_numpy(vectors))
         return layer, dim
+
+    def reuse(self, state: dict[str, Any]) -> None:
+        reuse_fitted(state)
 
     def arch_tag(self, params: dict[str, Any]) -> str:
         return "/chars" if params.get("tokens") == "chars" else ""
