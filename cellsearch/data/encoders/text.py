@@ -62,8 +62,8 @@ _TRAINING_IDS: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 _VECTORS: dict[str, np.ndarray] = {}
 #: Fitted text states by their training documents (``reuse_fitted``).
 _FITTED: dict[str, dict[str, Any]] = {}
-#: Character tables by tokenizer (``input_params`` fills it: a model built in this process takes its
-#: table from here; one loaded from saved weights takes the table from them).
+#: Character tables by tokenizer (``fit`` and ``known_char_table`` fill it: a model built in this process
+#: takes its table from here; one loaded from saved weights takes the table from them).
 _CHAR_TABLES: dict[str, np.ndarray] = {}
 
 
@@ -289,12 +289,14 @@ class TextEncoder(Encoder):
         lengths = [len(ids) for ids in encoded]
         if max_tokens is None:
             max_tokens = _budget(lengths, MAX_TOKENS_CAP)
-        per_piece = (char_table(tok, unk) > 0).sum(axis=1)
+        table = char_table(tok, unk)
+        per_piece = (table > 0).sum(axis=1)
         chars = [int(per_piece[ids].sum()) if ids else 1 for ids in encoded]
-        return {"tokenizer": tok.to_str(), "vocab": tok.get_vocab_size(), "unk": unk, "max_tokens": int(max_tokens),
-                "documents": digest,
-                "max_chars": _budget(chars, MAX_CHARS_CAP),
-                "chars_per_piece": round(float(sum(chars)) / max(1, sum(lengths)), 3)}
+        state = {"tokenizer": tok.to_str(), "vocab": tok.get_vocab_size(), "unk": unk, "max_tokens": int(max_tokens),
+                 "documents": digest, "max_chars": _budget(chars, MAX_CHARS_CAP),
+                 "chars_per_piece": round(float(sum(chars)) / max(1, sum(lengths)), 3)}
+        _CHAR_TABLES[fingerprint(state)] = table  # made here once, not again from the tokenizer's JSON
+        return state
 
     def names(self, column: str, state: dict[str, Any]) -> list[str]:
         return [column]
