@@ -246,6 +246,20 @@ def _znormalise_onnx(g: Graph, x: str) -> str:
     return g.node("Mul", [g.node("Div", [centred, safe]), mask])
 
 
+def _seasonal_onnx(g: Graph, season: int, horizon: int, target_index: int) -> str:
+    """The seasonal naive forecast of the input windows ``x`` (``cellsearch.model.seasonal_naive``):
+    step h gathers the target channel at ``length - season + h mod season``; 0 (the last value, in
+    window-scaled units) where a window is shorter than a season."""
+    n = g.node("Unsqueeze", ["lengths", g.const("ax1s", [1], "int64")])
+    idx = g.node("Max", [g.node("Add", [g.node("Sub", [n, g.const("season", season, "int64")]),
+                                        g.const("h_mod", np.arange(horizon)[None, :] % season, "int64")]),
+                         g.const("zero_i", 0, "int64")])
+    channel = g.node("Gather", ["x", g.const("target_ch", target_index, "int64")], axis=2)
+    values = g.node("GatherElements", [channel, idx], axis=1)
+    return g.node("Where", [g.node("GreaterOrEqual", [n, g.const("season", season, "int64")]), values,
+                            g.const("zero_f", [0.0], "float32")])
+
+
 def reference_onnx(member: Any) -> Any:
     """The ONNX ``ModelProto`` of a reference member (``cellsearch.refmembers``): ridge (resample,
     one ``Gemm``) or 1-NN (z-normalise, resample, the distances to the stored sequences by one
@@ -256,12 +270,14 @@ def reference_onnx(member: Any) -> Any:
     from cellsearch.errors import UnsupportedFormatError
 
     kind = getattr(member, "kind", None)
-    if kind not in ("ridge", "1nn", "tfidf"):
+    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive"):
         raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
     g = Graph()
     length, feats = member.length, member.input_size
     task = get_task(member.task)
-    if kind == "tfidf":
+    if kind in ("naive", "seasonal_naive"):
+        out = _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
+    elif kind == "tfidf":
         out = _tfidf_onnx(g, member)
         if task.labels:
             out = g.node("LogSoftmax", [g.node("Mul", [out, g.const("temperature", [member.temperature], "float32")])],
@@ -391,16 +407,8 @@ def _model_onnx(model: Any) -> Any:
     head = "output" if not spec.season else "head_out"
     nodes.append(helper.make_node("Gemm", [features, const("head_W", w), const("head_b", b)], [head], transB=1))
     if spec.season:  # the seasonal naive forecast from the window, as SequenceModel.seasonal_base
-        m = spec.season
-        n = g.node("Unsqueeze", ["lengths", g.const("ax1s", [1], "int64")])
-        idx = g.node("Max", [g.node("Add", [g.node("Sub", [n, g.const("season", m, "int64")]),
-                                            g.const("h_mod", np.arange(spec.n_outputs)[None, :] % m, "int64")]),
-                             g.const("zero_i", 0, "int64")])
-        channel = g.node("Gather", ["x", g.const("target_ch", spec.target_index, "int64")], axis=2)
-        values = g.node("GatherElements", [channel, idx], axis=1)
-        base = g.node("Where", [g.node("GreaterOrEqual", [n, g.const("season", m, "int64")]), values,
-                                g.const("zero_f", [0.0], "float32")])
-        nodes.append(helper.make_node("Add", [head, base], ["output"]))
+        nodes.append(helper.make_node("Add", [head, _seasonal_onnx(g, spec.season, spec.n_outputs, spec.target_index)],
+                                      ["output"]))
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", spec.n_outputs])]
     for node_out, name in get_task(spec.task).onnx_head(g, "output"):
         nodes.append(helper.make_node("Identity", [node_out], [name]))

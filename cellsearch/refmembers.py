@@ -34,7 +34,7 @@ ALPHAS = np.logspace(-3, 3, 13)
 #: Temperatures tried for ridge's decision values (classification).
 TEMPERATURES = np.logspace(-1, 3, 41)
 #: The key a reference member takes among trial numbers (members of an ensemble are keyed by trial).
-MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3}
+MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3, "naive": -4, "seasonal_naive": -5}
 #: A 1-NN member stores its training sequences: none above this many stored numbers.
 MAX_BANK = 10_000_000
 #: The TF-IDF member hashes pairs of neighbouring word pieces into a power of two of buckets at least
@@ -383,6 +383,75 @@ class TfidfMember(nn.Module):
                    float(d.get("temperature", 1.0)))
 
 
+class RepeatMember(nn.Module):
+    """The naive (``season`` 1) or seasonal naive forecast as an ensemble member: each forecast step
+    repeats the window's value one season before it (``cellsearch.model.seasonal_naive``, as the
+    reference computes it), in the networks' window-scaled units. Nothing is fitted; it joins the
+    library so that a Caruana ensemble can lean on the reference where the folds show the networks
+    overreaching (a panel whose networks beat seasonal naive on the validation origins but not after
+    them), and so that the answer is never worse on the folds than the reference shown beside it."""
+
+    tuned_for_values = False
+
+    def __init__(self, season: int, target_index: int, n_outputs: int, task: str, input_size: int = 1) -> None:
+        super().__init__()
+        self.season, self.target_index, self.n_outputs, self.task = int(season), int(target_index), n_outputs, task
+        self.input_size, self.length, self.temperature = input_size, 1, 1.0
+
+    @property
+    def kind(self) -> str:
+        return "naive" if self.season <= 1 else "seasonal_naive"
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        from cellsearch.model import seasonal_naive
+
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        return seasonal_naive(x[:, :, self.target_index].float(), lengths, self.season, self.n_outputs)
+
+    @property
+    def arch(self) -> str:
+        return "naive" if self.season <= 1 else f"seasonal naive/{self.season}"
+
+    def n_params(self) -> int:
+        return 0
+
+    def macs_per_sequence(self, length: int) -> int:
+        """None: a copy of values per output (counted as one each, as the reference is)."""
+        return self.n_outputs
+
+    def describe(self) -> dict[str, Any]:
+        return {"reference": self.kind, "season": self.season, "target_index": self.target_index,
+                "n_outputs": self.n_outputs, "task": self.task, "input_size": self.input_size}
+
+    @classmethod
+    def fits(cls, n_train: int, dim: int) -> bool:
+        return True
+
+    @classmethod
+    def fit(cls, train: Any, task: str, length: int, n_outputs: int, prep: Any = None) -> RepeatMember:
+        season = int(prep.layout_data.get("season", 1)) if cls is SeasonalNaiveMember else 1
+        return cls(season, int(prep.layout_data.get("target_index", 0)), n_outputs, task, int(train.x.shape[2]))
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> RepeatMember:
+        for key in ("season", "n_outputs", "input_size"):
+            if not 1 <= int(d[key]) <= 10_000_000:
+                raise ValueError(f"{d['reference']} member: {key} {d[key]} out of range")
+        if not 0 <= int(d["target_index"]) < int(d["input_size"]):
+            raise ValueError(f"{d['reference']} member: target channel {d['target_index']} out of range")
+        return cls(int(d["season"]), int(d["target_index"]), int(d["n_outputs"]), str(d["task"]), int(d["input_size"]))
+
+
+class NaiveMember(RepeatMember):
+    """The naive forecast (the window's last value repeated) as a member: ``RepeatMember`` of season 1."""
+
+
+class SeasonalNaiveMember(RepeatMember):
+    """The seasonal naive forecast as a member: ``RepeatMember`` of the data's season. Where the season
+    is 1 it would repeat the naive member, so it is not fitted (``fold_members``)."""
+
+
 def pair_buckets(x: torch.Tensor, lengths: torch.Tensor, vocab: int, n_outputs: int) -> int:
     """How many buckets the TF-IDF member hashes pairs of neighbouring pieces into: a power of two at
     least ``PAIR_ROOM`` times the distinct pairs of the training documents ``x`` (a fixed 2**17 lost
@@ -423,7 +492,8 @@ def _outputs(model: nn.Module, split: Any) -> np.ndarray:
 
 
 #: The reference members by kind: what ``describe`` names and the search fits.
-MEMBERS: dict[str, Any] = {"ridge": RidgeMember, "1nn": NeighbourMember, "tfidf": TfidfMember}
+MEMBERS: dict[str, Any] = {"ridge": RidgeMember, "1nn": NeighbourMember, "tfidf": TfidfMember,
+                           "naive": NaiveMember, "seasonal_naive": SeasonalNaiveMember}
 
 
 def member_from_description(d: dict[str, Any]) -> nn.Module:
@@ -448,6 +518,8 @@ def fold_members(dataset: Any, folds: Any, kind: str) -> tuple[list[nn.Module], 
     length = max(1, int(np.median(pool.lengths)))
     if not cls.fits(len(pool), length * pool.x.shape[2]):
         return None
+    if cls is SeasonalNaiveMember and int(dataset.preprocessing.layout_data.get("season", 1)) <= 1:
+        return None  # the naive member already
     members, parts = [], []
     for f in folds.folds:
         members.append(cls.fit(f.train.tensors(), task, length, dataset.n_outputs, dataset.preprocessing))

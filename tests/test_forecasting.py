@@ -115,3 +115,80 @@ def test_season_from_the_time_column(tmp_path, freq, season):
     pd.DataFrame({"t": t, "value": np.arange(n) * 1.5 + 3}).to_csv(tmp_path / "s.csv", index=False)
     assert read_dataset(tmp_path / "s.csv", horizon=2).info["season"] == season
     assert read_dataset(tmp_path / "s.csv", horizon=2, season=3).info["season"] == 3
+
+
+def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_path):
+    """naive and seasonal naive join the ensemble library like ridge does for sequences: their
+    out-of-fold scores are the references' own, and an ensemble holding them exports — ``predict``,
+    the pyfunc and ONNX agree, each forecast is the weighted average of the network's and the two
+    naive forecasts in the series' own units, the card names them, a refit keeps them."""
+    import mlflow.pyfunc
+    import onnxruntime as ort
+    import torch
+
+    from cellsearch.export import export
+    from cellsearch.predict import transform
+    from cellsearch.refmembers import NaiveMember, SeasonalNaiveMember
+
+    csv, bundle, result = panel_bundle
+    st = result.study
+    refs = {r["name"]: r for r in st.user_attrs["reference_members"]}
+    assert set(refs) == {"naive", "seasonal_naive"} and all(r["trial"] < 0 for r in refs.values())
+    shown = {r["name"]: r["score"] for r in result.references}
+    for name, r in refs.items():  # the member is the reference: the same folds, the same score
+        assert r["score"] == pytest.approx(shown[name], rel=1e-5), name
+    net = next(t.number for t in st.get_trials() if t.user_attrs.get("val_score") is not None)
+    weights = {str(net): 0.5, str(refs["seasonal_naive"]["trial"]): 0.3, str(refs["naive"]["trial"]): 0.2}
+    st.set_user_attr("ensembles", [{"name": "E9", "members": weights, "score": 1.0, "arch": "mix",
+                                    "macs": 1.0, "params": 1.0, "latency_ms": 1.0}])
+    out = export(out=tmp_path / "m", run_dir=result.run_dir, ensemble="E9", formats=["onnx"])
+    card = (out / "README.md").read_text()
+    assert "naive (reference)" in card and "seasonal_naive (reference)" in card
+    model = cellsearch.load(out)
+    kinds = {type(m) for m in model.model.members}
+    assert {NaiveMember, SeasonalNaiveMember} <= kinds
+    frame = pd.read_csv(csv)
+    got = model.predict(frame)
+    alone = cellsearch.load(bundle).predict(frame)
+    for key in ("s0", "s1", "s2"):
+        v = frame[frame.series == key].value.to_numpy()
+        season = v[len(v) - 4 + np.arange(2)] if len(v) >= 4 else np.full(2, v[-1])  # s0: shorter than a season
+        want = 0.5 * alone[alone.series == key].prediction.to_numpy() + 0.3 * season + 0.2 * v[-1]
+        np.testing.assert_allclose(got[got.series == key].prediction.to_numpy(), want, rtol=1e-4)
+    served = mlflow.pyfunc.load_model(str(out)).predict(frame)["prediction"].to_numpy()
+    np.testing.assert_allclose(served, got.prediction.to_numpy(), rtol=1e-6)
+    inputs = transform(frame, model.prep)
+    with torch.no_grad():
+        want_scaled = model.model(torch.from_numpy(inputs.x), torch.from_numpy(inputs.lengths)).numpy()
+    sess = ort.InferenceSession(str(out / "model.onnx"))
+    onnx_out = sess.run(["output"], {"x": inputs.x, "lengths": inputs.lengths})[0]
+    np.testing.assert_allclose(onnx_out, want_scaled, atol=1e-4)
+    for m in model.model.members:  # each member rebuilds from its description
+        if not hasattr(m, "spec"):
+            assert type(m).from_description(m.describe()).describe() == m.describe()
+    refit = export(out=tmp_path / "r", run_dir=result.run_dir, ensemble="E9", weights="refit")
+    assert {NaiveMember, SeasonalNaiveMember} <= {type(m) for m in cellsearch.load(refit).model.members}
+
+
+
+def test_the_naive_members_forecast_what_the_references_do(tmp_path):
+    """Out of fold, the naive member forecasts each window's last value (0 in its scaled units, as the
+    reference says) and the seasonal one the reference's seasonal forecast; with a season of 1 only
+    the naive member is made (the seasonal one would repeat it)."""
+    from cellsearch.folds import make_folds
+    from cellsearch.references import REFERENCES, Context
+    from cellsearch.refmembers import fold_members
+
+    csv = _panel(tmp_path / "p.csv", sizes=((40, 10.0), (50, 300.0)), seed=2)
+    ds = read_dataset(csv, horizon=3, window=8, season=4)
+    folds = make_folds(ds, 3)
+    _, naive = fold_members(ds, folds, "naive")
+    members, seasonal = fold_members(ds, folds, "seasonal_naive")
+    assert np.abs(naive).max() < 1e-6 and np.abs(seasonal).max() > 0.01
+    ctx = Context("forecasting", 8, 8, len(folds.oof), 3, 0, 4, ds.preprocessing)
+    want = REFERENCES["seasonal_naive"].fit(folds.oof, ctx)(folds.oof)
+    np.testing.assert_allclose(seasonal, want, atol=1e-6)
+    assert members[0].arch == "seasonal naive/4"
+    flat = read_dataset(csv, horizon=3, window=8, season=1)
+    assert fold_members(flat, make_folds(flat, 3), "seasonal_naive") is None
+    assert fold_members(flat, make_folds(flat, 3), "naive") is not None
