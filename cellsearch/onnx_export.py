@@ -270,13 +270,20 @@ def reference_onnx(member: Any) -> Any:
     from cellsearch.errors import UnsupportedFormatError
 
     kind = getattr(member, "kind", None)
-    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive"):
+    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive", "rocket"):
         raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
     g = Graph()
     length, feats = member.length, member.input_size
     task = get_task(member.task)
     if kind in ("naive", "seasonal_naive"):
         out = _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
+    elif kind == "rocket":
+        out = g.node("Gemm", [_rocket_onnx(g, member),
+                              g.const("rocket_W", member.linear.weight.detach().cpu().numpy(), "float32"),
+                              g.const("rocket_b", member.linear.bias.detach().cpu().numpy(), "float32")], transB=1)
+        if task.labels:
+            out = g.node("LogSoftmax", [g.node("Mul", [out, g.const("temperature", [member.temperature], "float32")])],
+                         axis=1)
     elif kind == "tfidf":
         out = _tfidf_onnx(g, member)
         if task.labels:
@@ -315,6 +322,40 @@ def reference_onnx(member: Any) -> Any:
         g.nodes.append(helper.make_node("Identity", [node_out], [name]))
         outputs.append(helper.make_tensor_value_info(name, g.FLOAT, ["batch", member.n_outputs]))
     return _checked_model(g.nodes, "cellsearch_reference", feats, outputs, g.inits)
+
+
+def _rocket_onnx(g: Graph, member: Any) -> str:
+    """``RocketMember.features`` in ONNX, standardised: the sequences zeroed after their ends, one
+    ``Conv`` per dilation (zero padded, "same"), each kernel's proportion of positive values and its
+    maximum over the real steps."""
+    from cellsearch.refmembers import ROCKET_WIDTH
+
+    mask = g.mask("x", "lengths")  # (B, T, 1)
+    xt = g.node("Transpose", [g.node("Mul", ["x", mask])], perm=[0, 2, 1])
+    convs = []
+    for d, idx in member.groups():
+        w = member.kernels[idx].detach().cpu().numpy()
+        b = member.bias[idx].detach().cpu().numpy()
+        pad = (ROCKET_WIDTH // 2) * d
+        weights = [g.const(f"rocket_k{d}", w, "float32"), g.const(f"rocket_bias{d}", b, "float32")]
+        convs.append(g.node("Conv", [xt, *weights], dilations=[d], pads=[pad, pad], kernel_shape=[ROCKET_WIDTH]))
+    conv = g.node("Concat", convs, axis=1) if len(convs) > 1 else convs[0]  # (B, K, T)
+    real = g.node("Transpose", [mask], perm=[0, 2, 1])  # (B, 1, T)
+    axis2 = g.const("ax2s", [2], "int64")
+    n = g.node("Unsqueeze", [g.node("Cast", [g.node("Max", ["lengths", g.const("one_i", 1, "int64")])], to=g.FLOAT),
+                             g.const("ax1s", [1], "int64")])
+    positive = g.node("Mul", [g.node("Cast", [g.node("Greater", [conv, g.const("zero_f", [0.0], "float32")])],
+                                     to=g.FLOAT), real])
+    ppv = g.node("Div", [g.node("ReduceSum", [positive, axis2], keepdims=0), n])
+    inside = g.node("Cast", [real], to=g.BOOL)
+    top = g.node("ReduceMax", [g.node("Where", [inside, conv, g.const("minus_inf", [-np.inf], "float32")])],
+                 axes=[2], keepdims=0)  # opset 17: axes an attribute
+    top = g.node("Where", [g.node("IsInf", [top]), g.const("zero_f", [0.0], "float32"), top])
+    feats = g.node("Concat", [ppv, top], axis=1)
+    mean = member.mean.detach().cpu().numpy()
+    std = member.std.detach().cpu().numpy()
+    return g.node("Div", [g.node("Sub", [feats, g.const("rocket_mean", mean, "float32")]),
+                          g.const("rocket_std", std, "float32")])
 
 
 def _tfidf_onnx(g: Graph, member: Any) -> str:

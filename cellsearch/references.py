@@ -120,6 +120,26 @@ def _tfidf(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     return lambda split: est.predict(_documents(split, ctx))
 
 
+def _rocket(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
+    """ROCKET: random convolution kernels, their PPV and maximum, ridge (``cellsearch.refmembers.RocketMember``,
+    the member itself, so the reference and the member agree)."""
+    import torch
+
+    from cellsearch.refmembers import RocketMember
+
+    member = RocketMember.fit(train, ctx.task, ctx.length, ctx.n_outputs, ctx.prep)
+
+    def predict(split: Any) -> np.ndarray:
+        with torch.no_grad():
+            out = member(torch.from_numpy(np.ascontiguousarray(split.x)),
+                         torch.from_numpy(split.lengths.astype(np.int64))).numpy()
+        if get_task(ctx.task).labels:
+            return out.argmax(axis=1)
+        return out[:, 0] if out.shape[1] == 1 and np.asarray(split.y).ndim == 1 else out
+
+    return predict
+
+
 def _naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     """Repeat each window's last value: 0 in the window's own scaled units."""
     return lambda split: np.zeros((len(split), ctx.n_outputs), dtype=np.float32)
@@ -147,6 +167,19 @@ def _seasonal_label(ctx: Context, train: Any) -> str:
     return "seasonal naive (= naive: the windows are shorter than the season)"
 
 
+def _rocket_macs(c: Context) -> int:
+    from cellsearch.refmembers import ROCKET_KERNELS, ROCKET_WIDTH
+
+    channels = min(2, c.dim // max(1, c.length))
+    return ROCKET_KERNELS * (ROCKET_WIDTH * channels * c.length + 2 * c.n_outputs)
+
+
+def _rocket_params(c: Context) -> int:
+    from cellsearch.refmembers import ROCKET_KERNELS, ROCKET_WIDTH
+
+    return ROCKET_KERNELS * (ROCKET_WIDTH * min(2, c.dim // max(1, c.length)) + 1 + 2 * c.n_outputs)
+
+
 REFERENCES: dict[str, Reference] = {
     "1nn": Reference("1-NN",
                      _sklearn(lambda x, n, length: resample(znormalise(x, n), n, length).reshape(len(x), -1),
@@ -159,6 +192,10 @@ REFERENCES: dict[str, Reference] = {
     "ridge": Reference("ridge",
                        _sklearn(lambda x, n, length: resample(x, n, length).reshape(len(x), -1), _ridge_model),
                        macs=lambda c: c.dim * c.n_outputs, params=lambda c: (c.dim + 1) * c.n_outputs),
+    # ROCKET: each kernel's weights at every step (1-3 channels: about 2 on average where there are
+    # several), and the linear map over two features per kernel.
+    "rocket": Reference("ROCKET", _rocket,
+                        macs=lambda c: _rocket_macs(c), params=lambda c: _rocket_params(c)),
     # Forecasts: one multiply-add per output maps the window-scaled value back.
     "naive": Reference("naive", _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
     "seasonal_naive": Reference(_seasonal_label, _seasonal_naive, macs=lambda c: c.n_outputs, params=lambda c: 0),

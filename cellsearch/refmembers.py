@@ -1,4 +1,4 @@
-"""References as ensemble members: the ridge and 1-NN references as models the ensemble can hold.
+"""References as ensemble members: ridge, 1-NN, ROCKET, TF-IDF and the naive forecasts as models an ensemble can hold.
 
 The search shows simple references beside its networks (``cellsearch.references``). On a few dozen
 sequences a reference may beat every network, or help them: a linear model on the whole sequence
@@ -34,7 +34,7 @@ ALPHAS = np.logspace(-3, 3, 13)
 #: Temperatures tried for ridge's decision values (classification).
 TEMPERATURES = np.logspace(-1, 3, 41)
 #: The key a reference member takes among trial numbers (members of an ensemble are keyed by trial).
-MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3, "naive": -4, "seasonal_naive": -5}
+MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3, "naive": -4, "seasonal_naive": -5, "rocket": -6}
 #: A 1-NN member stores its training sequences: none above this many stored numbers.
 MAX_BANK = 10_000_000
 #: The TF-IDF member hashes pairs of neighbouring word pieces into a power of two of buckets at least
@@ -45,8 +45,23 @@ PAIR_BUCKETS = (1 << 12, 1 << 21)
 MAX_TFIDF_WEIGHTS = 1 << 23
 #: ... by ``(first * PAIR_PRIME + second) mod buckets``.
 PAIR_PRIME = 1_000_003
+#: The ROCKET member: this many random convolution kernels (two features each) of this length ...
+ROCKET_KERNELS = 2_000
+ROCKET_WIDTH = 9
+#: ... fitted only where transforming the training rows takes at most this many multiply-adds.
+ROCKET_WORK = 1e11
+#: ... transformed this many (row, kernel, step) numbers at a time (memory).
+ROCKET_CHUNK = 1 << 24
 #: Classification probabilities of a 1-NN member are mixed with this much of the uniform (no zeros).
 NN_FLOOR = 1e-4
+
+
+def at_temperature(decision: torch.Tensor, task: str, temperature: float) -> torch.Tensor:
+    """A linear member's outputs from its decision values: log-probabilities (a softmax of the
+    values times ``temperature``) for classification, the values themselves otherwise."""
+    if get_task(task).labels:
+        return torch.log_softmax(decision * temperature, dim=1)
+    return decision
 
 
 def resample(x: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
@@ -86,14 +101,14 @@ class RidgeMember(nn.Module):
         self.temperature = float(temperature)
         self.linear = nn.Linear(input_size * length, n_outputs)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def decision(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The linear map's outputs: the values, or the decision values before temperature and softmax."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        flat = resample_torch(x.float(), lengths.to(x.device), self.length).flatten(1)
-        out = self.linear(flat)
-        if get_task(self.task).labels:
-            return torch.log_softmax(out * self.temperature, dim=1)
-        return out
+        return self.linear(resample_torch(x.float(), lengths.to(x.device), self.length).flatten(1))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return at_temperature(self.decision(x, lengths), self.task, self.temperature)
 
     @property
     def arch(self) -> str:
@@ -229,13 +244,22 @@ class NeighbourMember(nn.Module):
 def fit_ridge(train: Any, task: str, length: int, n_outputs: int) -> RidgeMember:
     """A ``RidgeMember`` fitted on a split's rows (``RidgeClassifierCV`` / ``RidgeCV``, the penalty
     chosen by leave-one-out, as the reference), its temperature still 1."""
-    from sklearn.linear_model import RidgeClassifierCV, RidgeCV
-
     feats = resample(train.x, train.lengths, length).reshape(len(train.x), -1)
     member = RidgeMember(train.x.shape[2], length, n_outputs, task)
-    labels = get_task(task).labels
-    y = np.asarray(train.y)
-    if labels:
+    full_w, full_b = ridge_weights(feats, np.asarray(train.y), task, n_outputs)
+    with torch.no_grad():
+        member.linear.weight.copy_(torch.as_tensor(full_w, dtype=torch.float32))
+        member.linear.bias.copy_(torch.as_tensor(full_b, dtype=torch.float32))
+    return member
+
+
+def ridge_weights(feats: np.ndarray, y: np.ndarray, task: str, n_outputs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weights (outputs, features), biases) of ridge on ``feats`` (``RidgeClassifierCV`` / ``RidgeCV``,
+    the penalty chosen among ``ALPHAS`` by leave-one-out): one decision value per class (two classes:
+    ±half the one value; a class no row has: -1e3), or the values."""
+    from sklearn.linear_model import RidgeClassifierCV, RidgeCV
+
+    if get_task(task).labels:
         est = RidgeClassifierCV(alphas=ALPHAS).fit(feats, y)
         coef, icpt = np.atleast_2d(est.coef_), np.atleast_1d(est.intercept_)
         full_w = np.zeros((n_outputs, feats.shape[1]))
@@ -251,10 +275,142 @@ def fit_ridge(train: Any, task: str, length: int, n_outputs: int) -> RidgeMember
     else:
         est = RidgeCV(alphas=ALPHAS).fit(feats, y.reshape(len(y), -1))
         full_w, full_b = np.atleast_2d(est.coef_), np.atleast_1d(est.intercept_)
-    with torch.no_grad():
-        member.linear.weight.copy_(torch.as_tensor(full_w, dtype=torch.float32))
-        member.linear.bias.copy_(torch.as_tensor(full_b, dtype=torch.float32))
-    return member
+    return full_w, full_b
+
+
+class RocketMember(nn.Module):
+    """Random convolution kernels and ridge — ROCKET (Dempster et al. 2020), the CPU state of the art
+    that the data README measures the networks against — as a reference member.
+
+    ``ROCKET_KERNELS`` kernels of ``ROCKET_WIDTH`` weights drawn from a normal and centred, each reading
+    one to three random channels, dilated by a power of two up to the median length's reach, zero
+    padded ("same"); each kernel's bias is minus a random quantile (0.1-0.9) of its own output on one
+    random training sequence (as MiniRocket sets biases: on the data's scale whatever it is). Each
+    kernel gives two features over a sequence's real steps: the proportion of positive values (PPV)
+    and the maximum; standardised on the training rows, then ridge (``ridge_weights``) and, for
+    classification, a temperature and a softmax as ``RidgeMember``. Long sequences, where a recurrent
+    network buys few trials, are where it helps most; it reads any length."""
+
+    kind = "rocket"
+    tuned_for_values = False
+
+    def __init__(self, input_size: int, n_kernels: int, length: int, n_outputs: int, task: str,
+                 temperature: float = 1.0) -> None:
+        super().__init__()
+        self.input_size, self.n_kernels, self.length, self.n_outputs, self.task = (
+            input_size, n_kernels, length, n_outputs, task)
+        self.temperature = float(temperature)
+        self.register_buffer("kernels", torch.zeros(n_kernels, input_size, ROCKET_WIDTH))
+        self.register_buffer("bias", torch.zeros(n_kernels))
+        self.register_buffer("dilation", torch.ones(n_kernels, dtype=torch.long))
+        self.register_buffer("mean", torch.zeros(2 * n_kernels))
+        self.register_buffer("std", torch.ones(2 * n_kernels))
+        self.linear = nn.Linear(2 * n_kernels, n_outputs)
+
+    def groups(self) -> list[tuple[int, torch.Tensor]]:
+        """(dilation, the kernels' indices) for each dilation, in the order features are laid out."""
+        return [(int(d), torch.nonzero(self.dilation == d).flatten()) for d in torch.unique(self.dilation)]
+
+    def convolve(self, x: torch.Tensor, lengths: torch.Tensor, bias: bool = True) -> list[torch.Tensor]:
+        """Each dilation group's outputs (B, kernels, T) over ``x`` (B, T, F) zeroed after each end."""
+        real = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
+        xt = (x.float() * real[..., None]).transpose(1, 2)
+        return [nn.functional.conv1d(xt, self.kernels[idx], self.bias[idx] if bias else None,
+                                     padding=(ROCKET_WIDTH // 2) * d, dilation=d) for d, idx in self.groups()]
+
+    def features(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, 2 x kernels): every kernel's PPV then every kernel's maximum, before standardising;
+        computed a few rows at a time (``ROCKET_CHUNK``)."""
+        rows = max(1, ROCKET_CHUNK // max(1, self.n_kernels * x.shape[1]))
+        out = []
+        for s in range(0, x.shape[0], rows):
+            xs, ns = x[s:s + rows], lengths[s:s + rows]
+            real = torch.arange(xs.shape[1], device=xs.device)[None, None, :] < ns[:, None, None]
+            n = ns.clamp(min=1)[:, None].float()
+            conv = torch.cat(self.convolve(xs, ns), dim=1)
+            ppv = ((conv > 0) & real).sum(-1).float() / n
+            top = conv.masked_fill(~real, float("-inf")).amax(-1)
+            out.append(torch.cat([ppv, torch.where(torch.isfinite(top), top, torch.zeros_like(top))], dim=1))
+        return torch.cat(out) if out else torch.zeros(0, 2 * self.n_kernels)
+
+    def decision(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Ridge's outputs on the standardised features, before temperature and softmax."""
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        return self.linear((self.features(x, lengths.to(x.device)) - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return at_temperature(self.decision(x, lengths), self.task, self.temperature)
+
+    @property
+    def arch(self) -> str:
+        return f"rocket{self.n_kernels}"
+
+    def n_params(self) -> int:
+        return int(self.linear.weight.numel() + self.linear.bias.numel() + self.kernels.numel() + self.bias.numel())
+
+    def macs_per_sequence(self, length: int) -> int:
+        """The kernels' multiply-adds at every step (their channels) and the linear map."""
+        per_step = int((self.kernels.abs().sum(-1) > 0).sum()) * ROCKET_WIDTH
+        return per_step * length + 2 * self.n_kernels * self.n_outputs
+
+    def describe(self) -> dict[str, Any]:
+        return {"reference": self.kind, "input_size": self.input_size, "n_kernels": self.n_kernels,
+                "length": self.length, "n_outputs": self.n_outputs, "task": self.task,
+                "temperature": self.temperature}
+
+    @classmethod
+    def fits(cls, n_train: int, dim: int) -> bool:
+        """Where transforming the training rows (about ``dim`` numbers each) costs at most ``ROCKET_WORK``."""
+        return n_train * dim * ROCKET_KERNELS * ROCKET_WIDTH <= ROCKET_WORK
+
+    @classmethod
+    def fit(cls, train: Any, task: str, length: int, n_outputs: int, prep: Any = None,
+            seed: int = 0) -> RocketMember:
+        rng = np.random.default_rng(seed)
+        n, feats_in = len(train.x), int(train.x.shape[2])
+        member = cls(feats_in, ROCKET_KERNELS, length, n_outputs, task)
+        reach = max(0, int(np.floor(np.log2(max(1.0, (length - 1) / (ROCKET_WIDTH - 1))))))
+        k = ROCKET_KERNELS
+        w = np.zeros((k, feats_in, ROCKET_WIDTH), dtype=np.float32)
+        for j in range(k):
+            chans = rng.choice(feats_in, size=int(rng.integers(1, min(3, feats_in) + 1)), replace=False)
+            v = rng.normal(size=(len(chans), ROCKET_WIDTH))
+            w[j, chans] = v - v.mean(axis=1, keepdims=True)
+        x, lengths = torch.from_numpy(np.ascontiguousarray(train.x)), torch.from_numpy(train.lengths.astype(np.int64))
+        with torch.no_grad():
+            member.kernels.copy_(torch.from_numpy(w))
+            member.dilation.copy_(torch.from_numpy(2 ** rng.integers(0, reach + 1, size=k)))
+            # biases: minus a random quantile of each kernel's output on one random training sequence
+            order = torch.cat([idx for _, idx in member.groups()]).numpy()
+            who, q = rng.integers(0, n, size=k), rng.uniform(0.1, 0.9, size=k)
+            bias = np.zeros(k, dtype=np.float32)
+            for r in np.unique(who):
+                conv = torch.cat(member.convolve(x[r:r + 1], lengths[r:r + 1], bias=False), dim=1)[0].numpy()
+                real = conv[:, :max(1, int(lengths[r]))]
+                for pos in np.flatnonzero(who[order] == r):
+                    bias[order[pos]] = -np.quantile(real[pos], q[order[pos]])
+            member.bias.copy_(torch.from_numpy(bias))
+            f = member.features(x, lengths).double()
+            mean, std = f.mean(0), f.std(0, unbiased=False)
+            std = torch.where(std > 1e-6, std, torch.ones_like(std))
+            member.mean.copy_(mean.float())
+            member.std.copy_(std.float())
+            z = ((f - mean) / std).numpy()
+            full_w, full_b = ridge_weights(z, np.asarray(train.y), task, n_outputs)
+            member.linear.weight.copy_(torch.as_tensor(full_w, dtype=torch.float32))
+            member.linear.bias.copy_(torch.as_tensor(full_b, dtype=torch.float32))
+        return member
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> RocketMember:
+        for key in ("input_size", "n_kernels", "length", "n_outputs"):
+            if not 1 <= int(d[key]) <= 10_000_000:
+                raise ValueError(f"rocket member: {key} {d[key]} out of range")
+        if int(d["n_kernels"]) * (int(d["input_size"]) * ROCKET_WIDTH + 2 * int(d["n_outputs"])) > 200_000_000:
+            raise ValueError("rocket member: too many weights")
+        return cls(int(d["input_size"]), int(d["n_kernels"]), int(d["length"]), int(d["n_outputs"]), str(d["task"]),
+                   float(d.get("temperature", 1.0)))
 
 
 class TfidfMember(nn.Module):
@@ -486,14 +642,15 @@ def _supported(cls: Any, **options: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in known}
 
 
-def _outputs(model: nn.Module, split: Any) -> np.ndarray:
+def _outputs(model: nn.Module, split: Any, method: str = "forward") -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(split.x), torch.from_numpy(split.lengths.astype(np.int64))).numpy()
+        x, lengths = torch.from_numpy(split.x), torch.from_numpy(split.lengths.astype(np.int64))
+        return getattr(model, method)(x, lengths).numpy()
 
 
 #: The reference members by kind: what ``describe`` names and the search fits.
 MEMBERS: dict[str, Any] = {"ridge": RidgeMember, "1nn": NeighbourMember, "tfidf": TfidfMember,
-                           "naive": NaiveMember, "seasonal_naive": SeasonalNaiveMember}
+                           "naive": NaiveMember, "seasonal_naive": SeasonalNaiveMember, "rocket": RocketMember}
 
 
 def member_from_description(d: dict[str, Any]) -> nn.Module:
@@ -526,11 +683,15 @@ def fold_members(dataset: Any, folds: Any, kind: str) -> tuple[list[nn.Module], 
         parts.append(f.val.tensors())
     if get_task(task).labels or cls.tuned_for_values:
         best, best_loss = 1.0, np.inf
+        # a member with decision values (ridge, ROCKET) computes them once, not once per temperature
+        decisions = (torch.from_numpy(np.concatenate([_outputs(m, p, "decision") for m, p in zip(members, parts)]))
+                     if hasattr(cls, "decision") else None)
         for t in TEMPERATURES:
             for m in members:
                 m.temperature = float(t)
-            loss = float(np.mean(row_losses(task, np.concatenate([_outputs(m, p) for m, p in zip(members, parts)]),
-                                            np.asarray(folds.oof.y))))
+            out = (at_temperature(decisions, task, float(t)).numpy() if decisions is not None
+                   else np.concatenate([_outputs(m, p) for m, p in zip(members, parts)]))
+            loss = float(np.mean(row_losses(task, out, np.asarray(folds.oof.y))))
             if loss < best_loss:
                 best, best_loss = float(t), loss
         for m in members:

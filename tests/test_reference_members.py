@@ -13,7 +13,7 @@ import torch
 
 from cellsearch.data.splits import SplitTensors
 from cellsearch.references import resample
-from cellsearch.refmembers import NeighbourMember, RidgeMember, fit_ridge, resample_torch
+from cellsearch.refmembers import NeighbourMember, RidgeMember, RocketMember, fit_ridge, resample_torch
 
 
 def _split(n: int, classes: int | None, seed: int = 0) -> SplitTensors:
@@ -126,19 +126,21 @@ def test_the_ridge_reference_is_a_candidate_and_an_exported_member(searched, tin
 
     st = searched.study
     refs = {r["name"]: r for r in st.user_attrs["reference_members"]}
-    assert set(refs) == {"ridge", "1nn"} and all(r["trial"] < 0 and r["kind"] == "reference" for r in refs.values())
+    assert set(refs) == {"ridge", "1nn", "rocket"}
+    assert all(r["trial"] < 0 and r["kind"] == "reference" for r in refs.values())
     ref = refs["ridge"]
     assert all(p["kind"] != "reference" for p in searched.front)  # the front shows what the search found
     oof = np.load(searched.run_dir / ref["oof"])
     assert oof.shape[0] == len(np.load(searched.run_dir / ref["oof"].replace("ridge.npy", "truth.npy")))
     # an ensemble holding the reference (the selection's own, or one made here from it)
     trials = [t.number for t in st.get_trials() if t.user_attrs.get("val_score") is not None]
-    members = {str(trials[0]): 0.4, str(ref["trial"]): 0.3, str(refs["1nn"]["trial"]): 0.3}
+    members = {str(trials[0]): 0.4, str(ref["trial"]): 0.2, str(refs["1nn"]["trial"]): 0.2,
+               str(refs["rocket"]["trial"]): 0.2}
     st.set_user_attr("ensembles", [{"name": "E9", "members": members,
                                     "score": 0.5, "arch": "pair", "macs": 1.0, "params": 1.0, "latency_ms": 1.0}])
     out = export(out=tmp_path / "m", run_dir=searched.run_dir, ensemble="E9", formats=["onnx"])
     card = (out / "README.md").read_text()
-    assert "ridge (reference)" in card and "1nn (reference)" in card
+    assert "ridge (reference)" in card and "1nn (reference)" in card and "rocket (reference)" in card
     model = cellsearch.load(out)
     df = pd.read_csv(tiny_csv)
     preds = model.predict(df.drop(columns=["label"]))
@@ -150,7 +152,7 @@ def test_the_ridge_reference_is_a_candidate_and_an_exported_member(searched, tin
     np.testing.assert_allclose(fresh[prob].to_numpy(), preds[prob].to_numpy(), atol=1e-5)
     # the exported ensemble's output is the weighted average of the network's and the ridge's probabilities
     kinds = [getattr(m, "kind", "network") for m in model.model.members]
-    assert kinds[0] == "network" and {"ridge", "1nn"} <= set(kinds)  # networks first
+    assert kinds[0] == "network" and {"ridge", "1nn", "rocket"} <= set(kinds)  # networks first
     # the ONNX graph holds the ridge member too (resampling by GatherElements, one Gemm): parity
     ort = pytest.importorskip("onnxruntime")
     from cellsearch.data import read_dataset
@@ -163,7 +165,7 @@ def test_the_ridge_reference_is_a_candidate_and_an_exported_member(searched, tin
     np.testing.assert_allclose(got, want, atol=1e-4)
     refit = export(out=tmp_path / "m3", run_dir=searched.run_dir, ensemble="E9", weights="refit")
     refit_kinds = {type(m) for m in cellsearch.load(refit).model.members}
-    assert RidgeMember in refit_kinds and NeighbourMember in refit_kinds
+    assert RidgeMember in refit_kinds and NeighbourMember in refit_kinds and RocketMember in refit_kinds
 
 
 def test_networks_only_keeps_the_references_out(tiny_csv, tmp_path):
@@ -177,3 +179,62 @@ def test_networks_only_keeps_the_references_out(tiny_csv, tmp_path):
     assert "reference_members" not in r.study.user_attrs
     for e in r.study.user_attrs["ensembles"]:
         assert all(int(m) >= 0 for m in e["members"])
+
+
+def test_the_rocket_member_in_onnx_is_the_member_and_its_features_are_rocket():
+    """ROCKET's features by hand (numpy: each kernel's dilated, zero-padded convolution of the real
+    steps plus its bias; the share of positive values and the maximum) equal the member's; ONNX equals
+    the member (one Conv per dilation), on sequences of varying lengths, several channels, each task;
+    the member rebuilds from its description and beats chance on data a kernel can read."""
+    ort = pytest.importorskip("onnxruntime")
+    from cellsearch.onnx_export import reference_onnx
+    from cellsearch.refmembers import ROCKET_WIDTH
+
+    for classes, task in ((3, "classification"), (None, "regression")):
+        train, test = _split(60, classes), _split(25, classes, seed=3)
+        member = RocketMember.fit(train, task, 12, classes or 1)
+        member.temperature = 3.0
+        with torch.no_grad():
+            got = member.features(torch.from_numpy(test.x), torch.from_numpy(test.lengths)).numpy()
+        order = torch.cat([idx for _, idx in member.groups()]).numpy()
+        k = member.n_kernels
+        for row in (0, 7):
+            n = int(test.lengths[row])
+            x = test.x[row, :n].astype(np.float64)  # (n, F)
+            for pos in (0, 5, k - 1):
+                j = order[pos]
+                w, d = member.kernels[j].numpy().astype(np.float64), int(member.dilation[j])
+                half = ROCKET_WIDTH // 2
+                padded = np.zeros((n + 2 * half * d, x.shape[1]))
+                padded[half * d:half * d + n] = x
+                conv = np.array([sum(padded[t + i * d] @ w[:, i] for i in range(ROCKET_WIDTH)) for t in range(n)])
+                conv += float(member.bias[j])
+                np.testing.assert_allclose(got[row, pos], (conv > 0).mean(), atol=1e-6)
+                np.testing.assert_allclose(got[row, k + pos], conv.max(), rtol=1e-4, atol=1e-4)
+        sess = ort.InferenceSession(reference_onnx(member).SerializeToString())
+        onnx_out = sess.run(["output"], {"x": test.x, "lengths": test.lengths})[0]
+        with torch.no_grad():
+            want = member(torch.from_numpy(test.x), torch.from_numpy(test.lengths)).numpy()
+        np.testing.assert_allclose(onnx_out, want, atol=1e-3, rtol=1e-4)
+        rebuilt = RocketMember.from_description(member.describe())
+        rebuilt.load_state_dict(member.state_dict())
+        with torch.no_grad():
+            again = rebuilt(torch.from_numpy(test.x), torch.from_numpy(test.lengths)).numpy()
+        np.testing.assert_allclose(again, want)
+        if classes:  # shapes at any phase and length, which a position-bound linear map cannot read
+            def waves(n: int, seed: int) -> SplitTensors:
+                rng = np.random.default_rng(seed)
+                y = rng.integers(0, 3, size=n)
+                lengths = rng.integers(40, 61, size=n)
+                t = np.arange(60)[None, :]
+                x = np.sin(2 * np.pi * t / (4 + 4 * y[:, None]) + rng.uniform(0, 6.3, size=(n, 1)))
+                x = (x + 0.5 * rng.normal(size=x.shape))[..., None].astype(np.float32)
+                x[t[0][None, :] >= lengths[:, None]] = 0.0
+                return SplitTensors(x, lengths.astype(np.int64), y, np.arange(n))
+
+            fitted = RocketMember.fit(waves(150, 5), task, 50, classes)
+            held = waves(200, 6)
+            with torch.no_grad():
+                out = fitted(torch.from_numpy(held.x), torch.from_numpy(held.lengths))
+            acc = (out.argmax(1).numpy() == held.y).mean()
+            assert acc > 0.9, acc  # chance is 1/3

@@ -39,7 +39,7 @@ class Task:
     #: What one example is called in tables and messages.
     unit: ClassVar[str] = "sequences"
     #: Keys of ``cellsearch.references.REFERENCES`` that apply.
-    references: ClassVar[tuple[str, ...]] = ("1nn", "ridge")
+    references: ClassVar[tuple[str, ...]] = ("1nn", "ridge", "rocket")
     #: Names of the ONNX graph's outputs (``output`` first).
     onnx_outputs: ClassVar[tuple[str, ...]] = ("output",)
     #: A note on the metric for model cards (empty: none).
