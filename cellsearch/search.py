@@ -154,13 +154,14 @@ def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
             for p in found]
 
 
-def _select_ensembles(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
-    """The ensemble of the study's complete trials and the reference members (``cellsearch.ensemble``),
-    stored with the study."""
+def _select_ensembles(ctx: Any, tracker: Any, members: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The ensemble of the study's complete trials and the reference members (``cellsearch.ensemble``;
+    ``members``, fitted before the search so that their time counts in ``--timeout``, else fitted
+    here), stored with the study."""
     from cellsearch.ensemble import select_ensembles
 
     trials = trial_points(ctx.study, ctx.config.cost, ensembles=False, root=ctx.config.run_dir)
-    trials += _reference_members(ctx, tracker)
+    trials += _reference_members(ctx, tracker) if members is None else members
     found = select_ensembles(trials, ctx.folds, ctx.dataset.task, ctx.direction,
                              ctx.dataset.preprocessing.target_scale, ctx.config.cost, seed=ctx.config.seed or 0)
     ctx.study.set_user_attr("ensembles", found)
@@ -210,6 +211,9 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
         references = fit_references(dataset, cost, config.deadline, folds=ctx.folds)
         ctx.study.set_user_attr("references", references)
         tracker.record_references(references)
+    # the reference members need no trial: fitted now, their time (ROCKET's seconds on long
+    # sequences) comes out of the search's budget rather than running past it
+    members = _reference_members(ctx, tracker) if config.ensemble else []
     interrupted = False
     target = None if config.trial_target == UNBOUNDED_TRIALS else config.trial_target  # the clock's
     with SearchProgress(total=target, done=finished(ctx.study), metric=ctx.metric,
@@ -233,7 +237,7 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
             interrupted = True
     st = ctx.study
     if config.ensemble:
-        _select_ensembles(ctx, tracker)
+        _select_ensembles(ctx, tracker, members)
     else:
         st.set_user_attr("ensembles", [])
     points = trial_points(st, cost, ensembles=config.ensemble, root=config.run_dir)

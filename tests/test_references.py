@@ -126,7 +126,7 @@ def test_cli_says_when_a_reference_beats_the_network_and_never_exports_it_alone(
     spec = json.loads((bundle / "spec.json").read_text())
     assert all(m["spec"]["layers"][0]["cell"] == "gru" for m in spec.get("members", [{"spec": spec}]))
     metrics = json.loads((bundle / "metrics.json").read_text())
-    assert metrics["trial"] == 0 and [r["name"] for r in metrics["references"]] == ["1nn", "ridge"]
+    assert metrics["trial"] == 0 and [r["name"] for r in metrics["references"]] == ["1nn", "ridge", "rocket"]
     assert "## References" in (bundle / "README.md").read_text()
 
     mixed = tune(tmp_path / "runs")
@@ -134,7 +134,7 @@ def test_cli_says_when_a_reference_beats_the_network_and_never_exports_it_alone(
     spec = json.loads((export(out=tmp_path / "mixed", run_dir=tmp_path / "runs") / "spec.json").read_text())
     members = spec.get("members", [{"spec": spec}])
     assert any("spec" in m for m in members)  # always a network; references only beside it
-    assert all(m["reference"] in ("ridge", "1nn") for m in members if "spec" not in m)
+    assert all(m["reference"] in ("ridge", "1nn", "rocket") for m in members if "spec" not in m)
 
     quiet = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(csv), "--space", str(space),
                             "--trials", "1", "--run-dir", str(tmp_path / "runs2"), "--no-track", "--no-references",

@@ -118,7 +118,7 @@ def test_references_are_runs_tagged_reference_under_the_search(tuned):
     parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("role") == "search"][0]
     refs = client.search_runs([exp.experiment_id], "tags.role = 'reference'")
     assert sorted(r.data.tags["reference"] for r in refs) == sorted(x["name"] for x in tuned.references) == \
-        ["1nn", "ridge"]
+        ["1nn", "ridge", "rocket"]
     by_name = {x["name"]: x for x in tuned.references}
     for r in refs:
         want = by_name[r.data.tags["reference"]]
@@ -127,4 +127,4 @@ def test_references_are_runs_tagged_reference_under_the_search(tuned):
         assert r.data.metrics["score"] == round(want["score"], 4)
         assert r.data.metrics["macs"] == want["macs"] and r.data.metrics["params"] == want["params"]
     result = json.loads((tuned.run_dir / "studies" / tuned.study.study_name / "result.json").read_text())
-    assert [x["name"] for x in result["references"]] == ["1nn", "ridge"]
+    assert [x["name"] for x in result["references"]] == ["1nn", "ridge", "rocket"]
