@@ -17,6 +17,7 @@ from torch import nn
 
 from cellsearch.pooling import POOLINGS, real_steps
 from cellsearch.stack import CellStack, LayerSpec
+from cellsearch.tasks.forecasting import seasonal_naive
 
 
 @dataclass(frozen=True)
@@ -216,18 +217,6 @@ class InputLayers(nn.Module):
             return x
         parts = torch.split(x, self.widths, dim=-1)
         return torch.cat([layer(p) for layer, p in zip(self.layers, parts)], dim=-1)
-
-
-def seasonal_naive(target: torch.Tensor, lengths: torch.Tensor, season: int, horizon: int) -> torch.Tensor:
-    """(B, horizon) seasonal naive forecast from left-aligned windows ``target`` (B, T): step h repeats
-    the value ``season`` steps before it (index ``length - season + h mod season``); 0 (the last value,
-    in window-scaled units) where a window is shorter than a season. The model's seasonal base and
-    the seasonal naive reference both use it."""
-    h = torch.arange(horizon, device=target.device)
-    n = lengths.to(target.device)[:, None]
-    idx = (n - season + h[None, :] % season).clamp(min=0)
-    values = torch.gather(target, 1, idx)
-    return torch.where(n >= season, values, torch.zeros_like(values))
 
 
 def build(spec: ModelSpec) -> SequenceModel:

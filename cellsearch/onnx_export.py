@@ -247,7 +247,7 @@ def _znormalise_onnx(g: Graph, x: str) -> str:
 
 
 def _seasonal_onnx(g: Graph, season: int, horizon: int, target_index: int) -> str:
-    """The seasonal naive forecast of the input windows ``x`` (``cellsearch.model.seasonal_naive``):
+    """The seasonal naive forecast of the input windows ``x`` (``cellsearch.tasks.forecasting.seasonal_naive``):
     step h gathers the target channel at ``length - season + h mod season``; 0 (the last value, in
     window-scaled units) where a window is shorter than a season."""
     n = g.node("Unsqueeze", ["lengths", g.const("ax1s", [1], "int64")])
@@ -353,7 +353,7 @@ def _rocket_onnx(g: Graph, member: Any) -> str:
     top = g.node("Where", [g.node("IsInf", [top]), g.const("zero_f", [0.0], "float32"), top])
     feats = g.node("Concat", [ppv, top], axis=1)
     mean = member.mean.detach().cpu().numpy()
-    std = member.std.detach().cpu().numpy()
+    std = member.safe_std().detach().cpu().numpy()
     return g.node("Div", [g.node("Sub", [feats, g.const("rocket_mean", mean, "float32")]),
                           g.const("rocket_std", std, "float32")])
 

@@ -271,15 +271,17 @@ def study_plots(out: Path, study: Any, points: list[dict[str, Any]], front: list
         n = sum(1 for p in points if p.get("kind", "trial") == "trial")
         files += [importance_plot(out / "param_importance.png", imp, metric, n), out / "param_importance.json"]
     shown = chosen
-    if chosen and chosen.get("members"):  # an ensemble: its heaviest-weighted member
-        heaviest = max(chosen["members"], key=lambda t: chosen["members"][t])
-        shown = next((p for p in points if p.get("trial") == heaviest and p.get("kind", "trial") == "trial"), None)
+    if chosen and chosen.get("members"):  # an ensemble: its heaviest-weighted network (references have no gates)
+        networks = [t for t in chosen["members"] if int(t) >= 0]
+        heaviest = max(networks, key=lambda t: chosen["members"][t]) if networks else None
+        shown = next((p for p in points if heaviest is not None and p.get("trial") == int(heaviest)
+                      and p.get("kind", "trial") == "trial"), None)
     if shown and shown.get("checkpoint"):
         from cellsearch.explain import explain_checkpoint
 
         page = explain_checkpoint(out / "explain_chosen.html", shown["checkpoint"], dataset,
                                   title="The chosen model, explained" if shown is chosen else
-                                  f"The chosen ensemble {chosen.get('name')}, explained by its heaviest member "
+                                  f"The chosen ensemble {chosen.get('name')}, explained by its heaviest network "
                                   f"(trial {shown['trial']})")
         if page:
             files.append(page)

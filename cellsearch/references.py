@@ -150,7 +150,7 @@ def _seasonal_naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     than a season repeats its last value, as the naive forecast does)."""
     import torch
 
-    from cellsearch.model import seasonal_naive
+    from cellsearch.tasks.forecasting import seasonal_naive
 
     def predict(split: Any) -> np.ndarray:
         target = torch.from_numpy(np.ascontiguousarray(split.x[:, :, ctx.target_index]))

@@ -337,7 +337,11 @@ class RocketMember(nn.Module):
         """Ridge's outputs on the standardised features, before temperature and softmax."""
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        return self.linear((self.features(x, lengths.to(x.device)) - self.mean) / self.std)
+        return self.linear((self.features(x, lengths.to(x.device)) - self.mean) / self.safe_std())
+
+    def safe_std(self) -> torch.Tensor:
+        """The features' spread, 1 where it is 0 (a feature constant on the training rows)."""
+        return torch.where(self.std > 0, self.std, torch.ones_like(self.std))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return at_temperature(self.decision(x, lengths), self.task, self.temperature)
@@ -541,7 +545,7 @@ class TfidfMember(nn.Module):
 
 class RepeatMember(nn.Module):
     """The naive (``season`` 1) or seasonal naive forecast as an ensemble member: each forecast step
-    repeats the window's value one season before it (``cellsearch.model.seasonal_naive``, as the
+    repeats the window's value one season before it (``cellsearch.tasks.forecasting.seasonal_naive``, as the
     reference computes it), in the networks' window-scaled units. Nothing is fitted; it joins the
     library so that a Caruana ensemble can lean on the reference where the folds show the networks
     overreaching (a panel whose networks beat seasonal naive on the validation origins but not after
@@ -559,7 +563,7 @@ class RepeatMember(nn.Module):
         return "naive" if self.season <= 1 else "seasonal_naive"
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        from cellsearch.model import seasonal_naive
+        from cellsearch.tasks.forecasting import seasonal_naive
 
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)

@@ -80,10 +80,10 @@ def test_round_trip_in_a_fresh_process(bundle, tuned, tiny_csv, tmp_path):
     # the chosen model: a trial's fold models, or an ensemble's members (the knee keeps the best,
     # most often an ensemble, on data this small); ``assemble`` builds either
     from cellsearch.ensemble import assemble
-    from cellsearch.pareto import trial_points
+    from cellsearch.pareto import member_points, trial_points
 
-    paths = {p["trial"]: p["checkpoint"] for p in trial_points(tuned.study, tuned.cost, ensembles=False,
-                                                               root=tuned.run_dir)}
+    points = trial_points(tuned.study, tuned.cost, ensembles=False, root=tuned.run_dir)
+    paths = {p["trial"]: p["checkpoint"] for p in points + member_points(tuned.study, tuned.run_dir)}
     model = assemble(tuned.chosen, paths.__getitem__)
     model.eval()
     with torch.no_grad():

@@ -169,9 +169,12 @@ def test_tune_result_front_and_checkpoints(tuned):
     for p in r.front:
         if p["kind"] == "trial":
             assert Path(p["checkpoint"]).exists()
-        else:  # an ensemble of complete trials, costing all of its members
-            assert set(p["members"]) <= set(complete) and len(p["members"]) >= 2
-            assert p["macs"] == sum(complete[m].user_attrs["macs"] for m in p["members"])
+        else:  # an ensemble of complete trials and reference members, costing all of its members
+            refs = {m["trial"]: m for m in r.study.user_attrs.get("reference_members", [])}
+            assert set(p["members"]) <= set(complete) | set(refs) and len(p["members"]) >= 2
+            assert any(m >= 0 for m in p["members"])  # always a network
+            macs = [complete[m].user_attrs["macs"] if m >= 0 else refs[m]["macs"] for m in p["members"]]
+            assert p["macs"] == pytest.approx(sum(macs))
         assert 0.0 <= r.held_out_score(p) <= 1.0 and p["test_score"] is None  # tiny data: out-of-fold
     # The front is non-dominated among all completed trials.
     trials = r.study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

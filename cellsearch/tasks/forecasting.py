@@ -69,3 +69,18 @@ class Forecasting(Task):
 
     def truth(self, y: Any, prep: Any) -> Any:
         return None
+
+
+def seasonal_naive(target: Any, lengths: Any, season: int, horizon: int) -> Any:
+    """(B, horizon) seasonal naive forecast from left-aligned windows ``target`` (B, T): step h repeats
+    the value ``season`` steps before it (index ``length - season + h mod season``); 0 (the last value,
+    in window-scaled units) where a window is shorter than a season. The model's seasonal base and
+    the seasonal naive reference and member all use it (tensors; torch imported here, as the task's
+    other torch code, so that reading a task stays light)."""
+    import torch
+
+    h = torch.arange(horizon, device=target.device)
+    n = lengths.to(target.device)[:, None]
+    idx = (n - season + h[None, :] % season).clamp(min=0)
+    values = torch.gather(target, 1, idx)
+    return torch.where(n >= season, values, torch.zeros_like(values))
