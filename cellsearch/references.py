@@ -170,14 +170,18 @@ def _seasonal_label(ctx: Context, train: Any) -> str:
 def _rocket_macs(c: Context) -> int:
     from cellsearch.refmembers import ROCKET_KERNELS, ROCKET_WIDTH
 
-    channels = min(2, c.dim // max(1, c.length))
-    return ROCKET_KERNELS * (ROCKET_WIDTH * channels * c.length + 2 * c.n_outputs)
+    return ROCKET_KERNELS * (ROCKET_WIDTH * _rocket_channels(c) * c.length + 2 * c.n_outputs)
 
 
 def _rocket_params(c: Context) -> int:
     from cellsearch.refmembers import ROCKET_KERNELS, ROCKET_WIDTH
 
-    return ROCKET_KERNELS * (ROCKET_WIDTH * min(2, c.dim // max(1, c.length)) + 1 + 2 * c.n_outputs)
+    return ROCKET_KERNELS * (ROCKET_WIDTH * _rocket_channels(c) + 1 + 2 * c.n_outputs)
+
+
+def _rocket_channels(c: Context) -> int:
+    """The channels a ROCKET kernel reads, counted as about 2 (1-3 where there are several)."""
+    return min(2, c.dim // max(1, c.length))
 
 
 REFERENCES: dict[str, Reference] = {
@@ -194,8 +198,7 @@ REFERENCES: dict[str, Reference] = {
                        macs=lambda c: c.dim * c.n_outputs, params=lambda c: (c.dim + 1) * c.n_outputs),
     # ROCKET: each kernel's weights at every step (1-3 channels: about 2 on average where there are
     # several), and the linear map over two features per kernel.
-    "rocket": Reference("ROCKET", _rocket,
-                        macs=lambda c: _rocket_macs(c), params=lambda c: _rocket_params(c)),
+    "rocket": Reference("ROCKET", _rocket, macs=_rocket_macs, params=_rocket_params),
     # Forecasts: one multiply-add per output maps the window-scaled value back.
     "naive": Reference("naive", _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
     "seasonal_naive": Reference(_seasonal_label, _seasonal_naive, macs=lambda c: c.n_outputs, params=lambda c: 0),

@@ -64,6 +64,13 @@ def at_temperature(decision: torch.Tensor, task: str, temperature: float) -> tor
     return decision
 
 
+def check_sizes(d: dict[str, Any], keys: tuple[str, ...], kind: str) -> None:
+    """Refuse a ``kind`` member's description (``from_description``) whose ``keys`` are not sizes in 1..10^7."""
+    for key in keys:
+        if not 1 <= int(d[key]) <= 10_000_000:
+            raise ValueError(f"{kind} member: {key} {d[key]} out of range")
+
+
 def resample(x: np.ndarray, lengths: np.ndarray, length: int) -> np.ndarray:
     """Each padded sequence's real steps linearly resampled to ``length`` steps: (N, length, F)."""
     n, _, f = x.shape
@@ -136,9 +143,7 @@ class RidgeMember(nn.Module):
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> RidgeMember:
-        for key in ("input_size", "length", "n_outputs"):
-            if not 1 <= int(d[key]) <= 10_000_000:
-                raise ValueError(f"ridge member: {key} {d[key]} out of range")
+        check_sizes(d, ("input_size", "length", "n_outputs"), cls.kind)
         if int(d["input_size"]) * int(d["length"]) * int(d["n_outputs"]) > 200_000_000:
             raise ValueError("ridge member: too many weights")
         return cls(int(d["input_size"]), int(d["length"]), int(d["n_outputs"]), str(d["task"]),
@@ -214,9 +219,7 @@ class NeighbourMember(nn.Module):
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> NeighbourMember:
-        for key in ("input_size", "length", "n_outputs", "n_bank"):
-            if not 1 <= int(d[key]) <= 10_000_000:
-                raise ValueError(f"1nn member: {key} {d[key]} out of range")
+        check_sizes(d, ("input_size", "length", "n_outputs", "n_bank"), cls.kind)
         if int(d["input_size"]) * int(d["length"]) * int(d["n_bank"]) > MAX_BANK:
             raise ValueError("1nn member: too many stored numbers")
         return cls(int(d["input_size"]), int(d["length"]), int(d["n_outputs"]), str(d["task"]), int(d["n_bank"]),
@@ -246,11 +249,16 @@ def fit_ridge(train: Any, task: str, length: int, n_outputs: int) -> RidgeMember
     chosen by leave-one-out, as the reference), its temperature still 1."""
     feats = resample(train.x, train.lengths, length).reshape(len(train.x), -1)
     member = RidgeMember(train.x.shape[2], length, n_outputs, task)
-    full_w, full_b = ridge_weights(feats, np.asarray(train.y), task, n_outputs)
-    with torch.no_grad():
-        member.linear.weight.copy_(torch.as_tensor(full_w, dtype=torch.float32))
-        member.linear.bias.copy_(torch.as_tensor(full_b, dtype=torch.float32))
+    fit_linear(member.linear, feats, np.asarray(train.y), task, n_outputs)
     return member
+
+
+def fit_linear(linear: nn.Linear, feats: np.ndarray, y: np.ndarray, task: str, n_outputs: int) -> None:
+    """Set ``linear`` to ridge on ``feats`` (``ridge_weights``): the ridge and ROCKET members' map."""
+    full_w, full_b = ridge_weights(feats, y, task, n_outputs)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(full_w, dtype=torch.float32))
+        linear.bias.copy_(torch.as_tensor(full_b, dtype=torch.float32))
 
 
 def ridge_weights(feats: np.ndarray, y: np.ndarray, task: str, n_outputs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +295,7 @@ class RocketMember(nn.Module):
     padded ("same"); each kernel's bias is minus a random quantile (0.1-0.9) of its own output on one
     random training sequence (as MiniRocket sets biases: on the data's scale whatever it is). Each
     kernel gives two features over a sequence's real steps: the proportion of positive values (PPV)
-    and the maximum; standardised on the training rows, then ridge (``ridge_weights``) and, for
+    and the maximum; standardised on the training rows, then ridge (``fit_linear``) and, for
     classification, a temperature and a softmax as ``RidgeMember``. Long sequences, where a recurrent
     network buys few trials, are where it helps most; it reads any length."""
 
@@ -400,17 +408,12 @@ class RocketMember(nn.Module):
             std = torch.where(std > 1e-6, std, torch.ones_like(std))
             member.mean.copy_(mean.float())
             member.std.copy_(std.float())
-            z = ((f - mean) / std).numpy()
-            full_w, full_b = ridge_weights(z, np.asarray(train.y), task, n_outputs)
-            member.linear.weight.copy_(torch.as_tensor(full_w, dtype=torch.float32))
-            member.linear.bias.copy_(torch.as_tensor(full_b, dtype=torch.float32))
+        fit_linear(member.linear, ((f - mean) / std).numpy(), np.asarray(train.y), task, n_outputs)
         return member
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> RocketMember:
-        for key in ("input_size", "n_kernels", "length", "n_outputs"):
-            if not 1 <= int(d[key]) <= 10_000_000:
-                raise ValueError(f"rocket member: {key} {d[key]} out of range")
+        check_sizes(d, ("input_size", "n_kernels", "length", "n_outputs"), cls.kind)
         if int(d["n_kernels"]) * (int(d["input_size"]) * ROCKET_WIDTH + 2 * int(d["n_outputs"])) > 200_000_000:
             raise ValueError("rocket member: too many weights")
         return cls(int(d["input_size"]), int(d["n_kernels"]), int(d["length"]), int(d["n_outputs"]), str(d["task"]),
@@ -534,9 +537,7 @@ class TfidfMember(nn.Module):
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> TfidfMember:
-        for key in ("vocab", "buckets", "n_outputs"):
-            if not 1 <= int(d[key]) <= 10_000_000:
-                raise ValueError(f"tfidf member: {key} {d[key]} out of range")
+        check_sizes(d, ("vocab", "buckets", "n_outputs"), cls.kind)
         if (int(d["vocab"]) + int(d["buckets"])) * int(d["n_outputs"]) > 200_000_000:
             raise ValueError("tfidf member: too many weights")
         return cls(int(d["vocab"]), int(d["buckets"]), int(d["unk"]), int(d["n_outputs"]), str(d["task"]),
@@ -552,15 +553,19 @@ class RepeatMember(nn.Module):
     them), and so that the answer is never worse on the folds than the reference shown beside it."""
 
     tuned_for_values = False
+    #: Whether the member repeats the data's season (else the last value: season 1).
+    seasonal = False
 
     def __init__(self, season: int, target_index: int, n_outputs: int, task: str, input_size: int = 1) -> None:
         super().__init__()
         self.season, self.target_index, self.n_outputs, self.task = int(season), int(target_index), n_outputs, task
         self.input_size, self.length, self.temperature = input_size, 1, 1.0
 
-    @property
-    def kind(self) -> str:
-        return "naive" if self.season <= 1 else "seasonal_naive"
+    @classmethod
+    def serves(cls, prep: Any) -> bool:
+        """Whether the data gives this member something of its own: a seasonal member needs a season
+        above 1 (else it would repeat the naive member)."""
+        return not cls.seasonal or int(prep.layout_data.get("season", 1)) > 1
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         from cellsearch.tasks.forecasting import seasonal_naive
@@ -590,26 +595,29 @@ class RepeatMember(nn.Module):
 
     @classmethod
     def fit(cls, train: Any, task: str, length: int, n_outputs: int, prep: Any = None) -> RepeatMember:
-        season = int(prep.layout_data.get("season", 1)) if cls is SeasonalNaiveMember else 1
+        season = int(prep.layout_data.get("season", 1)) if cls.seasonal else 1
         return cls(season, int(prep.layout_data.get("target_index", 0)), n_outputs, task, int(train.x.shape[2]))
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> RepeatMember:
-        for key in ("season", "n_outputs", "input_size"):
-            if not 1 <= int(d[key]) <= 10_000_000:
-                raise ValueError(f"{d['reference']} member: {key} {d[key]} out of range")
+        check_sizes(d, ("season", "n_outputs", "input_size"), cls.kind)
         if not 0 <= int(d["target_index"]) < int(d["input_size"]):
-            raise ValueError(f"{d['reference']} member: target channel {d['target_index']} out of range")
+            raise ValueError(f"{cls.kind} member: target channel {d['target_index']} out of range")
         return cls(int(d["season"]), int(d["target_index"]), int(d["n_outputs"]), str(d["task"]), int(d["input_size"]))
 
 
 class NaiveMember(RepeatMember):
     """The naive forecast (the window's last value repeated) as a member: ``RepeatMember`` of season 1."""
 
+    kind = "naive"
+
 
 class SeasonalNaiveMember(RepeatMember):
     """The seasonal naive forecast as a member: ``RepeatMember`` of the data's season. Where the season
-    is 1 it would repeat the naive member, so it is not fitted (``fold_members``)."""
+    is 1 it would repeat the naive member, so it is not fitted (``serves``)."""
+
+    kind = "seasonal_naive"
+    seasonal = True
 
 
 def pair_buckets(x: torch.Tensor, lengths: torch.Tensor, vocab: int, n_outputs: int) -> int:
@@ -679,8 +687,8 @@ def fold_members(dataset: Any, folds: Any, kind: str) -> tuple[list[nn.Module], 
     length = max(1, int(np.median(pool.lengths)))
     if not cls.fits(len(pool), length * pool.x.shape[2]):
         return None
-    if cls is SeasonalNaiveMember and int(dataset.preprocessing.layout_data.get("season", 1)) <= 1:
-        return None  # the naive member already
+    if hasattr(cls, "serves") and not cls.serves(dataset.preprocessing):
+        return None
     members, parts = [], []
     for f in folds.folds:
         members.append(cls.fit(f.train.tensors(), task, length, dataset.n_outputs, dataset.preprocessing))
