@@ -11,8 +11,9 @@ that apply to it (``Task.references``).
   channel over its real steps: the UCR convention) and resampled to one common length.
 * ``ridge``: ridge regression (``RidgeClassifierCV``/``RidgeCV``, the penalty chosen by leave-one-out)
   on the flattened sequences (the loader's scaling, resampled to the common length).
-* forecasting: ``naive`` (repeat the last value) and ``seasonal_naive`` (repeat the value one
-  season earlier), on the same windows, scored by MASE.
+* forecasting: ``naive`` (repeat the last value), ``seasonal_naive`` (repeat the value one
+  season earlier) and ``theta`` (the theta method: exponential smoothing with drift, seasonally
+  adjusted where the window tests seasonal, fitted on each window), on the same windows, scored by MASE.
 
 Cost is counted as for the networks, per prediction: 1-NN compares with every stored training
 sequence (one multiply-accumulate per stored number), ridge is one dot product per output; its
@@ -160,6 +161,29 @@ def _seasonal_naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     return predict
 
 
+def _theta(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
+    """The theta method on each window (``cellsearch.refmembers.ThetaMember``, the member itself:
+    nothing fitted across windows, so the reference and the member agree)."""
+    from cellsearch.refmembers import ThetaMember
+
+    member = ThetaMember(ctx.season, ctx.target_index, ctx.n_outputs, ctx.task, int(train.x.shape[2]))
+
+    def predict(split: Any) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return member(torch.from_numpy(np.ascontiguousarray(split.x)),
+                          torch.from_numpy(split.lengths.astype(np.int64))).numpy()
+
+    return predict
+
+
+def _theta_macs(c: Context) -> int:
+    from cellsearch.tasks.forecasting import theta_macs
+
+    return theta_macs(c.length, c.season, c.n_outputs)
+
+
 def _seasonal_label(ctx: Context, train: Any) -> str:
     """Said for what it computed: with every window shorter than the season it is the naive forecast."""
     if int(np.max(train.lengths)) >= ctx.season:
@@ -202,6 +226,9 @@ REFERENCES: dict[str, Reference] = {
     # Forecasts: one multiply-add per output maps the window-scaled value back.
     "naive": Reference("naive", _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
     "seasonal_naive": Reference(_seasonal_label, _seasonal_naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
+    # The theta method fits each window as it forecasts: its work is per step, it stores nothing.
+    "theta": Reference(lambda c, train: "theta" if c.season <= 1 else f"theta (season {c.season})", _theta,
+                       macs=_theta_macs, params=lambda c: 0),
 }
 
 

@@ -44,7 +44,7 @@ def panel_bundle(tmp_path_factory):
 def test_every_series_is_trained_and_forecast_in_its_own_units(panel_bundle):
     csv, bundle, result = panel_bundle
     assert result.metric == "mase" and result.direction == "minimize" and result.chosen["arch"] == "gru8/sn4"
-    assert {r["name"] for r in result.references} == {"naive", "seasonal_naive"}
+    assert {r["name"] for r in result.references} == {"naive", "seasonal_naive", "theta"}
     ds = read_dataset(csv, horizon=2, window=6, season=4)
     assert ds.info["series_trained"] == 3 and set(ds.splits["train"].keys) == {"s0", "s1", "s2"}
     frame = pd.read_csv(csv)
@@ -133,7 +133,7 @@ def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_
     csv, bundle, result = panel_bundle
     st = result.study
     refs = {r["name"]: r for r in st.user_attrs["reference_members"]}
-    assert set(refs) == {"naive", "seasonal_naive"} and all(r["trial"] < 0 for r in refs.values())
+    assert set(refs) == {"naive", "seasonal_naive", "theta"} and all(r["trial"] < 0 for r in refs.values())
     shown = {r["name"]: r["score"] for r in result.references}
     for name, r in refs.items():  # the member is the reference: the same folds, the same score
         assert r["score"] == pytest.approx(shown[name], rel=1e-5), name

@@ -23,7 +23,7 @@ class Forecasting(Task):
     metric = "mase"
     whole_sequences = False
     unit = "windows"
-    references = ("naive", "seasonal_naive")
+    references = ("naive", "seasonal_naive", "theta")
     metric_note = "(MASE: mean absolute error over the series' in-sample mean absolute seasonal difference)"
 
     def loss(self, out: Any, y: Any, forecast_loss: str = "l1") -> Any:
@@ -84,3 +84,97 @@ def seasonal_naive(target: Any, lengths: Any, season: int, horizon: int) -> Any:
     idx = (n - season + h[None, :] % season).clamp(min=0)
     values = torch.gather(target, 1, idx)
     return torch.where(n >= season, values, torch.zeros_like(values))
+
+
+#: The smoothing weights the theta forecast's simple exponential smoothing chooses among (lowest
+#: in-sample one-step squared error).
+THETA_ALPHAS = tuple(float(a) for a in np.linspace(0.02, 1.0, 50))
+#: The seasonality test's critical value (90%, one-sided normal), as the M3 theta method tests.
+SEASON_CRITICAL = 1.645
+
+
+def theta_macs(length: int, season: int, horizon: int) -> int:
+    """The theta forecast's multiply-adds for one window of ``length`` steps: per step the smoothing
+    for every weight tried (two each), the autocorrelations up to a season and the moving average (a
+    season each) and the slope; per output the drift and the seasonal index."""
+    return (2 * len(THETA_ALPHAS) + 2 * season + 4) * int(length) + 3 * horizon
+
+
+def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
+    """(B, season) additive seasonal indices of left-aligned windows ``target`` (B, T) of real
+    lengths ``lengths``: classical decomposition (a centred moving average of one season, 2 x m for an
+    even m, over each window's real steps; each phase's mean of the values less that average; centred
+    to sum 0), zero for a window that fails the seasonality test (the autocorrelation at lag
+    ``season`` within ``SEASON_CRITICAL`` standard errors of 0, Bartlett's formula) or is shorter than
+    three seasons. Phase ``p`` is the steps ``t`` with ``t mod season == p`` counted from the window's
+    first real step. Additive, so that the windows' own scaling (shift and scale) commutes with it."""
+    import torch
+
+    b, t_len = target.shape
+    y = target.double()
+    n = lengths.to(y.device).long()
+    steps = torch.arange(t_len, device=y.device)
+    real = steps[None, :] < n[:, None]
+    if season <= 1 or t_len < 3 * season:
+        return torch.zeros((b, max(1, season)), dtype=y.dtype, device=y.device)
+    nf = n.clamp(min=1).double()
+    centred = torch.where(real, y - (y * real).sum(1, keepdim=True) / nf[:, None], torch.zeros_like(y))
+    denom = (centred * centred).sum(1)
+    acf = torch.stack([(centred[:, k:] * centred[:, :t_len - k]).sum(1) for k in range(1, season + 1)], 1)
+    r = acf / denom.clamp(min=1e-300)[:, None]
+    limit = SEASON_CRITICAL * torch.sqrt((1 + 2 * (r[:, :-1] ** 2).sum(1)) / nf)
+    seasonal = (n >= 3 * season) & (denom > 0) & (r[:, -1].abs() > limit)
+    w = torch.full((season + 1,), 1.0 / season, dtype=y.dtype, device=y.device)
+    if season % 2 == 0:
+        w[0] = w[-1] = 0.5 / season
+    else:
+        w = w[:season]
+    off = (len(w) - 1) // 2
+    avg = torch.nn.functional.conv1d(y[:, None, :], w[None, None, :])[:, 0]  # step off .. T-1-off
+    pos = steps[off:off + avg.shape[1]]
+    ok = (pos[None, :] + off) < n[:, None]
+    detrended = torch.where(ok, y[:, off:off + avg.shape[1]] - avg, torch.zeros_like(avg))
+    phase = torch.nn.functional.one_hot(pos % season, season).to(y.dtype)
+    sums, counts = detrended @ phase, ok.to(y.dtype) @ phase
+    idx = sums / counts.clamp(min=1)
+    idx = idx - idx.mean(1, keepdim=True)
+    return torch.where(seasonal[:, None], idx, torch.zeros_like(idx))
+
+
+def theta_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any:
+    """(B, horizon) forecasts of the theta method (Assimakopoulos & Nikolopoulos 2000, in Hyndman &
+    Billah's form: simple exponential smoothing with drift) from left-aligned windows ``target``
+    (B, T), each fitted on its own real steps: deseasonalise (``seasonal_indices``, additive), smooth
+    (the weight ``alpha`` among ``THETA_ALPHAS`` with the lowest one-step squared error, starting
+    from the first value), add half the least-squares slope ``b`` as drift, reseasonalise:
+    ``level + b / 2 * (h - 1 + 1 / alpha - (1 - alpha) ** n / alpha)`` at step ``h`` of a window of ``n``
+    steps. Affine in the values, so the window-scaled forecast is the scaled forecast. The theta
+    reference and ensemble member both use it (torch, imported here as for ``seasonal_naive``)."""
+    import torch
+
+    b, t_len = target.shape
+    y = target.double()
+    n = lengths.to(y.device).long().clamp(min=1, max=t_len)
+    steps = torch.arange(t_len, device=y.device)
+    idx = seasonal_indices(y, n, season)
+    m = idx.shape[1]
+    d = y - torch.gather(idx, 1, (steps % m)[None, :].expand(b, -1))
+    alphas = torch.tensor(THETA_ALPHAS, dtype=y.dtype, device=y.device)
+    level = d[:, :1].expand(b, len(alphas)).clone()
+    sse = torch.zeros_like(level)
+    for t in range(1, t_len):
+        live = (t < n)[:, None]
+        err = d[:, t:t + 1] - level
+        sse = torch.where(live, sse + err * err, sse)
+        level = torch.where(live, level + alphas[None, :] * err, level)
+    best = sse.argmin(1, keepdim=True)
+    alpha, level = alphas[best[:, 0]][:, None], torch.gather(level, 1, best)
+    nf = n.double()[:, None]
+    real = steps[None, :] < n[:, None]
+    tc = torch.where(real, steps[None, :] - (nf - 1) / 2, torch.zeros_like(d))
+    dc = torch.where(real, d - (d * real).sum(1, keepdim=True) / nf, torch.zeros_like(d))
+    slope = (tc * dc).sum(1, keepdim=True) / (tc * tc).sum(1, keepdim=True).clamp(min=1e-12)
+    h = torch.arange(1, horizon + 1, device=y.device, dtype=y.dtype)[None, :]
+    drift = slope / 2 * (h - 1 + 1 / alpha - (1 - alpha) ** nf / alpha)
+    phase = ((n[:, None] - 1 + h.long()) % m)
+    return (level + drift + torch.gather(idx, 1, phase)).to(target.dtype)
