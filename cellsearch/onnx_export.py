@@ -153,43 +153,68 @@ def build_onnx(model: Any) -> Any:
 
 
 def _ensemble_onnx(model: Any) -> Any:
-    """One graph for an ensemble: each member's graph with its names prefixed (``m3/``), all reading
-    the shared ``x`` and ``lengths``, then the weighted average — of the members' probabilities for
-    classification (``output`` is their log, as ``EnsembleModel`` returns), of their outputs otherwise."""
-    import onnx
+    """One graph for an ensemble: each member's graph with its names prefixed (``m3/``, inside its
+    subgraphs too: two theta members each hold a ``Scan`` body), all reading the shared ``x`` and
+    ``lengths``, then the weighted average — of the members' probabilities for classification
+    (``output`` is their log, as ``EnsembleModel`` returns), of their outputs otherwise."""
     from onnx import helper
 
-    task = get_task(model.spec.task)
-    shared = {"x", "lengths", ""}
+    task = get_task(model.task)
     nodes, inits = [], []
     outs = []
     for k, member in enumerate(model.members):
         g = (_model_onnx(member) if hasattr(member, "spec") else reference_onnx(member)).graph
         prefix = f"m{k}/"
-
-        def rename(name: str, prefix: str = prefix) -> str:
-            return name if name in shared else prefix + name
-
-        for node in g.node:
-            new = onnx.NodeProto()
-            new.CopyFrom(node)
-            new.input[:] = [rename(n) for n in node.input]
-            new.output[:] = [rename(n) for n in node.output]
-            nodes.append(new)
+        nodes += [_prefixed_node(node, prefix) for node in g.node]
         for init in g.initializer:
-            new_init = onnx.TensorProto()
-            new_init.CopyFrom(init)
-            new_init.name = rename(init.name)
-            inits.append(new_init)
-        outs.append(rename(task.member_output()))
+            inits.append(_prefixed_init(init, prefix))
+        outs.append(prefix + task.member_output())
     g = Graph()
-    spec = model.spec
-    n = spec.n_outputs
+    first = model.spec if model.spec is not None else model.members[0]
+    n = first.n_outputs
     outputs = []
     for node_out, name in task.onnx_average(g, list(zip(outs, model.weights))):
         g.nodes.append(helper.make_node("Identity", [node_out], [name]))
         outputs.append(helper.make_tensor_value_info(name, g.FLOAT, ["batch", n]))
-    return _checked_model(nodes + g.nodes, "cellsearch_ensemble", spec.input_size, outputs, inits + g.inits)
+    return _checked_model(nodes + g.nodes, "cellsearch_ensemble", first.input_size, outputs, inits + g.inits)
+
+
+#: Names every member graph reads as they are (the ensemble's inputs; "" is an omitted input).
+SHARED_NAMES = frozenset({"x", "lengths", ""})
+
+
+def _prefixed_init(init: Any, prefix: str) -> Any:
+    import onnx
+
+    new = onnx.TensorProto()
+    new.CopyFrom(init)
+    new.name = init.name if init.name in SHARED_NAMES else prefix + init.name
+    return new
+
+
+def _prefixed_node(node: Any, prefix: str) -> Any:
+    """A copy of ``node`` with every name but the shared inputs prefixed, its subgraphs' names too."""
+    import onnx
+
+    def rename(name: str) -> str:
+        return name if name in SHARED_NAMES else prefix + name
+
+    new = onnx.NodeProto()
+    new.CopyFrom(node)
+    new.input[:] = [rename(n) for n in node.input]
+    new.output[:] = [rename(n) for n in node.output]
+    for attr in new.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            sub = attr.g
+            body = [_prefixed_node(n, prefix) for n in sub.node]
+            del sub.node[:]
+            sub.node.extend(body)
+            for info in list(sub.input) + list(sub.output) + list(sub.value_info):
+                info.name = rename(info.name)
+            inits = [_prefixed_init(i, prefix) for i in sub.initializer]
+            del sub.initializer[:]
+            sub.initializer.extend(inits)
+    return new
 
 
 def _checked_model(nodes: list[Any], name: str, input_size: int, outputs: list[Any], inits: list[Any]) -> Any:
@@ -260,6 +285,136 @@ def _seasonal_onnx(g: Graph, season: int, horizon: int, target_index: int) -> st
                             g.const("zero_f", [0.0], "float32")])
 
 
+def _theta_onnx(g: Graph, member: Any) -> str:
+    """``cellsearch.tasks.forecasting.theta_forecast`` in ONNX, in double precision as torch computes
+    it, for windows of any length: the seasonal indices and strength (``Slice`` per weight of the
+    moving average, a one-hot ``MatMul`` per phase), the smoothing for every weight at once in a
+    ``Scan`` over the window's steps (each window's padding left out), the weight with the lowest
+    error (``ArgMin``, the first of equals as torch picks), the slope, the drift and the seasonal index."""
+    from onnx import TensorProto, helper
+
+    from cellsearch.tasks.forecasting import SEASON_STRENGTH, THETA_ALPHAS
+
+    dbl, big = TensorProto.DOUBLE, np.iinfo(np.int64).max
+    m = max(1, int(member.season))
+
+    def c(name: str, value: Any, dtype: str = "float64") -> str:
+        return g.const(f"theta_{name}", value, dtype)
+
+    def sl(x: str, start: int, end: int, axis: int = 1) -> str:
+        return g.node("Slice", [x, c(f"s{start}", [start], "int64"), c(f"e{end}", [end], "int64"),
+                                c(f"ax{axis}", [axis], "int64")])
+
+    def rsum(x: str) -> str:
+        return g.node("ReduceSum", [x, c("ax1s", [1], "int64")], keepdims=1)
+
+    y = g.node("Cast", [g.node("Gather", ["x", c("target", member.target_index, "int64")], axis=2)], to=dbl)
+    t_len = g.node("Gather", [g.node("Shape", [y]), c("one_i", 1, "int64")])
+    n = g.node("Max", [g.node("Min", ["lengths", t_len]), c("one_i", 1, "int64")])
+    n1 = g.node("Unsqueeze", [n, c("ax1s", [1], "int64")])
+    nf = g.node("Cast", [n1], to=dbl)
+    steps = g.node("Range", [c("zero_i", 0, "int64"), t_len, c("one_i", 1, "int64")])
+    real = g.node("Less", [g.node("Unsqueeze", [steps, c("ax0s", [0], "int64")]), n1])
+    real_d = g.node("Cast", [real], to=dbl)
+    zero = c("zero", [0.0])
+    d = y
+    idx = None
+    if m > 1:
+        w = np.full(m + 1, 1.0 / m) if m % 2 == 0 else np.full(m, 1.0 / m)
+        if m % 2 == 0:
+            w[0] = w[-1] = 0.5 / m
+        span, off = len(w), (len(w) - 1) // 2
+        ends = [-(span - 1 - j) if span - 1 - j > 0 else big for j in range(span)]
+        avg = None
+        for j in range(span):
+            term = g.node("Mul", [sl(y, j, ends[j]), c(f"w{j}", [w[j]])])
+            avg = term if avg is None else g.node("Add", [avg, term])
+        pos = sl(steps, off, ends[off], axis=0)
+        ahead = g.node("Add", [pos, c("off", off, "int64")])
+        ok = g.node("Less", [g.node("Unsqueeze", [ahead, c("ax0s", [0], "int64")]), n1])
+        detrended = g.node("Where", [ok, g.node("Sub", [sl(y, off, ends[off]), avg]), zero])
+        phases = c("phases", np.arange(m)[None, :], "int64")
+
+        def one_hot(at: str) -> str:
+            return g.node("Cast", [g.node("Equal", [g.node("Unsqueeze", [g.node("Mod", [at, c("m", m, "int64")]),
+                                                                          c("ax1s", [1], "int64")]), phases])], to=dbl)
+
+        pos_hot = one_hot(pos)
+        sums = g.node("MatMul", [detrended, pos_hot])
+        counts = g.node("MatMul", [g.node("Cast", [ok], to=dbl), pos_hot])
+        idx = g.node("Div", [sums, g.node("Max", [counts, c("one", [1.0])])])
+        idx = g.node("Sub", [idx, g.node("ReduceMean", [idx], axes=[1], keepdims=1)])
+        okf = g.node("Cast", [ok], to=dbl)
+        count = g.node("Max", [rsum(okf), c("one", [1.0])])
+        left = g.node("Where", [ok, g.node("Sub", [detrended, g.node("MatMul", [idx, g.node("Transpose", [pos_hot])])]),
+                                zero])
+
+        def squares(v: str) -> str:
+            dev = g.node("Mul", [g.node("Sub", [v, g.node("Div", [rsum(g.node("Mul", [v, okf])), count])]), okf])
+            return rsum(g.node("Mul", [dev, dev]))
+
+        def free(lost: float) -> str:  # degrees of freedom, at least 1
+            return g.node("Max", [g.node("Sub", [count, c(f"lost{lost}", [lost])]), c("one", [1.0])])
+
+        spread = g.node("Div", [squares(detrended), free(1.0)])
+        rest = g.node("Div", [squares(left), free(float(m))])
+        seasonal = g.node("And", [g.node("And", [
+            g.node("GreaterOrEqual", [n1, c("three_m", 3 * m, "int64")]), g.node("Greater", [spread, zero])]),
+            g.node("Less", [rest, g.node("Mul", [spread, c("kept", [1 - SEASON_STRENGTH])])])])
+        idx = g.node("Where", [seasonal, idx, zero])
+        d = g.node("Sub", [y, g.node("MatMul", [idx, g.node("Transpose", [one_hot(steps)])])])
+    # the smoothing: a Scan over steps 1.. of (value, whether the step is real), every weight at once
+    alphas = np.asarray(THETA_ALPHAS, dtype=np.float64)
+    b = "theta_body/"
+    body = [helper.make_node("Constant", [], [b + "alphas"], value=helper.make_tensor(
+                b + "alphas_t", dbl, [1, len(alphas)], alphas.tolist())),
+            helper.make_node("Constant", [], [b + "ax1"], value=helper.make_tensor(b + "ax1_t", TensorProto.INT64,
+                                                                                   [1], [1])),
+            helper.make_node("Unsqueeze", [b + "v", b + "ax1"], [b + "v1"]),
+            helper.make_node("Unsqueeze", [b + "live", b + "ax1"], [b + "live1"]),
+            helper.make_node("Sub", [b + "v1", b + "level"], [b + "err"]),
+            helper.make_node("Mul", [b + "err", b + "err"], [b + "err2"]),
+            helper.make_node("Add", [b + "sse", b + "err2"], [b + "sse_new"]),
+            helper.make_node("Where", [b + "live1", b + "sse_new", b + "sse"], [b + "sse_out"]),
+            helper.make_node("Mul", [b + "alphas", b + "err"], [b + "step"]),
+            helper.make_node("Add", [b + "level", b + "step"], [b + "level_new"]),
+            helper.make_node("Where", [b + "live1", b + "level_new", b + "level"], [b + "level_out"])]
+    graph = helper.make_graph(
+        body, "theta_smoothing",
+        [helper.make_tensor_value_info(b + "level", dbl, ["batch", len(alphas)]),
+         helper.make_tensor_value_info(b + "sse", dbl, ["batch", len(alphas)]),
+         helper.make_tensor_value_info(b + "v", dbl, ["batch"]),
+         helper.make_tensor_value_info(b + "live", TensorProto.BOOL, ["batch"])],
+        [helper.make_tensor_value_info(b + "level_out", dbl, ["batch", len(alphas)]),
+         helper.make_tensor_value_info(b + "sse_out", dbl, ["batch", len(alphas)])])
+    start = g.node("Mul", [sl(d, 0, 1), c("ones_a", np.ones((1, len(alphas))))])
+    sse0 = g.node("Mul", [start, zero])
+    scan = f"n{len(g.nodes)}_Scan"
+    g.nodes.append(helper.make_node("Scan", [start, sse0, sl(d, 1, big), sl(real, 1, big)],
+                                    [scan + "_level", scan + "_sse"], body=graph, num_scan_inputs=2,
+                                    scan_input_axes=[1, 1]))
+    best = g.node("ArgMin", [scan + "_sse"], axis=1, keepdims=1)
+    level = g.node("GatherElements", [scan + "_level", best], axis=1)
+    alpha = g.node("Gather", [c("alphas", alphas), best])  # (batch, 1)
+    steps_d = g.node("Unsqueeze", [g.node("Cast", [steps], to=dbl), c("ax0s", [0], "int64")])
+    middle = g.node("Div", [g.node("Sub", [nf, c("one", [1.0])]), c("two", [2.0])])
+    tc = g.node("Mul", [g.node("Sub", [steps_d, middle]), real_d])
+    dc = g.node("Mul", [g.node("Sub", [d, g.node("Div", [rsum(g.node("Mul", [d, real_d])), nf])]), real_d])
+    spread = g.node("Max", [rsum(g.node("Mul", [tc, tc])), c("eps", [1e-12])])
+    slope = g.node("Div", [rsum(g.node("Mul", [tc, dc])), spread])
+    h = c("h", np.arange(1, member.n_outputs + 1, dtype=np.float64)[None, :])
+    keep = g.node("Sub", [c("one", [1.0]), alpha])
+    bracket = g.node("Sub", [g.node("Add", [g.node("Sub", [h, c("one", [1.0])]), g.node("Reciprocal", [alpha])]),
+                             g.node("Div", [g.node("Pow", [keep, nf]), alpha])])
+    out = g.node("Add", [level, g.node("Mul", [g.node("Div", [slope, c("two", [2.0])]), bracket])])
+    if idx is not None:
+        phase = g.node("Mod", [g.node("Add", [g.node("Sub", [n1, c("one_i", 1, "int64")]),
+                                              c("h_i", np.arange(1, member.n_outputs + 1)[None, :], "int64")]),
+                               c("m", m, "int64")])
+        out = g.node("Add", [out, g.node("GatherElements", [idx, phase], axis=1)])
+    return g.node("Cast", [out], to=g.FLOAT)
+
+
 def reference_onnx(member: Any) -> Any:
     """The ONNX ``ModelProto`` of a reference member (``cellsearch.refmembers``): ridge (resample,
     one ``Gemm``) or 1-NN (z-normalise, resample, the distances to the stored sequences by one
@@ -270,13 +425,15 @@ def reference_onnx(member: Any) -> Any:
     from cellsearch.errors import UnsupportedFormatError
 
     kind = getattr(member, "kind", None)
-    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive", "rocket"):
+    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive", "rocket", "theta"):
         raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
     g = Graph()
     length, feats = member.length, member.input_size
     task = get_task(member.task)
     if kind in ("naive", "seasonal_naive"):
         out = _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
+    elif kind == "theta":
+        out = _theta_onnx(g, member)
     elif kind == "rocket":
         out = g.node("Gemm", [_rocket_onnx(g, member),
                               g.const("rocket_W", member.linear.weight.detach().cpu().numpy(), "float32"),

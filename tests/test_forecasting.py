@@ -118,17 +118,18 @@ def test_season_from_the_time_column(tmp_path, freq, season):
 
 
 def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_path):
-    """naive and seasonal naive join the ensemble library like ridge does for sequences: their
+    """naive, seasonal naive and theta join the ensemble library like ridge does for sequences: their
     out-of-fold scores are the references' own, and an ensemble holding them exports — ``predict``,
-    the pyfunc and ONNX agree, each forecast is the weighted average of the network's and the two
-    naive forecasts in the series' own units, the card names them, a refit keeps them."""
+    the pyfunc and ONNX agree, each forecast is the weighted average of the network's, the two
+    naive forecasts and theta's (by hand, on the raw window) in the series' own units, the card names
+    them, a refit keeps them."""
     import mlflow.pyfunc
     import onnxruntime as ort
     import torch
 
     from cellsearch.export import export
     from cellsearch.predict import transform
-    from cellsearch.refmembers import NaiveMember, SeasonalNaiveMember
+    from cellsearch.refmembers import NaiveMember, SeasonalNaiveMember, ThetaMember
 
     csv, bundle, result = panel_bundle
     st = result.study
@@ -138,22 +139,24 @@ def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_
     for name, r in refs.items():  # the member is the reference: the same folds, the same score
         assert r["score"] == pytest.approx(shown[name], rel=1e-5), name
     net = next(t.number for t in st.get_trials() if t.user_attrs.get("val_score") is not None)
-    weights = {str(net): 0.5, str(refs["seasonal_naive"]["trial"]): 0.3, str(refs["naive"]["trial"]): 0.2}
+    weights = {str(net): 0.4, str(refs["seasonal_naive"]["trial"]): 0.3, str(refs["naive"]["trial"]): 0.2,
+               str(refs["theta"]["trial"]): 0.1}
     st.set_user_attr("ensembles", [{"name": "E9", "members": weights, "score": 1.0, "arch": "mix",
                                     "macs": 1.0, "params": 1.0, "latency_ms": 1.0}])
     out = export(out=tmp_path / "m", run_dir=result.run_dir, ensemble="E9", formats=["onnx"])
     card = (out / "README.md").read_text()
-    assert "naive (reference)" in card and "seasonal_naive (reference)" in card
+    assert "naive (reference)" in card and "seasonal_naive (reference)" in card and "theta (reference)" in card
     model = cellsearch.load(out)
     kinds = {type(m) for m in model.model.members}
-    assert {NaiveMember, SeasonalNaiveMember} <= kinds
+    assert {NaiveMember, SeasonalNaiveMember, ThetaMember} <= kinds
     frame = pd.read_csv(csv)
     got = model.predict(frame)
     alone = cellsearch.load(bundle).predict(frame)
     for key in ("s0", "s1", "s2"):
         v = frame[frame.series == key].value.to_numpy()
         season = v[len(v) - 4 + np.arange(2)] if len(v) >= 4 else np.full(2, v[-1])  # s0: shorter than a season
-        want = 0.5 * alone[alone.series == key].prediction.to_numpy() + 0.3 * season + 0.2 * v[-1]
+        theta = _theta_by_hand(v[-6:], 2, 4)  # the window: its last 6 values, in the series' own units
+        want = 0.4 * alone[alone.series == key].prediction.to_numpy() + 0.3 * season + 0.2 * v[-1] + 0.1 * theta
         np.testing.assert_allclose(got[got.series == key].prediction.to_numpy(), want, rtol=1e-4)
     served = mlflow.pyfunc.load_model(str(out)).predict(frame)["prediction"].to_numpy()
     np.testing.assert_allclose(served, got.prediction.to_numpy(), rtol=1e-6)
@@ -167,7 +170,7 @@ def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_
         if not hasattr(m, "spec"):
             assert type(m).from_description(m.describe()).describe() == m.describe()
     refit = export(out=tmp_path / "r", run_dir=result.run_dir, ensemble="E9", weights="refit")
-    assert {NaiveMember, SeasonalNaiveMember} <= {type(m) for m in cellsearch.load(refit).model.members}
+    assert {NaiveMember, SeasonalNaiveMember, ThetaMember} <= {type(m) for m in cellsearch.load(refit).model.members}
 
 
 
@@ -192,3 +195,109 @@ def test_the_naive_members_forecast_what_the_references_do(tmp_path):
     flat = read_dataset(csv, horizon=3, window=8, season=1)
     assert fold_members(flat, make_folds(flat, 3), "seasonal_naive") is None
     assert fold_members(flat, make_folds(flat, 3), "naive") is not None
+
+
+def _theta_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """The theta method written out step by step on one series ``y`` (what ``theta_forecast`` does to
+    a batch of windows): additive classical decomposition kept where the season's strength passes
+    ``SEASON_STRENGTH``, exponential smoothing with the weight of least one-step squared error among
+    ``THETA_ALPHAS`` from the first value, half the least-squares slope as drift."""
+    from cellsearch.tasks.forecasting import SEASON_STRENGTH, THETA_ALPHAS
+
+    n = len(y)
+    if n == 1:
+        return np.full(horizon, float(y[0]))
+    seas = np.zeros(max(1, season))
+    if season > 1 and n >= 3 * season:
+        w = [1.0 / season] * season
+        if season % 2 == 0:
+            w = [0.5 / season] + w[1:] + [0.5 / season]
+        off = (len(w) - 1) // 2
+        steps = range(off, n - off)
+        detrended = {t: y[t] - sum(wj * y[t - off + j] for j, wj in enumerate(w)) for t in steps}
+        idx = np.array([np.mean([v for t, v in detrended.items() if t % season == p]) for p in range(season)])
+        idx -= idx.mean()
+        left = [v - idx[t % season] for t, v in detrended.items()]
+        values = list(detrended.values())
+        spread = np.var(values) * len(values) / (len(values) - 1)
+        if np.var(left) * len(left) / (len(left) - season) < (1 - SEASON_STRENGTH) * spread:
+            seas = idx
+    d = np.array([y[t] - seas[t % len(seas)] for t in range(n)])
+    best = None
+    for a in THETA_ALPHAS:
+        level, sse = d[0], 0.0
+        for t in range(1, n):
+            sse += (d[t] - level) ** 2
+            level += a * (d[t] - level)
+        if best is None or sse < best[0]:
+            best = (sse, level, a)
+    _, level, a = best
+    slope = np.polyfit(np.arange(n), d, 1)[0]
+    return np.array([level + slope / 2 * (h - 1 + 1 / a - (1 - a) ** n / a) + seas[(n - 1 + h) % len(seas)]
+                     for h in range(1, horizon + 1)])
+
+
+def _ragged_windows(rng: np.random.Generator, count: int, length: int, season: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-aligned windows (count, length, 2) of random real lengths, the target in channel 1: a
+    trend with noise, a strong season in every other one."""
+    x = np.zeros((count, length, 2), dtype=np.float32)
+    lengths = rng.integers(1, length + 1, count)
+    lengths[:4] = length  # some full windows
+    for i, n in enumerate(lengths):
+        t = np.arange(n)
+        x[i, :n, 1] = 0.1 * t + (5 * np.sin(2 * np.pi * t / max(season, 1)) if i % 2 else 0) + rng.normal(size=n)
+        x[i, :n, 0] = rng.normal(size=n)
+    return x, lengths.astype(np.int64)
+
+
+@pytest.mark.parametrize("length,season,horizon", [(30, 4, 8), (36, 12, 12), (10, 12, 3), (24, 1, 6)])
+def test_theta_forecasts_as_written_out_by_hand(length, season, horizon):
+    """``theta_forecast`` on a batch of ragged windows equals the method written out per window; some
+    windows test seasonal, some not; it commutes with the windows' scaling (shift and scale); and the
+    member's ONNX graph computes the same forecasts."""
+    import onnxruntime as ort
+    import torch
+
+    from cellsearch.onnx_export import reference_onnx
+    from cellsearch.refmembers import ThetaMember
+    from cellsearch.tasks.forecasting import seasonal_indices, theta_forecast
+
+    rng = np.random.default_rng(length + season)
+    x, lengths = _ragged_windows(rng, 40, length, season)
+    target = torch.from_numpy(x[:, :, 1]).double()
+    got = theta_forecast(target, torch.from_numpy(lengths), season, horizon).numpy()
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(got[i], _theta_by_hand(x[i, :n, 1].astype(np.float64), horizon, season),
+                                   rtol=1e-9, atol=1e-9, err_msg=f"window {i} ({n} steps)")
+    flagged = (seasonal_indices(target, torch.from_numpy(lengths), season).abs().sum(1) > 0).numpy()
+    if length >= 3 * season > 3:
+        # both branches are compared: the test flags seasonal windows (odd), and far fewer of the others
+        assert flagged[1::2].sum() >= 2 * max(1, flagged[0::2].sum()), flagged
+    else:
+        assert not flagged.any()
+    moved = theta_forecast(target * 7.0 - 3.0, torch.from_numpy(lengths), season, horizon).numpy()
+    np.testing.assert_allclose(moved, got * 7.0 - 3.0, rtol=1e-9, atol=1e-8)
+    member = ThetaMember(season, 1, horizon, "forecasting", 2)
+    with torch.no_grad():
+        want = member(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+    onnx_out = ort.InferenceSession(reference_onnx(member).SerializeToString()).run(
+        ["output"], {"x": x, "lengths": lengths})[0]
+    np.testing.assert_allclose(onnx_out, want, atol=1e-6)
+
+
+def test_theta_forecasts_a_trend_the_naive_forecasts_miss():
+    """On trending seasonal windows theta's error is well below both naive forecasts' (what it is
+    in the library for)."""
+    import torch
+
+    from cellsearch.tasks.forecasting import seasonal_naive, theta_forecast
+
+    rng = np.random.default_rng(0)
+    t = np.arange(44)
+    series = np.stack([s * (0.5 * t + 4 * np.sin(2 * np.pi * t / 4)) + rng.normal(size=44) for s in (1, 2, 3)])
+    x, future = torch.from_numpy(series[:, :36]), series[:, 36:]
+    lengths = torch.full((3,), 36)
+    err = {name: np.abs(f.numpy() - future).mean() for name, f in (
+        ("theta", theta_forecast(x, lengths, 4, 8)), ("seasonal", seasonal_naive(x, lengths, 4, 8)),
+        ("naive", x[:, -1:].expand(3, 8)))}
+    assert err["theta"] < 0.5 * min(err["seasonal"], err["naive"]), err

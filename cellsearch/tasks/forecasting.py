@@ -89,8 +89,13 @@ def seasonal_naive(target: Any, lengths: Any, season: int, horizon: int) -> Any:
 #: The smoothing weights the theta forecast's simple exponential smoothing chooses among (lowest
 #: in-sample one-step squared error).
 THETA_ALPHAS = tuple(float(a) for a in np.linspace(0.02, 1.0, 50))
-#: The seasonality test's critical value (90%, one-sided normal), as the M3 theta method tests.
-SEASON_CRITICAL = 1.645
+#: A window is seasonally adjusted where its season explains more than this share of the variance
+#: left after removing its trend (seasonal strength, Wang, Smith & Hyndman 2006, with the variances
+#: taken over their degrees of freedom as an adjusted R squared). The M3 theta method's
+#: autocorrelation test has no power on a window of three seasons (a pure sine of 36 monthly steps
+#: fails it); on the development panels' earlier origins (never their test rows) the strength rule
+#: lowered theta's MASE from 1.90 to 1.16 (monthly) and 0.70 to 0.42 (US employment), equal elsewhere.
+SEASON_STRENGTH = 0.5
 
 
 def theta_macs(length: int, season: int, horizon: int) -> int:
@@ -104,26 +109,18 @@ def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
     """(B, season) additive seasonal indices of left-aligned windows ``target`` (B, T) of real
     lengths ``lengths``: classical decomposition (a centred moving average of one season, 2 x m for an
     even m, over each window's real steps; each phase's mean of the values less that average; centred
-    to sum 0), zero for a window that fails the seasonality test (the autocorrelation at lag
-    ``season`` within ``SEASON_CRITICAL`` standard errors of 0, Bartlett's formula) or is shorter than
-    three seasons. Phase ``p`` is the steps ``t`` with ``t mod season == p`` counted from the window's
-    first real step. Additive, so that the windows' own scaling (shift and scale) commutes with it."""
+    to sum 0), zero for a window shorter than three seasons or whose seasonal strength (1 - the
+    variance of what is left after the indices over the variance of the detrended values, each over
+    its degrees of freedom) is at most ``SEASON_STRENGTH``. Phase ``p`` is the steps ``t`` with
+    ``t mod season == p`` counted from the window's first real step. Additive, so that the windows'
+    own scaling (shift and scale) commutes with it."""
     import torch
 
     b, t_len = target.shape
     y = target.double()
     n = lengths.to(y.device).long()
-    steps = torch.arange(t_len, device=y.device)
-    real = steps[None, :] < n[:, None]
     if season <= 1 or t_len < 3 * season:
         return torch.zeros((b, max(1, season)), dtype=y.dtype, device=y.device)
-    nf = n.clamp(min=1).double()
-    centred = torch.where(real, y - (y * real).sum(1, keepdim=True) / nf[:, None], torch.zeros_like(y))
-    denom = (centred * centred).sum(1)
-    acf = torch.stack([(centred[:, k:] * centred[:, :t_len - k]).sum(1) for k in range(1, season + 1)], 1)
-    r = acf / denom.clamp(min=1e-300)[:, None]
-    limit = SEASON_CRITICAL * torch.sqrt((1 + 2 * (r[:, :-1] ** 2).sum(1)) / nf)
-    seasonal = (n >= 3 * season) & (denom > 0) & (r[:, -1].abs() > limit)
     w = torch.full((season + 1,), 1.0 / season, dtype=y.dtype, device=y.device)
     if season % 2 == 0:
         w[0] = w[-1] = 0.5 / season
@@ -131,13 +128,24 @@ def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
         w = w[:season]
     off = (len(w) - 1) // 2
     avg = torch.nn.functional.conv1d(y[:, None, :], w[None, None, :])[:, 0]  # step off .. T-1-off
-    pos = steps[off:off + avg.shape[1]]
+    pos = torch.arange(off, off + avg.shape[1], device=y.device)
     ok = (pos[None, :] + off) < n[:, None]
+    okf = ok.to(y.dtype)
     detrended = torch.where(ok, y[:, off:off + avg.shape[1]] - avg, torch.zeros_like(avg))
     phase = torch.nn.functional.one_hot(pos % season, season).to(y.dtype)
-    sums, counts = detrended @ phase, ok.to(y.dtype) @ phase
-    idx = sums / counts.clamp(min=1)
+    idx = (detrended @ phase) / (okf @ phase).clamp(min=1)
     idx = idx - idx.mean(1, keepdim=True)
+    left = torch.where(ok, detrended - idx @ phase.T, torch.zeros_like(avg))
+    count = okf.sum(1, keepdim=True).clamp(min=1)
+
+    def squares(v: Any) -> Any:
+        return (((v - (v * okf).sum(1, keepdim=True) / count) * okf) ** 2).sum(1)
+
+    # variances with their degrees of freedom (the season's indices cost season - 1), so that noise
+    # with a few values per phase does not pass for a season
+    spread = squares(detrended) / (count[:, 0] - 1).clamp(min=1)
+    rest = squares(left) / (count[:, 0] - season).clamp(min=1)
+    seasonal = (n >= 3 * season) & (spread > 0) & (rest < (1 - SEASON_STRENGTH) * spread)
     return torch.where(seasonal[:, None], idx, torch.zeros_like(idx))
 
 
