@@ -278,8 +278,8 @@ def ridge_weights(feats: np.ndarray, y: np.ndarray, task: str, n_outputs: int) -
             full_b[classes[1]], full_b[classes[0]] = icpt[0] / 2, -icpt[0] / 2
         else:
             full_w[classes], full_b[classes] = coef, icpt
-            missing = np.setdiff1d(np.arange(n_outputs), classes)  # a class no training row has
-            full_b[missing] = -1e3
+        missing = np.setdiff1d(np.arange(n_outputs), classes)  # a class no training row has (either branch)
+        full_b[missing] = -1e3
     else:
         est = RidgeCV(alphas=ALPHAS).fit(feats, y.reshape(len(y), -1))
         full_w, full_b = np.atleast_2d(est.coef_), np.atleast_1d(est.intercept_)

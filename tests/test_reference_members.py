@@ -93,6 +93,22 @@ def test_the_ridge_member_predicts_what_the_ridge_reference_predicts(classes):
     np.testing.assert_allclose(np.exp(out).sum(axis=1), 1.0, atol=1e-5)  # log-probabilities
 
 
+@pytest.mark.parametrize("present", [(0, 2), (0, 1, 3)])
+def test_a_class_the_training_rows_lack_gets_no_probability(present):
+    """A fold whose rows hold two of four classes (one decision value) or three: the classes it never
+    saw get no share of the probability, whichever branch fitted it (the two-class branch left them at
+    a decision value of 0, above the class it scored negative)."""
+    train = _split(60, 2 if len(present) == 2 else 3)
+    train.y = np.asarray(present)[np.asarray(train.y)]
+    member = fit_ridge(train, "classification", 10, 4)
+    member.temperature = 1.0
+    with torch.no_grad():
+        prob = member(torch.from_numpy(train.x), torch.from_numpy(train.lengths)).exp().numpy()
+    missing = [c for c in range(4) if c not in present]
+    assert prob[:, missing].max() < 1e-6
+    assert set(prob.argmax(axis=1)) <= set(present)
+
+
 def test_the_regression_member_is_ridge_regression():
     from sklearn.linear_model import RidgeCV
 
