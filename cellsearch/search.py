@@ -134,6 +134,8 @@ def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
             continue
         members, oof = fitted
         key = MEMBER_KEYS[kind]
+        if not list(members[0].state_dict()) and all(m.describe() == members[0].describe() for m in members):
+            members = members[:1]  # nothing fitted (the naive forecasts, theta): one copy, run and counted once
         model = EnsembleModel(members, [1.0] * len(members), [{"trial": key, "fold": k} for k in range(len(members))])
         ckpt, oof_file = ctx.sdir / "trials" / f"{kind}.pt", ctx.sdir / "oof" / f"{kind}.npy"
         save_checkpoint(ckpt, model, trial=key)

@@ -149,6 +149,9 @@ def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_
     model = cellsearch.load(out)
     kinds = {type(m) for m in model.model.members}
     assert {NaiveMember, SeasonalNaiveMember, ThetaMember} <= kinds
+    # nothing fitted: one copy of each, not one per fold (run and counted once)
+    assert sorted(type(m).__name__ for m in model.model.members if not hasattr(m, "spec")) == [
+        "NaiveMember", "SeasonalNaiveMember", "ThetaMember"]
     frame = pd.read_csv(csv)
     got = model.predict(frame)
     alone = cellsearch.load(bundle).predict(frame)
