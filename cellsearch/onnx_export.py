@@ -285,41 +285,48 @@ def _seasonal_onnx(g: Graph, season: int, horizon: int, target_index: int) -> st
                             g.const("zero_f", [0.0], "float32")])
 
 
-def _theta_onnx(g: Graph, member: Any) -> str:
-    """``cellsearch.tasks.forecasting.theta_forecast`` in ONNX, in double precision as torch computes
-    it, for windows of any length: the seasonal indices and strength (``Slice`` per weight of the
-    moving average, a one-hot ``MatMul`` per phase), the smoothing for every weight at once in a
-    ``Scan`` over the window's steps (each window's padding left out), the weight with the lowest
-    error (``ArgMin``, the first of equals as torch picks), the slope, the drift and the seasonal index."""
-    from onnx import TensorProto, helper
+class _Local:
+    """What ONNX forms of the forecasts fitted on each window share (``cellsearch.tasks.forecasting``,
+    in double precision as torch computes them, for windows of any length): the target channel, the
+    real lengths and steps, the seasonal adjustment (``deseasonalised``: ``Slice`` per weight of the
+    moving average, a one-hot ``MatMul`` per phase, the seasonal strength), the smoothing of every grid
+    point at once in a ``Scan`` over the window's steps (padding left out), the grid point with the
+    least error (``ArgMin``: the first of equals, as torch picks) and the seasonal index put back."""
 
-    from cellsearch.tasks.forecasting import SEASON_STRENGTH, THETA_ALPHAS
+    def __init__(self, g: Graph, member: Any, name: str) -> None:
+        from onnx import TensorProto
 
-    dbl, big = TensorProto.DOUBLE, np.iinfo(np.int64).max
-    m = max(1, int(member.season))
+        self.g, self.name, self.dbl, self.big = g, name, TensorProto.DOUBLE, int(np.iinfo(np.int64).max)
+        self.m, self.horizon = max(1, int(member.season)), int(member.n_outputs)
+        c, sl, rsum = self.c, self.sl, self.rsum
+        y = g.node("Cast", [g.node("Gather", ["x", c("target", member.target_index, "int64")], axis=2)], to=self.dbl)
+        t_len = g.node("Gather", [g.node("Shape", [y]), c("one_i", 1, "int64")])
+        self.n1 = g.node("Unsqueeze", [g.node("Max", [g.node("Min", ["lengths", t_len]), c("one_i", 1, "int64")]),
+                                       c("ax1s", [1], "int64")])
+        self.nf = g.node("Cast", [self.n1], to=self.dbl)
+        self.steps = g.node("Range", [c("zero_i", 0, "int64"), t_len, c("one_i", 1, "int64")])
+        self.real = g.node("Less", [g.node("Unsqueeze", [self.steps, c("ax0s", [0], "int64")]), self.n1])
+        self.real_d = g.node("Cast", [self.real], to=self.dbl)
+        self.zero = c("zero", [0.0])
+        self.d, self.idx = y, None
+        if self.m > 1:
+            self._deseasonalise(y, c, sl, rsum)
 
-    def c(name: str, value: Any, dtype: str = "float64") -> str:
-        return g.const(f"theta_{name}", value, dtype)
+    def c(self, name: str, value: Any, dtype: str = "float64") -> str:
+        return self.g.const(f"{self.name}_{name}", value, dtype)
 
-    def sl(x: str, start: int, end: int, axis: int = 1) -> str:
-        return g.node("Slice", [x, c(f"s{start}", [start], "int64"), c(f"e{end}", [end], "int64"),
-                                c(f"ax{axis}", [axis], "int64")])
+    def sl(self, x: str, start: int, end: int, axis: int = 1) -> str:
+        c = self.c
+        return self.g.node("Slice", [x, c(f"s{start}", [start], "int64"), c(f"e{end}", [end], "int64"),
+                                     c(f"ax{axis}", [axis], "int64")])
 
-    def rsum(x: str) -> str:
-        return g.node("ReduceSum", [x, c("ax1s", [1], "int64")], keepdims=1)
+    def rsum(self, x: str) -> str:
+        return self.g.node("ReduceSum", [x, self.c("ax1s", [1], "int64")], keepdims=1)
 
-    y = g.node("Cast", [g.node("Gather", ["x", c("target", member.target_index, "int64")], axis=2)], to=dbl)
-    t_len = g.node("Gather", [g.node("Shape", [y]), c("one_i", 1, "int64")])
-    n = g.node("Max", [g.node("Min", ["lengths", t_len]), c("one_i", 1, "int64")])
-    n1 = g.node("Unsqueeze", [n, c("ax1s", [1], "int64")])
-    nf = g.node("Cast", [n1], to=dbl)
-    steps = g.node("Range", [c("zero_i", 0, "int64"), t_len, c("one_i", 1, "int64")])
-    real = g.node("Less", [g.node("Unsqueeze", [steps, c("ax0s", [0], "int64")]), n1])
-    real_d = g.node("Cast", [real], to=dbl)
-    zero = c("zero", [0.0])
-    d = y
-    idx = None
-    if m > 1:
+    def _deseasonalise(self, y: str, c: Any, sl: Any, rsum: Any) -> None:
+        from cellsearch.tasks.forecasting import SEASON_STRENGTH
+
+        g, m, big, zero, n1, dbl = self.g, self.m, self.big, self.zero, self.n1, self.dbl
         w = np.full(m + 1, 1.0 / m) if m % 2 == 0 else np.full(m, 1.0 / m)
         if m % 2 == 0:
             w[0] = w[-1] = 0.5 / m
@@ -329,7 +336,7 @@ def _theta_onnx(g: Graph, member: Any) -> str:
         for j in range(span):
             term = g.node("Mul", [sl(y, j, ends[j]), c(f"w{j}", [w[j]])])
             avg = term if avg is None else g.node("Add", [avg, term])
-        pos = sl(steps, off, ends[off], axis=0)
+        pos = sl(self.steps, off, ends[off], axis=0)
         ahead = g.node("Add", [pos, c("off", off, "int64")])
         ok = g.node("Less", [g.node("Unsqueeze", [ahead, c("ax0s", [0], "int64")]), n1])
         detrended = g.node("Where", [ok, g.node("Sub", [sl(y, off, ends[off]), avg]), zero])
@@ -361,58 +368,116 @@ def _theta_onnx(g: Graph, member: Any) -> str:
         seasonal = g.node("And", [g.node("And", [
             g.node("GreaterOrEqual", [n1, c("three_m", 3 * m, "int64")]), g.node("Greater", [spread, zero])]),
             g.node("Less", [rest, g.node("Mul", [spread, c("kept", [1 - SEASON_STRENGTH])])])])
-        idx = g.node("Where", [seasonal, idx, zero])
-        d = g.node("Sub", [y, g.node("MatMul", [idx, g.node("Transpose", [one_hot(steps)])])])
-    # the smoothing: a Scan over steps 1.. of (value, whether the step is real), every weight at once
-    alphas = np.asarray(THETA_ALPHAS, dtype=np.float64)
-    b = "theta_body/"
-    body = [helper.make_node("Constant", [], [b + "alphas"], value=helper.make_tensor(
-                b + "alphas_t", dbl, [1, len(alphas)], alphas.tolist())),
-            helper.make_node("Constant", [], [b + "ax1"], value=helper.make_tensor(b + "ax1_t", TensorProto.INT64,
-                                                                                   [1], [1])),
-            helper.make_node("Unsqueeze", [b + "v", b + "ax1"], [b + "v1"]),
-            helper.make_node("Unsqueeze", [b + "live", b + "ax1"], [b + "live1"]),
-            helper.make_node("Sub", [b + "v1", b + "level"], [b + "err"]),
-            helper.make_node("Mul", [b + "err", b + "err"], [b + "err2"]),
-            helper.make_node("Add", [b + "sse", b + "err2"], [b + "sse_new"]),
-            helper.make_node("Where", [b + "live1", b + "sse_new", b + "sse"], [b + "sse_out"]),
-            helper.make_node("Mul", [b + "alphas", b + "err"], [b + "step"]),
-            helper.make_node("Add", [b + "level", b + "step"], [b + "level_new"]),
-            helper.make_node("Where", [b + "live1", b + "level_new", b + "level"], [b + "level_out"])]
-    graph = helper.make_graph(
-        body, "theta_smoothing",
-        [helper.make_tensor_value_info(b + "level", dbl, ["batch", len(alphas)]),
-         helper.make_tensor_value_info(b + "sse", dbl, ["batch", len(alphas)]),
-         helper.make_tensor_value_info(b + "v", dbl, ["batch"]),
-         helper.make_tensor_value_info(b + "live", TensorProto.BOOL, ["batch"])],
-        [helper.make_tensor_value_info(b + "level_out", dbl, ["batch", len(alphas)]),
-         helper.make_tensor_value_info(b + "sse_out", dbl, ["batch", len(alphas)])])
-    start = g.node("Mul", [sl(d, 0, 1), c("ones_a", np.ones((1, len(alphas))))])
-    sse0 = g.node("Mul", [start, zero])
-    scan = f"n{len(g.nodes)}_Scan"
-    g.nodes.append(helper.make_node("Scan", [start, sse0, sl(d, 1, big), sl(real, 1, big)],
-                                    [scan + "_level", scan + "_sse"], body=graph, num_scan_inputs=2,
-                                    scan_input_axes=[1, 1]))
-    best = g.node("ArgMin", [scan + "_sse"], axis=1, keepdims=1)
-    level = g.node("GatherElements", [scan + "_level", best], axis=1)
-    alpha = g.node("Gather", [c("alphas", alphas), best])  # (batch, 1)
-    steps_d = g.node("Unsqueeze", [g.node("Cast", [steps], to=dbl), c("ax0s", [0], "int64")])
+        self.idx = g.node("Where", [seasonal, idx, zero])
+        self.d = g.node("Sub", [y, g.node("MatMul", [self.idx, g.node("Transpose", [one_hot(self.steps)])])])
+
+    def scan(self, states: list[tuple[str, str]], constants: dict[str, np.ndarray],
+             body: list[tuple[str, list[str], str]]) -> dict[str, str]:
+        """A ``Scan`` over steps 1.. of the adjusted values (``v``, each (batch,) as ``v1`` (batch, 1)) and
+        whether each is real (``live1``): ``states`` (name, initial value (batch, grid)) carried, each
+        updated only at real steps to the body's value named ``name + "_new"``; ``constants`` (1, grid)
+        and ``body`` (op, inputs, output) in the body's names. The states' final values by name."""
+        from onnx import TensorProto, helper
+
+        dbl, p = self.dbl, f"{self.name}_body/"
+        width = next(iter(constants.values())).shape[1]
+        nodes = [helper.make_node("Constant", [], [p + k], value=helper.make_tensor(p + k + "_t", dbl, list(v.shape),
+                                                                                    v.ravel().tolist()))
+                 for k, v in constants.items()]
+        nodes += [helper.make_node("Constant", [], [p + "ax1"], value=helper.make_tensor(p + "ax1_t", TensorProto.INT64,
+                                                                                         [1], [1])),
+                  helper.make_node("Unsqueeze", [p + "v", p + "ax1"], [p + "v1"]),
+                  helper.make_node("Unsqueeze", [p + "live", p + "ax1"], [p + "live1"])]
+        nodes += [helper.make_node(op, [p + i for i in inputs], [p + out]) for op, inputs, out in body]
+        nodes += [helper.make_node("Where", [p + "live1", p + k + "_new", p + k], [p + k + "_out"]) for k, _ in states]
+        graph = helper.make_graph(
+            nodes, f"{self.name}_smoothing",
+            [*(helper.make_tensor_value_info(p + k, dbl, ["batch", width]) for k, _ in states),
+             helper.make_tensor_value_info(p + "v", dbl, ["batch"]),
+             helper.make_tensor_value_info(p + "live", TensorProto.BOOL, ["batch"])],
+            [helper.make_tensor_value_info(p + k + "_out", dbl, ["batch", width]) for k, _ in states])
+        # one padding step after the window (never live): a Scan over no steps stops onnxruntime (a window
+        # of one step)
+        g, nothing = self.g, self.g.node("Mul", [self.sl(self.d, 0, 1), self.zero])
+        values = g.node("Concat", [self.d, nothing], axis=1)
+        live = g.node("Concat", [self.real, g.node("Cast", [nothing], to=TensorProto.BOOL)], axis=1)
+        out = f"n{len(self.g.nodes)}_Scan"
+        self.g.nodes.append(helper.make_node(
+            "Scan", [init for _, init in states] + [self.sl(values, 1, self.big), self.sl(live, 1, self.big)],
+            [f"{out}_{k}" for k, _ in states], body=graph, num_scan_inputs=2, scan_input_axes=[1, 1]))
+        return {k: f"{out}_{k}" for k, _ in states}
+
+    def grid_start(self, value: str, width: int) -> str:
+        """(batch, ``width``): ``value`` (batch, 1) repeated for every grid point."""
+        return self.g.node("Mul", [value, self.c(f"ones{width}", np.ones((1, width)))])
+
+    def output(self, forecast: str) -> str:
+        """The forecast (batch, horizon) with each step's seasonal index added back, as float."""
+        g, c = self.g, self.c
+        if self.idx is not None:
+            phase = g.node("Mod", [g.node("Add", [g.node("Sub", [self.n1, c("one_i", 1, "int64")]),
+                                                  c("h_i", np.arange(1, self.horizon + 1)[None, :], "int64")]),
+                                   c("m", self.m, "int64")])
+            forecast = g.node("Add", [forecast, g.node("GatherElements", [self.idx, phase], axis=1)])
+        return g.node("Cast", [forecast], to=g.FLOAT)
+
+
+def _theta_onnx(g: Graph, member: Any) -> str:
+    """``cellsearch.tasks.forecasting.theta_forecast`` in ONNX (``_Local``): the smoothing for every
+    weight, the one with the least error, the least-squares slope and the drift."""
+    from cellsearch.tasks.forecasting import THETA_ALPHAS
+
+    w = _Local(g, member, "theta")
+    c, d, nf, real_d = w.c, w.d, w.nf, w.real_d
+    alphas = np.asarray(THETA_ALPHAS, dtype=np.float64)[None, :]
+    start = w.grid_start(w.sl(d, 0, 1), alphas.shape[1])
+    final = w.scan([("level", start), ("sse", g.node("Mul", [start, w.zero]))], {"alphas": alphas},
+                   [("Sub", ["v1", "level"], "err"), ("Mul", ["err", "err"], "err2"),
+                    ("Add", ["sse", "err2"], "sse_new"), ("Mul", ["alphas", "err"], "step"),
+                    ("Add", ["level", "step"], "level_new")])
+    best = g.node("ArgMin", [final["sse"]], axis=1, keepdims=1)
+    level = g.node("GatherElements", [final["level"], best], axis=1)
+    alpha = g.node("Gather", [c("alphas", alphas[0]), best])  # (batch, 1)
+    steps_d = g.node("Unsqueeze", [g.node("Cast", [w.steps], to=w.dbl), c("ax0s", [0], "int64")])
     middle = g.node("Div", [g.node("Sub", [nf, c("one", [1.0])]), c("two", [2.0])])
     tc = g.node("Mul", [g.node("Sub", [steps_d, middle]), real_d])
-    dc = g.node("Mul", [g.node("Sub", [d, g.node("Div", [rsum(g.node("Mul", [d, real_d])), nf])]), real_d])
-    spread = g.node("Max", [rsum(g.node("Mul", [tc, tc])), c("eps", [1e-12])])
-    slope = g.node("Div", [rsum(g.node("Mul", [tc, dc])), spread])
-    h = c("h", np.arange(1, member.n_outputs + 1, dtype=np.float64)[None, :])
+    dc = g.node("Mul", [g.node("Sub", [d, g.node("Div", [w.rsum(g.node("Mul", [d, real_d])), nf])]), real_d])
+    spread = g.node("Max", [w.rsum(g.node("Mul", [tc, tc])), c("eps", [1e-12])])
+    slope = g.node("Div", [w.rsum(g.node("Mul", [tc, dc])), spread])
+    h = c("h", np.arange(1, w.horizon + 1, dtype=np.float64)[None, :])
     keep = g.node("Sub", [c("one", [1.0]), alpha])
     bracket = g.node("Sub", [g.node("Add", [g.node("Sub", [h, c("one", [1.0])]), g.node("Reciprocal", [alpha])]),
                              g.node("Div", [g.node("Pow", [keep, nf]), alpha])])
-    out = g.node("Add", [level, g.node("Mul", [g.node("Div", [slope, c("two", [2.0])]), bracket])])
-    if idx is not None:
-        phase = g.node("Mod", [g.node("Add", [g.node("Sub", [n1, c("one_i", 1, "int64")]),
-                                              c("h_i", np.arange(1, member.n_outputs + 1)[None, :], "int64")]),
-                               c("m", m, "int64")])
-        out = g.node("Add", [out, g.node("GatherElements", [idx, phase], axis=1)])
-    return g.node("Cast", [out], to=g.FLOAT)
+    return w.output(g.node("Add", [level, g.node("Mul", [g.node("Div", [slope, c("two", [2.0])]), bracket])]))
+
+
+def _damped_onnx(g: Graph, member: Any) -> str:
+    """``cellsearch.tasks.forecasting.damped_forecast`` in ONNX (``_Local``): level and trend for every
+    grid point, the one with the least error, the damped sum of its trend."""
+    from cellsearch.tasks.forecasting import damped_grid
+
+    w = _Local(g, member, "damped")
+    c, d = w.c, w.d
+    grid = np.asarray(damped_grid(), dtype=np.float64)
+    alpha, phi = grid[None, :, 0], grid[None, :, 2]
+    level = w.grid_start(w.sl(d, 0, 1), len(grid))
+    padded = g.node("Concat", [d, g.node("Mul", [w.sl(d, 0, 1), w.zero])], axis=1)  # a second step, if only padding
+    first = g.node("Where", [g.node("GreaterOrEqual", [w.n1, c("two_i", 2, "int64")]),
+                             g.node("Sub", [w.sl(padded, 1, 2), w.sl(d, 0, 1)]), w.zero])
+    final = w.scan([("level", level), ("trend", w.grid_start(first, len(grid))),
+                    ("sse", g.node("Mul", [level, w.zero]))],
+                   {"alpha": alpha, "phi": phi, "alpha_beta": alpha * grid[None, :, 1]},
+                   [("Mul", ["phi", "trend"], "pt"), ("Add", ["level", "pt"], "ahead"), ("Sub", ["v1", "ahead"], "err"),
+                    ("Mul", ["err", "err"], "err2"), ("Add", ["sse", "err2"], "sse_new"),
+                    ("Mul", ["alpha", "err"], "ae"), ("Add", ["ahead", "ae"], "level_new"),
+                    ("Mul", ["alpha_beta", "err"], "be"), ("Add", ["pt", "be"], "trend_new")])
+    best = g.node("ArgMin", [final["sse"]], axis=1, keepdims=1)
+    powers = g.node("Pow", [g.node("Gather", [c("phis", grid[:, 2]), best]),  # (batch, 1) ** (1, horizon)
+                            c("h", np.arange(1, w.horizon + 1, dtype=np.float64)[None, :])])
+    damping = g.node("CumSum", [powers, c("ax1", 1, "int64")])
+    trend = g.node("GatherElements", [final["trend"], best], axis=1)
+    return w.output(g.node("Add", [g.node("GatherElements", [final["level"], best], axis=1),
+                                   g.node("Mul", [damping, trend])]))
 
 
 def reference_onnx(member: Any) -> Any:
@@ -425,7 +490,7 @@ def reference_onnx(member: Any) -> Any:
     from cellsearch.errors import UnsupportedFormatError
 
     kind = getattr(member, "kind", None)
-    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive", "rocket", "theta"):
+    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive", "rocket", "theta", "damped"):
         raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
     g = Graph()
     length, feats = member.length, member.input_size
@@ -434,6 +499,8 @@ def reference_onnx(member: Any) -> Any:
         out = _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
     elif kind == "theta":
         out = _theta_onnx(g, member)
+    elif kind == "damped":
+        out = _damped_onnx(g, member)
     elif kind == "rocket":
         out = g.node("Gemm", [_rocket_onnx(g, member),
                               g.const("rocket_W", member.linear.weight.detach().cpu().numpy(), "float32"),

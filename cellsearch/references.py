@@ -12,8 +12,9 @@ that apply to it (``Task.references``).
 * ``ridge``: ridge regression (``RidgeClassifierCV``/``RidgeCV``, the penalty chosen by leave-one-out)
   on the flattened sequences (the loader's scaling, resampled to the common length).
 * forecasting: ``naive`` (repeat the last value), ``seasonal_naive`` (repeat the value one
-  season earlier) and ``theta`` (the theta method: exponential smoothing with drift, seasonally
-  adjusted where the window tests seasonal, fitted on each window), on the same windows, scored by MASE.
+  season earlier), ``theta`` (the theta method: exponential smoothing with drift) and ``damped``
+  (exponential smoothing with a damped trend), both seasonally adjusted where the window's season is
+  strong and fitted on each window, on the same windows, scored by MASE.
 
 Cost is counted as for the networks, per prediction: 1-NN compares with every stored training
 sequence (one multiply-accumulate per stored number), ridge is one dot product per output; its
@@ -161,27 +162,38 @@ def _seasonal_naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     return predict
 
 
-def _theta(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
-    """The theta method on each window (``cellsearch.refmembers.ThetaMember``, the member itself:
-    nothing fitted across windows, so the reference and the member agree)."""
-    from cellsearch.refmembers import ThetaMember
+def _local(kind: str) -> Callable[[Any, Context], Callable[[Any], np.ndarray]]:
+    """A forecast fitted on each window (``cellsearch.refmembers.LocalMember``: theta, the damped
+    trend), the member itself: nothing is fitted across windows, so the reference and the member agree."""
 
-    member = ThetaMember(ctx.season, ctx.target_index, ctx.n_outputs, ctx.task, int(train.x.shape[2]))
+    def fit(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
+        from cellsearch.refmembers import MEMBERS
 
-    def predict(split: Any) -> np.ndarray:
-        import torch
+        member = MEMBERS[kind](ctx.season, ctx.target_index, ctx.n_outputs, ctx.task, int(train.x.shape[2]))
 
-        with torch.no_grad():
-            return member(torch.from_numpy(np.ascontiguousarray(split.x)),
-                          torch.from_numpy(split.lengths.astype(np.int64))).numpy()
+        def predict(split: Any) -> np.ndarray:
+            import torch
 
-    return predict
+            with torch.no_grad():
+                return member(torch.from_numpy(np.ascontiguousarray(split.x)),
+                              torch.from_numpy(split.lengths.astype(np.int64))).numpy()
+
+        return predict
+
+    return fit
 
 
-def _theta_macs(c: Context) -> int:
-    from cellsearch.tasks.forecasting import theta_macs
+def _local_macs(kind: str) -> Callable[[Context], int]:
+    def macs(c: Context) -> int:
+        from cellsearch.refmembers import MEMBERS
 
-    return theta_macs(c.length, c.season, c.n_outputs)
+        return MEMBERS[kind](c.season, c.target_index, c.n_outputs, c.task).macs_per_sequence(c.length)
+
+    return macs
+
+
+def _local_label(name: str) -> Callable[[Context, Any], str]:
+    return lambda c, train: name if c.season <= 1 else f"{name} (season {c.season})"
 
 
 def _seasonal_label(ctx: Context, train: Any) -> str:
@@ -226,9 +238,10 @@ REFERENCES: dict[str, Reference] = {
     # Forecasts: one multiply-add per output maps the window-scaled value back.
     "naive": Reference("naive", _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
     "seasonal_naive": Reference(_seasonal_label, _seasonal_naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
-    # The theta method fits each window as it forecasts: its work is per step, it stores nothing.
-    "theta": Reference(lambda c, train: "theta" if c.season <= 1 else f"theta (season {c.season})", _theta,
-                       macs=_theta_macs, params=lambda c: 0),
+    # Theta and the damped trend fit each window as they forecast: their work is per step, they store nothing.
+    "theta": Reference(_local_label("theta"), _local("theta"), macs=_local_macs("theta"), params=lambda c: 0),
+    "damped": Reference(_local_label("damped trend"), _local("damped"), macs=_local_macs("damped"),
+                        params=lambda c: 0),
 }
 
 

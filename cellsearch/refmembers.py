@@ -34,7 +34,8 @@ ALPHAS = np.logspace(-3, 3, 13)
 #: Temperatures tried for ridge's decision values (classification).
 TEMPERATURES = np.logspace(-1, 3, 41)
 #: The key a reference member takes among trial numbers (members of an ensemble are keyed by trial).
-MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3, "naive": -4, "seasonal_naive": -5, "rocket": -6, "theta": -7}
+MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3, "naive": -4, "seasonal_naive": -5, "rocket": -6, "theta": -7,
+               "damped": -8}
 #: A 1-NN member stores its training sequences: none above this many stored numbers.
 MAX_BANK = 10_000_000
 #: The TF-IDF member hashes pairs of neighbouring word pieces into a power of two of buckets at least
@@ -620,16 +621,16 @@ class SeasonalNaiveMember(RepeatMember):
     seasonal = True
 
 
-class ThetaMember(RepeatMember):
-    """The theta method (simple exponential smoothing with drift, additive seasonal adjustment where
-    the window tests seasonal; ``cellsearch.tasks.forecasting.theta_forecast``) as a member: fitted
-    on each input window's own steps when it forecasts, nothing fitted across windows. The published
-    statistical forecasts of the M3 and M4 competitions lean on it; it forecasts a trend the naive
-    forecasts cannot and that networks trained on a few dozen series may not learn, so a Caruana
-    ensemble can mix it with them where the folds show it helps. Any season (1: no seasonal step)."""
+class LocalMember(RepeatMember):
+    """A statistical forecast fitted on each input window as it forecasts, nothing fitted across
+    windows (``forecaster``, a function of ``cellsearch.tasks.forecasting``, and its cost
+    ``macs_of``): it forecasts a trend the naive forecasts cannot make and that networks trained on a
+    few dozen series may not learn, so a Caruana ensemble can mix it with them where the folds show it
+    helps. Any season (1: no seasonal adjustment)."""
 
-    kind = "theta"
     seasonal = True
+    forecaster = ""
+    macs_of = ""
 
     @classmethod
     def serves(cls, prep: Any) -> bool:
@@ -637,21 +638,41 @@ class ThetaMember(RepeatMember):
         return True
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        from cellsearch.tasks.forecasting import theta_forecast
+        from cellsearch.tasks import forecasting
 
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        return theta_forecast(x[:, :, self.target_index].float(), lengths, self.season, self.n_outputs)
+        return getattr(forecasting, self.forecaster)(x[:, :, self.target_index].float(), lengths, self.season,
+                                                     self.n_outputs)
 
     @property
     def arch(self) -> str:
-        return "theta" if self.season <= 1 else f"theta/{self.season}"
+        return self.kind if self.season <= 1 else f"{self.kind}/{self.season}"
 
     def macs_per_sequence(self, length: int) -> int:
-        """``cellsearch.tasks.forecasting.theta_macs``: the smoothing of every weight tried dominates."""
-        from cellsearch.tasks.forecasting import theta_macs
+        from cellsearch.tasks import forecasting
 
-        return theta_macs(length, self.season, self.n_outputs)
+        return int(getattr(forecasting, self.macs_of)(length, self.season, self.n_outputs))
+
+
+class ThetaMember(LocalMember):
+    """The theta method (simple exponential smoothing with drift, additive seasonal adjustment where
+    the window's season is strong; ``theta_forecast``): the published statistical forecasts of the M3
+    and M4 competitions lean on it."""
+
+    kind = "theta"
+    forecaster = "theta_forecast"
+    macs_of = "theta_macs"
+
+
+class DampedMember(LocalMember):
+    """Exponential smoothing with an additive damped trend (``damped_forecast``, ETS(A,Ad,N) on the
+    seasonally adjusted window): where a trend should flatten out (yearly series), theta's straight
+    drift overshoots."""
+
+    kind = "damped"
+    forecaster = "damped_forecast"
+    macs_of = "damped_macs"
 
 
 def pair_buckets(x: torch.Tensor, lengths: torch.Tensor, vocab: int, n_outputs: int) -> int:
@@ -697,7 +718,7 @@ def _outputs(model: nn.Module, split: Any, method: str = "forward") -> np.ndarra
 #: The reference members by kind: what ``describe`` names and the search fits.
 MEMBERS: dict[str, Any] = {"ridge": RidgeMember, "1nn": NeighbourMember, "tfidf": TfidfMember,
                            "naive": NaiveMember, "seasonal_naive": SeasonalNaiveMember, "rocket": RocketMember,
-                           "theta": ThetaMember}
+                           "theta": ThetaMember, "damped": DampedMember}
 
 
 def member_from_description(d: dict[str, Any]) -> nn.Module:

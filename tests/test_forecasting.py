@@ -44,7 +44,7 @@ def panel_bundle(tmp_path_factory):
 def test_every_series_is_trained_and_forecast_in_its_own_units(panel_bundle):
     csv, bundle, result = panel_bundle
     assert result.metric == "mase" and result.direction == "minimize" and result.chosen["arch"] == "gru8/sn4"
-    assert {r["name"] for r in result.references} == {"naive", "seasonal_naive", "theta"}
+    assert {r["name"] for r in result.references} == {"naive", "seasonal_naive", "theta", "damped"}
     ds = read_dataset(csv, horizon=2, window=6, season=4)
     assert ds.info["series_trained"] == 3 and set(ds.splits["train"].keys) == {"s0", "s1", "s2"}
     frame = pd.read_csv(csv)
@@ -118,48 +118,50 @@ def test_season_from_the_time_column(tmp_path, freq, season):
 
 
 def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_path):
-    """naive, seasonal naive and theta join the ensemble library like ridge does for sequences: their
-    out-of-fold scores are the references' own, and an ensemble holding them exports — ``predict``,
-    the pyfunc and ONNX agree, each forecast is the weighted average of the network's, the two
-    naive forecasts and theta's (by hand, on the raw window) in the series' own units, the card names
-    them, a refit keeps them."""
+    """naive, seasonal naive, theta and the damped trend join the ensemble library like ridge does for
+    sequences: their out-of-fold scores are the references' own, and an ensemble holding them exports
+    — ``predict``, the pyfunc and ONNX agree, each forecast is the weighted average of the network's,
+    the two naive forecasts, theta's and the damped trend's (by hand, on the raw window) in the
+    series' own units, the card names them, a refit keeps them."""
     import mlflow.pyfunc
     import onnxruntime as ort
     import torch
 
     from cellsearch.export import export
     from cellsearch.predict import transform
-    from cellsearch.refmembers import NaiveMember, SeasonalNaiveMember, ThetaMember
+    from cellsearch.refmembers import DampedMember, NaiveMember, SeasonalNaiveMember, ThetaMember
 
     csv, bundle, result = panel_bundle
     st = result.study
     refs = {r["name"]: r for r in st.user_attrs["reference_members"]}
-    assert set(refs) == {"naive", "seasonal_naive", "theta"} and all(r["trial"] < 0 for r in refs.values())
+    assert set(refs) == {"naive", "seasonal_naive", "theta", "damped"} and all(r["trial"] < 0 for r in refs.values())
     shown = {r["name"]: r["score"] for r in result.references}
     for name, r in refs.items():  # the member is the reference: the same folds, the same score
         assert r["score"] == pytest.approx(shown[name], rel=1e-5), name
     net = next(t.number for t in st.get_trials() if t.user_attrs.get("val_score") is not None)
-    weights = {str(net): 0.4, str(refs["seasonal_naive"]["trial"]): 0.3, str(refs["naive"]["trial"]): 0.2,
-               str(refs["theta"]["trial"]): 0.1}
+    weights = {str(net): 0.4, str(refs["seasonal_naive"]["trial"]): 0.3, str(refs["naive"]["trial"]): 0.1,
+               str(refs["theta"]["trial"]): 0.1, str(refs["damped"]["trial"]): 0.1}
     st.set_user_attr("ensembles", [{"name": "E9", "members": weights, "score": 1.0, "arch": "mix",
                                     "macs": 1.0, "params": 1.0, "latency_ms": 1.0}])
     out = export(out=tmp_path / "m", run_dir=result.run_dir, ensemble="E9", formats=["onnx"])
     card = (out / "README.md").read_text()
     assert "naive (reference)" in card and "seasonal_naive (reference)" in card and "theta (reference)" in card
+    assert "damped (reference)" in card
     model = cellsearch.load(out)
     kinds = {type(m) for m in model.model.members}
-    assert {NaiveMember, SeasonalNaiveMember, ThetaMember} <= kinds
+    assert {NaiveMember, SeasonalNaiveMember, ThetaMember, DampedMember} <= kinds
     # nothing fitted: one copy of each, not one per fold (run and counted once)
     assert sorted(type(m).__name__ for m in model.model.members if not hasattr(m, "spec")) == [
-        "NaiveMember", "SeasonalNaiveMember", "ThetaMember"]
+        "DampedMember", "NaiveMember", "SeasonalNaiveMember", "ThetaMember"]
     frame = pd.read_csv(csv)
     got = model.predict(frame)
     alone = cellsearch.load(bundle).predict(frame)
     for key in ("s0", "s1", "s2"):
         v = frame[frame.series == key].value.to_numpy()
         season = v[len(v) - 4 + np.arange(2)] if len(v) >= 4 else np.full(2, v[-1])  # s0: shorter than a season
-        theta = _theta_by_hand(v[-6:], 2, 4)  # the window: its last 6 values, in the series' own units
-        want = 0.4 * alone[alone.series == key].prediction.to_numpy() + 0.3 * season + 0.2 * v[-1] + 0.1 * theta
+        theta, damped = _theta_by_hand(v[-6:], 2, 4), _damped_by_hand(v[-6:], 2, 4)  # the window: its last 6 values
+        want = (0.4 * alone[alone.series == key].prediction.to_numpy() + 0.3 * season + 0.1 * v[-1] + 0.1 * theta
+                + 0.1 * damped)
         np.testing.assert_allclose(got[got.series == key].prediction.to_numpy(), want, rtol=1e-4)
     served = mlflow.pyfunc.load_model(str(out)).predict(frame)["prediction"].to_numpy()
     np.testing.assert_allclose(served, got.prediction.to_numpy(), rtol=1e-6)
@@ -173,7 +175,7 @@ def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_
         if not hasattr(m, "spec"):
             assert type(m).from_description(m.describe()).describe() == m.describe()
     refit = export(out=tmp_path / "r", run_dir=result.run_dir, ensemble="E9", weights="refit")
-    assert {NaiveMember, SeasonalNaiveMember, ThetaMember} <= {type(m) for m in cellsearch.load(refit).model.members}
+    assert {NaiveMember, DampedMember, ThetaMember} <= {type(m) for m in cellsearch.load(refit).model.members}
 
 
 
@@ -200,17 +202,12 @@ def test_the_naive_members_forecast_what_the_references_do(tmp_path):
     assert fold_members(flat, make_folds(flat, 3), "naive") is not None
 
 
-def _theta_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
-    """The theta method written out step by step on one series ``y`` (what ``theta_forecast`` does to
-    a batch of windows): additive classical decomposition kept where the season's strength passes
-    ``SEASON_STRENGTH``, exponential smoothing with the weight of least one-step squared error among
-    ``THETA_ALPHAS`` from the first value, half the least-squares slope as drift."""
-    from cellsearch.tasks.forecasting import SEASON_STRENGTH, THETA_ALPHAS
+def _seasonal_by_hand(y: np.ndarray, season: int) -> np.ndarray:
+    """The seasonal indices theta and the damped trend remove, written out: additive classical
+    decomposition, kept where the season's strength passes ``SEASON_STRENGTH`` (zeros otherwise)."""
+    from cellsearch.tasks.forecasting import SEASON_STRENGTH
 
     n = len(y)
-    if n == 1:
-        return np.full(horizon, float(y[0]))
-    seas = np.zeros(max(1, season))
     if season > 1 and n >= 3 * season:
         w = [1.0 / season] * season
         if season % 2 == 0:
@@ -224,7 +221,21 @@ def _theta_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
         values = list(detrended.values())
         spread = np.var(values) * len(values) / (len(values) - 1)
         if np.var(left) * len(left) / (len(left) - season) < (1 - SEASON_STRENGTH) * spread:
-            seas = idx
+            return idx
+    return np.zeros(max(1, season))
+
+
+def _theta_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """The theta method written out step by step on one series ``y`` (what ``theta_forecast`` does to
+    a batch of windows): the seasonal adjustment, exponential smoothing with the weight of least
+    one-step squared error among ``THETA_ALPHAS`` from the first value, half the least-squares slope
+    as drift."""
+    from cellsearch.tasks.forecasting import THETA_ALPHAS
+
+    n = len(y)
+    if n == 1:
+        return np.full(horizon, float(y[0]))
+    seas = _seasonal_by_hand(y, season)
     d = np.array([y[t] - seas[t % len(seas)] for t in range(n)])
     best = None
     for a in THETA_ALPHAS:
@@ -237,6 +248,31 @@ def _theta_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
     _, level, a = best
     slope = np.polyfit(np.arange(n), d, 1)[0]
     return np.array([level + slope / 2 * (h - 1 + 1 / a - (1 - a) ** n / a) + seas[(n - 1 + h) % len(seas)]
+                     for h in range(1, horizon + 1)])
+
+
+def _damped_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
+    """Exponential smoothing with a damped trend written out on one series: the seasonal adjustment,
+    level and trend from the first value and step, every (alpha, beta, phi) of the grid tried, the
+    least one-step squared error kept, ``l + (phi + ... + phi^h) b`` forecast."""
+    from cellsearch.tasks.forecasting import DAMPED_BETAS, DAMPED_PHIS
+
+    n = len(y)
+    seas = _seasonal_by_hand(y, season)
+    d = np.array([y[t] - seas[t % len(seas)] for t in range(n)])
+    best = None
+    for a in np.linspace(0.05, 1.0, 20):
+        for share in DAMPED_BETAS:
+            for phi in DAMPED_PHIS:
+                level, trend, sse = d[0], (d[1] - d[0] if n > 1 else 0.0), 0.0
+                for t in range(1, n):
+                    err = d[t] - (level + phi * trend)
+                    sse += err ** 2
+                    level, trend = level + phi * trend + a * err, phi * trend + a * share * err
+                if best is None or sse < best[0]:
+                    best = (sse, level, trend, phi)
+    _, level, trend, phi = best
+    return np.array([level + sum(phi ** k for k in range(1, h + 1)) * trend + seas[(n - 1 + h) % len(seas)]
                      for h in range(1, horizon + 1)])
 
 
@@ -253,34 +289,38 @@ def _ragged_windows(rng: np.random.Generator, count: int, length: int, season: i
     return x, lengths.astype(np.int64)
 
 
-@pytest.mark.parametrize("length,season,horizon", [(30, 4, 8), (36, 12, 12), (10, 12, 3), (24, 1, 6)])
-def test_theta_forecasts_as_written_out_by_hand(length, season, horizon):
-    """``theta_forecast`` on a batch of ragged windows equals the method written out per window; some
-    windows test seasonal, some not; it commutes with the windows' scaling (shift and scale); and the
-    member's ONNX graph computes the same forecasts."""
+@pytest.mark.parametrize("kind", ["theta", "damped"])
+@pytest.mark.parametrize("length,season,horizon", [(30, 4, 8), (36, 12, 12), (10, 12, 3), (24, 1, 6), (1, 1, 3)])
+def test_the_forecasts_fitted_on_each_window_as_written_out_by_hand(kind, length, season, horizon):
+    """Theta and the damped trend on a batch of ragged windows equal the methods written out per
+    window; some windows are seasonally adjusted, some not; they commute with the windows' scaling
+    (shift and scale); and each member's ONNX graph computes the same forecasts (a window of one
+    step included: a Scan over no steps stopped onnxruntime)."""
     import onnxruntime as ort
     import torch
 
     from cellsearch.onnx_export import reference_onnx
-    from cellsearch.refmembers import ThetaMember
-    from cellsearch.tasks.forecasting import seasonal_indices, theta_forecast
+    from cellsearch.refmembers import MEMBERS
+    from cellsearch.tasks import forecasting
 
+    forecast = getattr(forecasting, f"{kind}_forecast")
+    by_hand = {"theta": _theta_by_hand, "damped": _damped_by_hand}[kind]
     rng = np.random.default_rng(length + season)
-    x, lengths = _ragged_windows(rng, 40, length, season)
+    x, lengths = _ragged_windows(rng, 12 if kind == "damped" else 40, length, season)
     target = torch.from_numpy(x[:, :, 1]).double()
-    got = theta_forecast(target, torch.from_numpy(lengths), season, horizon).numpy()
+    got = forecast(target, torch.from_numpy(lengths), season, horizon).numpy()
     for i, n in enumerate(lengths):
-        np.testing.assert_allclose(got[i], _theta_by_hand(x[i, :n, 1].astype(np.float64), horizon, season),
+        np.testing.assert_allclose(got[i], by_hand(x[i, :n, 1].astype(np.float64), horizon, season),
                                    rtol=1e-9, atol=1e-9, err_msg=f"window {i} ({n} steps)")
-    flagged = (seasonal_indices(target, torch.from_numpy(lengths), season).abs().sum(1) > 0).numpy()
+    flagged = (forecasting.seasonal_indices(target, torch.from_numpy(lengths), season).abs().sum(1) > 0).numpy()
     if length >= 3 * season > 3:
         # both branches are compared: the test flags seasonal windows (odd), and far fewer of the others
         assert flagged[1::2].sum() >= 2 * max(1, flagged[0::2].sum()), flagged
     else:
         assert not flagged.any()
-    moved = theta_forecast(target * 7.0 - 3.0, torch.from_numpy(lengths), season, horizon).numpy()
+    moved = forecast(target * 7.0 - 3.0, torch.from_numpy(lengths), season, horizon).numpy()
     np.testing.assert_allclose(moved, got * 7.0 - 3.0, rtol=1e-9, atol=1e-8)
-    member = ThetaMember(season, 1, horizon, "forecasting", 2)
+    member = MEMBERS[kind](season, 1, horizon, "forecasting", 2)
     with torch.no_grad():
         want = member(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
     onnx_out = ort.InferenceSession(reference_onnx(member).SerializeToString()).run(
@@ -288,12 +328,12 @@ def test_theta_forecasts_as_written_out_by_hand(length, season, horizon):
     np.testing.assert_allclose(onnx_out, want, atol=1e-6)
 
 
-def test_theta_forecasts_a_trend_the_naive_forecasts_miss():
-    """On trending seasonal windows theta's error is well below both naive forecasts' (what it is
-    in the library for)."""
+def test_theta_and_the_damped_trend_forecast_a_trend_the_naive_forecasts_miss():
+    """On trending seasonal windows the error of theta and of the damped trend is well below both
+    naive forecasts' (what they are in the library for)."""
     import torch
 
-    from cellsearch.tasks.forecasting import seasonal_naive, theta_forecast
+    from cellsearch.tasks.forecasting import damped_forecast, seasonal_naive, theta_forecast
 
     rng = np.random.default_rng(0)
     t = np.arange(44)
@@ -301,6 +341,6 @@ def test_theta_forecasts_a_trend_the_naive_forecasts_miss():
     x, future = torch.from_numpy(series[:, :36]), series[:, 36:]
     lengths = torch.full((3,), 36)
     err = {name: np.abs(f.numpy() - future).mean() for name, f in (
-        ("theta", theta_forecast(x, lengths, 4, 8)), ("seasonal", seasonal_naive(x, lengths, 4, 8)),
-        ("naive", x[:, -1:].expand(3, 8)))}
-    assert err["theta"] < 0.5 * min(err["seasonal"], err["naive"]), err
+        ("theta", theta_forecast(x, lengths, 4, 8)), ("damped", damped_forecast(x, lengths, 4, 8)),
+        ("seasonal", seasonal_naive(x, lengths, 4, 8)), ("naive", x[:, -1:].expand(3, 8)))}
+    assert max(err["theta"], err["damped"]) < 0.5 * min(err["seasonal"], err["naive"]), err

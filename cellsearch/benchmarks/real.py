@@ -174,19 +174,20 @@ def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int, ext
     return cellsearch.load(f"{tmp}/model"), json.loads(res.stdout)
 
 
-def _theta_forecasts(train: Any, key: str, tcol: str, vcol: str, window: int, season: int,
+def _local_forecasts(kind: str, train: Any, key: str, tcol: str, vcol: str, window: int, season: int,
                      horizon: int) -> dict[str, Any]:
-    """Each series' theta forecast from its last ``window`` values (``theta_forecast``, the member's)."""
+    """Each series' forecast by ``kind`` (``theta`` or ``damped``: ``cellsearch.tasks.forecasting``'s
+    ``theta_forecast`` / ``damped_forecast``, the members') from its last ``window`` values."""
     import numpy as np
     import torch
 
-    from cellsearch.tasks.forecasting import theta_forecast
+    from cellsearch.tasks import forecasting
 
     out = {}
     for s, g in train.groupby(key, sort=False):
         v = g.sort_values(tcol)[vcol].to_numpy(dtype=float)[-window:]
         x = torch.from_numpy(np.pad(v, (0, window - len(v))))[None, :]
-        out[s] = theta_forecast(x, torch.tensor([len(v)]), season, horizon)[0].numpy()
+        out[s] = getattr(forecasting, f"{kind}_forecast")(x, torch.tensor([len(v)]), season, horizon)[0].numpy()
     return out
 
 
@@ -237,8 +238,8 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
         variants = {name: score_of(m) for name, m in _variants(tmp, result).items()}
         network = score_of(model, preds)
         window = int(model.prep.layout_data.get("window", 0) or 0)
-        if window:  # the theta reference on each series' last window, as the tool's member forecasts it
-            row["references_test"]["theta"] = mase(_theta_forecasts(train, key, tcol, vcol, window, season, horizon))
+        for kind in ("theta", "damped") if window else ():  # on each series' last window, as the members forecast
+            row["references_test"][kind] = mase(_local_forecasts(kind, train, key, tcol, vcol, window, season, horizon))
         _keep(tmp, keep, train_path.stem)
     chosen = result.get("chosen") or {}
     row.update(network_test=network, chosen=chosen.get("arch"), chosen_val=chosen.get("score"),

@@ -23,7 +23,7 @@ class Forecasting(Task):
     metric = "mase"
     whole_sequences = False
     unit = "windows"
-    references = ("naive", "seasonal_naive", "theta")
+    references = ("naive", "seasonal_naive", "theta", "damped")
     metric_note = "(MASE: mean absolute error over the series' in-sample mean absolute seasonal difference)"
 
     def loss(self, out: Any, y: Any, forecast_loss: str = "l1") -> Any:
@@ -149,6 +149,27 @@ def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
     return torch.where(seasonal[:, None], idx, torch.zeros_like(idx))
 
 
+def deseasonalised(target: Any, lengths: Any, season: int) -> tuple[Any, Any, Any]:
+    """(values less their seasonal indices (B, T) in double precision, the indices (B, m), the real
+    lengths clamped to [1, T]) of left-aligned windows: what theta and the damped trend smooth."""
+    import torch
+
+    b, t_len = target.shape
+    y = target.double()
+    n = lengths.to(y.device).long().clamp(min=1, max=t_len)
+    idx = seasonal_indices(y, n, season)
+    steps = torch.arange(t_len, device=y.device)
+    return y - torch.gather(idx, 1, (steps % idx.shape[1])[None, :].expand(b, -1)), idx, n
+
+
+def reseasonalised(forecast: Any, idx: Any, n: Any) -> Any:
+    """``forecast`` (B, H) plus each step's seasonal index (the phase after a window's ``n`` steps)."""
+    import torch
+
+    h = torch.arange(1, forecast.shape[1] + 1, device=forecast.device)
+    return forecast + torch.gather(idx, 1, (n[:, None] - 1 + h[None, :]) % idx.shape[1])
+
+
 def theta_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any:
     """(B, horizon) forecasts of the theta method (Assimakopoulos & Nikolopoulos 2000, in Hyndman &
     Billah's form: simple exponential smoothing with drift) from left-aligned windows ``target``
@@ -160,14 +181,10 @@ def theta_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any:
     reference and ensemble member both use it (torch, imported here as for ``seasonal_naive``)."""
     import torch
 
-    b, t_len = target.shape
-    y = target.double()
-    n = lengths.to(y.device).long().clamp(min=1, max=t_len)
-    steps = torch.arange(t_len, device=y.device)
-    idx = seasonal_indices(y, n, season)
-    m = idx.shape[1]
-    d = y - torch.gather(idx, 1, (steps % m)[None, :].expand(b, -1))
-    alphas = torch.tensor(THETA_ALPHAS, dtype=y.dtype, device=y.device)
+    d, idx, n = deseasonalised(target, lengths, season)
+    b, t_len = d.shape
+    steps = torch.arange(t_len, device=d.device)
+    alphas = torch.tensor(THETA_ALPHAS, dtype=d.dtype, device=d.device)
     level = d[:, :1].expand(b, len(alphas)).clone()
     sse = torch.zeros_like(level)
     for t in range(1, t_len):
@@ -182,7 +199,56 @@ def theta_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any:
     tc = torch.where(real, steps[None, :] - (nf - 1) / 2, torch.zeros_like(d))
     dc = torch.where(real, d - (d * real).sum(1, keepdim=True) / nf, torch.zeros_like(d))
     slope = (tc * dc).sum(1, keepdim=True) / (tc * tc).sum(1, keepdim=True).clamp(min=1e-12)
-    h = torch.arange(1, horizon + 1, device=y.device, dtype=y.dtype)[None, :]
+    h = torch.arange(1, horizon + 1, device=d.device, dtype=d.dtype)[None, :]
     drift = slope / 2 * (h - 1 + 1 / alpha - (1 - alpha) ** nf / alpha)
-    phase = ((n[:, None] - 1 + h.long()) % m)
-    return (level + drift + torch.gather(idx, 1, phase)).to(target.dtype)
+    return reseasonalised(level + drift, idx, n).to(target.dtype)
+
+
+def damped_grid() -> tuple[tuple[float, float, float], ...]:
+    """The (alpha, beta, phi) the damped trend chooses among: 20 level weights in [0.05, 1], the trend's
+    weight as a share of the level's (0.01-0.4), 4 damping factors (0.8-0.98)."""
+    return tuple((float(a), b, p) for a in np.linspace(0.05, 1.0, 20) for b in DAMPED_BETAS for p in DAMPED_PHIS)
+
+
+#: The damped trend's grid (``damped_grid``): the trend weights as shares of the level's, and the dampings.
+DAMPED_BETAS = (0.01, 0.05, 0.1, 0.2, 0.4)
+DAMPED_PHIS = (0.8, 0.9, 0.95, 0.98)
+
+
+def damped_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any:
+    """(B, horizon) forecasts of exponential smoothing with an additive damped trend (Gardner &
+    McKenzie 1985; ETS(A,Ad,N)) from left-aligned windows ``target`` (B, T), each fitted on its own
+    real steps after the same seasonal adjustment as theta (``deseasonalised``): from the first value
+    and the first step, ``f = l + phi b``, ``l = f + alpha e``, ``b = phi b + alpha beta e`` for the
+    one-step error ``e``; the (alpha, beta, phi) of ``damped_grid`` with the lowest squared error;
+    step ``h`` forecasts ``l + (phi + ... + phi^h) b``. The M3 and M4 competitions' yearly and
+    quarterly series are where a damped trend beats both a straight line and none. Affine in the
+    values, as theta."""
+    import torch
+
+    d, idx, n = deseasonalised(target, lengths, season)
+    b, t_len = d.shape
+    grid = torch.tensor(damped_grid(), dtype=d.dtype, device=d.device)
+    alpha, share, phi = grid[:, 0][None, :], grid[:, 1][None, :], grid[:, 2][None, :]
+    first = d[:, 1:2] - d[:, :1] if t_len > 1 else torch.zeros_like(d[:, :1])
+    level = d[:, :1].expand(b, len(grid)).clone()
+    trend = torch.where((n >= 2)[:, None], first, torch.zeros_like(first)).expand(b, len(grid)).clone()
+    sse = torch.zeros_like(level)
+    for t in range(1, t_len):
+        live = (t < n)[:, None]
+        ahead = level + phi * trend
+        err = d[:, t:t + 1] - ahead
+        sse = torch.where(live, sse + err * err, sse)
+        level = torch.where(live, ahead + alpha * err, level)
+        trend = torch.where(live, phi * trend + alpha * share * err, trend)
+    best = sse.argmin(1, keepdim=True)
+    steps_ahead = torch.arange(1, horizon + 1, device=d.device, dtype=d.dtype)[None, :]
+    damping = torch.cumsum(grid[best[:, 0], 2][:, None] ** steps_ahead, 1)
+    out = torch.gather(level, 1, best) + damping * torch.gather(trend, 1, best)
+    return reseasonalised(out, idx, n).to(target.dtype)
+
+
+def damped_macs(length: int, season: int, horizon: int) -> int:
+    """The damped trend's multiply-adds for one window: per step five for every grid point, the
+    seasonal adjustment as theta's; per output the damped sum."""
+    return (5 * len(damped_grid()) + 2 * season + 4) * int(length) + 3 * horizon
