@@ -53,6 +53,8 @@ ROCKET_WIDTH = 9
 ROCKET_WORK = 1e11
 #: ... transformed this many (row, kernel, step) numbers at a time (memory).
 ROCKET_CHUNK = 1 << 24
+#: Windows a member fitted on each window (theta, the damped trend) forecasts at a time (memory).
+LOCAL_CHUNK = 2048
 #: Classification probabilities of a 1-NN member are mixed with this much of the uniform (no zeros).
 NN_FLOOR = 1e-4
 
@@ -642,8 +644,10 @@ class LocalMember(RepeatMember):
 
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
-        return getattr(forecasting, self.forecaster)(x[:, :, self.target_index].float(), lengths, self.season,
-                                                     self.n_outputs)
+        forecast, target = getattr(forecasting, self.forecaster), x[:, :, self.target_index].float()
+        # a few thousand windows at a time: every grid point holds a state per window (bounded memory)
+        return torch.cat([forecast(target[i:i + LOCAL_CHUNK], lengths[i:i + LOCAL_CHUNK], self.season, self.n_outputs)
+                          for i in range(0, max(1, len(target)), LOCAL_CHUNK)])
 
     @property
     def arch(self) -> str:
