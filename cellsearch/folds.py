@@ -85,8 +85,17 @@ class Folds:
         return len(self.folds)
 
     def describe(self) -> str:
-        """In words, for the summary and MLflow (``5 folds, stratified``)."""
-        return "holdout (one validation split)" if self.kind == "holdout" else f"{self.k} folds, {self.kind}"
+        """In words, for the summary and MLflow (``5 folds, stratified``); ``is_holdout`` reads it back."""
+        return HOLDOUT if self.kind == "holdout" else f"{self.k} folds, {self.kind}"
+
+
+#: How ``Folds.describe`` says a search validated on one split.
+HOLDOUT = "holdout (one validation split)"
+
+
+def is_holdout(description: str) -> bool:
+    """Whether a study's ``cv`` (``Folds.describe``) says it validated on one split."""
+    return description == HOLDOUT
 
 
 def holdout_fold(dataset: Dataset) -> Fold:

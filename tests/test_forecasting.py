@@ -344,3 +344,30 @@ def test_theta_and_the_damped_trend_forecast_a_trend_the_naive_forecasts_miss():
         ("theta", theta_forecast(x, lengths, 4, 8)), ("damped", damped_forecast(x, lengths, 4, 8)),
         ("seasonal", seasonal_naive(x, lengths, 4, 8)), ("naive", x[:, -1:].expand(3, 8)))}
     assert max(err["theta"], err["damped"]) < 0.5 * min(err["seasonal"], err["naive"]), err
+
+
+@pytest.mark.parametrize("cv,refits", [(1, True), (3, False)])
+def test_a_forecast_validated_on_one_time_holdout_is_refit_by_default(tmp_path, cv, refits):
+    """``--weights auto``: a forecast validated on each series' final stretch (one holdout) is exported
+    retrained on all non-test windows — its fold model never saw that stretch, the latest data it
+    forecasts from — and says so on the card; rolling-origin folds keep their fold models; an
+    explicit ``--weights`` wins either way."""
+    import json
+
+    from cellsearch.export import export
+    from cellsearch.search import tune
+
+    csv = _panel(tmp_path / "p.csv", sizes=((40, 10.0), (50, 300.0), (45, 7.0)), seed=3)
+    space = tmp_path / "s.yaml"
+    space.write_text("layers: {depth: 1, cell: gru, hidden: 8}\nlr: 0.01\nmax_epochs: 3\nmin_steps: 20\n")
+    tune(csv, space=str(space), trials=1, horizon=3, window=8, season=4, cv=cv, run_dir=tmp_path / "runs",
+         track=False, progress=False)
+    default = export(out=tmp_path / "d", run_dir=tmp_path / "runs")
+    folds = export(out=tmp_path / "f", run_dir=tmp_path / "runs", weights="folds")
+    how = json.loads((default / "metrics.json").read_text())["weights"]
+    card = (default / "README.md").read_text()
+    assert ("retrained on all non-test data" in how) is refits and ("final stretch" in card) is refits
+    assert "retrained" not in json.loads((folds / "metrics.json").read_text())["weights"]
+    frame = pd.read_csv(csv)
+    forecasts = [cellsearch.load(b).predict(frame).prediction.to_numpy() for b in (default, folds)]
+    assert np.allclose(*forecasts) is not refits

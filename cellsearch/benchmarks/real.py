@@ -137,14 +137,16 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
 def _variants(tmp: str, result: dict[str, Any]) -> dict[str, Any]:
     """Other exports of the same study: the best single trial (by validation, ranked as the search
     ranks: the score, then the out-of-fold loss that breaks ties), the best-scoring front member
-    (``--pick best``) and the chosen one refit (``--weights refit``); loaded bundles."""
+    (``--pick best``) and the chosen one refit (``--weights refit``) and as fold models (``--weights
+    folds``: the default but for forecasts validated on one time holdout); loaded bundles."""
     import cellsearch
     from cellsearch.pareto import rank
 
     direction = result.get("direction", "maximize")
     singles = [p for p in result.get("front", []) if p.get("kind", "trial") == "trial"]
     runs = {"best_single": ["--trial", str(max(singles, key=lambda p: rank(p, direction))["trial"])] if singles
-            else None, "pick_best": ["--pick", "best"], "refit": ["--weights", "refit"]}
+            else None, "pick_best": ["--pick", "best"], "refit": ["--weights", "refit"],
+            "folds": ["--weights", "folds"]}
     out = {}
     for name, args in runs.items():
         if args is None:
