@@ -380,6 +380,10 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
             raise UserError(f"--weights refit needs the training file, {data or 'unknown'}, which is not here")
         from cellsearch.pareto import member_points
 
+        nets = sum(int(k) >= 0 for k in point.get("members") or {point["trial"]: 1.0})
+        print(f"cellsearch: retraining {nets} network{'s' if nets != 1 else ''} on all non-test data"
+              + (" (--weights auto: validated on the series' final stretch, which the fold models never saw; "
+                 "--weights folds keeps them)" if auto else ""), file=sys.stderr)
         model = refit(point, trials, dataset, member_points(st, run_dir))
         how = "each trial retrained on all non-test data for its cross-validated number of steps" + (
             " (the default for a forecast validated on its series' final stretch, which the fold models never saw)"
