@@ -119,9 +119,7 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / f"{path.stem}.csv"
         train.to_csv(csv, index=False)
-        t0 = time.time()
-        model, result = _tune_export(csv, tmp, space, timeout, seed, extra)
-        tune_s = time.time() - t0
+        model, result, tune_s, export_s = _tune_export(csv, tmp, space, timeout, seed, extra)
         spent = search_time(Path(tmp) / "runs", tune_s)
         score = test_score(model)
         variants = {name: test_score(m) for name, m in _variants(tmp, result).items()}
@@ -130,6 +128,7 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
     return {"file": path.name, "task": task, "metric": get_task(task).metric,
             "network_test": score, "references_test": refs, "chosen": chosen.get("arch"),
             "chosen_val": chosen.get("score"), "trials": result.get("counts"), "tune_seconds": round(tune_s, 1),
+            "export_seconds": round(export_s, 1),
             "cv": result.get("cv"), "variants": variants, "search": spent,
             "test_label": result.get("test_label")}
 
@@ -160,20 +159,24 @@ def _variants(tmp: str, result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int, extra: list[str]) -> tuple[Any, dict]:
-    """``cellsearch tune`` then ``cellsearch export`` as a user runs them; the loaded bundle and result."""
+def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int,
+                 extra: list[str]) -> tuple[Any, dict, float, float]:
+    """``cellsearch tune`` then ``cellsearch export`` as a user runs them; the loaded bundle, the
+    result, and the seconds each command took (an export that refits takes minutes on a large panel)."""
     import cellsearch
 
+    t0 = time.time()
     res = subprocess.run([sys.executable, "-m", "cellsearch.cli", "tune", str(csv), "--space", space,
                           "--timeout", str(timeout), "--seed", str(seed), "--run-dir", f"{tmp}/runs",
                           "--no-track", "--json", *extra], capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"tune failed: {res.stderr.strip()[-300:]}")
+    t1 = time.time()
     out = subprocess.run([sys.executable, "-m", "cellsearch.cli", "export", "--run-dir", f"{tmp}/runs",
                           "--out", f"{tmp}/model"], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"export failed: {out.stderr.strip()[-300:]}")
-    return cellsearch.load(f"{tmp}/model"), json.loads(res.stdout)
+    return cellsearch.load(f"{tmp}/model"), json.loads(res.stdout), t1 - t0, time.time() - t1
 
 
 def _local_forecasts(kind: str, train: Any, key: str, tcol: str, vcol: str, window: int, season: int,
@@ -223,14 +226,12 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
     row: dict[str, Any] = {"file": train_path.name, "task": "forecasting", "metric": "mase",
                            "references_test": {"naive": mase(naive), "seasonal_naive": mase(seasonal)}}
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.time()
         try:
-            model, result = _tune_export(train_path, tmp, space, timeout, seed, [*flags, *extra])
+            model, result, tune_s, export_s = _tune_export(train_path, tmp, space, timeout, seed, [*flags, *extra])
             preds = model.predict(train)
         except Exception as exc:  # an older cellsearch may refuse a panel: report it
             row.update(network_test=None, error=str(exc).strip().splitlines()[-1][:300])
             return row
-        tune_s = time.time() - t0
         spent = search_time(Path(tmp) / "runs", tune_s)
 
         def score_of(m: Any, p: Any = None) -> float:
@@ -245,7 +246,8 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
         _keep(tmp, keep, train_path.stem)
     chosen = result.get("chosen") or {}
     row.update(network_test=network, chosen=chosen.get("arch"), chosen_val=chosen.get("score"),
-               trials=result.get("counts"), tune_seconds=round(tune_s, 1), cv=result.get("cv"), variants=variants,
+               trials=result.get("counts"), tune_seconds=round(tune_s, 1), export_seconds=round(export_s, 1),
+               cv=result.get("cv"), variants=variants,
                search=spent)
     return row
 
@@ -280,7 +282,8 @@ def main() -> None:
         net = "failed: " + row["error"] if row.get("error") else f"{row['network_test']:.3f}"
         other = ", ".join(f"{k} {v:.3f}" for k, v in (row.get("variants") or {}).items())
         print(f"{row['file']}: network test {row['metric']} {net} ({row.get('chosen')}, {row.get('trials')}, "
-              f"{row.get('cv')}, {row.get('tune_seconds')} s); {other}; references {refs}; "
+              f"{row.get('cv')}, tune {row.get('tune_seconds')} s, export {row.get('export_seconds')} s); {other}; "
+              f"references {refs}; "
               f"search {row.get('search')}", flush=True)
         if args.out:  # after each set: a long suite can be read while it runs
             args.out.write_text(json.dumps(rows, indent=2))
