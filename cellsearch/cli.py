@@ -129,7 +129,7 @@ def tune(
     trial_timeout: float | None = typer.Option(None, "--trial-timeout", help="Seconds per trial at most."),
     prune: bool = typer.Option(True, "--prune/--no-prune", help="Stop hopeless trials early (default) or never."),
     cv: str = typer.Option("auto", "--cv", help="Folds per trial: a number (1: one validation split), or auto: "
-                           "5 for at most 2,000 sequences (forecasting: windows), else 1."),
+                           "5 for at most 2,000 sequences (forecasting: 10,000 windows), else 1."),
     fold_batching: str = typer.Option("auto", "--fold-batching", help="How a trial's folds train on the CPU: "
                                       "auto: together as one batched model where a quick measurement says it "
                                       "is faster; on: together wherever the model can run batched; off: one "

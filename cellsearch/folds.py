@@ -29,14 +29,20 @@ from cellsearch.tasks import get_task
 
 #: ``--cv auto`` cross-validates data with at most this many sequences (forecasting: windows).
 AUTO_MAX_EXAMPLES = 2000
+#: ``--cv auto`` validates forecasts on rolling origins up to this many windows: a window is a few
+#: horizons of steps (a sequence may be thousands), and one holdout is one stretch of time — a yearly
+#: panel of 2,522 windows whose final stretch held a recession scored test MASE 3.71 on one holdout
+#: (the networks won it, 2.48 against naive's 2.84) and 2.70 on five origins (naive 2.95).
+AUTO_MAX_WINDOWS = 10_000
 #: ``--cv auto``'s number of folds.
 AUTO_K = 5
 
 
-def resolve_cv(cv: str | int, n_examples: int) -> int:
-    """The number of folds of ``--cv``: a number, or ``auto`` (``AUTO_K`` for small data, else 1)."""
+def resolve_cv(cv: str | int, n_examples: int, limit: int = AUTO_MAX_EXAMPLES) -> int:
+    """The number of folds of ``--cv``: a number, or ``auto`` (``AUTO_K`` for at most ``limit``
+    examples, else 1)."""
     if cv == "auto":
-        return AUTO_K if n_examples <= AUTO_MAX_EXAMPLES else 1
+        return AUTO_K if n_examples <= limit else 1
     try:
         k = int(cv)
     except (TypeError, ValueError):

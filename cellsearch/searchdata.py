@@ -40,13 +40,14 @@ def read_folds(config: TuneConfig) -> tuple[Any, Any]:
     from dataclasses import replace
 
     from cellsearch.data import read_dataset
-    from cellsearch.folds import make_folds, resolve_cv
+    from cellsearch.folds import AUTO_MAX_EXAMPLES, AUTO_MAX_WINDOWS, make_folds, resolve_cv
     from cellsearch.tasks import get_task
 
     opts = config.data_options
     dataset = read_dataset(config.data, replace(opts, val_size=0.0))
     n = len(dataset.splits["train"]) + len(dataset.splits["val"])
-    asked = resolve_cv(config.cv, n)
+    windows = dataset.splits["train"].position is not None  # forecast windows (rolling origin)
+    asked = resolve_cv(config.cv, n, AUTO_MAX_WINDOWS if windows else AUTO_MAX_EXAMPLES)
     folds = make_folds(dataset, asked, config.seed, opts.val_size)
     if config.cv != "auto" and folds.k < asked:
         dataset.info["warnings"].append(f"--cv {asked}: the {n} {get_task(dataset.task).unit} outside the test "

@@ -371,3 +371,20 @@ def test_a_forecast_validated_on_one_time_holdout_is_refit_by_default(tmp_path, 
     frame = pd.read_csv(csv)
     forecasts = [cellsearch.load(b).predict(frame).prediction.to_numpy() for b in (default, folds)]
     assert np.allclose(*forecasts) is not refits
+
+
+def test_cv_auto_validates_forecasts_on_rolling_origins_up_to_ten_thousand_windows(tmp_path):
+    """A panel of about 2,900 windows (more than the 2,000 sequences ``--cv auto`` cross-validates)
+    still gets five rolling origins: a window is a few horizons of steps, and one holdout is one
+    stretch of time. Sequences keep their 2,000."""
+    from cellsearch.config import TuneConfig
+    from cellsearch.folds import AUTO_MAX_EXAMPLES, AUTO_MAX_WINDOWS, resolve_cv
+    from cellsearch.searchdata import read_folds
+
+    csv = _panel(tmp_path / "p.csv", sizes=tuple((100, 10.0 + k) for k in range(30)), seed=1)
+    dataset, folds = read_folds(TuneConfig.create(csv, horizon=2, window=8, season=4, test_size=0.0))
+    n = len(dataset.splits["train"]) + len(dataset.splits["val"])
+    assert AUTO_MAX_EXAMPLES < n <= AUTO_MAX_WINDOWS
+    assert folds.kind == "rolling origin" and folds.k == 5
+    assert resolve_cv("auto", AUTO_MAX_EXAMPLES + 1) == 1 and resolve_cv("auto", n, AUTO_MAX_WINDOWS) == 5
+    assert resolve_cv("auto", AUTO_MAX_WINDOWS + 1, AUTO_MAX_WINDOWS) == 1
