@@ -298,7 +298,7 @@ class _Local:
 
         self.g, self.name, self.dbl, self.big = g, name, TensorProto.DOUBLE, int(np.iinfo(np.int64).max)
         self.m, self.horizon = max(1, int(member.season)), int(member.n_outputs)
-        c, sl, rsum = self.c, self.sl, self.rsum
+        c = self.c
         y = g.node("Cast", [g.node("Gather", ["x", c("target", member.target_index, "int64")], axis=2)], to=self.dbl)
         t_len = g.node("Gather", [g.node("Shape", [y]), c("one_i", 1, "int64")])
         self.n1 = g.node("Unsqueeze", [g.node("Max", [g.node("Min", ["lengths", t_len]), c("one_i", 1, "int64")]),
@@ -310,7 +310,7 @@ class _Local:
         self.zero = c("zero", [0.0])
         self.d, self.idx = y, None
         if self.m > 1:
-            self._deseasonalise(y, c, sl, rsum)
+            self._deseasonalise(y)
 
     def c(self, name: str, value: Any, dtype: str = "float64") -> str:
         return self.g.const(f"{self.name}_{name}", value, dtype)
@@ -323,13 +323,13 @@ class _Local:
     def rsum(self, x: str) -> str:
         return self.g.node("ReduceSum", [x, self.c("ax1s", [1], "int64")], keepdims=1)
 
-    def _deseasonalise(self, y: str, c: Any, sl: Any, rsum: Any) -> None:
-        from cellsearch.tasks.forecasting import SEASON_STRENGTH
+    def _deseasonalise(self, y: str) -> None:
+        """``cellsearch.tasks.forecasting.seasonal_indices`` and the values less them (``self.d``)."""
+        from cellsearch.tasks.forecasting import SEASON_STRENGTH, moving_average_weights
 
         g, m, big, zero, n1, dbl = self.g, self.m, self.big, self.zero, self.n1, self.dbl
-        w = np.full(m + 1, 1.0 / m) if m % 2 == 0 else np.full(m, 1.0 / m)
-        if m % 2 == 0:
-            w[0] = w[-1] = 0.5 / m
+        c, sl, rsum = self.c, self.sl, self.rsum
+        w = moving_average_weights(m)
         span, off = len(w), (len(w) - 1) // 2
         ends = [-(span - 1 - j) if span - 1 - j > 0 else big for j in range(span)]
         avg = None

@@ -122,24 +122,28 @@ def _tfidf(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
     return lambda split: est.predict(_documents(split, ctx))
 
 
-def _rocket(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
-    """ROCKET: random convolution kernels, their PPV and maximum, ridge (``cellsearch.refmembers.RocketMember``,
-    the member itself, so the reference and the member agree)."""
-    import torch
+def _member(kind: str) -> Callable[[Any, Context], Callable[[Any], np.ndarray]]:
+    """A reference that is a member of ``cellsearch.refmembers`` (ROCKET; theta and the damped trend,
+    fitted on each window), fitted by the member's own ``fit``: the reference and the member agree."""
 
-    from cellsearch.refmembers import RocketMember
+    def fit(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
+        import torch
 
-    member = RocketMember.fit(train, ctx.task, ctx.length, ctx.n_outputs, ctx.prep)
+        from cellsearch.refmembers import MEMBERS
 
-    def predict(split: Any) -> np.ndarray:
-        with torch.no_grad():
-            out = member(torch.from_numpy(np.ascontiguousarray(split.x)),
-                         torch.from_numpy(split.lengths.astype(np.int64))).numpy()
-        if get_task(ctx.task).labels:
-            return out.argmax(axis=1)
-        return out[:, 0] if out.shape[1] == 1 and np.asarray(split.y).ndim == 1 else out
+        member = MEMBERS[kind].fit(train, ctx.task, ctx.length, ctx.n_outputs, ctx.prep)
 
-    return predict
+        def predict(split: Any) -> np.ndarray:
+            with torch.no_grad():
+                out = member(torch.from_numpy(np.ascontiguousarray(split.x)),
+                             torch.from_numpy(split.lengths.astype(np.int64))).numpy()
+            if get_task(ctx.task).labels:
+                return out.argmax(axis=1)
+            return out[:, 0] if out.shape[1] == 1 and np.asarray(split.y).ndim == 1 else out
+
+        return predict
+
+    return fit
 
 
 def _naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
@@ -160,27 +164,6 @@ def _seasonal_naive(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
         return seasonal_naive(target, lengths, ctx.season, ctx.n_outputs).numpy()
 
     return predict
-
-
-def _local(kind: str) -> Callable[[Any, Context], Callable[[Any], np.ndarray]]:
-    """A forecast fitted on each window (``cellsearch.refmembers.LocalMember``: theta, the damped
-    trend), the member itself: nothing is fitted across windows, so the reference and the member agree."""
-
-    def fit(train: Any, ctx: Context) -> Callable[[Any], np.ndarray]:
-        from cellsearch.refmembers import MEMBERS
-
-        member = MEMBERS[kind](ctx.season, ctx.target_index, ctx.n_outputs, ctx.task, int(train.x.shape[2]))
-
-        def predict(split: Any) -> np.ndarray:
-            import torch
-
-            with torch.no_grad():
-                return member(torch.from_numpy(np.ascontiguousarray(split.x)),
-                              torch.from_numpy(split.lengths.astype(np.int64))).numpy()
-
-        return predict
-
-    return fit
 
 
 def _local_macs(kind: str) -> Callable[[Context], int]:
@@ -234,13 +217,13 @@ REFERENCES: dict[str, Reference] = {
                        macs=lambda c: c.dim * c.n_outputs, params=lambda c: (c.dim + 1) * c.n_outputs),
     # ROCKET: each kernel's weights at every step (1-3 channels: about 2 on average where there are
     # several), and the linear map over two features per kernel.
-    "rocket": Reference("ROCKET", _rocket, macs=_rocket_macs, params=_rocket_params),
+    "rocket": Reference("ROCKET", _member("rocket"), macs=_rocket_macs, params=_rocket_params),
     # Forecasts: one multiply-add per output maps the window-scaled value back.
     "naive": Reference("naive", _naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
     "seasonal_naive": Reference(_seasonal_label, _seasonal_naive, macs=lambda c: c.n_outputs, params=lambda c: 0),
     # Theta and the damped trend fit each window as they forecast: their work is per step, they store nothing.
-    "theta": Reference(_local_label("theta"), _local("theta"), macs=_local_macs("theta"), params=lambda c: 0),
-    "damped": Reference(_local_label("damped trend"), _local("damped"), macs=_local_macs("damped"),
+    "theta": Reference(_local_label("theta"), _member("theta"), macs=_local_macs("theta"), params=lambda c: 0),
+    "damped": Reference(_local_label("damped trend"), _member("damped"), macs=_local_macs("damped"),
                         params=lambda c: 0),
 }
 

@@ -100,9 +100,19 @@ SEASON_STRENGTH = 0.5
 
 def theta_macs(length: int, season: int, horizon: int) -> int:
     """The theta forecast's multiply-adds for one window of ``length`` steps: per step the smoothing
-    for every weight tried (two each), the autocorrelations up to a season and the moving average (a
-    season each) and the slope; per output the drift and the seasonal index."""
+    for every weight tried (two each), the moving average and the phases' sums (a season each) and the
+    slope; per output the drift and the seasonal index."""
     return (2 * len(THETA_ALPHAS) + 2 * season + 4) * int(length) + 3 * horizon
+
+
+def moving_average_weights(season: int) -> np.ndarray:
+    """The centred moving average of one season that classical decomposition takes the trend with:
+    ``season`` equal weights, or for an even season 2 x m (``season + 1`` weights, half at each end)."""
+    if season % 2:
+        return np.full(season, 1.0 / season)
+    w = np.full(season + 1, 1.0 / season)
+    w[0] = w[-1] = 0.5 / season
+    return w
 
 
 def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
@@ -121,11 +131,7 @@ def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
     n = lengths.to(y.device).long()
     if season <= 1 or t_len < 3 * season:
         return torch.zeros((b, max(1, season)), dtype=y.dtype, device=y.device)
-    w = torch.full((season + 1,), 1.0 / season, dtype=y.dtype, device=y.device)
-    if season % 2 == 0:
-        w[0] = w[-1] = 0.5 / season
-    else:
-        w = w[:season]
+    w = torch.as_tensor(moving_average_weights(season), dtype=y.dtype, device=y.device)
     off = (len(w) - 1) // 2
     avg = torch.nn.functional.conv1d(y[:, None, :], w[None, None, :])[:, 0]  # step off .. T-1-off
     pos = torch.arange(off, off + avg.shape[1], device=y.device)
