@@ -352,7 +352,8 @@ def bench(
     all_backends: bool = typer.Option(False, "--all-backends", help="Also time the custom cells with each "
                                       "recurrent-GEMM backend this machine has (mkl, aten, blocked)."),
     text: bool = typer.Option(False, "--text", help="Instead: training tokens per second of a text model "
-                              "(embedding, each cell, mean pooling, Adam) against torch's own modules."),
+                              "(embedding, each cell, mean pooling, Adam), reading word pieces and reading their "
+                              "characters, against torch's own modules."),
     steps: bool = typer.Option(False, "--steps", help="Instead: where a small trial's training step goes, and "
                                "the search's fold-steps per second with the folds one by one and together "
                                "against a bare PyTorch loop (the first --hidden size)."),
@@ -450,12 +451,13 @@ def _bench_text(sizes: tuple[int, ...], threads: int, repeats: int, as_json: boo
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"text training step (embedding 64, batch 32 documents of 4-256 tokens, Adam), "
-                        f"{threads} threads, CPU {kernels.cpu_model()}")
-    for col in ("variant", "hidden", "tokens/s", "torch's", "tokens/s ", "ratio"):
-        table.add_column(col, justify="left" if col in ("variant", "torch's") else "right")
+    table = Table(title=f"text training step (embedding 64, batch 32 documents of 4-256 word pieces, Adam), "
+                        f"{threads} threads, CPU {kernels.cpu_model()}; tokens/s counts word pieces, also where "
+                        "the model reads their characters")
+    for col in ("variant", "reads", "hidden", "tokens/s", "torch's", "tokens/s ", "ratio"):
+        table.add_column(col, justify="left" if col in ("variant", "reads", "torch's") else "right")
     for r in rows:
-        table.add_row(r.variant, str(r.hidden), f"{r.tokens_per_s:,.0f}", r.reference,
+        table.add_row(r.variant, r.tokens, str(r.hidden), f"{r.tokens_per_s:,.0f}", r.reference,
                       f"{r.reference_tokens_per_s:,.0f}", f"{r.ratio:.2f}x")
     Console().print(table)
 

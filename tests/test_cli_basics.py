@@ -55,3 +55,17 @@ def test_bench_names_the_backend_and_times_each_with_all_backends():
     assert set(data["backends"]) == set(kernels.gemm_backends())
     for rows in data["backends"].values():
         assert {r["variant"] for r in rows} >= {"peephole", "cifg", "gru"} and all(r["ms"] > 0 for r in rows)
+
+
+def test_bench_text_reports_pieces_and_characters_against_torch():
+    """``bench --text --json``: a row per cell, width and reading (word pieces, their characters), each
+    with positive speeds of ours and torch's on the same documents; the character-level model reads more
+    steps than the word pieces, so it is slower in the documents' word pieces."""
+    res = run_cli("bench", "--text", "--hidden", "8", "--repeats", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["rows"]
+    assert {(r["variant"], r["tokens"]) for r in rows} == {(c, k) for c in ("lstm", "peephole", "cifg", "gru")
+                                                           for k in ("pieces", "chars")}
+    assert all(r["tokens_per_s"] > 0 and r["reference_tokens_per_s"] > 0 and r["ratio"] > 0 for r in rows)
+    speed = {(r["variant"], r["tokens"]): r["reference_tokens_per_s"] for r in rows}
+    assert all(speed[(c, "chars")] < speed[(c, "pieces")] for c in ("lstm", "gru"))
