@@ -341,8 +341,10 @@ def test_runs_of_a_killed_search_end_failed_on_resume(tiny_csv, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(10)  # past the heartbeat's grace period
+    # the resumed trial (slow space) runs until the deadline: 35 s leaves it a validation check even on a
+    # loaded machine (20 s did not, once: its trial ended with no result and the search said so)
     res = run_cli("tune", str(tiny_csv), "--space", str(slow), "--trials", "1", "--run-dir", str(runs), "--cv", "1",
-                  "--no-references", "--timeout", "20")
+                  "--no-references", "--timeout", "35")
     assert res.returncode == 0, res.stderr[-2000:]
     exp = client.get_experiment_by_name("tiny")
     old = client.search_runs([exp.experiment_id])
