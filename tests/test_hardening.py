@@ -341,11 +341,13 @@ def test_runs_of_a_killed_search_end_failed_on_resume(tiny_csv, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(10)  # past the heartbeat's grace period
-    # the resumed trial (slow space) runs until the deadline: 35 s leaves it a validation check even on a
-    # loaded machine (20 s did not, once: its trial ended with no result and the search said so)
+    # The resumed trial (slow space) trains until the deadline; on a loaded machine its first validation
+    # check may come after it (the trial is then pruned with no score and the search ends with "every
+    # trial failed", exit 1). Either way the resume must end cleanly and close the killed runs.
     res = run_cli("tune", str(tiny_csv), "--space", str(slow), "--trials", "1", "--run-dir", str(runs), "--cv", "1",
                   "--no-references", "--timeout", "35")
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0 or (res.returncode == 1 and "every trial failed" in res.stderr), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
     exp = client.get_experiment_by_name("tiny")
     old = client.search_runs([exp.experiment_id])
     killed = [r for r in old if r.data.tags.get("reason", "").startswith("killed")]
