@@ -198,7 +198,8 @@ def _card(model: Any, prep: Preprocessing, info: dict[str, Any], metrics: dict[s
                        for k, layer in enumerate(spec.layers))
     members = ""
     if isinstance(model, EnsembleModel):
-        rows = "".join(f"| {_member_name(src)} | {src.get('fold', '-')} | {member_arch(m)} | {w:.3f} |\n"
+        rows = "".join(f"| {_member_name(src)} | {src.get('fold', 'all (refit)' if src.get('refit') else '-')} | "
+                       f"{member_arch(m)} | {w:.3f} |\n"
                        for m, w, src in zip(model.members, model.weights, model.sources))
         members = f"""
 ## Members ({len(model.members)} models; the output averages their {

@@ -1,7 +1,8 @@
 """Reference models beside every search: does the recurrent network beat the simple answer?
 
-Each reference is fitted on the training split only and scored on the same validation and test
-splits as the networks, with the same metric. They are shown beside the networks (Pareto table and
+Each reference is scored on the same validation and test splits as the networks, with the same
+metric: on validation after fitting on the training rows, on the test split after fitting on all the
+non-test rows. They are shown beside the networks (Pareto table and
 plot, MLflow runs tagged ``reference``, the model card). Alone a reference is never exported (the
 bundle always holds a network); ridge also joins the ensemble library as a member
 (``cellsearch.refmembers``). The registry ``REFERENCES`` maps a name to a ``Reference``; each task lists the references
@@ -233,7 +234,9 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     """Fit each reference that serves the task and score it with the task's metric as the networks
     are: on each fold's validation part after fitting on its training part (``folds``, from
     ``cellsearch.folds``; the dataset's own train/validation split by default), the mean of the
-    folds' scores; and on the test split after fitting on all the folds' data.
+    folds' scores; and on the test split after fitting on all the folds' data (with one validation
+    split: the training and validation rows, as the ensembles' reference members are —
+    ``refmembers.final_member``).
 
     Returns one entry per reference, shaped like a Pareto point (``score``, ``test_score``, ``cost``
     for ``cost``, ``macs``, ``params``) with ``reference: True``. References whose turn comes after
@@ -241,6 +244,7 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
     """
     from cellsearch.costs import cost_value
     from cellsearch.data import get_layout
+    from cellsearch.data.splits import concat_splits
     from cellsearch.folds import make_folds
     from cellsearch.metrics import score, test_scores
 
@@ -269,7 +273,10 @@ def fit_references(dataset: Any, cost: str, deadline: float | None = None,
         entry = {"reference": True, "name": name, "arch": label, "score": float(np.mean(scores)),
                  "test_score": None}
         if len(test):
-            predict = ref.fit(train, ctx) if len(parts) > 1 else predict
+            if len(parts) > 1:
+                predict = ref.fit(train, ctx)
+            elif folds.validated:  # one validation split: learn from its rows too
+                predict = ref.fit(concat_splits(list(parts[0])), ctx)
             entry.update(test_scores(task, predict(test), test, prep.target_scale))
         attrs = {"macs": ref.macs(ctx), "params": ref.params(ctx)}
         c = cost_value(cost, attrs)

@@ -115,13 +115,15 @@ def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
     saved like a trial (fold models, out-of-fold outputs), recorded in the study
     (``reference_members``: points keyed by a negative trial number) — none with ``--networks-only``,
     without validation rows (nothing to select on), or where a reference does not serve the data
-    (``Layout.references``)."""
+    (``Layout.references``). With one validation split, the saved model (what the test split, the
+    ensembles and the export use) is the member fitted again on the training and validation rows
+    (``refmembers.final_member``); the out-of-fold file keeps the training-split fit's outputs."""
     import numpy as np
 
     from cellsearch.costs import COSTS, cost_value, measure_costs
     from cellsearch.folds import fold_scores, oof_loss
     from cellsearch.model import EnsembleModel, save_checkpoint
-    from cellsearch.refmembers import MEMBER_KEYS, MEMBERS, fold_members
+    from cellsearch.refmembers import MEMBER_KEYS, MEMBERS, final_member, fold_members
     from cellsearch.searchdata import data_shape
 
     config = ctx.config
@@ -136,7 +138,9 @@ def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
         key = MEMBER_KEYS[kind]
         if not list(members[0].state_dict()) and all(m.describe() == members[0].describe() for m in members):
             members = members[:1]  # nothing fitted (the naive forecasts, theta): one copy, run and counted once
-        model = EnsembleModel(members, [1.0] * len(members), [{"trial": key, "fold": k} for k in range(len(members))])
+        final = final_member(ctx.dataset, ctx.folds, members)
+        model = (EnsembleModel([final], [1.0], [{"trial": key, "refit": True}]) if final is not None else
+                 EnsembleModel(members, [1.0] * len(members), [{"trial": key, "fold": k} for k in range(len(members))]))
         ckpt, oof_file = ctx.sdir / "trials" / f"{kind}.pt", ctx.sdir / "oof" / f"{kind}.npy"
         save_checkpoint(ckpt, model, trial=key)
         oof_file.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +152,7 @@ def _reference_members(ctx: Any, tracker: Any) -> list[dict[str, Any]]:
             "score": float(np.mean(scores)), "spread": float(np.std(scores)),
             "oof_loss": oof_loss(ctx.dataset.task, oof, ctx.folds.oof), "folds": ctx.folds.k,
             "cost": cost_value(config.cost, costs), **{c.attr: costs.get(c.attr) for c in COSTS.values()},
+            "fitted_on": "training and validation rows" if final is not None else "each fold's training rows",
             "checkpoint": str(ckpt.relative_to(config.run_dir)), "oof": str(oof_file.relative_to(config.run_dir)),
             "checkpoint_uri": tracker.log_search_file(ckpt, "references")})
     if found:

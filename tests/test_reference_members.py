@@ -254,3 +254,60 @@ def test_the_rocket_member_in_onnx_is_the_member_and_its_features_are_rocket():
                 out = fitted(torch.from_numpy(held.x), torch.from_numpy(held.lengths))
             acc = (out.argmax(1).numpy() == held.y).mean()
             assert acc > 0.9, acc  # chance is 1/3
+
+
+def test_with_one_validation_split_the_members_learn_from_its_rows_too(tiny_csv, tmp_path):
+    """Holdout search: the saved reference member (what the test split, the ensembles and the export
+    use) is the kind fitted on the training and validation rows, at the temperature chosen on
+    validation; its out-of-fold file keeps the training-split fit's outputs."""
+    from cellsearch.context import prepare
+    from cellsearch.data.splits import concat_splits
+    from cellsearch.model import load_checkpoint
+    from cellsearch.search import TuneConfig, tune
+
+    space = tmp_path / "s.yaml"
+    space.write_text("layers:\n  depth: 1\n  cell: gru\n  hidden: 4\nlr: 0.01\nbatch_size: 16\nmax_epochs: 2\n"
+                     "patience: 2\n")
+    options = {"space": str(space), "run_dir": tmp_path / "runs", "cv": 1, "seed": 1, "test_size": 0.2}
+    r = tune(tiny_csv, trials=2, progress=False, track=False, prune=False, **options)
+    assert r.cv == "holdout (one validation split)"
+    fold = prepare(TuneConfig.create(tiny_csv, **options), create=False).folds.folds[0]
+    train, val = fold.train.tensors(), fold.val.tensors()
+    ridge = {p["name"]: p for p in r.study.user_attrs["reference_members"]}["ridge"]
+    assert ridge["fitted_on"] == "training and validation rows"
+    model, _ = load_checkpoint(r.run_dir / ridge["checkpoint"])
+    assert len(model.members) == 1 and model.sources == [{"trial": ridge["trial"], "refit": True}]
+    member = model.members[0]
+    both = RidgeMember.fit(concat_splits([train, val]), "classification", member.length, member.n_outputs)
+    alone = RidgeMember.fit(train, "classification", member.length, member.n_outputs)
+    np.testing.assert_allclose(member.linear.weight.detach().numpy(), both.linear.weight.detach().numpy(), atol=1e-5)
+    assert not np.allclose(member.linear.weight.detach().numpy(), alone.linear.weight.detach().numpy(), atol=1e-3)
+    alone.temperature = member.temperature
+    with torch.no_grad():
+        want = alone(torch.from_numpy(val.x), torch.from_numpy(val.lengths)).numpy()
+    np.testing.assert_allclose(np.load(r.run_dir / ridge["oof"]), want, atol=1e-4)
+
+
+def test_with_one_validation_split_a_reference_is_tested_after_learning_from_its_rows(tiny_csv):
+    """The reference beside the networks is scored on validation from the training rows, and on the
+    test split from the training and validation rows (as the ensembles' members are)."""
+    from cellsearch.data import read_dataset
+    from cellsearch.data.splits import concat_splits
+    from cellsearch.metrics import score
+    from cellsearch.references import REFERENCES, Context, fit_references
+
+    ds = read_dataset(tiny_csv, val_size=0.25, test_size=0.25, seed=2)
+    train, val, test = (ds.splits[k] for k in ("train", "val", "test"))
+    shown = {r["name"]: r for r in fit_references(ds, "macs")}
+    length = max(1, int(np.median(train.lengths)))
+    ctx = Context("classification", length, length * train.x.shape[2], len(train), ds.n_outputs, 0, 1,
+                  ds.preprocessing)
+    differs = 0
+    for name in ("ridge", "1nn"):
+        ref = REFERENCES[name]
+        assert shown[name]["score"] == pytest.approx(score("classification", ref.fit(train, ctx)(val), val.y))
+        both = score("classification", ref.fit(concat_splits([train, val]), ctx)(test), test.y)
+        alone = score("classification", ref.fit(train, ctx)(test), test.y)
+        assert shown[name]["test_score"] == pytest.approx(both)
+        differs += both != alone
+    assert differs  # the fixture is one where the validation rows change a test prediction
