@@ -171,7 +171,7 @@ def tune(
               file=sys.stderr)
         sys.exit(130)
     if result.failure:
-        print(f"cellsearch: error: every trial failed; the first: {result.failure} (--verbose shows more)",
+        print(f"cellsearch: error: {result.failure} (--verbose shows more)",
               file=sys.stderr)
         sys.exit(1)
 

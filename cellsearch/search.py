@@ -48,15 +48,27 @@ class TuneResult:
 
     @property
     def failure(self) -> str | None:
-        """When no trial completed and some failed: the first failure's reason (else ``None``)."""
+        """When no trial completed and some failed: why, in one line — the first recorded reason of
+        the failed trials (a trial whose process was killed has none: optuna failed it when the search
+        resumed) and of the pruned ones, which ended before any score (else ``None``)."""
         import optuna
 
         from cellsearch.records import TrialRecord
 
         if self.counts.get("complete", 0) or not self.counts.get("fail", 0):
             return None
-        failed = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-        return TrialRecord.of(failed[0]).reason or "no reason was recorded"
+        states = optuna.trial.TrialState
+
+        def first(state: Any, missing: str) -> tuple[int, str]:
+            trials = self.study.get_trials(deepcopy=False, states=(state,))
+            return len(trials), next((r for r in (TrialRecord.of(t).reason for t in trials) if r), missing)
+
+        n_failed, failed = first(states.FAIL, "none recorded: its process ended without finishing it (killed?)")
+        n_pruned, pruned = first(states.PRUNED, "none recorded")
+        if not n_pruned:
+            return f"every trial failed; the first: {failed}"
+        return (f"no trial completed: {n_failed} failed (the first: {failed}), {n_pruned} pruned before a score "
+                f"(the first: {pruned})")
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study.study_name, "metric": self.metric, "direction": self.direction,

@@ -564,3 +564,32 @@ def test_scores_are_recorded_as_the_runs_table_should_show_them(tmp_path):
     m = client.get_run(run.info.run_id).data.metrics
     assert m["score"] == 0.6667 and m["fold1_score"] == 0.1235  # not 0.66666667
     assert m["macs"] == 123456.0 and m["train_seconds"] == 1.23456789  # counts and times as they are
+
+
+def test_a_search_with_no_complete_trial_names_the_killed_and_the_pruned_ones():
+    """A trial failed by optuna when a killed search resumed has no recorded reason: the line says
+    so, and names the pruned trials' first reason rather than calling every trial failed."""
+    import optuna
+
+    from cellsearch.records import TrialRecord
+    from cellsearch.search import TuneResult
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    killed = study.ask()
+    study.tell(killed, state=optuna.trial.TrialState.FAIL)  # as fail_stale_trials leaves it
+    late = study.ask()
+    TrialRecord(reason="the time limit came before its first validation").write(late, "reason")
+    study.tell(late, state=optuna.trial.TrialState.PRUNED)
+    result = TuneResult(study, "accuracy", "maximize", "macs", [], None, Path("."), counts={"fail": 1, "pruned": 1})
+    line = result.failure
+    assert line.startswith("no trial completed: 1 failed") and "killed" in line
+    assert "1 pruned before a score (the first: the time limit came before its first validation)" in line
+    assert TuneResult(study, "accuracy", "maximize", "macs", [], None, Path("."),
+                      counts={"fail": 1, "complete": 1}).failure is None
+    # failures alone: every trial failed, the first recorded reason
+    bare = optuna.create_study()
+    t = bare.ask()
+    TrialRecord(reason="RuntimeError: boom").write(t, "reason")
+    bare.tell(t, state=optuna.trial.TrialState.FAIL)
+    assert TuneResult(bare, "accuracy", "maximize", "macs", [], None, Path("."),
+                      counts={"fail": 1}).failure == "every trial failed; the first: RuntimeError: boom"
