@@ -63,8 +63,8 @@ def prepare(config: TuneConfig, *, create: bool) -> SearchContext:
     import optuna
 
     from cellsearch.metrics import metric_of
+    from cellsearch.progress import quiet_lightning
     from cellsearch.space import load_space
-    from cellsearch.train import quiet_lightning
 
     config.validate()
     spc = load_space(config.space)

@@ -125,7 +125,7 @@ def _read_training(data: str, prep: Preprocessing) -> tuple[Any, Any]:
 def _test_scores(model: Any, dataset: Any, prep: Preprocessing) -> dict[str, Any]:
     """The model's scores on the training file's test split (``test_score`` and the secondary ones,
     ``test_smape``, ...), when that file is still here."""
-    from cellsearch.train import evaluate_test
+    from cellsearch.evaluation import evaluate_test
 
     if dataset is None or not len(dataset.splits["test"]):
         return {"test_score": None}
@@ -339,8 +339,8 @@ def export(*, out: str | Path, run_dir: str | Path = "cellsearch-runs", study: s
     from cellsearch.costs import measure_costs
     from cellsearch.ensemble import assemble
     from cellsearch.model import model_arch
+    from cellsearch.progress import quiet_lightning
     from cellsearch.study import study_dir
-    from cellsearch.train import quiet_lightning
 
     quiet_lightning()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars on stderr

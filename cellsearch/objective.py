@@ -298,9 +298,9 @@ class Objective:
 
         from cellsearch.costs import COSTS, cost_value, measure_costs
         from cellsearch.ensemble import TRUTH_FILE
+        from cellsearch.evaluation import outputs
         from cellsearch.folds import fold_losses, oof_loss
         from cellsearch.model import EnsembleModel, save_checkpoint
-        from cellsearch.train import outputs
 
         ctx, config = self.ctx, self.ctx.config
         task = ctx.dataset.task

@@ -1,7 +1,10 @@
-"""The one live display of a search: trials done, elapsed time, best score so far, front size."""
+"""The one live display of a search: trials done, elapsed time, best score so far, front size; and
+``quiet_lightning``, which keeps Lightning's and MLflow's notices off that display."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Any
 
 
@@ -47,3 +50,17 @@ class SearchProgress:
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc)
+
+
+def quiet_lightning() -> None:
+    """One live display on the console: Lightning's notices and warnings go to --verbose only."""
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
+    warnings.filterwarnings("ignore", message=".*is experimental \\(supported from.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")

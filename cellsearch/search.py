@@ -102,7 +102,7 @@ def _score_test(dataset: Any, folds: Any, study: Any, points: list[dict[str, Any
     import time
 
     from cellsearch.ensemble import assemble
-    from cellsearch.train import evaluate_test
+    from cellsearch.evaluation import evaluate_test
 
     test = dataset.splits["test"]
     if not len(test):

@@ -8,7 +8,6 @@ for regression (in the target's units), MASE for forecasting.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import time
 import warnings
@@ -16,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from cellsearch.data import Dataset, SplitTensors
+from cellsearch.data import Dataset
+from cellsearch.evaluation import Batches, evaluate, evaluate_test, outputs  # noqa: F401  (their old home)
 from cellsearch.folds import Fold, holdout_fold
-from cellsearch.metrics import metric_of, score, test_scores
+from cellsearch.metrics import metric_of, score
 from cellsearch.model import SequenceModel
 from cellsearch.pooling import real_steps
+from cellsearch.progress import quiet_lightning
 from cellsearch.tasks import get_task
 
 ForecastLoss = Literal["l1", "mse"]
@@ -65,43 +65,6 @@ class TrainOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def quiet_lightning() -> None:
-    """One live display on the console: Lightning's notices and warnings go to --verbose only."""
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
-    warnings.filterwarnings("ignore", message=".*is experimental \\(supported from.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*GPU available but not used.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")
-
-
-class Batches(torch.utils.data.Dataset):
-    """Rows ``index`` of a split (all of it when ``None``), indexed by whole batches (a list of
-    positions), each batch trimmed to its longest sequence. The split's arrays are shared, not copied:
-    every fold of a search reads the same tensors."""
-
-    def __init__(self, split: SplitTensors, task: str, index: np.ndarray | None = None) -> None:
-        self.x = torch.from_numpy(np.ascontiguousarray(split.x))
-        self.lengths = torch.from_numpy(split.lengths.astype(np.int64))
-        y = torch.from_numpy(np.asarray(split.y))
-        self.y = get_task(task).target_tensor(y, len(split))
-        w = np.ones(len(split)) if split.weight is None else split.weight
-        self.weight = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        self.index = None if index is None else torch.from_numpy(np.asarray(index, dtype=np.int64))
-
-    def __len__(self) -> int:
-        return len(self.lengths) if self.index is None else len(self.index)
-
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx_t = torch.as_tensor(idx) if self.index is None else self.index[torch.as_tensor(idx)]
-        lengths = self.lengths[idx_t]
-        return self.x[idx_t, : int(lengths.max())], lengths, self.y[idx_t], self.weight[idx_t]
 
 
 #: Batches are made of sequences of similar length where the mean length is below this share of the
@@ -309,30 +272,6 @@ def score_outputs(out: torch.Tensor, y: torch.Tensor, task: str, target_std: flo
     """The task's score (``cellsearch.metrics.score``) of model outputs."""
     return score(task, out.detach().cpu().numpy(), y.detach().cpu().numpy(), target_std,
                  None if weight is None else weight.detach().cpu().numpy())
-
-
-@torch.no_grad()
-def outputs(model: torch.nn.Module, split: SplitTensors, task: str, batch_size: int = 512,
-            index: np.ndarray | None = None) -> np.ndarray:
-    """The model's outputs on one split, or on its rows ``index`` (eval mode, batched)."""
-    model.eval()
-    part = Batches(split, task, index)
-    outs = []
-    for k in range(0, len(part), batch_size):
-        x, lengths, _, _ = part[list(range(k, min(k + batch_size, len(part))))]
-        outs.append(model(x, lengths))
-    return torch.cat(outs).numpy()
-
-
-def evaluate(model: SequenceModel, split: SplitTensors, task: str, target_std: float = 1.0) -> float:
-    """Score a model on one split with the task's metric."""
-    return score(task, outputs(model, split, task), split.y, target_std, split.weight)
-
-
-def evaluate_test(model: SequenceModel, split: SplitTensors, task: str, target_std: float = 1.0
-                  ) -> dict[str, float]:
-    """``{"test_score": ..., "test_smape": ...}`` of a model on a test split (``metrics.test_scores``)."""
-    return test_scores(task, outputs(model, split, task), split, target_std)
 
 
 class EpochHistory(pl.Callback):

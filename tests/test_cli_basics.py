@@ -22,6 +22,32 @@ def test_help_does_not_import_heavy_libraries():
     assert res.returncode == 0 and "bench" in res.stdout
 
 
+def test_export_predict_and_explain_train_nothing_and_do_not_import_lightning(tiny_csv, tmp_path):
+    """Exporting fold models, predicting and explaining train nothing: they read models through
+    ``cellsearch.evaluation``, so a command pays no PyTorch Lightning import (seconds per call)."""
+    from cellsearch.search import tune
+
+    space = tmp_path / "s.yaml"
+    space.write_text("layers:\n  depth: 1\n  cell: gru\n  hidden: 4\nlr: 0.01\nbatch_size: 16\nmax_epochs: 2\n"
+                     "patience: 2\n")
+    runs = tmp_path / "runs"
+    tune(tiny_csv, space=str(space), trials=2, run_dir=runs, progress=False, track=False, cv=2, seed=1, prune=False,
+         test_size=0.2)
+    bundle = str(tmp_path / "m")
+    commands = [["export", "--run-dir", str(runs), "--out", bundle],
+                ["predict", bundle, str(tiny_csv), "--out", str(tmp_path / "p.csv")],
+                ["explain", bundle, str(tiny_csv), "--out", str(tmp_path / "e.html")]]
+    code = (f"import sys; from cellsearch.cli import main\nfor args in {commands!r}:\n"
+            "    try:\n        main(args)\n"
+            "    except SystemExit as exc:\n        assert not exc.code, (args, exc.code)\n"
+            "print('pytorch_lightning' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False True"  # torch ran the models; Lightning stayed out
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "test accuracy: " in card and "test accuracy: n/a" not in card  # the test split was scored
+
+
 def test_usage_errors_are_one_line_with_status_2():
     for args in (["bench", "--no-such-option"], ["no-such-command"], ["bench", "--hidden", "x"],
                  ["bench", "--device", "tpu"]):
