@@ -115,7 +115,13 @@ class Objective:
             if error is exc:
                 raise
             raise error from None
-        return self._record(trial, run, results, curve)
+        try:
+            return self._record(trial, run, results, curve)
+        except Exception as exc:  # saving or scoring the trained models failed: the trial fails, saying why
+            reason = f"{type(exc).__name__}: {exc}"
+            TrialRecord(reason=reason).write(trial, "reason")
+            run.finish("FAILED", reason=reason)
+            raise
 
     def _options(self, cfg: dict[str, Any]) -> Any:
         """The trial's ``TrainOptions``: what it drew, with ``--max-epochs`` in place of the space's

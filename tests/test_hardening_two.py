@@ -593,3 +593,25 @@ def test_a_search_with_no_complete_trial_names_the_killed_and_the_pruned_ones():
     bare.tell(t, state=optuna.trial.TrialState.FAIL)
     assert TuneResult(bare, "accuracy", "maximize", "macs", [], None, Path("."),
                       counts={"fail": 1}).failure == "every trial failed; the first: RuntimeError: boom"
+
+
+def test_a_trial_that_fails_after_training_records_why(tmp_path, tiny_csv, monkeypatch):
+    """An error while a trained trial's models are saved and scored (its out-of-fold outputs here)
+    fails the trial with the reason recorded, so the search's line names it (it used to say none)."""
+    import cellsearch.evaluation
+    from cellsearch.records import TrialRecord
+    from cellsearch.search import tune
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the outputs could not be computed (a broken test double)")
+
+    space = tmp_path / "s.yaml"
+    space.write_text("layers:\n  depth: 1\n  cell: gru\n  hidden: 4\nlr: 0.01\nbatch_size: 16\nmax_epochs: 2\n"
+                     "patience: 2\n")
+    monkeypatch.setattr(cellsearch.evaluation, "outputs", broken)
+    r = tune(tiny_csv, space=str(space), trials=1, run_dir=tmp_path / "runs", progress=False, track=False, cv=2,
+             seed=1, prune=False, references=False)
+    assert r.counts.get("fail") and not r.counts.get("complete")
+    reasons = {TrialRecord.of(t).reason for t in r.study.trials}
+    assert reasons == {"RuntimeError: the outputs could not be computed (a broken test double)"}
+    assert r.failure == f"every trial failed; the first: {reasons.pop()}"
