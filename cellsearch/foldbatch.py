@@ -43,11 +43,12 @@ import torch
 from torch import nn
 
 from cellsearch.data import Dataset
+from cellsearch.evaluation import Batches
 from cellsearch.folds import Fold
 from cellsearch.metrics import metric_of
+from cellsearch.progress import quiet_lightning
 from cellsearch.tasks import get_task
 from cellsearch.train import (
-    Batches,
     Deadline,
     FitResult,
     NonFiniteLossError,
@@ -56,7 +57,6 @@ from cellsearch.train import (
     adam,
     batch_sampler,
     crop_batch,
-    quiet_lightning,
     run_trainer,
     score_outputs,
 )

@@ -57,12 +57,10 @@ def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any,
 def _refit_reference(key: int, references: list[dict[str, Any]], pool: Any, dataset: Any) -> Any:
     """A reference member fitted on all of ``pool``, at the temperature its fold members were given."""
     from cellsearch.model import load_checkpoint
+    from cellsearch.refmembers import refit_member
 
     point = next((p for p in references if p["trial"] == key), None)
     if point is None:
         raise ValueError(f"member {key} is no reference member of this study")
     folds_model, _ = load_checkpoint(point["checkpoint"])
-    first = folds_model.members[0]
-    member = type(first).fit(pool, dataset.task, first.length, first.n_outputs, dataset.preprocessing)
-    member.temperature = first.temperature
-    return member
+    return refit_member(folds_model.members[0], pool, dataset)

@@ -748,16 +748,21 @@ def final_member(dataset: Any, folds: Any, members: list[nn.Module]) -> nn.Modul
     from cellsearch.data.splits import concat_splits
 
     first = members[0]
-    if folds.kind != "holdout" or not folds.validated or len(members) != 1 or not list(first.state_dict()):
+    if folds.kind != "holdout" or not folds.validated or not list(first.state_dict()):
         return None
     fold = folds.folds[0]
     pool = concat_splits([fold.train.tensors(), fold.val.tensors()])
-    cls = type(first)
-    if not cls.fits(len(pool), max(1, int(np.median(pool.lengths))) * pool.x.shape[2]):
+    if not type(first).fits(len(pool), max(1, int(np.median(pool.lengths))) * pool.x.shape[2]):
         return None
-    member = cls.fit(pool, dataset.task, first.length, first.n_outputs, dataset.preprocessing)
-    member.temperature = first.temperature
-    return member
+    return refit_member(first, pool, dataset)
+
+
+def refit_member(member: nn.Module, rows: Any, dataset: Any) -> nn.Module:
+    """``member``'s kind fitted on ``rows`` (of ``dataset``), at ``member``'s temperature: the one
+    chosen on the validation rows stays, only the fit learns from more rows."""
+    refit = type(member).fit(rows, dataset.task, member.length, member.n_outputs, dataset.preprocessing)
+    refit.temperature = member.temperature
+    return refit
 
 
 def fold_members(dataset: Any, folds: Any, kind: str) -> tuple[list[nn.Module], np.ndarray] | None:

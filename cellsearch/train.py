@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from cellsearch.data import Dataset
-from cellsearch.evaluation import Batches, evaluate, evaluate_test, outputs  # noqa: F401  (their old home)
+from cellsearch.evaluation import Batches
 from cellsearch.folds import Fold, holdout_fold
 from cellsearch.metrics import metric_of, score
 from cellsearch.model import SequenceModel

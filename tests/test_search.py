@@ -317,9 +317,10 @@ def test_fit_returns_the_weights_of_the_best_recorded_score(tiny_csv):
     import torch
 
     from cellsearch.data import read_dataset
+    from cellsearch.evaluation import evaluate
     from cellsearch.model import ModelSpec, build
     from cellsearch.stack import LayerSpec
-    from cellsearch.train import TrainOptions, evaluate, fit
+    from cellsearch.train import TrainOptions, fit
 
     ds = read_dataset(tiny_csv, seed=2)
     for epochs in (1, 6):
