@@ -583,9 +583,10 @@ def _rocket_onnx(g: Graph, member: Any) -> str:
 
 
 def _tfidf_onnx(g: Graph, member: Any) -> str:
-    """``TfidfMember`` in ONNX, before its softmax: word pieces and hashed pairs of ``x``, their counts
-    per document by one ``Unique`` over (document, feature) keys, the sublinear TF-IDF weights scaled
-    to unit length, and the weighted sum of the features' rows of the linear map."""
+    """``TfidfMember`` in ONNX, before its softmax: word pieces and the pairs of ``x`` that its table of
+    pairs holds, their counts per document by one ``Unique`` over (document, feature) keys, the
+    sublinear TF-IDF weights scaled to unit length, and the weighted sum of the features' rows of the
+    linear map."""
     from onnx import helper
 
     from cellsearch.data.encoders.text import onnx_kept_ids
@@ -596,9 +597,15 @@ def _tfidf_onnx(g: Graph, member: Any) -> str:
     first = g.node("Slice", [ids, g.const("tf_0", [0], "int64"), g.const("tf_m1", [-1], "int64"),
                              g.const("ax1s", [1], "int64")])
     second = g.node("Slice", [ids, g.const("tf_1", [1], "int64"), big, g.const("ax1s", [1], "int64")])
-    hashed = g.node("Add", [g.node("Mul", [first, g.const("tf_prime", PAIR_PRIME, "int64")]), second])
-    pairs = g.node("Add", [g.node("Mod", [hashed, g.const("tf_buckets", member.buckets, "int64")]),
-                           g.const("tf_vocab", member.vocab, "int64")])
+    prime, buckets = g.const("tf_prime", PAIR_PRIME, "int64"), g.const("tf_buckets", member.buckets, "int64")
+    slot1 = g.node("Mod", [g.node("Add", [g.node("Mul", [first, prime]), second]), buckets])
+    slot2 = g.node("Mod", [g.node("Add", [g.node("Add", [g.node("Mul", [second, prime]), first]),
+                                          g.const("one_i", 1, "int64")]), buckets])
+    key = g.node("Add", [g.node("Mul", [first, g.const("tf_vocab", member.vocab, "int64")]), second])
+    table = g.const("tf_pair_keys", member.pair_keys.detach().cpu().numpy().astype(np.int64), "int64")
+    slot = g.node("Where", [g.node("Equal", [g.node("Gather", [table, slot1]), key]), slot1, slot2])
+    known = g.node("Equal", [g.node("Gather", [table, slot]), key])
+    pairs = g.node("Add", [slot, g.const("tf_vocab", member.vocab, "int64")])
     feats = g.node("Concat", [ids, pairs], axis=1)
     steps = g.node("Gather", [g.node("Shape", [ids]), g.const("one_i", 1, "int64")])
     lengths = g.node("Unsqueeze", ["lengths", g.const("ax1s", [1], "int64")])
@@ -606,9 +613,10 @@ def _tfidf_onnx(g: Graph, member: Any) -> str:
         g.node("Less", [g.node("Unsqueeze", [g.node("Range", [g.const("zero_i", 0, "int64"), steps,
                                                               g.const("one_i", 1, "int64")]),
                                              g.const("ax0s", [0], "int64")]), lengths]),
-        g.node("Less", [g.node("Unsqueeze", [g.node("Range", [g.const("one_i", 1, "int64"), steps,
-                                                              g.const("one_i", 1, "int64")]),
-                                             g.const("ax0s", [0], "int64")]), lengths])], axis=1)
+        g.node("And", [g.node("Less", [g.node("Unsqueeze", [g.node("Range", [g.const("one_i", 1, "int64"), steps,
+                                                                            g.const("one_i", 1, "int64")]),
+                                                           g.const("ax0s", [0], "int64")]), lengths]), known])],
+        axis=1)
     rows = g.node("Range", [g.const("zero_i", 0, "int64"),
                             g.node("Gather", [g.node("Shape", [ids]), g.const("zero_i", 0, "int64")]),
                             g.const("one_i", 1, "int64")])

@@ -38,14 +38,17 @@ MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3, "naive": -4, "seasonal_naive
                "damped": -8}
 #: A 1-NN member stores its training sequences: none above this many stored numbers.
 MAX_BANK = 10_000_000
-#: The TF-IDF member hashes pairs of neighbouring word pieces into a power of two of buckets at least
-#: this many times the distinct pairs of its training documents (few collisions: 1 in 2**PAIR_ROOM) ...
+#: The TF-IDF member keeps the pairs of neighbouring word pieces of its training documents in a table
+#: of a power of two of slots at least this many times the distinct pairs (a quarter full at most) ...
 PAIR_ROOM = 4
 #: ... within these bounds, and with at most ``MAX_TFIDF_WEIGHTS`` weights in all (many classes) ...
 PAIR_BUCKETS = (1 << 12, 1 << 21)
 MAX_TFIDF_WEIGHTS = 1 << 23
-#: ... by ``(first * PAIR_PRIME + second) mod buckets``.
+#: ... each pair in one of two slots, ``(first * PAIR_PRIME + second)`` or ``(second * PAIR_PRIME + first + 1)``
+#: modulo the slots (``pair_slots``).
 PAIR_PRIME = 1_000_003
+#: A pair whose two slots are taken moves others on to their other slot, at most this many times.
+CUCKOO_MOVES = 500
 #: The ROCKET member: this many random convolution kernels (two features each) of this length ...
 ROCKET_KERNELS = 2_000
 ROCKET_WIDTH = 9
@@ -427,12 +430,20 @@ class TfidfMember(nn.Module):
     """TF-IDF of a document's word pieces and their pairs, and a linear model: the text reference as a
     member (token ids in, the networks' outputs out, so it is one more model of the ensemble).
 
-    Features: each word piece (``vocab`` ids) and each pair of neighbours hashed into ``buckets``;
-    weights ``(1 + log tf) · idf`` (smooth idf of the training documents), the vector scaled to unit
-    length, as scikit-learn's ``TfidfVectorizer(sublinear_tf=True)``. Counting is one ``unique`` over
-    (document, feature) keys, so it costs O(tokens log tokens), not a vocabulary-wide vector per
-    document. Fitted by logistic regression (classification: the penalty by 3-fold
-    cross-validation; outputs the log-probabilities, times the temperature) or ridge."""
+    Features: each word piece (``vocab`` ids) and each pair of neighbours that the training documents
+    hold; weights ``(1 + log tf) · idf`` (smooth idf of the training documents), the vector scaled to
+    unit length: scikit-learn's ``TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)`` over the
+    pieces. A pair the training documents never held is no feature, as a bigram outside
+    scikit-learn's vocabulary. The pairs sit in a table of ``buckets`` slots (``pair_keys``: the pair
+    each slot holds, ``first * vocab + second``, or -1), each in one of two slots
+    (``pair_slots``), so a lookup is two gathers and a comparison, in torch as in ONNX. (An earlier
+    member hashed pairs into buckets without keeping which pair a bucket held: a pair unseen in
+    training then read the weight of whatever training pairs shared its bucket, and pairs that
+    shared one were one feature; on 4,000 food reviews that cost 0.5-1 point of accuracy against
+    scikit-learn on the same pieces.) Counting is one ``unique`` over (document, feature) keys, so it
+    costs O(tokens log tokens), not a vocabulary-wide vector per document. Fitted by logistic
+    regression (classification: the penalty by 3-fold cross-validation; outputs the
+    log-probabilities, times the temperature) or ridge."""
 
     kind = "tfidf"
     tuned_for_values = False
@@ -443,6 +454,7 @@ class TfidfMember(nn.Module):
         self.input_size = self.length = 1  # one channel: the token ids; no resampling length
         self.temperature = float(temperature)
         self.register_buffer("idf", torch.ones(vocab + buckets))
+        self.register_buffer("pair_keys", torch.full((buckets,), -1, dtype=torch.int64))
         self.weight = nn.Parameter(torch.zeros(vocab + buckets, n_outputs))
         self.bias = nn.Parameter(torch.zeros(n_outputs))
 
@@ -453,9 +465,12 @@ class TfidfMember(nn.Module):
 
         ids = kept_ids(x, self.vocab, self.unk)
         pos = torch.arange(ids.shape[1], device=ids.device)[None, :]
-        pairs = self.vocab + (ids[:, :-1] * PAIR_PRIME + ids[:, 1:]) % self.buckets
-        real = torch.cat([pos < lengths[:, None], pos[:, 1:] < lengths[:, None]], dim=1)
-        return torch.cat([ids, pairs], dim=1), real
+        key = ids[:, :-1] * self.vocab + ids[:, 1:]
+        first, second = pair_slots(ids[:, :-1], ids[:, 1:], self.buckets)
+        slot = torch.where(self.pair_keys[first] == key, first, second)
+        known = self.pair_keys[slot] == key
+        real = torch.cat([pos < lengths[:, None], (pos[:, 1:] < lengths[:, None]) & known], dim=1)
+        return torch.cat([ids, self.vocab + slot], dim=1), real
 
     def features(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(feature index, weight) of every token and pair of each document, (N, 2T - 1) each: a
@@ -508,7 +523,10 @@ class TfidfMember(nn.Module):
         state = prep.encoders[prep.layout_data["text_col"]]
         x, lengths = torch.from_numpy(train.x), torch.from_numpy(train.lengths.astype(np.int64))
         vocab = int(state["vocab"])
-        member = cls(vocab, pair_buckets(x, lengths, vocab, n_outputs), int(state["unk"]), n_outputs, task)
+        keys, df = training_pairs(x, lengths, vocab, int(state["unk"]))
+        member = cls(vocab, pair_buckets(len(keys), vocab, n_outputs), int(state["unk"]), n_outputs, task)
+        with torch.no_grad():
+            member.pair_keys.copy_(torch.from_numpy(place_pairs(keys, df, vocab, member.buckets)))
         feats, real = member.grams(x, lengths)
         width = member.vocab + member.buckets
         rows = np.repeat(np.arange(len(train.x)), real.sum(dim=1).numpy())
@@ -516,7 +534,9 @@ class TfidfMember(nn.Module):
         present = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(train.x), width))
         df = np.asarray((present > 0).sum(axis=0)).ravel()
         with torch.no_grad():
-            member.idf.copy_(torch.as_tensor(np.log((1 + len(train.x)) / (1 + df)) + 1, dtype=torch.float32))
+            # a feature no training document holds weighs nothing, as one outside scikit-learn's vocabulary
+            idf = np.where(df > 0, np.log((1 + len(train.x)) / (1 + df)) + 1, 0.0)
+            member.idf.copy_(torch.as_tensor(idf, dtype=torch.float32))
         _, w = member.weighted(feats, real)
         design = sparse.csr_matrix((w[real].numpy().astype(np.float64), (rows, cols)), shape=(len(train.x), width))
         y = np.asarray(train.y)
@@ -679,18 +699,64 @@ class DampedMember(LocalMember):
     macs_of = "damped_macs"
 
 
-def pair_buckets(x: torch.Tensor, lengths: torch.Tensor, vocab: int, n_outputs: int) -> int:
-    """How many buckets the TF-IDF member hashes pairs of neighbouring pieces into: a power of two at
-    least ``PAIR_ROOM`` times the distinct pairs of the training documents ``x`` (a fixed 2**17 lost
-    1-2 points of accuracy to collisions on 4,000 reviews), within ``PAIR_BUCKETS`` and the weights'
-    bound."""
-    ids = x[..., 0].long()
-    real = torch.arange(ids.shape[1])[None, 1:] < lengths[:, None]
-    distinct = int(torch.unique((ids[:, :-1] * vocab + ids[:, 1:])[real]).numel()) if ids.shape[1] > 1 else 1
+def pair_buckets(distinct: int, vocab: int, n_outputs: int) -> int:
+    """How many slots the TF-IDF member's table of pairs has for ``distinct`` training pairs: a power
+    of two at least ``PAIR_ROOM`` times as many, within ``PAIR_BUCKETS`` and the weights' bound."""
     low, high = PAIR_BUCKETS
     room = max(low, MAX_TFIDF_WEIGHTS // max(1, n_outputs) - vocab)
-    want = 1 << max(0, PAIR_ROOM * distinct - 1).bit_length()
+    want = 1 << max(0, PAIR_ROOM * max(1, distinct) - 1).bit_length()
     return int(max(low, min(want, high, 1 << (room.bit_length() - 1))))
+
+
+def pair_slots(first: Any, second: Any, buckets: int) -> tuple[Any, Any]:
+    """The two slots of the table of pairs where the pair (``first``, ``second``) may sit (integer
+    arrays or tensors of piece ids; two hashes, so that a pair whose first slot a more frequent pair
+    holds has a second chance)."""
+    return (first * PAIR_PRIME + second) % buckets, (second * PAIR_PRIME + first + 1) % buckets
+
+
+def training_pairs(x: torch.Tensor, lengths: torch.Tensor, vocab: int, unk: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct pairs of neighbouring pieces of the documents ``x`` (keys ``first * vocab +
+    second``) and how many documents hold each."""
+    from cellsearch.data.encoders.embedding import kept_ids
+
+    ids = kept_ids(x, vocab, unk)
+    if ids.shape[1] < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    key = ids[:, :-1] * vocab + ids[:, 1:]
+    real = torch.arange(ids.shape[1] - 1)[None, :] + 1 < lengths[:, None]
+    doc = torch.arange(len(ids))[:, None].expand_as(key)
+    pairs = torch.unique(torch.stack([doc[real], key[real]], dim=1), dim=0)  # each (document, pair) once
+    keys, df = torch.unique(pairs[:, 1], return_counts=True)
+    return keys.numpy(), df.numpy()
+
+
+def place_pairs(keys: np.ndarray, df: np.ndarray, vocab: int, buckets: int) -> np.ndarray:
+    """The table of pairs (``buckets`` slots: the key each holds, or -1), a cuckoo hash table of two
+    slots per pair (``pair_slots``): pairs in order of document frequency (then key) take their first
+    slot where no earlier pair did, then their second where free (at a quarter full, all but ~2-4%);
+    each of the rest takes its first slot and moves the pair there to that pair's other slot, and
+    so on until one lands in a free slot. After ``CUCKOO_MOVES`` moves the pair in hand is left out
+    (at a quarter full that does not happen in practice)."""
+    table = np.full(buckets, -1, dtype=np.int64)
+    order = np.lexsort((keys, -df))
+    keys = keys[order]
+    first, second = pair_slots(keys // vocab, keys % vocab, buckets)
+    _, win = np.unique(first, return_index=True)  # the most frequent pair of each first slot
+    table[first[win]] = keys[win]
+    rest = np.setdiff1d(np.arange(len(keys)), win)
+    free = rest[table[second[rest]] == -1]
+    _, win = np.unique(second[free], return_index=True)
+    table[second[free[win]]] = keys[free[win]]
+    for k in np.setdiff1d(rest, free[win]).tolist():
+        key, slot = int(keys[k]), int(first[k])
+        for _ in range(CUCKOO_MOVES):
+            key, table[slot] = int(table[slot]), key
+            if key == -1:
+                break
+            a, b = pair_slots(key // vocab, key % vocab, buckets)
+            slot = int(b) if int(a) == slot else int(a)
+    return table
 
 
 def logistic(y: np.ndarray, cs: Any, scoring: str) -> Any:

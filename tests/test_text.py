@@ -6,10 +6,8 @@ explained word by word; the TF-IDF reference and member are checked against thei
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 
 import cellsearch
 from cellsearch.data import read_dataset
+from cellsearch.predict import transform
 
 GOOD = ["great", "love", "delicious", "perfect", "tasty", "fresh", "best", "wonderful"]
 BAD = ["awful", "stale", "bland", "broken", "worst", "soggy", "refund", "disappointing"]
@@ -118,43 +117,85 @@ def test_bad_text_input_gets_one_line(tmp_path, args, rows, message):
     assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr
 
 
-def test_the_tfidf_member_is_sublinear_tfidf_of_pieces_and_pairs(tmp_path):
-    """The member's features against a direct count: (1 + log tf) · idf per word piece and hashed pair,
-    scaled to unit length; its ONNX graph gives the same outputs."""
+def test_the_tfidf_member_is_scikit_learns_tfidf_of_pieces_and_pairs(tmp_path):
+    """The member's features against scikit-learn's ``TfidfVectorizer(ngram_range=(1, 2),
+    sublinear_tf=True)`` over the same pieces, on training documents and on new ones whose pieces and
+    pairs the training documents never held (those weigh nothing, as outside scikit-learn's
+    vocabulary; a member that hashed pairs into shared buckets gave them trained weights); its ONNX
+    graph gives the same outputs."""
     import onnxruntime as ort
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
     from cellsearch.onnx_export import reference_onnx
-    from cellsearch.refmembers import PAIR_PRIME, TfidfMember
+    from cellsearch.refmembers import TfidfMember
 
     ds = read_dataset(make_reviews(tmp_path / "reviews.csv"), test_size=0.0)
     train = ds.splits["train"]
     member = TfidfMember.fit(train, "classification", 1, 2, ds.preprocessing)
-    idf = member.idf.numpy()
-    n = 5
-    x, lengths = torch.from_numpy(train.x[:n]), torch.from_numpy(train.lengths[:n])
-    feats, w = member.features(x, lengths)
-    for d in range(n):
-        ids = train.x[d, :train.lengths[d], 0].astype(np.int64).tolist()
-        grams = ids + [member.vocab + (a * PAIR_PRIME + b) % member.buckets for a, b in zip(ids, ids[1:])]
-        want = {f: (1 + math.log(c)) * idf[f] for f, c in Counter(grams).items()}
-        norm = math.sqrt(sum(v * v for v in want.values()))
+    assert int((member.pair_keys >= 0).sum()) == len({(int(a), int(b)) for d in range(len(train.x))
+                                                      for a, b in zip(train.x[d, :train.lengths[d] - 1, 0],
+                                                                      train.x[d, 1:train.lengths[d], 0])})
+    def docs(x, lengths):
+        return [" ".join(str(int(i)) for i in x[d, :lengths[d], 0]) for d in range(len(x))]
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"\S+", lowercase=False)
+    vec.fit(docs(train.x, train.lengths))
+    new = transform(pd.DataFrame({"id": [1, 2], "text": ["Zesty quokka marmalade good.", "good bad good bad filler"]}),
+                    ds.preprocessing, "new")
+    width = max(train.x.shape[1], new.x.shape[1])
+    def pad(a):
+        return np.pad(a, ((0, 0), (0, width - a.shape[1]), (0, 0)))
+    x, lengths = np.concatenate([pad(train.x[:5]), pad(new.x)]), np.concatenate([train.lengths[:5], new.lengths])
+    want = vec.transform(docs(x, lengths))
+    names = vec.get_feature_names_out()
+    feats, w = member.features(torch.from_numpy(x), torch.from_numpy(lengths))
+    slot_of = {int(k): s for s, k in enumerate(member.pair_keys.tolist()) if k >= 0}
+    for d in range(len(x)):
+        expected: dict[int, float] = {}
+        for col, value in zip(want[d].indices, want[d].data):
+            grams = [int(t) for t in names[col].split()]
+            f = grams[0] if len(grams) == 1 else member.vocab + slot_of[grams[0] * member.vocab + grams[1]]
+            expected[f] = value
         got: dict[int, float] = {}
         for f, v in zip(feats[d].tolist(), w[d].tolist()):
             got[f] = got.get(f, 0.0) + v
         got = {f: v for f, v in got.items() if v}
-        assert set(got) == set(want)
-        for f in want:
-            assert got[f] == pytest.approx(want[f] / norm, rel=1e-4)
+        assert set(got) == set(expected), d
+        for f in expected:
+            assert got[f] == pytest.approx(expected[f], rel=1e-4)
+    unseen = [(a, b) for a, b in zip(new.x[0, :new.lengths[0] - 1, 0], new.x[0, 1:new.lengths[0], 0])
+              if int(a) * member.vocab + int(b) not in slot_of]
+    assert unseen  # the new document has pairs that no training document held, and they weigh nothing above
     # it learned the sentiment words: better than chance on its own training rows
     with torch.no_grad():
         out = member(torch.from_numpy(train.x), torch.from_numpy(train.lengths))
     assert (out.argmax(1).numpy() == train.y).mean() > 0.9
     member.temperature = 1.3
     with torch.no_grad():
-        ref = member(x, lengths).numpy()
+        ref = member(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
     sess = ort.InferenceSession(reference_onnx(member).SerializeToString())
-    got = sess.run(None, {"x": train.x[:n, :int(lengths.max())], "lengths": train.lengths[:n].astype(np.int64)})[0]
+    got = sess.run(None, {"x": x, "lengths": lengths.astype(np.int64)})[0]
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_the_table_of_pairs_holds_every_pair_at_one_of_its_two_slots():
+    """The member's table of pairs (a cuckoo hash table): at a quarter full every pair sits at one of
+    its two slots, each once; overfull, every slot still holds a pair that belongs there, once."""
+    from cellsearch.refmembers import pair_slots, place_pairs
+
+    rng = np.random.default_rng(0)
+    vocab = 5000
+    keys = np.unique(rng.integers(0, vocab * vocab, size=3000))
+    for buckets in (1 << 14, 1 << 9):  # a quarter full; six times overfull
+        table = place_pairs(keys, rng.integers(1, 50, size=len(keys)), vocab, buckets)
+        first, second = pair_slots(keys // vocab, keys % vocab, buckets)
+        placed = table[table >= 0]
+        assert len(set(placed.tolist())) == len(placed)
+        found = (table[first] == keys) | (table[second] == keys)
+        assert set(keys[found].tolist()) == set(placed.tolist())
+        if buckets > 4 * len(keys):
+            assert found.all()
+        else:
+            assert len(placed) > 0.9 * buckets
 
 
 def _char_model(ds, **params):
