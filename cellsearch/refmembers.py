@@ -501,7 +501,7 @@ class TfidfMember(nn.Module):
         return "tfidf"
 
     def n_params(self) -> int:
-        return int(self.weight.numel() + self.bias.numel() + self.idf.numel())
+        return int(self.weight.numel() + self.bias.numel() + self.idf.numel() + self.pair_keys.numel())
 
     def macs_per_sequence(self, length: int) -> int:
         """One multiply-add per output for each token and pair."""
@@ -737,9 +737,11 @@ def place_pairs(keys: np.ndarray, df: np.ndarray, vocab: int, buckets: int) -> n
     slot where no earlier pair did, then their second where free (at a quarter full, all but ~2-4%);
     each of the rest takes its first slot and moves the pair there to that pair's other slot, and
     so on until one lands in a free slot. After ``CUCKOO_MOVES`` moves the pair in hand is left out
-    (at a quarter full that does not happen in practice)."""
+    (at a quarter full that does not happen in practice). Where the pairs are more than half the
+    slots (a corpus whose pairs outgrow the weights' bound), the rarest beyond half are left out
+    first, so that the moves stay few."""
     table = np.full(buckets, -1, dtype=np.int64)
-    order = np.lexsort((keys, -df))
+    order = np.lexsort((keys, -df))[:buckets // 2]
     keys = keys[order]
     first, second = pair_slots(keys // vocab, keys % vocab, buckets)
     _, win = np.unique(first, return_index=True)  # the most frequent pair of each first slot
