@@ -194,8 +194,8 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing, non-empty --out folder."),
     weights: str = typer.Option("auto", "--weights", help="folds: each trial's cross-validated fold models, "
                                 "averaged; refit: each trial retrained on all non-test data; auto (default): "
-                                "refit for a forecast validated on its series' final stretch (its models never "
-                                "saw that stretch), folds otherwise."),
+                                "refit where the search validated on one holdout (its models never trained on "
+                                "those rows), folds otherwise."),
 ) -> None:
     """Export the chosen model (the knee of the Pareto front by default; a trial or an ensemble) as a bundle."""
     from cellsearch.export import export as run_export

@@ -8,11 +8,12 @@ the point. Cheaper to run than keeping every fold model, not validated itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
 def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any,
-          references: list[dict[str, Any]] | None = None) -> Any:
+          references: list[dict[str, Any]] | None = None, report: Callable[[str], None] | None = None) -> Any:
     """The model of ``point`` (a trial or an ensemble of trials) retrained on ``dataset``'s training
     and validation splits: a ``SequenceModel``, or an ``EnsembleModel`` of the retrained members.
 
@@ -22,7 +23,11 @@ def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any,
         dataset: the training file read as the search read it.
         references: the study's reference members (``cellsearch.refmembers``): one in ``members``
             (a negative key) is refit on the same rows, at the fold members' temperature.
+        report: called with a line after each network is retrained (progress: an ensemble of a
+            search on thousands of documents retrains for minutes).
     """
+    import time
+
     import torch
 
     from cellsearch.data.splits import concat_splits
@@ -34,6 +39,7 @@ def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any,
     pool = concat_splits([dataset.splits["train"], dataset.splits["val"]])
     members = point.get("members") or {point["trial"]: 1.0}
     models, weights = [], []
+    nets, done, start = sum(int(k) >= 0 for k in members), 0, time.perf_counter()
     for n, w in sorted(members.items(), key=lambda kv: int(kv[0]) < 0):  # networks first, as assembled
         if int(n) < 0:
             models.append(_refit_reference(int(n), references or [], pool, dataset))
@@ -48,6 +54,10 @@ def refit(point: dict[str, Any], trials: dict[int, Any], dataset: Any,
                   seed=int(n), fixed_steps=max(1, steps))
         models.append(res.model)
         weights.append(float(w))
+        done += 1
+        if report is not None:
+            report(f"retrained {done}/{nets}: trial {n}, {max(1, steps):,} steps "
+                   f"({time.perf_counter() - start:.0f} s so far)")
     if len(models) == 1:
         return models[0]
     order = sorted(members, key=lambda n: int(n) < 0)
