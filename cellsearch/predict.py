@@ -147,8 +147,9 @@ def load(path: str | Path) -> Any:
                         "from the file)") from None
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: weights.pt does not match spec.json ({str(exc).splitlines()[0][:200]})") from None
+    except RuntimeError as exc:  # torch's message spans lines; the missing or unexpected keys say what differs
+        raise UserError(f"{path}: weights.pt does not match spec.json ({' '.join(str(exc).split())[:300]}); a "
+                        "bundle exported by an older cellsearch may need exporting again") from None
     model.eval()
     try:
         prep = Preprocessing.load(path / "preprocessing.json")

@@ -40,6 +40,23 @@ def _digest(path: Path) -> str:
 # ---- 1: an output that is one of the command's inputs, or inside the bundle ----------------------------
 
 
+def test_weights_that_do_not_match_the_spec_name_the_keys_in_one_line(model, tiny_csv, tmp_path):
+    """A bundle whose weights.pt lacks a tensor its spec needs (one exported by an older version, say):
+    one line that names the missing key, exit 2."""
+    import shutil
+
+    import torch
+
+    old = tmp_path / "old"
+    shutil.copytree(model, old)
+    state = torch.load(old / "weights.pt", weights_only=True)
+    gone = sorted(state)[0]
+    torch.save({k: v for k, v in state.items() if k != gone}, old / "weights.pt")
+    res = run_cli("predict", str(old), str(tiny_csv))
+    one_line_error(res, "does not match spec.json")
+    assert gone in res.stderr and "exporting again" in res.stderr
+
+
 def test_predict_and_explain_never_overwrite_their_inputs(model, tiny_csv, tmp_path):
     data = tmp_path / "in.csv"
     data.write_bytes(tiny_csv.read_bytes())
