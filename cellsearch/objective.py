@@ -118,7 +118,7 @@ class Objective:
         try:
             return self._record(trial, run, results, curve)
         except Exception as exc:  # saving or scoring the trained models failed: the trial fails, saying why
-            reason = f"{type(exc).__name__}: {exc}"
+            _, reason, _ = _outcome(exc)
             TrialRecord(reason=reason).write(trial, "reason")
             run.finish("FAILED", reason=reason)
             raise
