@@ -282,6 +282,8 @@ class Objective:
         """After each validation of fold ``fold``: record it (fold 0 as ``val_score``..., the others as
         ``fold2_val_score``...), and prune at the step rungs ``rungs`` on its loss (fold 0 of folds
         trained one by one)."""
+        from cellsearch.interrupts import protected
+
         ctx, config = self.ctx, self.ctx.config
         report = config.objective == "score" and ctx.folds.k == 1
 
@@ -289,9 +291,10 @@ class Objective:
             step = int(m.pop("step", (epoch + 1)))
             if fold == 0:
                 curve.append(m["val_score"])
-            run.log_epoch(epoch, m if fold == 0 else {f"fold{fold + 1}_{k}": v for k, v in m.items()})
-            if report:
-                trial.report(m["val_score"], epoch)
+            with protected():  # writes to the tracker and the study: Ctrl-C waits for them
+                run.log_epoch(epoch, m if fold == 0 else {f"fold{fold + 1}_{k}": v for k, v in m.items()})
+                if report:
+                    trial.report(m["val_score"], epoch)
             self._prune_at(rungs, step, m.get("val_loss", math.nan))
 
         return on_epoch

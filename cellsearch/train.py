@@ -382,10 +382,12 @@ def run_trainer(trainer: pl.Trainer, module: pl.LightningModule, data: pl.Lightn
     an exit and ignore further Ctrl-C)."""
     import signal
 
+    from cellsearch.interrupts import interruptible
+
     sigint = signal.getsignal(signal.SIGINT)
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), interruptible():
             if not verbose:
                 warnings.simplefilter("ignore")
             trainer.fit(module, datamodule=data)

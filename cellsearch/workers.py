@@ -22,6 +22,7 @@ from typing import Any
 
 from cellsearch.config import TuneConfig
 from cellsearch.context import SearchContext
+from cellsearch.interrupts import check, deferred_interrupts
 from cellsearch.study import finished
 
 #: ``--workers auto`` starts at most this many processes: each one reads the data and holds it, and
@@ -79,20 +80,22 @@ def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callabl
         logs.append(NoticeForwarder(path, f"worker {i + 1}"))
     seen = -1
     try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(1.0)
+        with deferred_interrupts():  # Ctrl-C lands between two looks at the study, never inside one
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+                check()
+                for log in logs:
+                    log.forward()
+                try:
+                    done = finished(ctx.study)
+                except Exception:  # storage briefly unavailable: the workers retry, the display waits
+                    continue
+                if done != seen:
+                    seen = done
+                    on_trial(ctx.study)
             for log in logs:
                 log.forward()
-            try:
-                done = finished(ctx.study)
-            except Exception:  # storage briefly unavailable: the workers retry, the display waits
-                continue
-            if done != seen:
-                seen = done
-                on_trial(ctx.study)
-        for log in logs:
-            log.forward()
-        on_trial(ctx.study)
+            on_trial(ctx.study)
     except KeyboardInterrupt:
         for p in procs:
             if p.poll() is None:

@@ -279,6 +279,68 @@ def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tin
     assert len(finished) == 2
 
 
+def test_ctrl_c_in_the_trial_loop_waits_for_a_safe_point():
+    from cellsearch.interrupts import check, deferred_interrupts, interruptible, protected
+
+    def ctrl_c() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with deferred_interrupts():
+        ctrl_c()  # lands outside training: waits
+        with pytest.raises(KeyboardInterrupt):
+            check()
+        check()  # raised once, then gone
+        with pytest.raises(KeyboardInterrupt), interruptible():
+            ctrl_c()  # lands in training: at once
+            time.sleep(5)
+        reached = []
+        with pytest.raises(KeyboardInterrupt), interruptible():
+            with protected():
+                ctrl_c()  # lands in a validation check's writes: waits for them to end
+                time.sleep(0.01)
+                reached.append("the end of the writes")
+            reached.append("past protected()")  # pragma: no cover (leaving it raised the pending Ctrl-C)
+        assert reached == ["the end of the writes"]
+
+
+def test_a_third_ctrl_c_raises_wherever_it_lands_and_leaving_raises_a_pending_one():
+    from cellsearch.interrupts import INSISTENT, deferred_interrupts
+
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        for _ in range(INSISTENT):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        raise AssertionError("not reached")  # pragma: no cover
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # pending, and no safe point follows
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_inside_the_write_that_ends_a_trial_leaves_no_trial_running(tiny_csv, tiny_space, tmp_path,
+                                                                          monkeypatch):
+    """The CI failure this guards against: a Ctrl-C that fell inside Optuna's bookkeeping left the
+    trial ``RUNNING`` (Optuna marks a trial failed only for an interrupt inside the objective)."""
+    from optuna.storages import RDBStorage
+
+    original = RDBStorage.set_trial_state_values
+    presses = []
+
+    def write_hit_by_ctrl_c(self, trial_id, state, values=None):  # noqa: ANN001, ANN202
+        if state.is_finished() and not presses:
+            presses.append(trial_id)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, trial_id, state, values)
+
+    monkeypatch.setattr(RDBStorage, "set_trial_state_values", write_hit_by_ctrl_c)
+    r = tune(tiny_csv, trials=3, space=str(tiny_space), run_dir=tmp_path, progress=False, track=False,
+             study="bookkeeping", workers=1, max_epochs=2)
+    assert presses and r.interrupted
+    states = [t.state for t in r.study.trials]
+    assert states and optuna.trial.TrialState.RUNNING not in states, states
+    assert states[0].is_finished() and len(states) == 1  # the search stopped after the write
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_marks_the_trial(tiny_csv, tiny_space, tmp_path):
     proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 3)
