@@ -289,7 +289,8 @@ class _Local:
     """What ONNX forms of the forecasts fitted on each window share (``cellsearch.tasks.forecasting``,
     in double precision as torch computes them, for windows of any length): the target channel, the
     real lengths and steps, the seasonal adjustment (``deseasonalised``: ``Slice`` per weight of the
-    moving average, a one-hot ``MatMul`` per phase, the seasonal strength), the smoothing of every grid
+    moving average, a one-hot ``MatMul`` per phase, the seasonal strength; by ratio where the window's
+    level channel says it is positive), the smoothing of every grid
     point at once in a ``Scan`` over the window's steps (padding left out), the grid point with the
     least error (``ArgMin``: the first of equals, as torch picks) and the seasonal index put back."""
 
@@ -308,9 +309,26 @@ class _Local:
         self.real = g.node("Less", [g.node("Unsqueeze", [self.steps, c("ax0s", [0], "int64")]), self.n1])
         self.real_d = g.node("Cast", [self.real], to=self.dbl)
         self.zero = c("zero", [0.0])
-        self.d, self.idx = y, None
+        self.d, self.idx, self.mult = y, None, None
         if self.m > 1:
+            if int(getattr(member, "level_index", -1)) >= 0:
+                self._level(y, int(member.level_index))
             self._deseasonalise(y)
+
+    def _level(self, y: str, channel: int) -> None:
+        """``cellsearch.tasks.forecasting.multiplicative``: the window's level (``sinh`` of its first
+        step's level channel, (batch, 1)), whether every real value plus it is positive (``self.mult``)
+        and the level where so, else 0 (``self.lv``)."""
+        g, c = self.g, self.c
+        first = g.node("Gather", [g.node("Gather", ["x", c("level_ch", channel, "int64")], axis=2),
+                                  c("first_step", [0], "int64")], axis=1)
+        a = g.node("Cast", [first], to=self.dbl)  # sinh(a), which onnxruntime has for float only
+        level = g.node("Div", [g.node("Sub", [g.node("Exp", [a]), g.node("Exp", [g.node("Neg", [a])])]),
+                               c("two", [2.0])])
+        positive = g.node("Or", [g.node("Greater", [g.node("Add", [y, level]), self.zero]), g.node("Not", [self.real])])
+        self.mult = g.node("Equal", [g.node("ReduceMin", [g.node("Cast", [positive], to=self.dbl)], axes=[1],
+                                            keepdims=1), c("one", [1.0])])
+        self.lv = g.node("Where", [self.mult, level, self.zero])
 
     def c(self, name: str, value: Any, dtype: str = "float64") -> str:
         return self.g.const(f"{self.name}_{name}", value, dtype)
@@ -340,6 +358,9 @@ class _Local:
         ahead = g.node("Add", [pos, c("off", off, "int64")])
         ok = g.node("Less", [g.node("Unsqueeze", [ahead, c("ax0s", [0], "int64")]), n1])
         detrended = g.node("Where", [ok, g.node("Sub", [sl(y, off, ends[off]), avg]), zero])
+        if self.mult is not None:  # the ratio less 1 where multiplicative
+            base = g.node("Where", [g.node("And", [ok, self.mult]), g.node("Add", [avg, self.lv]), c("one", [1.0])])
+            detrended = g.node("Where", [self.mult, g.node("Div", [detrended, base]), detrended])
         phases = c("phases", np.arange(m)[None, :], "int64")
 
         def one_hot(at: str) -> str:
@@ -369,7 +390,19 @@ class _Local:
             g.node("GreaterOrEqual", [n1, c("three_m", 3 * m, "int64")]), g.node("Greater", [spread, zero])]),
             g.node("Less", [rest, g.node("Mul", [spread, c("kept", [1 - SEASON_STRENGTH])])])])
         self.idx = g.node("Where", [seasonal, idx, zero])
-        self.d = g.node("Sub", [y, g.node("MatMul", [self.idx, g.node("Transpose", [one_hot(self.steps)])])])
+        self.d = self._adjust(y, g.node("MatMul", [self.idx, g.node("Transpose", [one_hot(self.steps)])]), True)
+
+    def _adjust(self, v: str, at: str, out: bool) -> str:
+        """``v`` with its seasonal indices ``at`` taken out (``out``) or put back: by difference, or by
+        ratio in the series' own units where multiplicative."""
+        g, one = self.g, self.c("one", [1.0])
+        added = g.node("Sub" if out else "Add", [v, at])
+        if self.mult is None:
+            return added
+        own = g.node("Add", [v, self.lv])
+        factor = g.node("Add", [one, at])
+        scaled = g.node("Div" if out else "Mul", [own, factor])
+        return g.node("Where", [self.mult, g.node("Sub", [scaled, self.lv]), added])
 
     def scan(self, states: list[tuple[str, str]], constants: dict[str, np.ndarray],
              body: list[tuple[str, list[str], str]]) -> dict[str, str]:
@@ -418,7 +451,7 @@ class _Local:
             phase = g.node("Mod", [g.node("Add", [g.node("Sub", [self.n1, c("one_i", 1, "int64")]),
                                                   c("h_i", np.arange(1, self.horizon + 1)[None, :], "int64")]),
                                    c("m", self.m, "int64")])
-            forecast = g.node("Add", [forecast, g.node("GatherElements", [self.idx, phase], axis=1)])
+            forecast = self._adjust(forecast, g.node("GatherElements", [self.idx, phase], axis=1), False)
         return g.node("Cast", [forecast], to=g.FLOAT)
 
 

@@ -579,10 +579,13 @@ class RepeatMember(nn.Module):
     #: Whether the member repeats the data's season (else the last value: season 1).
     seasonal = False
 
-    def __init__(self, season: int, target_index: int, n_outputs: int, task: str, input_size: int = 1) -> None:
+    def __init__(self, season: int, target_index: int, n_outputs: int, task: str, input_size: int = 1,
+                 level_index: int = -1) -> None:
         super().__init__()
         self.season, self.target_index, self.n_outputs, self.task = int(season), int(target_index), n_outputs, task
         self.input_size, self.length, self.temperature = input_size, 1, 1.0
+        #: the window's level channel (``cellsearch.data.layouts.series.level_channel``), -1: none
+        self.level_index = int(level_index)
 
     @classmethod
     def serves(cls, prep: Any) -> bool:
@@ -610,7 +613,8 @@ class RepeatMember(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         return {"reference": self.kind, "season": self.season, "target_index": self.target_index,
-                "n_outputs": self.n_outputs, "task": self.task, "input_size": self.input_size}
+                "n_outputs": self.n_outputs, "task": self.task, "input_size": self.input_size,
+                "level_index": self.level_index}
 
     @classmethod
     def fits(cls, n_train: int, dim: int) -> bool:
@@ -619,14 +623,18 @@ class RepeatMember(nn.Module):
     @classmethod
     def fit(cls, train: Any, task: str, length: int, n_outputs: int, prep: Any = None) -> RepeatMember:
         season = int(prep.layout_data.get("season", 1)) if cls.seasonal else 1
-        return cls(season, int(prep.layout_data.get("target_index", 0)), n_outputs, task, int(train.x.shape[2]))
+        return cls(season, int(prep.layout_data.get("target_index", 0)), n_outputs, task, int(train.x.shape[2]),
+                   int(prep.layout_data.get("level_index", -1)))
 
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> RepeatMember:
         check_sizes(d, ("season", "n_outputs", "input_size"), cls.kind)
         if not 0 <= int(d["target_index"]) < int(d["input_size"]):
             raise ValueError(f"{cls.kind} member: target channel {d['target_index']} out of range")
-        return cls(int(d["season"]), int(d["target_index"]), int(d["n_outputs"]), str(d["task"]), int(d["input_size"]))
+        if not -1 <= int(d.get("level_index", -1)) < int(d["input_size"]):
+            raise ValueError(f"{cls.kind} member: level channel {d['level_index']} out of range")
+        return cls(int(d["season"]), int(d["target_index"]), int(d["n_outputs"]), str(d["task"]), int(d["input_size"]),
+                   int(d.get("level_index", -1)))
 
 
 class NaiveMember(RepeatMember):
@@ -665,8 +673,11 @@ class LocalMember(RepeatMember):
         if lengths is None:
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
         forecast, target = getattr(forecasting, self.forecaster), x[:, :, self.target_index].float()
+        # the series' level in the window's units: a season that grows with it is adjusted by ratios
+        level = torch.sinh(x[:, 0, self.level_index].double()) if self.level_index >= 0 else None
         # a few thousand windows at a time: every grid point holds a state per window (bounded memory)
-        return torch.cat([forecast(target[i:i + LOCAL_CHUNK], lengths[i:i + LOCAL_CHUNK], self.season, self.n_outputs)
+        return torch.cat([forecast(target[i:i + LOCAL_CHUNK], lengths[i:i + LOCAL_CHUNK], self.season, self.n_outputs,
+                                   level=None if level is None else level[i:i + LOCAL_CHUNK])
                           for i in range(0, max(1, len(target)), LOCAL_CHUNK)])
 
     @property
@@ -680,9 +691,9 @@ class LocalMember(RepeatMember):
 
 
 class ThetaMember(LocalMember):
-    """The theta method (simple exponential smoothing with drift, additive seasonal adjustment where
-    the window's season is strong; ``theta_forecast``): the published statistical forecasts of the M3
-    and M4 competitions lean on it."""
+    """The theta method (simple exponential smoothing with drift, seasonal adjustment where the
+    window's season is strong, by ratios where its values are positive; ``theta_forecast``): the
+    published statistical forecasts of the M3 and M4 competitions lean on it."""
 
     kind = "theta"
     forecaster = "theta_forecast"
@@ -691,7 +702,7 @@ class ThetaMember(LocalMember):
 
 class DampedMember(LocalMember):
     """Exponential smoothing with an additive damped trend (``damped_forecast``, ETS(A,Ad,N) on the
-    seasonally adjusted window): where a trend should flatten out (yearly series), theta's straight
+    seasonally adjusted window, as theta's): where a trend should flatten out (yearly series), theta's straight
     drift overshoots."""
 
     kind = "damped"

@@ -4,6 +4,7 @@ scaling in training, predict, the MLflow pyfunc and ONNX."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -202,30 +203,44 @@ def test_the_naive_members_forecast_what_the_references_do(tmp_path):
     assert fold_members(flat, make_folds(flat, 3), "naive") is not None
 
 
-def _seasonal_by_hand(y: np.ndarray, season: int) -> np.ndarray:
-    """The seasonal indices theta and the damped trend remove, written out: additive classical
-    decomposition, kept where the season's strength passes ``SEASON_STRENGTH`` (zeros otherwise)."""
+def _seasonal_by_hand(y: np.ndarray, season: int, level: float | None = None) -> tuple[np.ndarray, bool]:
+    """The seasonal indices theta and the damped trend remove, written out: classical decomposition,
+    kept where the season's strength passes ``SEASON_STRENGTH`` (zeros otherwise); by ratio where
+    ``level`` is given and every ``y + level`` is positive (then the second value is True)."""
     from cellsearch.tasks.forecasting import SEASON_STRENGTH
 
     n = len(y)
+    mult = level is not None and bool((y + level > 0).all())
     if season > 1 and n >= 3 * season:
         w = [1.0 / season] * season
         if season % 2 == 0:
             w = [0.5 / season] + w[1:] + [0.5 / season]
         off = (len(w) - 1) // 2
         steps = range(off, n - off)
-        detrended = {t: y[t] - sum(wj * y[t - off + j] for j, wj in enumerate(w)) for t in steps}
+        avg = {t: sum(wj * y[t - off + j] for j, wj in enumerate(w)) for t in steps}
+        detrended = {t: ((y[t] + level) / (a + level) - 1 if mult else y[t] - a)
+                     for t, a in avg.items()}
         idx = np.array([np.mean([v for t, v in detrended.items() if t % season == p]) for p in range(season)])
         idx -= idx.mean()
         left = [v - idx[t % season] for t, v in detrended.items()]
         values = list(detrended.values())
         spread = np.var(values) * len(values) / (len(values) - 1)
         if np.var(left) * len(left) / (len(left) - season) < (1 - SEASON_STRENGTH) * spread:
-            return idx
-    return np.zeros(max(1, season))
+            return idx, mult
+    return np.zeros(max(1, season)), mult
 
 
-def _theta_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
+def _adjusted_by_hand(y: np.ndarray, season: int, level: float | None) -> tuple[np.ndarray, Any]:
+    """The values without their season and the function that puts it back on a forecast."""
+    seas, mult = _seasonal_by_hand(y, season, level)
+    m = len(seas)
+    if mult:
+        d = np.array([(y[t] + level) / (1 + seas[t % m]) - level for t in range(len(y))])
+        return d, lambda f, t: (f + level) * (1 + seas[t % m]) - level
+    return np.array([y[t] - seas[t % m] for t in range(len(y))]), lambda f, t: f + seas[t % m]
+
+
+def _theta_by_hand(y: np.ndarray, horizon: int, season: int, level: float | None = None) -> np.ndarray:
     """The theta method written out step by step on one series ``y`` (what ``theta_forecast`` does to
     a batch of windows): the seasonal adjustment, exponential smoothing with the weight of least
     one-step squared error among ``THETA_ALPHAS`` from the first value, half the least-squares slope
@@ -235,67 +250,78 @@ def _theta_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
     n = len(y)
     if n == 1:
         return np.full(horizon, float(y[0]))
-    seas = _seasonal_by_hand(y, season)
-    d = np.array([y[t] - seas[t % len(seas)] for t in range(n)])
+    d, put_back = _adjusted_by_hand(y, season, level)
     best = None
     for a in THETA_ALPHAS:
-        level, sse = d[0], 0.0
+        smoothed, sse = d[0], 0.0
         for t in range(1, n):
-            sse += (d[t] - level) ** 2
-            level += a * (d[t] - level)
+            sse += (d[t] - smoothed) ** 2
+            smoothed += a * (d[t] - smoothed)
         if best is None or sse < best[0]:
-            best = (sse, level, a)
-    _, level, a = best
+            best = (sse, smoothed, a)
+    _, smoothed, a = best
     slope = np.polyfit(np.arange(n), d, 1)[0]
-    return np.array([level + slope / 2 * (h - 1 + 1 / a - (1 - a) ** n / a) + seas[(n - 1 + h) % len(seas)]
+    return np.array([put_back(smoothed + slope / 2 * (h - 1 + 1 / a - (1 - a) ** n / a), n - 1 + h)
                      for h in range(1, horizon + 1)])
 
 
-def _damped_by_hand(y: np.ndarray, horizon: int, season: int) -> np.ndarray:
+def _damped_by_hand(y: np.ndarray, horizon: int, season: int, level: float | None = None) -> np.ndarray:
     """Exponential smoothing with a damped trend written out on one series: the seasonal adjustment,
     level and trend from the first value and step, every (alpha, beta, phi) of the grid tried, the
     least one-step squared error kept, ``l + (phi + ... + phi^h) b`` forecast."""
     from cellsearch.tasks.forecasting import DAMPED_BETAS, DAMPED_PHIS
 
     n = len(y)
-    seas = _seasonal_by_hand(y, season)
-    d = np.array([y[t] - seas[t % len(seas)] for t in range(n)])
+    d, put_back = _adjusted_by_hand(y, season, level)
     best = None
     for a in np.linspace(0.05, 1.0, 20):
         for share in DAMPED_BETAS:
             for phi in DAMPED_PHIS:
-                level, trend, sse = d[0], (d[1] - d[0] if n > 1 else 0.0), 0.0
+                smoothed, trend, sse = d[0], (d[1] - d[0] if n > 1 else 0.0), 0.0
                 for t in range(1, n):
-                    err = d[t] - (level + phi * trend)
+                    err = d[t] - (smoothed + phi * trend)
                     sse += err ** 2
-                    level, trend = level + phi * trend + a * err, phi * trend + a * share * err
+                    smoothed, trend = smoothed + phi * trend + a * err, phi * trend + a * share * err
                 if best is None or sse < best[0]:
-                    best = (sse, level, trend, phi)
-    _, level, trend, phi = best
-    return np.array([level + sum(phi ** k for k in range(1, h + 1)) * trend + seas[(n - 1 + h) % len(seas)]
+                    best = (sse, smoothed, trend, phi)
+    _, smoothed, trend, phi = best
+    return np.array([put_back(smoothed + sum(phi ** k for k in range(1, h + 1)) * trend, n - 1 + h)
                      for h in range(1, horizon + 1)])
 
 
-def _ragged_windows(rng: np.random.Generator, count: int, length: int, season: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-aligned windows (count, length, 2) of random real lengths, the target in channel 1: a
-    trend with noise, a strong season in every other one."""
-    x = np.zeros((count, length, 2), dtype=np.float32)
+def _ragged_windows(rng: np.random.Generator, count: int, length: int, season: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left-aligned windows (count, length, 3) of random real lengths, the target in channel 1: a
+    trend with noise, a strong season in every other one; channel 2 the level channel (``asinh``),
+    and the levels: in two windows of four one that puts the series above 0 with a season that grows
+    with it (multiplicative), in the others 0 (values around 0: additive)."""
+    x = np.zeros((count, length, 3), dtype=np.float32)
     lengths = rng.integers(1, length + 1, count)
     lengths[:4] = length  # some full windows
+    levels = np.zeros(count)
     for i, n in enumerate(lengths):
         t = np.arange(n)
-        x[i, :n, 1] = 0.1 * t + (5 * np.sin(2 * np.pi * t / max(season, 1)) if i % 2 else 0) + rng.normal(size=n)
+        season_ = 5 * np.sin(2 * np.pi * t / max(season, 1)) if i % 2 else 0
+        if i % 4 >= 2:
+            levels[i] = 30.0 + 5 * i % 7
+            series = (levels[i] + 0.5 * t) * (1 + season_ / 12) + rng.normal(size=n)
+            x[i, :n, 1] = series - levels[i]
+        else:
+            x[i, :n, 1] = 0.1 * t + season_ + rng.normal(size=n)
         x[i, :n, 0] = rng.normal(size=n)
-    return x, lengths.astype(np.int64)
+        x[i, :n, 2] = np.arcsinh(levels[i])
+    levels = np.sinh(x[:, 0, 2].astype(np.float64))  # as the member reads it
+    return x, lengths.astype(np.int64), levels
 
 
+@pytest.mark.parametrize("with_level", [False, True], ids=["no level", "level"])
 @pytest.mark.parametrize("kind", ["theta", "damped"])
 @pytest.mark.parametrize("length,season,horizon", [(30, 4, 8), (36, 12, 12), (10, 12, 3), (24, 1, 6), (1, 1, 3)])
-def test_the_forecasts_fitted_on_each_window_as_written_out_by_hand(kind, length, season, horizon):
+def test_the_forecasts_fitted_on_each_window_as_written_out_by_hand(kind, length, season, horizon, with_level):
     """Theta and the damped trend on a batch of ragged windows equal the methods written out per
-    window; some windows are seasonally adjusted, some not; they commute with the windows' scaling
-    (shift and scale); and each member's ONNX graph computes the same forecasts (a window of one
-    step included: a Scan over no steps stopped onnxruntime)."""
+    window; some windows are seasonally adjusted, some not, and with a level channel some by ratio;
+    they commute with the windows' scaling (shift and scale); and each member's ONNX graph computes
+    the same forecasts (a window of one step included: a Scan over no steps stopped onnxruntime)."""
     import onnxruntime as ort
     import torch
 
@@ -306,26 +332,80 @@ def test_the_forecasts_fitted_on_each_window_as_written_out_by_hand(kind, length
     forecast = getattr(forecasting, f"{kind}_forecast")
     by_hand = {"theta": _theta_by_hand, "damped": _damped_by_hand}[kind]
     rng = np.random.default_rng(length + season)
-    x, lengths = _ragged_windows(rng, 12 if kind == "damped" else 40, length, season)
-    target = torch.from_numpy(x[:, :, 1]).double()
-    got = forecast(target, torch.from_numpy(lengths), season, horizon).numpy()
-    for i, n in enumerate(lengths):
-        np.testing.assert_allclose(got[i], by_hand(x[i, :n, 1].astype(np.float64), horizon, season),
-                                   rtol=1e-9, atol=1e-9, err_msg=f"window {i} ({n} steps)")
-    flagged = (forecasting.seasonal_indices(target, torch.from_numpy(lengths), season).abs().sum(1) > 0).numpy()
+    x, lengths, levels = _ragged_windows(rng, 12 if kind == "damped" else 40, length, season)
+    target, n = torch.from_numpy(x[:, :, 1]).double(), torch.from_numpy(lengths)
+    level = torch.from_numpy(levels) if with_level else None
+    got = forecast(target, n, season, horizon, level=level).numpy()
+    for i, k in enumerate(lengths):
+        np.testing.assert_allclose(got[i], by_hand(x[i, :k, 1].astype(np.float64), horizon, season,
+                                                   levels[i] if with_level else None),
+                                   rtol=1e-9, atol=1e-9, err_msg=f"window {i} ({k} steps)")
+    flagged = (forecasting.seasonal_indices(target, n, season, level).abs().sum(1) > 0).numpy()
+    mult = forecasting.multiplicative(target, n, level).numpy()
     if length >= 3 * season > 3:
         # both branches are compared: the test flags seasonal windows (odd), and far fewer of the others
         assert flagged[1::2].sum() >= 2 * max(1, flagged[0::2].sum()), flagged
+        if with_level:  # and both kinds of adjustment
+            assert (flagged & mult).any() and (flagged & ~mult).any()
     else:
         assert not flagged.any()
-    moved = forecast(target * 7.0 - 3.0, torch.from_numpy(lengths), season, horizon).numpy()
+    assert mult.any() == with_level
+    moved = forecast(target * 7.0 - 3.0, n, season, horizon, level=None if level is None else level * 7.0 + 3.0).numpy()
     np.testing.assert_allclose(moved, got * 7.0 - 3.0, rtol=1e-9, atol=1e-8)
-    member = MEMBERS[kind](season, 1, horizon, "forecasting", 2)
+    member = MEMBERS[kind](season, 1, horizon, "forecasting", 3, level_index=2 if with_level else -1)
     with torch.no_grad():
-        want = member(torch.from_numpy(x), torch.from_numpy(lengths)).numpy()
+        want = member(torch.from_numpy(x), n).numpy()
+    np.testing.assert_allclose(want, got, rtol=1e-5, atol=1e-5)
     onnx_out = ort.InferenceSession(reference_onnx(member).SerializeToString()).run(
         ["output"], {"x": x, "lengths": lengths})[0]
     np.testing.assert_allclose(onnx_out, want, atol=1e-6)
+
+
+def test_a_season_that_grows_with_the_series_is_adjusted_by_ratios_through_the_level_channel(tmp_path):
+    """The series layout's level channel carries each window's level past the window scaling: the
+    members fitted on a panel forecast, in the series' own units, what theta and the damped trend
+    forecast on the raw windows by ratio (level 0); a series that crosses 0 is adjusted by difference;
+    and on seasons that grow with the series, the ratio forecasts beat the difference forecasts."""
+    import torch
+
+    from cellsearch.predict import transform
+    from cellsearch.refmembers import MEMBERS
+    from cellsearch.tasks import forecasting
+
+    rng = np.random.default_rng(3)
+    factors = np.array([0.7, 0.9, 1.1, 1.3])
+    rows, truth = [], {}
+    for k in range(5):
+        t = np.arange(40 + 4)
+        v = (50 + 5 * k + (2 + k) * t) * factors[t % 4] * (1 + 0.01 * rng.normal(size=len(t)))
+        if k == 4:
+            v = v - v.mean()  # crosses 0: no ratios
+        rows += [{"series": f"s{k}", "t": int(i), "value": float(x)} for i, x in enumerate(v[:40])]
+        truth[f"s{k}"] = v
+    csv = tmp_path / "grows.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    ds = read_dataset(csv, horizon=4, window=24, season=4)
+    prep = ds.preprocessing
+    assert prep.inputs[-1] == "value (level)" and prep.layout_data["level_index"] == len(prep.inputs) - 1
+    inputs = transform(pd.read_csv(csv), prep)
+    last, scale = inputs.scale
+    errors = {}
+    for kind in ("theta", "damped"):
+        member = MEMBERS[kind].fit(ds.splits["train"], "forecasting", 24, 4, prep)
+        with torch.no_grad():
+            scaled = member(torch.from_numpy(inputs.x), torch.from_numpy(inputs.lengths)).double().numpy()
+        got = scaled * scale[:, None] + last[:, None]
+        raw = torch.from_numpy(np.stack([truth[str(key)][16:40] for key in inputs.keys]))
+        lengths = torch.full((len(raw),), 24)
+        forecast = getattr(forecasting, f"{kind}_forecast")
+        by_ratio = forecast(raw, lengths, 4, 4, level=torch.zeros(len(raw))).numpy()
+        by_difference = forecast(raw, lengths, 4, 4).numpy()
+        np.testing.assert_allclose(got, by_ratio, rtol=1e-4)
+        assert forecasting.multiplicative(raw, lengths, torch.zeros(len(raw))).tolist() == [True] * 4 + [False]
+        np.testing.assert_allclose(by_ratio[4], by_difference[4])
+        future = np.stack([truth[str(key)][40:] for key in inputs.keys])
+        errors[kind] = [np.abs(f[:4] - future[:4]).mean() for f in (by_ratio, by_difference)]
+    assert all(ratio < 0.5 * difference for ratio, difference in errors.values()), errors
 
 
 def test_theta_and_the_damped_trend_forecast_a_trend_the_naive_forecasts_miss():

@@ -115,15 +115,34 @@ def moving_average_weights(season: int) -> np.ndarray:
     return w
 
 
-def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
-    """(B, season) additive seasonal indices of left-aligned windows ``target`` (B, T) of real
-    lengths ``lengths``: classical decomposition (a centred moving average of one season, 2 x m for an
-    even m, over each window's real steps; each phase's mean of the values less that average; centred
-    to sum 0), zero for a window shorter than three seasons or whose seasonal strength (1 - the
-    variance of what is left after the indices over the variance of the detrended values, each over
-    its degrees of freedom) is at most ``SEASON_STRENGTH``. Phase ``p`` is the steps ``t`` with
-    ``t mod season == p`` counted from the window's first real step. Additive, so that the windows'
-    own scaling (shift and scale) commutes with it."""
+def multiplicative(target: Any, lengths: Any, level: Any) -> Any:
+    """(B,) whether each left-aligned window's season is adjusted by ratios: where ``level`` (B,) is
+    given (what to add to the window's values to get the series' own values in the same unit: the
+    window's last value over its scale for window-scaled inputs, 0 for raw ones) and every real value
+    plus it is positive, as for sales, visitors, counts, whose seasonal swings grow with their level
+    (classical multiplicative decomposition, as the M3/M4 theta method and statsforecast's default);
+    else by differences (a series crossing zero has no ratios)."""
+    import torch
+
+    b, t_len = target.shape
+    if level is None:
+        return torch.zeros(b, dtype=torch.bool, device=target.device)
+    real = torch.arange(t_len, device=target.device)[None, :] < lengths.to(target.device).long()[:, None]
+    raw = target.double() + level.to(target.device).double()[:, None]
+    return torch.where(real, raw > 0, torch.ones_like(real)).all(1)
+
+
+def seasonal_indices(target: Any, lengths: Any, season: int, level: Any = None) -> Any:
+    """(B, season) seasonal indices of left-aligned windows ``target`` (B, T) of real lengths
+    ``lengths``: classical decomposition (a centred moving average of one season, 2 x m for an even m,
+    over each window's real steps; each phase's mean of the values' deviation from that average;
+    centred to sum 0), zero for a window shorter than three seasons or whose seasonal strength (1 - the
+    variance of what is left after the indices over the variance of the deviations, each over its
+    degrees of freedom) is at most ``SEASON_STRENGTH``. Phase ``p`` is the steps ``t`` with
+    ``t mod season == p`` counted from the window's first real step. A deviation is the difference
+    from the average, or where the window is ``multiplicative`` (``level`` given) its ratio to it less
+    1, so that the index is then relative (the factor ``1 + index``, of mean 1). Both commute with the
+    windows' own scaling (shift and scale)."""
     import torch
 
     b, t_len = target.shape
@@ -138,6 +157,11 @@ def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
     ok = (pos[None, :] + off) < n[:, None]
     okf = ok.to(y.dtype)
     detrended = torch.where(ok, y[:, off:off + avg.shape[1]] - avg, torch.zeros_like(avg))
+    mult = multiplicative(target, lengths, level)
+    if mult.any():  # the ratio less 1: the difference over the average in the series' own units (> 0)
+        base = avg + level.to(y.device).double()[:, None]
+        ratio = detrended / torch.where(ok & mult[:, None], base, torch.ones_like(base))
+        detrended = torch.where(mult[:, None], ratio, detrended)
     phase = torch.nn.functional.one_hot(pos % season, season).to(y.dtype)
     idx = (detrended @ phase) / (okf @ phase).clamp(min=1)
     idx = idx - idx.mean(1, keepdim=True)
@@ -155,39 +179,60 @@ def seasonal_indices(target: Any, lengths: Any, season: int) -> Any:
     return torch.where(seasonal[:, None], idx, torch.zeros_like(idx))
 
 
-def deseasonalised(target: Any, lengths: Any, season: int) -> tuple[Any, Any, Any]:
-    """(values less their seasonal indices (B, T) in double precision, the indices (B, m), the real
-    lengths clamped to [1, T]) of left-aligned windows: what theta and the damped trend smooth."""
+class Seasons:
+    """A batch of windows' seasonal adjustment (``deseasonalised``): the indices (B, m), the real
+    lengths clamped to [1, T], which windows are adjusted by ratios and their levels (``multiplicative``)."""
+
+    def __init__(self, idx: Any, n: Any, mult: Any, level: Any) -> None:
+        self.idx, self.n, self.mult, self.level = idx, n, mult, level
+
+    def put_back(self, forecast: Any) -> Any:
+        """``forecast`` (B, H) of the adjusted values with each step's season put back (the phase after
+        a window's ``n`` steps): its index added, or where multiplicative its factor applied to the
+        value in the series' own units."""
+        import torch
+
+        h = torch.arange(1, forecast.shape[1] + 1, device=forecast.device)
+        at = torch.gather(self.idx, 1, (self.n[:, None] - 1 + h[None, :]) % self.idx.shape[1])
+        level = self.level[:, None]
+        return torch.where(self.mult[:, None], (forecast + level) * (1 + at) - level, forecast + at)
+
+
+def deseasonalised(target: Any, lengths: Any, season: int, level: Any = None) -> tuple[Any, Seasons]:
+    """(values without their season (B, T) in double precision, the ``Seasons`` that put it back) of
+    left-aligned windows: what theta and the damped trend smooth. The season is taken out by
+    difference, or where the window is ``multiplicative`` by ratio: ``(y + level) / (1 + index) - level``,
+    in the window's units still."""
     import torch
 
     b, t_len = target.shape
     y = target.double()
     n = lengths.to(y.device).long().clamp(min=1, max=t_len)
-    idx = seasonal_indices(y, n, season)
+    idx = seasonal_indices(y, n, season, level)
+    mult = multiplicative(y, n, level)
+    lv = (torch.zeros(b, dtype=y.dtype, device=y.device) if level is None
+          else torch.where(mult, level.to(y.device).double(), torch.zeros(b, dtype=y.dtype, device=y.device)))
     steps = torch.arange(t_len, device=y.device)
-    return y - torch.gather(idx, 1, (steps % idx.shape[1])[None, :].expand(b, -1)), idx, n
+    at = torch.gather(idx, 1, (steps % idx.shape[1])[None, :].expand(b, -1))
+    d = torch.where(mult[:, None], (y + lv[:, None]) / (1 + at) - lv[:, None], y - at)
+    return d, Seasons(idx, n, mult, lv)
 
 
-def reseasonalised(forecast: Any, idx: Any, n: Any) -> Any:
-    """``forecast`` (B, H) plus each step's seasonal index (the phase after a window's ``n`` steps)."""
-    import torch
-
-    h = torch.arange(1, forecast.shape[1] + 1, device=forecast.device)
-    return forecast + torch.gather(idx, 1, (n[:, None] - 1 + h[None, :]) % idx.shape[1])
-
-
-def theta_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any:
+def theta_forecast(target: Any, lengths: Any, season: int, horizon: int, level: Any = None) -> Any:
     """(B, horizon) forecasts of the theta method (Assimakopoulos & Nikolopoulos 2000, in Hyndman &
     Billah's form: simple exponential smoothing with drift) from left-aligned windows ``target``
-    (B, T), each fitted on its own real steps: deseasonalise (``seasonal_indices``, additive), smooth
+    (B, T), each fitted on its own real steps: deseasonalise (``deseasonalised``: by difference, or by
+    ratio where the window is ``multiplicative`` given its ``level``), smooth
     (the weight ``alpha`` among ``THETA_ALPHAS`` with the lowest one-step squared error, starting
     from the first value), add half the least-squares slope ``b`` as drift, reseasonalise:
     ``level + b / 2 * (h - 1 + 1 / alpha - (1 - alpha) ** n / alpha)`` at step ``h`` of a window of ``n``
-    steps. Affine in the values, so the window-scaled forecast is the scaled forecast. The theta
-    reference and ensemble member both use it (torch, imported here as for ``seasonal_naive``)."""
+    steps. Affine in the values (with ``level`` shifted as they are), so the window-scaled forecast is
+    the scaled forecast. The theta reference and ensemble member both use it (torch, imported here as
+    for ``seasonal_naive``)."""
     import torch
 
-    d, idx, n = deseasonalised(target, lengths, season)
+    d, seasons = deseasonalised(target, lengths, season, level)
+    n = seasons.n
     b, t_len = d.shape
     steps = torch.arange(t_len, device=d.device)
     alphas = torch.tensor(THETA_ALPHAS, dtype=d.dtype, device=d.device)
@@ -207,7 +252,7 @@ def theta_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any:
     slope = (tc * dc).sum(1, keepdim=True) / (tc * tc).sum(1, keepdim=True).clamp(min=1e-12)
     h = torch.arange(1, horizon + 1, device=d.device, dtype=d.dtype)[None, :]
     drift = slope / 2 * (h - 1 + 1 / alpha - (1 - alpha) ** nf / alpha)
-    return reseasonalised(level + drift, idx, n).to(target.dtype)
+    return seasons.put_back(level + drift).to(target.dtype)
 
 
 def damped_grid() -> tuple[tuple[float, float, float], ...]:
@@ -221,10 +266,10 @@ DAMPED_BETAS = (0.01, 0.05, 0.1, 0.2, 0.4)
 DAMPED_PHIS = (0.8, 0.9, 0.95, 0.98)
 
 
-def damped_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any:
+def damped_forecast(target: Any, lengths: Any, season: int, horizon: int, level: Any = None) -> Any:
     """(B, horizon) forecasts of exponential smoothing with an additive damped trend (Gardner &
     McKenzie 1985; ETS(A,Ad,N)) from left-aligned windows ``target`` (B, T), each fitted on its own
-    real steps after the same seasonal adjustment as theta (``deseasonalised``): from the first value
+    real steps after the same seasonal adjustment as theta (``deseasonalised``, given ``level``): from the first value
     and the first step, ``f = l + phi b``, ``l = f + alpha e``, ``b = phi b + alpha beta e`` for the
     one-step error ``e``; the (alpha, beta, phi) of ``damped_grid`` with the lowest squared error;
     step ``h`` forecasts ``l + (phi + ... + phi^h) b``. The M3 and M4 competitions' yearly and
@@ -232,7 +277,8 @@ def damped_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any
     values, as theta."""
     import torch
 
-    d, idx, n = deseasonalised(target, lengths, season)
+    d, seasons = deseasonalised(target, lengths, season, level)
+    n = seasons.n
     b, t_len = d.shape
     grid = torch.tensor(damped_grid(), dtype=d.dtype, device=d.device)
     alpha, share, phi = grid[:, 0][None, :], grid[:, 1][None, :], grid[:, 2][None, :]
@@ -251,7 +297,7 @@ def damped_forecast(target: Any, lengths: Any, season: int, horizon: int) -> Any
     steps_ahead = torch.arange(1, horizon + 1, device=d.device, dtype=d.dtype)[None, :]
     damping = torch.cumsum(grid[best[:, 0], 2][:, None] ** steps_ahead, 1)
     out = torch.gather(level, 1, best) + damping * torch.gather(trend, 1, best)
-    return reseasonalised(out, idx, n).to(target.dtype)
+    return seasons.put_back(out).to(target.dtype)
 
 
 def damped_macs(length: int, season: int, horizon: int) -> int:

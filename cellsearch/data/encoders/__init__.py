@@ -45,6 +45,9 @@ def input_groups(prep: Any, drawn: dict[str, Any] | None = None) -> list[tuple[s
         enc = get_encoder(fitted[c]["kind"])
         width = len(enc.names(c, fitted[c]))
         groups.append((enc.name, width, enc.input_params(fitted[c], width)))
+    extra = len(prep.inputs) - sum(width for _, width, _ in groups)
+    if extra > 0:  # channels the layout adds after the columns' (a forecast window's level): read as they are
+        groups.append(("numeric", extra, None))
     if all(params is None for _, _, params in groups):
         return []
     return [(name, width, get_encoder(name).searched_params(params or {}, drawn or {}) if params is not None else {})

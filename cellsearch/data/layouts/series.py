@@ -7,7 +7,9 @@ A window of up to ``window`` past steps predicts the next ``horizon`` values of 
   The model predicts the next values in those units and the forecast is mapped back with the same
   two numbers, so no series ever gets identity statistics and a series unseen in training is
   forecast from its own history. Covariates (other numeric columns) are past inputs per step,
-  standardised by one global scaler fitted on the training rows.
+  standardised by one global scaler fitted on the training rows. The last input channel is the
+  window's level (``level_channel``), which the scaling takes out of the target channel: with it a
+  statistical member adjusts a season that grows with the series by ratios.
 * **Every series counts.** Windows have variable length: a series shorter than the window trains
   and forecasts on what it has — training needs ``horizon + 1`` points (one input, ``horizon``
   targets), forecasting needs 1.
@@ -133,12 +135,23 @@ def _time_splits(lengths: np.ndarray, codes: np.ndarray, pos: np.ndarray, horizo
     return np.where(pos >= test_start, "test", np.where(pos >= val_start, "val", "train")).astype(object)
 
 
+def level_channel(last: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Each window's level channel: ``asinh(last / scale)``, the window's last value in units of its
+    scale, which the window scaling takes out of the target channel. A statistical member adjusts a
+    season by ratios with it (``cellsearch.tasks.forecasting.multiplicative``: ``sinh`` of it added
+    to the scaled values gives the series' own values over the scale); ``asinh`` keeps what networks
+    read of it bounded (a level a million steps high is 14.5)."""
+    return np.arcsinh(last / scale)
+
+
 def _windows(x_rows: np.ndarray, target: np.ndarray, origins: np.ndarray, available: np.ndarray, window: int,
-             horizon: int, t_idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+             horizon: int, t_idx: int, level: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Windows ending just before each origin row (``available`` rows of its series before it):
-    inputs (N, window, F) left-aligned with their lengths, the target channel window-scaled, the
-    scaled next ``horizon`` targets (``None`` when ``horizon`` is 0), each window's (last value, scale).
-    The same code makes training windows and prediction inputs."""
+    inputs (N, window, F) left-aligned with their lengths, the target channel window-scaled (and with
+    ``level`` one more channel, the ``level_channel`` at every real step), the scaled next ``horizon``
+    targets (``None`` when ``horizon`` is 0), each window's (last value, scale). The same code makes
+    training windows and prediction inputs."""
     lengths = np.minimum(window, available).astype(np.int64)
     idx = origins[:, None] - lengths[:, None] + np.arange(window)[None, :]
     real = np.arange(window)[None, :] < lengths[:, None]
@@ -147,6 +160,8 @@ def _windows(x_rows: np.ndarray, target: np.ndarray, origins: np.ndarray, availa
     last, scale = window_scale(raw, lengths)
     x = x_rows[idx]
     x[:, :, t_idx] = (raw - last[:, None]) / scale[:, None]
+    if level:
+        x = np.concatenate([x, np.broadcast_to(level_channel(last, scale)[:, None, None], (len(x), window, 1))], axis=2)
     x[~real] = 0.0
     y = None
     if horizon:
@@ -222,7 +237,7 @@ class SeriesLayout(Layout):
         valid = (pos >= 1) & (pos + horizon <= lengths[codes])
         origins = np.flatnonzero(valid)
         origins = origins[rs[origins] == rs[origins + horizon - 1]]
-        x, win_len, y, last, scale = _windows(x_rows, target, origins, pos[origins], window, horizon, t_idx)
+        x, win_len, y, last, scale = _windows(x_rows, target, origins, pos[origins], window, horizon, t_idx, level=True)
         offsets = np.stack([last, scale], axis=1)
         weight = (scale / denominators[codes[origins]]).astype(np.float32)
         win_split = np.array(SPLITS, dtype=object)[rs[origins]]
@@ -235,8 +250,9 @@ class SeriesLayout(Layout):
         if len(splits["train"]) == 0:
             raise UserError(f"{path}: no training window fits (horizon {horizon}); use a smaller --horizon")
         layout_data = {"window": window, "horizon": horizon, "season": season, "target_index": t_idx,
-                       "n_series": int(len(starts)), "series_trained": int((~short).sum())}
-        return splits, {"inputs": names, "encoders": fitted, "scaler": Scaler(mean.tolist(), std.tolist()),
+                       "level_index": len(names), "n_series": int(len(starts)), "series_trained": int((~short).sum())}
+        return splits, {"inputs": [*names, f"{schema.target} (level)"], "encoders": fitted,
+                        "scaler": Scaler([*mean.tolist(), 0.0], [*std.tolist(), 1.0]),  # the level as it is
                         "layout_data": layout_data}
 
     def transform(self, df: pd.DataFrame, prep: Preprocessing, path: Path) -> Inputs:
@@ -245,13 +261,17 @@ class SeriesLayout(Layout):
         order, codes, starts, keys = group_order(df, prep.id_col, prep.time_col, path)
         lengths = np.diff(np.r_[starts, len(codes)])
         values, _, _ = encode_features(df, prep.features, np.ones(len(df), dtype=bool), path, prep.encoders)
-        values = handle_missing(values[order], prep.inputs, codes, starts, prep.fill, path)
+        # a bundle from before the level channel has none (its inputs are the encoded columns alone)
+        level = "level_index" in prep.layout_data
+        values = handle_missing(values[order], prep.inputs[:-1] if level else prep.inputs, codes, starts, prep.fill,
+                                path)
         window, t_idx = int(prep.layout_data["window"]), int(prep.layout_data["target_index"])
         mean, std = prep.scaler.arrays()
-        x_rows = ((values - mean) / std).astype(np.float32)
+        k = values.shape[1]  # the columns' channels (the level's comes after them)
+        x_rows = ((values - mean[:k]) / std[:k]).astype(np.float32)
         # The forecast origin of each series is just past its last row.
         x, win_len, _, last, scale = _windows(x_rows, values[:, t_idx].astype(np.float64), starts + lengths, lengths,
-                                              window, 0, t_idx)
+                                              window, 0, t_idx, level=level)
         return Inputs(x, win_len, keys, scale=(last, scale))
 
     def input_columns(self, prep: Preprocessing) -> list[str]:
