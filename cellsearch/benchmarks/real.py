@@ -182,7 +182,8 @@ def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int,
 def _local_forecasts(kind: str, train: Any, key: str, tcol: str, vcol: str, window: int, season: int,
                      horizon: int) -> dict[str, Any]:
     """Each series' forecast by ``kind`` (``theta`` or ``damped``: ``cellsearch.tasks.forecasting``'s
-    ``theta_forecast`` / ``damped_forecast``, the members') from its last ``window`` values."""
+    ``theta_forecast`` / ``damped_forecast``, the members') from its last ``window`` values, by ratio
+    where they are positive as the members adjust a season (level 0: the values are the series')."""
     import numpy as np
     import torch
 
@@ -192,7 +193,8 @@ def _local_forecasts(kind: str, train: Any, key: str, tcol: str, vcol: str, wind
     for s, g in train.groupby(key, sort=False):
         v = g.sort_values(tcol)[vcol].to_numpy(dtype=float)[-window:]
         x = torch.from_numpy(np.pad(v, (0, window - len(v))))[None, :]
-        out[s] = getattr(forecasting, f"{kind}_forecast")(x, torch.tensor([len(v)]), season, horizon)[0].numpy()
+        out[s] = getattr(forecasting, f"{kind}_forecast")(x, torch.tensor([len(v)]), season, horizon,
+                                                          level=torch.zeros(1))[0].numpy()
     return out
 
 
