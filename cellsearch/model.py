@@ -196,7 +196,9 @@ class InputLayers(nn.Module):
             raise ValueError(f"input groups cover {sum(self.widths)} channels of {spec.input_size}")
         built = [get_encoder(g.encoder).input_layer(g.params, g.width) for g in spec.inputs]
         self.layers = nn.ModuleList([m if m is not None else nn.Identity() for m, _ in built])
-        self.size = sum(w for _, w in built) if built else spec.input_size
+        #: each group's width out; a group of width 0 is left out (channels for the ensemble's members)
+        self.out_widths = [w for _, w in built]
+        self.size = sum(self.out_widths) if built else spec.input_size
 
     def resequence(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The steps the model reads: as given, or as an input layer with ``resequence`` makes them
@@ -216,7 +218,8 @@ class InputLayers(nn.Module):
         if not self.widths:
             return x
         parts = torch.split(x, self.widths, dim=-1)
-        return torch.cat([layer(p) for layer, p in zip(self.layers, parts)], dim=-1)
+        read = [layer(p) for layer, p, w in zip(self.layers, parts, self.out_widths) if w]
+        return torch.cat(read, dim=-1) if len(read) > 1 else read[0]
 
 
 def build(spec: ModelSpec) -> SequenceModel:

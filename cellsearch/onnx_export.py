@@ -91,14 +91,18 @@ class Graph:
 
 def _input_layers(g: Graph, model: Any, x: str) -> str:
     """The model's input layer in ONNX: each input group sliced out and passed through its encoder's
-    nodes (``Encoder.onnx_input``), the results side by side; ``x`` itself when there are no groups."""
+    nodes (``Encoder.onnx_input``), the results side by side (a group of width 0 left out); ``x`` itself
+    when there are no groups."""
     from cellsearch.data.encoders import get_encoder
 
     spec = model.spec
     if not spec.inputs:
         return x
     parts, start = [], 0
-    for k, (group, layer) in enumerate(zip(spec.inputs, model.inputs.layers)):
+    for k, (group, layer, out) in enumerate(zip(spec.inputs, model.inputs.layers, model.inputs.out_widths)):
+        if not out:  # channels the network leaves out (``unread``)
+            start += group.width
+            continue
         part = g.node("Slice", [x, g.const(f"in{k}_start", [start], "int64"),
                                 g.const(f"in{k}_end", [start + group.width], "int64"), g.const("ax2s", [2], "int64")])
         parts.append(get_encoder(group.encoder).onnx_input(g, part, group.params, layer))
@@ -316,15 +320,13 @@ class _Local:
             self._deseasonalise(y)
 
     def _level(self, y: str, channel: int) -> None:
-        """``cellsearch.tasks.forecasting.multiplicative``: the window's level (``sinh`` of its first
-        step's level channel, (batch, 1)), whether every real value plus it is positive (``self.mult``)
+        """``cellsearch.tasks.forecasting.multiplicative``: the window's level (its first step's level
+        channel, (batch, 1)), whether every real value plus it is positive (``self.mult``)
         and the level where so, else 0 (``self.lv``)."""
         g, c = self.g, self.c
         first = g.node("Gather", [g.node("Gather", ["x", c("level_ch", channel, "int64")], axis=2),
                                   c("first_step", [0], "int64")], axis=1)
-        a = g.node("Cast", [first], to=self.dbl)  # sinh(a), which onnxruntime has for float only
-        level = g.node("Div", [g.node("Sub", [g.node("Exp", [a]), g.node("Exp", [g.node("Neg", [a])])]),
-                               c("two", [2.0])])
+        level = g.node("Cast", [first], to=self.dbl)
         positive = g.node("Or", [g.node("Greater", [g.node("Add", [y, level]), self.zero]), g.node("Not", [self.real])])
         self.mult = g.node("Equal", [g.node("ReduceMin", [g.node("Cast", [positive], to=self.dbl)], axes=[1],
                                             keepdims=1), c("one", [1.0])])

@@ -674,7 +674,7 @@ class LocalMember(RepeatMember):
             lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
         forecast, target = getattr(forecasting, self.forecaster), x[:, :, self.target_index].float()
         # the series' level in the window's units: a season that grows with it is adjusted by ratios
-        level = torch.sinh(x[:, 0, self.level_index].double()) if self.level_index >= 0 else None
+        level = x[:, 0, self.level_index].double() if self.level_index >= 0 else None
         # a few thousand windows at a time: every grid point holds a state per window (bounded memory)
         return torch.cat([forecast(target[i:i + LOCAL_CHUNK], lengths[i:i + LOCAL_CHUNK], self.season, self.n_outputs,
                                    level=None if level is None else level[i:i + LOCAL_CHUNK])

@@ -86,6 +86,19 @@ def test_scaling_is_the_same_in_training_predict_pyfunc_and_onnx(panel_bundle):
     served = mlflow.pyfunc.load_model(str(bundle)).predict(head)["prediction"].to_numpy()
     onnx_out = ort.InferenceSession(str(bundle / "model.onnx")).run(None, {"x": inputs.x, "lengths": inputs.lengths})[0]
     assert np.allclose(served, ours, rtol=1e-6) and np.allclose(onnx_out[0] * scale + last, ours, rtol=1e-4)
+    # The level channel (the last input) is for the statistical members: the network leaves it out,
+    # in torch and in ONNX.
+    import torch
+
+    net = next(m for m in getattr(model.model, "members", [model.model]) if hasattr(m, "inputs"))
+    assert model.prep.inputs[-1] == "value (level)" and net.inputs.size == len(model.prep.inputs) - 1
+    moved = inputs.x.copy()
+    moved[:, :, -1] += 1000.0
+    with torch.no_grad():
+        same = [net(torch.from_numpy(v), torch.from_numpy(inputs.lengths)).numpy() for v in (inputs.x, moved)]
+    np.testing.assert_array_equal(same[0], same[1])
+    sess = ort.InferenceSession(str(bundle / "model.onnx"))
+    np.testing.assert_allclose(sess.run(None, {"x": moved, "lengths": inputs.lengths})[0], onnx_out, rtol=1e-6)
 
 
 def test_mase_and_the_naive_references_match_a_hand_computation(tmp_path):
@@ -292,8 +305,8 @@ def _damped_by_hand(y: np.ndarray, horizon: int, season: int, level: float | Non
 def _ragged_windows(rng: np.random.Generator, count: int, length: int, season: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Left-aligned windows (count, length, 3) of random real lengths, the target in channel 1: a
-    trend with noise, a strong season in every other one; channel 2 the level channel (``asinh``),
-    and the levels: in two windows of four one that puts the series above 0 with a season that grows
+    trend with noise, a strong season in every other one; channel 2 the level channel, and the
+    levels: in two windows of four one that puts the series above 0 with a season that grows
     with it (multiplicative), in the others 0 (values around 0: additive)."""
     x = np.zeros((count, length, 3), dtype=np.float32)
     lengths = rng.integers(1, length + 1, count)
@@ -309,8 +322,8 @@ def _ragged_windows(rng: np.random.Generator, count: int, length: int, season: i
         else:
             x[i, :n, 1] = 0.1 * t + season_ + rng.normal(size=n)
         x[i, :n, 0] = rng.normal(size=n)
-        x[i, :n, 2] = np.arcsinh(levels[i])
-    levels = np.sinh(x[:, 0, 2].astype(np.float64))  # as the member reads it
+        x[i, :n, 2] = levels[i]
+    levels = x[:, 0, 2].astype(np.float64)  # as the member reads it
     return x, lengths.astype(np.int64), levels
 
 

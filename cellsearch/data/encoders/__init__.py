@@ -1,7 +1,8 @@
 """The input-encoder registry, ``ENCODERS``: how each feature column becomes model inputs.
 
 ``numeric`` (numbers and booleans, as they are), ``categorical`` (text with few values, one-hot) and
-``text`` (free text: WordPiece tokens through an embedding, the text layout's) ship; ``pick_encoder``
+``text`` (free text: WordPiece tokens through an embedding, the text layout's) ship, and ``unread``
+(channels a layout adds for the statistical members, which networks leave out); ``pick_encoder``
 gives a column the first encoder by priority that accepts it. The interface is ``Encoder`` in
 ``cellsearch.data.encoders.base``; a new kind of input is one module, added with ``register_encoder``.
 """
@@ -16,6 +17,7 @@ from cellsearch.data.encoders.base import Encoder
 from cellsearch.data.encoders.categorical import CategoricalEncoder
 from cellsearch.data.encoders.numeric import NumericEncoder
 from cellsearch.data.encoders.text import TextEncoder
+from cellsearch.data.encoders.unread import UnreadEncoder
 from cellsearch.registry import Registry
 
 #: The registry: encoder name → its one instance.
@@ -46,8 +48,8 @@ def input_groups(prep: Any, drawn: dict[str, Any] | None = None) -> list[tuple[s
         width = len(enc.names(c, fitted[c]))
         groups.append((enc.name, width, enc.input_params(fitted[c], width)))
     extra = len(prep.inputs) - sum(width for _, width, _ in groups)
-    if extra > 0:  # channels the layout adds after the columns' (a forecast window's level): read as they are
-        groups.append(("numeric", extra, None))
+    if extra > 0:  # channels the layout adds after the columns' (a forecast window's level): for the members
+        groups.append(("unread", extra, {}))
     if all(params is None for _, _, params in groups):
         return []
     return [(name, width, get_encoder(name).searched_params(params or {}, drawn or {}) if params is not None else {})
@@ -70,7 +72,7 @@ def searched_keys(prep: Any) -> frozenset[str]:
     return frozenset(k for kind in kinds if kind in ENCODERS for k in get_encoder(kind).searched)
 
 
-for _encoder in (NumericEncoder(), CategoricalEncoder(), TextEncoder()):
+for _encoder in (NumericEncoder(), CategoricalEncoder(), TextEncoder(), UnreadEncoder()):
     register_encoder(_encoder)
 
 __all__ = ["ENCODERS", "Encoder", "get_encoder", "input_groups", "pick_encoder", "register_encoder", "searched_keys"]

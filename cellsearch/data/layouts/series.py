@@ -9,7 +9,8 @@ A window of up to ``window`` past steps predicts the next ``horizon`` values of 
   forecast from its own history. Covariates (other numeric columns) are past inputs per step,
   standardised by one global scaler fitted on the training rows. The last input channel is the
   window's level (``level_channel``), which the scaling takes out of the target channel: with it a
-  statistical member adjusts a season that grows with the series by ratios.
+  statistical member adjusts a season that grows with the series by ratio. The networks do not read
+  it (``cellsearch.data.encoders.unread``).
 * **Every series counts.** Windows have variable length: a series shorter than the window trains
   and forecasts on what it has — training needs ``horizon + 1`` points (one input, ``horizon``
   targets), forecasting needs 1.
@@ -136,12 +137,12 @@ def _time_splits(lengths: np.ndarray, codes: np.ndarray, pos: np.ndarray, horizo
 
 
 def level_channel(last: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Each window's level channel: ``asinh(last / scale)``, the window's last value in units of its
-    scale, which the window scaling takes out of the target channel. A statistical member adjusts a
-    season by ratios with it (``cellsearch.tasks.forecasting.multiplicative``: ``sinh`` of it added
-    to the scaled values gives the series' own values over the scale); ``asinh`` keeps what networks
-    read of it bounded (a level a million steps high is 14.5)."""
-    return np.arcsinh(last / scale)
+    """Each window's level channel: ``last / scale``, the window's last value in units of its scale,
+    which the window scaling takes out of the target channel. Added to the scaled values it gives the
+    series' own values over the scale, so a statistical member can adjust a season by ratio
+    (``cellsearch.tasks.forecasting.multiplicative``); the networks leave it out (the ``unread``
+    encoder), as the scaling meant them to."""
+    return last / scale
 
 
 def _windows(x_rows: np.ndarray, target: np.ndarray, origins: np.ndarray, available: np.ndarray, window: int,
