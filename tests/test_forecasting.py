@@ -99,6 +99,11 @@ def test_scaling_is_the_same_in_training_predict_pyfunc_and_onnx(panel_bundle):
     np.testing.assert_array_equal(same[0], same[1])
     sess = ort.InferenceSession(str(bundle / "model.onnx"))
     np.testing.assert_allclose(sess.run(None, {"x": moved, "lengths": inputs.lengths})[0], onnx_out, rtol=1e-6)
+    # and explain shows the channels the network reads
+    from cellsearch.explain import explain_sequences
+
+    (e,) = explain_sequences(net, model.prep, inputs.x, inputs.lengths, np.array(["s2"]), scale=inputs.scale)
+    assert e.channels == ["value"] and e.inputs.shape == (int(inputs.lengths[0]), 1)
 
 
 def test_mase_and_the_naive_references_match_a_hand_computation(tmp_path):
