@@ -153,16 +153,6 @@ def explain_sequences(model: Any, prep: Any, x: np.ndarray, lengths: np.ndarray,
     return out
 
 
-def _read_channels(model: Any, count: int) -> list[int]:
-    """The input channels the network reads: all but those of an input group it leaves out (the
-    ``unread`` encoder's, a forecast window's level for the statistical members)."""
-    layers = model.inputs
-    if not layers.widths:
-        return list(range(count))
-    starts = np.cumsum([0, *layers.widths])
-    return [k for g, w in enumerate(layers.out_widths) if w for k in range(starts[g], starts[g + 1])]
-
-
 def _prefix_predictions(model: Any, prep: Any, xs: Any, ends: np.ndarray, scale: Any) -> np.ndarray:
     """The prediction as if the sequence ended at each of ``ends`` (in the target's terms): at most
     ``MAX_PREFIXES`` of them, evenly spaced and always the last (NaN at the others, which the plot
@@ -216,7 +206,7 @@ def _explain_one(model: Any, prep: Any, xs: Any, key: str, scale: tuple[float, f
         effects = _clamp_effects(model, prep, xs, scale, final, names, cells) if clamps else []
         if labels is not None:
             _word_effects(model, prep, xs, scale, ends, per_step, labels, effects, cells)
-    read = _read_channels(model, len(channels))
+    read = model.inputs.read_channels(len(channels))
     return Explanation(key=key, truth=truth, inputs=xs[0].numpy()[:, read], channels=[channels[k] for k in read],
                        patch=p, step_ends=ends,
                        per_step=per_step, output=final, output_names=names, probabilities=prep.classes is not None,

@@ -200,6 +200,14 @@ class InputLayers(nn.Module):
         self.out_widths = [w for _, w in built]
         self.size = sum(self.out_widths) if built else spec.input_size
 
+    def read_channels(self, count: int) -> list[int]:
+        """Which of ``count`` input channels the layer reads: all but those of a group of width 0
+        out (the ``unread`` encoder's, a forecast window's level for the statistical members)."""
+        if not self.widths:
+            return list(range(count))
+        starts = [sum(self.widths[:g]) for g in range(len(self.widths) + 1)]
+        return [k for g, w in enumerate(self.out_widths) if w for k in range(starts[g], starts[g + 1])]
+
     def resequence(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The steps the model reads: as given, or as an input layer with ``resequence`` makes them
         (a text input read as characters); only where that layer reads every input channel."""

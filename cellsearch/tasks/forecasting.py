@@ -143,10 +143,24 @@ def seasonal_indices(target: Any, lengths: Any, season: int, level: Any = None) 
     from the average, or where the window is ``multiplicative`` (``level`` given) its ratio to it less
     1, so that the index is then relative (the factor ``1 + index``, of mean 1). Both commute with the
     windows' own scaling (shift and scale)."""
+    mult = multiplicative(target, lengths, level)
+    return _indices(target.double(), lengths, season, mult, _ratio_levels(target, mult, level))
+
+
+def _ratio_levels(target: Any, mult: Any, level: Any) -> Any:
+    """(B,) double: each window's ``level`` where it is ``multiplicative``, else 0."""
     import torch
 
-    b, t_len = target.shape
-    y = target.double()
+    zero = torch.zeros(target.shape[0], dtype=torch.float64, device=target.device)
+    return zero if level is None else torch.where(mult, level.to(target.device).double(), zero)
+
+
+def _indices(y: Any, lengths: Any, season: int, mult: Any, lv: Any) -> Any:
+    """``seasonal_indices`` of double windows ``y`` given which are ``multiplicative`` (``mult``)
+    and their levels there (``lv``, 0 elsewhere): ``deseasonalised`` decides those once for both."""
+    import torch
+
+    b, t_len = y.shape
     n = lengths.to(y.device).long()
     if season <= 1 or t_len < 3 * season:
         return torch.zeros((b, max(1, season)), dtype=y.dtype, device=y.device)
@@ -157,9 +171,8 @@ def seasonal_indices(target: Any, lengths: Any, season: int, level: Any = None) 
     ok = (pos[None, :] + off) < n[:, None]
     okf = ok.to(y.dtype)
     detrended = torch.where(ok, y[:, off:off + avg.shape[1]] - avg, torch.zeros_like(avg))
-    mult = multiplicative(target, lengths, level)
     if mult.any():  # the ratio less 1: the difference over the average in the series' own units (> 0)
-        base = avg + level.to(y.device).double()[:, None]
+        base = avg + lv[:, None]
         ratio = detrended / torch.where(ok & mult[:, None], base, torch.ones_like(base))
         detrended = torch.where(mult[:, None], ratio, detrended)
     phase = torch.nn.functional.one_hot(pos % season, season).to(y.dtype)
@@ -208,10 +221,9 @@ def deseasonalised(target: Any, lengths: Any, season: int, level: Any = None) ->
     b, t_len = target.shape
     y = target.double()
     n = lengths.to(y.device).long().clamp(min=1, max=t_len)
-    idx = seasonal_indices(y, n, season, level)
     mult = multiplicative(y, n, level)
-    lv = (torch.zeros(b, dtype=y.dtype, device=y.device) if level is None
-          else torch.where(mult, level.to(y.device).double(), torch.zeros(b, dtype=y.dtype, device=y.device)))
+    lv = _ratio_levels(y, mult, level)
+    idx = _indices(y, n, season, mult, lv)
     steps = torch.arange(t_len, device=y.device)
     at = torch.gather(idx, 1, (steps % idx.shape[1])[None, :].expand(b, -1))
     d = torch.where(mult[:, None], (y + lv[:, None]) / (1 + at) - lv[:, None], y - at)
