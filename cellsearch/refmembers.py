@@ -292,6 +292,21 @@ def ridge_weights(feats: np.ndarray, y: np.ndarray, task: str, n_outputs: int) -
     return full_w, full_b
 
 
+def row_quantiles(a: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``np.quantile(a[i], q[i])`` for every row ``i`` at once, bit for bit as numpy's default (linear)
+    method computes it: ROCKET draws a quantile per kernel, and 2,000 separate calls cost seconds of a
+    search's budget before its first trial."""
+    s = np.sort(a, axis=1)
+    virtual = q * (s.shape[1] - 1)
+    lo = np.floor(virtual).astype(np.intp)
+    hi = np.minimum(lo + 1, s.shape[1] - 1)
+    t = virtual - lo
+    rows = np.arange(len(s))
+    below, above = s[rows, lo], s[rows, hi]
+    step = above - below
+    return np.where(t >= 0.5, above - step * (1 - t), below + step * t)  # numpy's _lerp, both branches
+
+
 class RocketMember(nn.Module):
     """Random convolution kernels and ridge — ROCKET (Dempster et al. 2020), the CPU state of the art
     that the data README measures the networks against — as a reference member.
@@ -406,8 +421,8 @@ class RocketMember(nn.Module):
             for r in np.unique(who):
                 conv = torch.cat(member.convolve(x[r:r + 1], lengths[r:r + 1], bias=False), dim=1)[0].numpy()
                 real = conv[:, :max(1, int(lengths[r]))]
-                for pos in np.flatnonzero(who[order] == r):
-                    bias[order[pos]] = -np.quantile(real[pos], q[order[pos]])
+                pos = np.flatnonzero(who[order] == r)
+                bias[order[pos]] = -row_quantiles(real[pos], q[order[pos]])
             member.bias.copy_(torch.from_numpy(bias))
             f = member.features(x, lengths).double()
             mean, std = f.mean(0), f.std(0, unbiased=False)

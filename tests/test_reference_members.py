@@ -256,6 +256,32 @@ def test_the_rocket_member_in_onnx_is_the_member_and_its_features_are_rocket():
             assert acc > 0.9, acc  # chance is 1/3
 
 
+def test_rocket_biases_are_numpys_quantiles_drawn_at_once():
+    """``row_quantiles`` gives each row's own quantile exactly as ``np.quantile`` does (rows of one
+    step to thousands, quantiles on and between the sorted values), and a fitted ROCKET's biases are
+    minus a quantile (0.1-0.9) of its kernel's output on a training sequence, as the member's doc says."""
+    from cellsearch.refmembers import row_quantiles
+
+    rng = np.random.default_rng(4)
+    for width in (1, 2, 9, 150, 2001):
+        a = rng.normal(size=(64, width)).astype(np.float32)
+        a[:4] = np.round(a[:4])  # ties
+        q = np.concatenate([rng.uniform(0.1, 0.9, size=60), [0.0, 0.5, 1.0, 0.25]])
+        want = np.array([np.quantile(a[i], q[i]) for i in range(len(a))])
+        np.testing.assert_array_equal(row_quantiles(a, q), want)
+    train = _split(30, 3)
+    member = RocketMember.fit(train, "classification", 12, 3, seed=2)
+    x, lengths = torch.from_numpy(train.x), torch.from_numpy(train.lengths)
+    with torch.no_grad():
+        outputs = [torch.cat(member.convolve(x[r:r + 1], lengths[r:r + 1], bias=False), dim=1)[0].numpy()
+                   [:, :int(lengths[r])] for r in range(len(x))]
+    order = torch.cat([idx for _, idx in member.groups()]).numpy()
+    for pos in (0, 11, member.n_kernels - 1):
+        b = -float(member.bias[order[pos]])
+        # some training sequence's output of this kernel has b between its 10% and 90% quantiles
+        assert any(np.quantile(o[pos], 0.1) - 1e-5 <= b <= np.quantile(o[pos], 0.9) + 1e-5 for o in outputs)
+
+
 def test_with_one_validation_split_the_members_learn_from_its_rows_too(tiny_csv, tmp_path):
     """Holdout search: the saved reference member (what the test split, the ensembles and the export
     use) is the kind fitted on the training and validation rows, at the temperature chosen on
