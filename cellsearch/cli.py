@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="cellsearch", standalone_mode=False)
+        code = app(args=args, prog_name="cellsearch", standalone_mode=False)
     except UserError as exc:
         if debug:
             raise
@@ -492,6 +492,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cellsearch: internal error: {type(exc).__name__}: {exc} (run with --debug for the "
               "traceback)", file=sys.stderr)
         sys.exit(1)
+    # Typer turns a Ctrl-C that leaves a command into Exit(130), which outside its standalone mode
+    # comes back as a return value: without this, Ctrl-C before a search's trials exited 0, silently
+    if code == 130:
+        print("cellsearch: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 if __name__ == "__main__":
     main()

@@ -223,16 +223,26 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     dataset, direction, cost = ctx.dataset, ctx.direction, config.cost
     tracker = make_tracker(config, meta=ctx.meta, argv=sys.argv)
     tracker.close_stale(ctx.study)  # records a killed process left running end failed
-    references = []
-    if config.references:
-        from cellsearch.references import fit_references
+    workers = None
+    if config.workers > 1:  # started first: their seconds of start-up overlap the references' fit
+        from cellsearch.workers import Workers
 
-        references = fit_references(dataset, cost, config.deadline, folds=ctx.folds)
-        ctx.study.set_user_attr("references", references)
-        tracker.record_references(references)
-    # the reference members need no trial: fitted now, their time (ROCKET's seconds on long
-    # sequences) comes out of the search's budget rather than running past it
-    members = _reference_members(ctx, tracker) if config.ensemble else []
+        workers = Workers(ctx, tracker.parent_id)
+    references = []
+    try:
+        if config.references:
+            from cellsearch.references import fit_references
+
+            references = fit_references(dataset, cost, config.deadline, folds=ctx.folds)
+            ctx.study.set_user_attr("references", references)
+            tracker.record_references(references)
+        # the reference members need no trial: fitted now, their time (ROCKET's seconds on long
+        # sequences) comes out of the search's budget rather than running past it
+        members = _reference_members(ctx, tracker) if config.ensemble else []
+    except BaseException:
+        if workers is not None:
+            workers.stop()
+        raise
     interrupted = False
     target = None if config.trial_target == UNBOUNDED_TRIALS else config.trial_target  # the clock's
     with SearchProgress(total=target, done=finished(ctx.study), metric=ctx.metric,
@@ -246,10 +256,8 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
             tracker.update_study(study_, pts, front, dataset)
 
         try:
-            if config.workers > 1:
-                from cellsearch.workers import run_workers
-
-                run_workers(ctx, tracker.parent_id, on_trial)
+            if workers is not None:
+                workers.wait(on_trial)
             else:
                 run_trials(ctx, Objective(ctx=ctx, tracker=tracker, seed=config.seed), config.trial_target, on_trial)
         except KeyboardInterrupt:

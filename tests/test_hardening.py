@@ -132,7 +132,7 @@ def test_a_moved_or_copied_run_directory_keeps_working(tmp_path, tiny_csv, space
     work = tmp_path / "work"
     work.mkdir()
     res = run_cli("tune", str(tiny_csv), "--space", str(space), "--trials", "2", "--run-dir", "runs", "--cv", "2",
-                  cwd=work)
+                  "--workers", "1", cwd=work)
     assert res.returncode == 0, res.stderr
     moved = tmp_path / "elsewhere" / "runs"
     moved.parent.mkdir()
@@ -359,7 +359,7 @@ def test_runs_of_a_killed_search_end_failed_on_resume(tiny_csv, tmp_path):
 def test_two_searches_start_together_on_a_fresh_run_directory(tmp_path, tiny_csv, space):
     runs = tmp_path / "runs"
     args = [*CLI, "tune", str(tiny_csv), "--space", str(space), "--trials", "2", "--run-dir", str(runs), "--cv", "1",
-            "--no-references"]
+            "--no-references", "--workers", "1"]  # two processes racing, not their workers
     procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

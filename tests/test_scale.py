@@ -36,12 +36,13 @@ def _slow_space(tmp: Path, tiny_space: Path, patience: int = 1000) -> Path:
 @needs_pg
 def test_three_workers_on_postgres_give_exactly_12_trials(tiny_csv, tiny_space, tmp_path):
     """Three `tune` processes (as on three machines) join one PostgreSQL study: 12 trials exactly (one
-    validation split and no references: the trials' count and records are the point, not their folds)."""
+    validation split, no references and the trials in each process: the trials' count and records are
+    the point, not their folds or worker processes, which the tests below cover)."""
     assert PG, "CI must provide CELLSEARCH_TEST_PG"
     study = f"pg-{uuid.uuid4().hex[:8]}"
     procs = [subprocess.Popen(_cli(str(tiny_csv), "--space", str(tiny_space), "--trials", "12", "--storage", PG,
                                    "--study", study, "--run-dir", str(tmp_path / f"m{k}"), "--seed", str(k),
-                                   "--max-epochs", "2", "--cv", "1", "--no-references"),
+                                   "--max-epochs", "2", "--cv", "1", "--no-references", "--workers", "1"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(3)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):

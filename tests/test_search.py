@@ -239,13 +239,15 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _wait_running(run_dir: Path, timeout: float = 120) -> None:
+def _wait_running(run_dir: Path, timeout: float = 120, count: int = 1) -> None:
+    """Wait until ``count`` trials run, then a second more (each has beaten: one killed before its
+    first heartbeat would hold its place in the study for ``NO_BEAT_S``)."""
     storage = f"sqlite:///{run_dir / 'optuna.db'}"
     t0 = time.time()
     while time.time() - t0 < timeout:
         try:
             st = optuna.load_study(study_name="crash", storage=storage)
-            if any(t.state == optuna.trial.TrialState.RUNNING for t in st.trials):
+            if sum(t.state == optuna.trial.TrialState.RUNNING for t in st.trials) >= count:
                 time.sleep(1.0)
                 return
         except Exception:
@@ -257,13 +259,12 @@ def _wait_running(run_dir: Path, timeout: float = 120) -> None:
 @pytest.mark.slow
 def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tiny_space, tmp_path):
     from cellsearch.study import GRACE_S
+    from cellsearch.workers import cpu_cores
     from tests.test_scale import _wait, _worker_pids
 
     proc = _spawn_tune(tiny_csv, tiny_space, tmp_path, 2)  # the CLI's default: --workers auto
     try:
-        _wait_running(tmp_path)
-        from cellsearch.workers import cpu_cores
-
+        _wait_running(tmp_path, count=min(2, cpu_cores()))  # a trial in each worker
         assert _worker_pids(tmp_path) or cpu_cores() == 1, "on 2 cores or more, auto runs worker processes"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -339,6 +340,30 @@ def test_ctrl_c_inside_the_write_that_ends_a_trial_leaves_no_trial_running(tiny_
     states = [t.state for t in r.study.trials]
     assert states and optuna.trial.TrialState.RUNNING not in states, states
     assert states[0].is_finished() and len(states) == 1  # the search stopped after the write
+
+
+def test_ctrl_c_before_the_trials_ends_the_workers_and_exits_130(tiny_csv, tiny_space, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Ctrl-C while ``tune`` fits its references, its worker processes already started: the workers
+    are stopped, and the command says it was interrupted and exits 130 (Typer hands a Ctrl-C that
+    leaves a command back as a return value, which once made this exit 0 without a word)."""
+    from cellsearch.cli import main
+    from tests.test_scale import _worker_pids
+
+    def ctrl_c(*args, **kwargs):
+        deadline = time.time() + 60
+        while not _worker_pids(tmp_path) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _worker_pids(tmp_path), "the workers start before the references are fitted"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cellsearch.references.fit_references", ctrl_c)
+    with pytest.raises(SystemExit) as stop:
+        main(["tune", str(tiny_csv), "--space", str(tiny_space), "--trials", "4", "--workers", "2", "--run-dir",
+              str(tmp_path), "--no-track"])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "cellsearch: interrupted"
+    assert _worker_pids(tmp_path) == []
 
 
 @pytest.mark.slow
