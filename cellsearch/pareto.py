@@ -75,10 +75,12 @@ def member_points(study: Any, root: Any = None) -> list[dict[str, Any]]:
 
 
 def rank(point: dict[str, Any], direction: str) -> tuple[float, float]:
-    """A point's score as a sortable key (higher is better): the score, then the out-of-fold loss."""
+    """A point's score as a sortable key (higher is better): the score, then the out-of-fold loss.
+    Scores equal to 12 significant digits are equal: the mean of the same fold scores added in
+    another order differs in its last bits, and that must not decide which of two models dominates."""
     loss = point.get("oof_loss")
     loss = loss if loss is not None and math.isfinite(loss) else 0.0
-    return (1.0 if direction == "maximize" else -1.0) * point["score"], -loss
+    return (1.0 if direction == "maximize" else -1.0) * float(f"{point['score']:.12g}"), -loss
 
 
 def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:

@@ -130,6 +130,7 @@ def tiny_space(tmp_path_factory) -> Path:
         "batch_size: 32\n"
         "max_epochs: 4\n"
         "patience: 2\n"
+        "min_steps: 60\n"  # the default step floor (300) would make every tiny trial train 300 steps
     )
     return p
 

@@ -52,7 +52,7 @@ def test_a_fold_trained_inside_the_batch_gets_the_weights_it_gets_alone(tmp_path
         got = together[k]
         assert _max_diff(alone.model, got.model) < 1e-4, k
         assert (got.best_epoch, got.steps, got.stopped_by) == (alone.best_epoch, alone.steps, alone.stopped_by)
-        assert got.best_score == pytest.approx(alone.best_score, abs=1e-6)
+        assert got.best_score == alone.best_score  # the same accuracy, a float64 on both paths (not float32)
         assert [h["val_loss"] for h in got.history] == pytest.approx([h["val_loss"] for h in alone.history],
                                                                      rel=1e-4)
 

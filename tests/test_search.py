@@ -133,6 +133,13 @@ def test_pareto_front_and_knee():
     assert pick_trial(front, "maximize", "knee", floor=0.99)["trial"] == 2
     assert pick_trial(front, "maximize", "smallest", floor=0.99)["trial"] == 0
     assert pick_trial(pareto_front(rm, "minimize"), "minimize", "knee", floor=0.47)["trial"] == 2
+    # Scores that differ in their last bits (one mean of five folds summed in another order) are equal:
+    # the out-of-fold loss decides, as it does for the scores MLflow shows rounded.
+    folds = [17 / 18, 17 / 18, 16 / 18, 17 / 18, 16 / 18]
+    a, b = sum(folds) / 5, sum(folds[::-1]) / 5
+    assert a != b and f"{a:.12g}" == f"{b:.12g}"
+    tied = [{**_pt(0, max(a, b), 1e3), "oof_loss": 0.5}, {**_pt(1, min(a, b), 1e4), "oof_loss": 0.1}]
+    assert [p["trial"] for p in pareto_front(tied, "maximize")] == [0, 1]
 
 
 def test_pruning_waits_for_its_step_floor_and_promotes_by_rank():
@@ -224,8 +231,8 @@ def _spawn_tune(csv: Path, space: Path, run_dir: Path, trials: int, extra: list[
     data) so it is surely still running when it is killed or interrupted: a trial that could end
     within the test's poll interval would leave the signal to land after the search."""
     slow = run_dir / "slow.yaml"
-    slow.write_text(space.read_text().replace("patience: 2", "patience: 1000") + "min_steps: 1000000\n"
-                    "max_steps: 1000000\n")
+    slow.write_text(space.read_text().replace("patience: 2", "patience: 1000")
+                    .replace("min_steps: 60", "min_steps: 1000000") + "max_steps: 1000000\n")
     return subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "tune", str(csv), "--space", str(slow),
                              "--trials", str(trials), "--run-dir", str(run_dir), "--no-track", "--max-epochs",
                              "200", "--study", "crash", *extra],
