@@ -223,26 +223,18 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
     dataset, direction, cost = ctx.dataset, ctx.direction, config.cost
     tracker = make_tracker(config, meta=ctx.meta, argv=sys.argv)
     tracker.close_stale(ctx.study)  # records a killed process left running end failed
-    workers = None
-    if config.workers > 1:  # started first: their seconds of start-up overlap the references' fit
-        from cellsearch.workers import Workers
-
-        workers = Workers(ctx, tracker.parent_id)
     references = []
-    try:
-        if config.references:
-            from cellsearch.references import fit_references
+    if config.references:
+        from cellsearch.references import fit_references
 
-            references = fit_references(dataset, cost, config.deadline, folds=ctx.folds)
-            ctx.study.set_user_attr("references", references)
-            tracker.record_references(references)
-        # the reference members need no trial: fitted now, their time (ROCKET's seconds on long
-        # sequences) comes out of the search's budget rather than running past it
-        members = _reference_members(ctx, tracker) if config.ensemble else []
-    except BaseException:
-        if workers is not None:
-            workers.stop()
-        raise
+        references = fit_references(dataset, cost, config.deadline, folds=ctx.folds)
+        ctx.study.set_user_attr("references", references)
+        tracker.record_references(references)
+    # the reference members need no trial: fitted now, their time (ROCKET's seconds on long
+    # sequences) comes out of the search's budget rather than running past it. The workers start
+    # after them: started before, they overlapped the references' fit by a few seconds, and a
+    # database outage during their trials then met this process's own unretried study writes.
+    members = _reference_members(ctx, tracker) if config.ensemble else []
     interrupted = False
     target = None if config.trial_target == UNBOUNDED_TRIALS else config.trial_target  # the clock's
     with SearchProgress(total=target, done=finished(ctx.study), metric=ctx.metric,
@@ -256,8 +248,10 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
             tracker.update_study(study_, pts, front, dataset)
 
         try:
-            if workers is not None:
-                workers.wait(on_trial)
+            if config.workers > 1:
+                from cellsearch.workers import Workers
+
+                Workers(ctx, tracker.parent_id).wait(on_trial)
             else:
                 run_trials(ctx, Objective(ctx=ctx, tracker=tracker, seed=config.seed), config.trial_target, on_trial)
         except KeyboardInterrupt:

@@ -1,12 +1,11 @@
 """Parallel workers on one machine: N processes share one study through its storage.
 
-The parent process (``tune --workers N``) prepares the study and the MLflow parent run and starts N
-workers (``python -m cellsearch.workers CONFIG INDEX``; CONFIG is the ``TuneConfig`` as JSON) before
-it fits its references, so that the workers' start-up (seconds of imports and data) overlaps that
-work. Each has ``cores // N`` torch threads so that together they do not oversubscribe the CPU;
-the parent shows one progress display by polling the study. Each worker runs trials until the study
-holds the requested number of finished trials, so a worker that dies leaves its share to the others;
-its running trial is failed through its heartbeat.
+The parent process (``tune --workers N``) prepares the study, the MLflow parent run and the
+references, then starts N workers (``python -m cellsearch.workers CONFIG INDEX``; CONFIG is the
+``TuneConfig`` as JSON), each with ``cores // N`` torch threads so that together they do not
+oversubscribe the CPU, and shows one progress display by polling the study. Each worker runs trials
+until the study holds the requested number of finished trials, so a worker that dies leaves its
+share to the others; its running trial is failed through its heartbeat.
 """
 
 from __future__ import annotations
@@ -62,9 +61,8 @@ def worker_count(asked: int | str, cores: int, trials_left: int, device: str = "
 
 
 class Workers:
-    """``ctx.config.workers`` worker processes over ``ctx.study``, started at once (``start``): they
-    import torch and Lightning and read the data — seconds each — while ``tune`` fits its references,
-    rather than after. ``wait`` shows their progress until they end; ``stop`` ends them (Ctrl-C)."""
+    """``ctx.config.workers`` worker processes over ``ctx.study``, started on creation; ``wait`` shows
+    their progress until they end, ``stop`` ends them (Ctrl-C)."""
 
     def __init__(self, ctx: SearchContext, parent_run_id: str | None) -> None:
         n = int(ctx.config.workers)
