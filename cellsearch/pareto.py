@@ -88,10 +88,12 @@ def pareto_front(points: list[dict[str, Any]], direction: str) -> list[dict[str,
     scores are told apart by the out-of-fold loss (``rank``). A single trial never dominates an
     ensemble (module doc)."""
 
+    ranks = {id(p): rank(p, direction) for p in points}  # once per point, not once per pair
+
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
         if b.get("kind") == "ensemble" and a.get("kind") != "ensemble":
             return False
-        sa, sb = rank(a, direction), rank(b, direction)
+        sa, sb = ranks[id(a)], ranks[id(b)]
         return sa >= sb and a["cost"] <= b["cost"] and (sa > sb or a["cost"] < b["cost"])
 
     front = [p for p in points if not any(dominates(q, p) for q in points if q is not p)]

@@ -249,9 +249,9 @@ def tune(data: str | Path | TuneConfig, **options: Any) -> TuneResult:
 
         try:
             if config.workers > 1:
-                from cellsearch.workers import Workers
+                from cellsearch.workers import run_workers
 
-                Workers(ctx, tracker.parent_id).wait(on_trial)
+                run_workers(ctx, tracker.parent_id, on_trial)
             else:
                 run_trials(ctx, Objective(ctx=ctx, tracker=tracker, seed=config.seed), config.trial_target, on_trial)
         except KeyboardInterrupt:

@@ -1,11 +1,11 @@
 """Parallel workers on one machine: N processes share one study through its storage.
 
-The parent process (``tune --workers N``) prepares the study, the MLflow parent run and the
-references, then starts N workers (``python -m cellsearch.workers CONFIG INDEX``; CONFIG is the
-``TuneConfig`` as JSON), each with ``cores // N`` torch threads so that together they do not
-oversubscribe the CPU, and shows one progress display by polling the study. Each worker runs trials
-until the study holds the requested number of finished trials, so a worker that dies leaves its
-share to the others; its running trial is failed through its heartbeat.
+The parent process (``tune --workers N``) prepares the study and the MLflow parent run, starts N
+workers (``python -m cellsearch.workers CONFIG INDEX``; CONFIG is the ``TuneConfig`` as JSON), each
+with ``cores // N`` torch threads so that together they do not oversubscribe the CPU, and shows one
+progress display by polling the study. Each worker runs trials until the study holds the requested
+number of finished trials, so a worker that dies leaves its share to the others; its running trial
+is failed through its heartbeat.
 """
 
 from __future__ import annotations
@@ -60,72 +60,54 @@ def worker_count(asked: int | str, cores: int, trials_left: int, device: str = "
     return n
 
 
-class Workers:
-    """``ctx.config.workers`` worker processes over ``ctx.study``, started on creation; ``wait`` shows
-    their progress until they end, ``stop`` ends them (Ctrl-C)."""
-
-    def __init__(self, ctx: SearchContext, parent_run_id: str | None) -> None:
-        n = int(ctx.config.workers)
-        threads = max(1, cpu_cores() // n)
-        wdir = ctx.sdir / "workers"
-        wdir.mkdir(parents=True, exist_ok=True)
-        self.ctx = ctx
-        self.cfg_path = wdir / f"config-{os.getpid()}.json"
-        self.cfg_path.write_text(json.dumps({"config": ctx.config.to_dict(), "parent_run_id": parent_run_id,
-                                             "threads": threads, "parent_pid": os.getpid()}))
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list[NoticeForwarder] = []
-        for i in range(n):
-            path = wdir / f"worker-{i}.log"
-            with path.open("w") as log:
-                self.procs.append(subprocess.Popen([sys.executable, "-m", "cellsearch.workers", str(self.cfg_path),
-                                                    str(i)], env=env, stdout=log, stderr=subprocess.STDOUT))
-            self.logs.append(NoticeForwarder(path, f"worker {i + 1}"))
-
-    def wait(self, on_trial: Callable[[Any], None]) -> None:
-        """Wait for the workers, refreshing the display (``on_trial(study)``) as trials finish; Ctrl-C
-        stops them (``stop``) and is raised."""
-        seen = -1
-        try:
-            with deferred_interrupts():  # Ctrl-C lands between two looks at the study, never inside one
-                while any(p.poll() is None for p in self.procs):
-                    time.sleep(1.0)
-                    check()
-                    self.forward()
-                    try:
-                        done = finished(self.ctx.study)
-                    except Exception:  # storage briefly unavailable: the workers retry, the display waits
-                        continue
-                    if done != seen:
-                        seen = done
-                        on_trial(self.ctx.study)
-                self.forward()
-                on_trial(self.ctx.study)
-        except KeyboardInterrupt:
-            self.stop()
-            raise
-        finally:
-            self.cfg_path.unlink(missing_ok=True)
-
-    def forward(self) -> None:
-        """Print the workers' new notices."""
-        for log in self.logs:
-            log.forward()
-
-    def stop(self) -> None:
-        """Ctrl-C to every worker still running (each ends its trial failed), then wait for them; one
-        that has not ended within a minute is killed."""
-        for p in self.procs:
+def run_workers(ctx: SearchContext, parent_run_id: str | None, on_trial: Callable[[Any], None]) -> None:
+    """Start ``ctx.config.workers`` workers (a number ``worker_count`` made) over ``ctx.study`` and
+    wait for them, refreshing the display."""
+    n = int(ctx.config.workers)
+    threads = max(1, cpu_cores() // n)
+    wdir = ctx.sdir / "workers"
+    wdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = wdir / f"config-{os.getpid()}.json"
+    cfg_path.write_text(json.dumps({"config": ctx.config.to_dict(), "parent_run_id": parent_run_id,
+                                    "threads": threads, "parent_pid": os.getpid()}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs, logs = [], []
+    for i in range(n):
+        path = wdir / f"worker-{i}.log"
+        with path.open("w") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "cellsearch.workers", str(cfg_path), str(i)],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+        logs.append(NoticeForwarder(path, f"worker {i + 1}"))
+    seen = -1
+    try:
+        with deferred_interrupts():  # Ctrl-C lands between two looks at the study, never inside one
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+                check()
+                for log in logs:
+                    log.forward()
+                try:
+                    done = finished(ctx.study)
+                except Exception:  # storage briefly unavailable: the workers retry, the display waits
+                    continue
+                if done != seen:
+                    seen = done
+                    on_trial(ctx.study)
+            for log in logs:
+                log.forward()
+            on_trial(ctx.study)
+    except KeyboardInterrupt:
+        for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
-        for p in self.procs:
+        for p in procs:
             try:
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
-        self.forward()
-        self.cfg_path.unlink(missing_ok=True)
+        raise
+    finally:
+        cfg_path.unlink(missing_ok=True)
 
 
 class NoticeForwarder:
