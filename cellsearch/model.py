@@ -36,6 +36,15 @@ class InputSpec:
     params: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
+#: The forecasts a forecasting model's outputs may correct (``ModelSpec.base``): the architecture tag
+#: it adds, its function in ``cellsearch.tasks.forecasting`` and that function's cost (empty: one copy
+#: per output).
+BASES: dict[str, tuple[str, str, str]] = {
+    "seasonal_naive": ("/sn{season}", "seasonal_naive", ""),
+    "theta": ("/theta{season}", "theta_forecast", "theta_macs"),
+}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a model.
@@ -50,11 +59,18 @@ class ModelSpec:
             step of the stack; a sequence's last patch is completed with zeros).
         pooling: how the head reads the last layer's outputs, a key of ``cellsearch.pooling.POOLINGS``.
         normalize: z-normalise each sequence's channels over its real steps first (the UCR convention).
-        season: forecasting only: when above 0, the outputs are added to the seasonal naive forecast
-            read from the input window (channel ``target_index``, the value one ``season`` earlier, 0
-            where the window is shorter than a season: the naive forecast in window-scaled units), so
-            the network learns a correction to it.
+        season: forecasting only: when above 0, the outputs are added to a statistical forecast read
+            from the input window (``base``), so the network learns a correction to it; the season that
+            forecast uses (1: none).
         target_index: the input channel that holds the (window-scaled) target.
+        base: the forecast the outputs correct (``BASES``): ``seasonal_naive`` (the value one ``season``
+            earlier in channel ``target_index``, 0 where the window is shorter than a season: the naive
+            forecast in window-scaled units; what ``season`` alone meant before ``base`` existed) or
+            ``theta`` (``cellsearch.tasks.forecasting.theta_forecast``, fitted on each window as it
+            forecasts: the network corrects each series' own smoothed level and trend, as the hybrid
+            that won the M4 competition corrected exponential smoothing).
+        level_index: the input channel holding the series' level (the series layout's level channel;
+            -1: none), which tells ``theta`` where a season is adjusted by ratios.
         inputs: groups of input channels read through their encoder's layer, covering all
             ``input_size`` channels in order; empty (the default): every channel is read as it is.
     """
@@ -70,7 +86,15 @@ class ModelSpec:
     season: int = 0
     target_index: int = 0
     inputs: tuple[InputSpec, ...] = ()
+    base: str = ""
+    level_index: int = -1
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def base_forecast(self) -> str:
+        """The forecast the outputs correct: ``base``, or the seasonal naive forecast where only
+        ``season`` is set (a bundle written before ``base``); empty: none."""
+        return (self.base or "seasonal_naive") if self.season else ""
 
     @property
     def arch(self) -> str:
@@ -83,7 +107,7 @@ class ModelSpec:
             get_encoder(g.encoder).arch_tag(g.params) for g in self.inputs)
         return tag + (f"/p{self.patch}" if self.patch > 1 else "") + (
             f"/{self.pooling}" if self.pooling != "last" else "") + ("/zn" if self.normalize else "") + (
-            f"/sn{self.season}" if self.season else "")
+            BASES[self.base_forecast][0].format(season=self.season if self.season > 1 else "") if self.season else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -157,15 +181,35 @@ class SequenceModel(nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (classification) or scaled values (regression: (B, 1); forecasting: (B, H))."""
         out = self.head(self.drop(self.features(x, lengths)))
-        return out + self.seasonal_base(x, lengths) if self.spec.season else out
+        return out + self.forecast_base(x, lengths) if self.spec.season else out
 
-    def seasonal_base(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        """(B, H) seasonal naive forecast from each window's target channel (``seasonal_naive``)."""
+    def forecast_base(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """(B, H) the statistical forecast the outputs correct (``ModelSpec.base``) from each window's
+        target channel, in its window-scaled units."""
+        from cellsearch.tasks import forecasting
+
+        spec = self.spec
         n = lengths if lengths is not None else torch.full((x.shape[0],), x.shape[1])
-        return seasonal_naive(x[:, :, self.spec.target_index], n, self.spec.season, self.spec.n_outputs)
+        target = x[:, :, spec.target_index]
+        if spec.base_forecast == "seasonal_naive":
+            return seasonal_naive(target, n, spec.season, spec.n_outputs)
+        level = x[:, 0, spec.level_index].double() if spec.level_index >= 0 else None
+        return getattr(forecasting, BASES[spec.base_forecast][1])(target, n, spec.season, spec.n_outputs,
+                                                                   level=level)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def base_macs(self, length: int) -> int:
+        """The base forecast's multiply-adds per window of ``length`` steps (a copy per output for the
+        seasonal naive forecast; 0 without a base)."""
+        from cellsearch.tasks import forecasting
+
+        spec = self.spec
+        if not spec.season:
+            return 0
+        macs = BASES[spec.base_forecast][2]
+        return spec.n_outputs if not macs else int(getattr(forecasting, macs)(length, spec.season, spec.n_outputs))
 
     def macs_per_step(self) -> int:
         """Analytic multiply-accumulates per step the stack reads (one patch): the recurrent stack
@@ -178,7 +222,7 @@ class SequenceModel(nn.Module):
         length = self.inputs.steps(length)
         steps = -(-length // self.spec.patch)
         norm = 2 * self.inputs.size * length if self.spec.normalize else 0
-        base = self.spec.n_outputs if self.spec.season else 0
+        base = self.base_macs(length)
         return self.macs_per_step() * steps + norm + self.head.in_features * self.head.out_features + base
 
 

@@ -214,7 +214,7 @@ class Objective:
 
     @property
     def _season(self) -> tuple[int, int]:
-        """(season, target channel) of the data, for a seasonal naive base."""
+        """(season, target channel) of the data, for a forecast base."""
         from cellsearch.data import get_layout
 
         prep = self.ctx.dataset.preprocessing
@@ -241,7 +241,9 @@ class Objective:
                          layers=tuple(LayerSpec(*layer) for layer in cfg["layers"]), n_outputs=ds.n_outputs,
                          task=ds.task, dropout=float(cfg["dropout"]), patch=cfg["patch"],
                          pooling=cfg["pooling"], normalize=cfg["normalize"],
-                         season=self._season[0] if cfg["seasonal_base"] else 0, target_index=self._season[1])
+                         season=self._season[0] if _base(cfg) else 0,
+                         target_index=self._season[1], base=_base(cfg),
+                         level_index=int(ds.preprocessing.layout_data.get("level_index", -1)))
         torch.manual_seed(seed)
         return build(spec)
 
@@ -352,3 +354,9 @@ class Objective:
         if config.objective == "score":
             return value
         return value, cost_value(config.cost, rec.costs)
+
+
+def _base(cfg: dict[str, Any]) -> str:
+    """The drawn ``base`` as ``ModelSpec.base`` names it (empty: none)."""
+    base = str(cfg.get("base", "none"))
+    return "" if base == "none" else base

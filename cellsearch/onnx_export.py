@@ -678,6 +678,15 @@ def _tfidf_onnx(g: Graph, member: Any) -> str:
     return g.node("Add", [summed, g.const("tf_b", member.bias.detach().cpu().numpy().astype(np.float32), "float32")])
 
 
+def _base_onnx(g: Graph, spec: Any) -> str:
+    """The forecast a model's outputs correct (``ModelSpec.base_forecast``), read from ``x``: the
+    seasonal naive forecast, or theta's graph as its member has it (the spec names the same season,
+    channels and horizon a member does)."""
+    if spec.base_forecast == "seasonal_naive":
+        return _seasonal_onnx(g, spec.season, spec.n_outputs, spec.target_index)
+    return {"theta": _theta_onnx}[spec.base_forecast](g, spec)
+
+
 def _model_onnx(model: Any) -> Any:
     """The ONNX ``ModelProto`` of one ``SequenceModel``."""
     from onnx import TensorProto, helper
@@ -714,9 +723,8 @@ def _model_onnx(model: Any) -> Any:
     b = model.head.bias.detach().cpu().numpy().astype(np.float32)
     head = "output" if not spec.season else "head_out"
     nodes.append(helper.make_node("Gemm", [features, const("head_W", w), const("head_b", b)], [head], transB=1))
-    if spec.season:  # the seasonal naive forecast from the window, as SequenceModel.seasonal_base
-        nodes.append(helper.make_node("Add", [head, _seasonal_onnx(g, spec.season, spec.n_outputs, spec.target_index)],
-                                      ["output"]))
+    if spec.season:  # the forecast the outputs correct, as SequenceModel.forecast_base
+        nodes.append(helper.make_node("Add", [head, _base_onnx(g, spec)], ["output"]))
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", spec.n_outputs])]
     for node_out, name in get_task(spec.task).onnx_head(g, "output"):
         nodes.append(helper.make_node("Identity", [node_out], [name]))

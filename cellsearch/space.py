@@ -10,19 +10,21 @@ A value is either a constant or a distribution (Ludwig-style dicts)::
 Top-level keys: ``description``, ``sampler`` (tpe, random or nsga2), ``same_cell`` (one cell type for
 the whole stack, as in Greff et al.), ``layers`` (``depth``, ``cell``, ``hidden``, ``bidirectional``),
 ``dropout``, ``lr``, ``batch_size``, ``weight_decay``, ``max_epochs``, ``patience``, ``min_steps``,
-``max_steps`` (on small data, training may go on to this many steps while it improves; 0: to ``min_steps``),
-and the model options ``patch`` (steps read as one input), ``pooling`` (a key of ``POOLINGS``) and
-``normalize`` (per-sequence z-normalisation), ``crop`` (window slicing: each training sequence loses
-a random part of up to this fraction of its steps, split between its start and its end, so the model
-learns not to depend on where in the window a pattern falls), and ``forecast_loss`` (``l1``, the default, or ``mse``:
-what forecasting trains on), ``seasonal_base`` (forecasting with a season: the network corrects the
-seasonal naive forecast), and ``starts``: the first trials of a fresh study, a short portfolio of settings
+``max_steps`` (on small data, training may go on to this many steps while it improves; 0: to
+``min_steps``), and the model options ``patch`` (steps read as one input), ``pooling`` (a key of
+``POOLINGS``) and ``normalize`` (per-sequence z-normalisation), ``crop`` (window slicing: each training
+sequence loses a random part of up to this fraction of its steps, split between its start and its end,
+so the model learns not to depend on where in the window a pattern falls), and ``forecast_loss``
+(``l1``, the default, or ``mse``: what forecasting trains on), ``base`` (forecasting only: the
+statistical forecast the network corrects, ``none``, ``seasonal_naive`` (offered where the data has a
+season) or ``theta``; the older ``seasonal_base: true/false`` still reads as ``base:
+seasonal_naive/none``), and ``starts``: the first trials of a fresh study, a short portfolio of settings
 known to do well across data sets (as AutoGluon's and auto-sklearn's portfolios do), so that a search
 cut short by ``--timeout`` has tried robust architectures before the sampler's random start-up. Each
-start names values by the same keys (``cell`` and ``hidden`` may list one value per layer); a value
-the space or the data does not offer is moved to the nearest one offered, and what a start leaves
-out the sampler draws. Layers are fixed slots: parameters ``n_layers``,
-``l0_cell``, ``l0_hidden``, ``l1_cell``, ... so that importance analysis sees each slot.
+start names values by the same keys (``cell`` and ``hidden`` may list one value per layer); a value the
+space or the data does not offer is moved to the nearest one offered, and what a start leaves out the
+sampler draws. Layers are fixed slots: parameters ``n_layers``, ``l0_cell``, ``l0_hidden``, ``l1_cell``,
+... so that importance analysis sees each slot.
 
 Options the data decides are bounded by it (``DataShape``): patch sizes that would leave fewer than
 ``MIN_PATCH_STEPS`` steps are dropped from the choices, a crop fraction that cannot remove
@@ -43,7 +45,7 @@ from cellsearch.errors import UserError
 
 TOP_KEYS = {"description", "sampler", "same_cell", "layers", "dropout", "lr", "batch_size", "weight_decay",
             "max_epochs", "patience", "min_steps", "max_steps", "patch", "pooling", "normalize", "crop",
-            "forecast_loss", "seasonal_base", "starts", "embedding", "vocab", "tokens"}
+            "forecast_loss", "base", "seasonal_base", "starts", "embedding", "vocab", "tokens"}
 TRAINING_KEYS = ("dropout", "lr", "batch_size", "weight_decay", "max_epochs", "patience", "min_steps", "max_steps")
 INT_KEYS = ("batch_size", "max_epochs", "patience", "min_steps", "max_steps")
 #: A patch size is offered only if the median sequence still has this many steps after patching.
@@ -60,12 +62,14 @@ MIN_PATCH_STEPS = 12
 MAX_CHAR_STEPS = 512
 #: A crop fraction is offered only if it can remove this many steps of the median sequence.
 MIN_CROP_STEPS = 2
+#: What ``base`` may name: no base, or a key of ``cellsearch.model.BASES``.
+BASE_CHOICES = ("none", "seasonal_naive", "theta")
 LAYER_KEYS = {"depth", "cell", "hidden", "bidirectional"}
 SAMPLERS = ("tpe", "random", "nsga2")
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "same_cell": False, "dropout": 0.0, "lr": 3e-3, "batch_size": 64,
                             "weight_decay": 0.0, "max_epochs": 20, "patience": 4, "min_steps": 300, "max_steps": 0,
                             "patch": 1, "pooling": "last", "normalize": False, "crop": 0.0, "forecast_loss": "l1",
-                            "seasonal_base": False, "starts": [], "embedding": None, "vocab": None,
+                            "base": "none", "starts": [], "embedding": None, "vocab": None,
                             "tokens": None}
 #: Keys drawn only for data whose input encoders take them (``Encoder.searched``; ``None``: the
 #: encoder's own default).
@@ -147,8 +151,10 @@ class SearchSpace:
         out["crop"] = float(_draw(trial, "crop", crop))
         loss = cfg["forecast_loss"] if shape is None or not whole else "l1"
         out["forecast_loss"] = str(_draw(trial, "forecast_loss", loss))
-        base = cfg["seasonal_base"] if shape is None or (not whole and shape.season > 1) else False
-        out["seasonal_base"] = bool(_draw(trial, "seasonal_base", base))
+        base = cfg["base"]
+        if shape is not None:
+            base = _only(base, lambda b: b == "none" or (not whole and (b != "seasonal_naive" or shape.season > 1)))
+        out["base"] = str(_draw(trial, "base", base))
         for key in ENCODER_KEYS:
             wanted = shape is not None and key in shape.searched and cfg[key] is not None
             spec = cfg[key]
@@ -318,7 +324,9 @@ def validate(config: Any, where: str) -> dict[str, Any]:
     unknown = set(config) - TOP_KEYS
     if unknown:
         raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(TOP_KEYS))}")
-    cfg = {**DEFAULTS, **config}
+    cfg = {**DEFAULTS, **_renamed(config)}
+    cfg["starts"] = [_renamed(s) if isinstance(s, dict) else s for s in cfg["starts"]] if isinstance(
+        cfg["starts"], list) else cfg["starts"]
     layers = cfg.get("layers") or {}
     if not isinstance(layers, dict):
         raise UserError(f"{where}: 'layers' must be a mapping with depth, cell, hidden")
@@ -350,7 +358,7 @@ def validate(config: Any, where: str) -> dict[str, Any]:
     _check_dist(where, "pooling", cfg["pooling"], tuple(POOLINGS))
     _check_dist(where, "normalize", cfg["normalize"], (True, False))
     _check_dist(where, "forecast_loss", cfg["forecast_loss"], ("l1", "mse"))
-    _check_dist(where, "seasonal_base", cfg["seasonal_base"], (True, False))
+    _check_dist(where, "base", cfg["base"], BASE_CHOICES)
     _check_dist(where, "patch", cfg["patch"])
     patches = cfg["patch"]["choices"] if isinstance(cfg["patch"], dict) and "choices" in cfg["patch"] else [
         cfg["patch"]] if not isinstance(cfg["patch"], dict) else []
@@ -361,7 +369,24 @@ def validate(config: Any, where: str) -> dict[str, Any]:
 
 
 #: What a start may name: the layer keys and every drawn top-level key.
-START_KEYS = LAYER_KEYS | (TOP_KEYS - {"description", "sampler", "same_cell", "layers", "starts"})
+START_KEYS = LAYER_KEYS | (TOP_KEYS - {"description", "sampler", "same_cell", "layers", "starts", "seasonal_base"})
+
+
+def _renamed(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the older ``seasonal_base`` (true/false, or a distribution of them) read as
+    ``base`` (``seasonal_naive``/``none``) where ``base`` is not given; other values pass to the check."""
+    if not isinstance(config, dict) or "seasonal_base" not in config:
+        return config
+    config = dict(config)
+    old = config.pop("seasonal_base")
+
+    def name(v: Any) -> Any:
+        return {True: "seasonal_naive", False: "none"}.get(v, v) if isinstance(v, bool) else v
+
+    if isinstance(old, dict) and isinstance(old.get("choices"), list):
+        old = {**old, "choices": [name(v) for v in old["choices"]]}
+    config.setdefault("base", name(old))
+    return config
 
 
 def _check_starts(where: str, starts: Any) -> None:

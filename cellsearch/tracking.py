@@ -368,7 +368,7 @@ class MLflowTracker:
                   "batch_size": cfg["batch_size"], "weight_decay": cfg["weight_decay"],
                   "max_epochs": cfg["max_epochs"], "min_steps": cfg.get("min_steps"), "max_steps": cfg.get("max_steps"),
                   "patch": spec.patch, "pooling": spec.pooling, "normalize": spec.normalize,
-                  "crop": cfg.get("crop", 0.0), "seasonal_base": spec.season, "arch": spec.arch}
+                  "crop": cfg.get("crop", 0.0), "base": spec.base_forecast or "none", "arch": spec.arch}
         for k, layer in enumerate(spec.layers):
             params[f"l{k}_cell"] = layer.cell
             params[f"l{k}_hidden"] = layer.hidden
