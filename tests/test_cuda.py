@@ -33,10 +33,11 @@ def test_cuda_matches_cpu(pooling, options):
         assert torch.allclose(p_cpu.grad, p_gpu.grad.cpu(), atol=1e-3, rtol=1e-3), name
 
 
-def test_cuda_forecasting_seasonal_base_matches_cpu():
+@pytest.mark.parametrize("base", ["seasonal_naive", "theta"])
+def test_cuda_forecasting_base_matches_cpu(base):
     torch.manual_seed(1)
     spec = ModelSpec(2, (LayerSpec("gru", 8),), 5, "forecasting", patch=2, pooling="attention", season=4,
-                     target_index=1)
+                     target_index=1, base=base)
     cpu = build(spec).eval()
     gpu = build(spec).eval()
     gpu.load_state_dict(cpu.state_dict())

@@ -57,14 +57,18 @@ def test_a_fold_trained_inside_the_batch_gets_the_weights_it_gets_alone(tmp_path
                                                                      rel=1e-4)
 
 
-def test_forecasting_folds_train_together_like_alone(tmp_path):
-    """Rolling-origin folds of forecast windows (L1 loss on scaled windows), with a seasonal base: folds
-    of different sizes, so of different batch sizes (each its own, padded to the largest)."""
+@pytest.mark.parametrize("base,season", [("seasonal_naive", 7), ("theta", 4)])
+def test_forecasting_folds_train_together_like_alone(tmp_path, base, season):
+    """Rolling-origin folds of forecast windows (L1 loss on scaled windows), with a base forecast (theta:
+    windows of three seasons and more, positive, so adjusted by ratio, which once branched on the data
+    and stopped ``vmap``): folds of different sizes, so of different batch sizes (each its own, padded
+    to the largest)."""
     csv = make_sales_csv(tmp_path / "s.csv", [(1.0, 60), (3.0, 60), (10.0, 55)])
-    ds = read_dataset(csv, horizon=7, window=14, season=7, test_size=0.0, val_size=0.0)
+    ds = read_dataset(csv, horizon=7, window=14, season=season, test_size=0.0, val_size=0.0)
     folds = make_folds(ds, 3).folds
     spec = ModelSpec(input_size=ds.n_features, layers=(LayerSpec("gru", 8, False),), n_outputs=ds.n_outputs,
-                     task=ds.task, season=7)
+                     task=ds.task, season=season, base=base,
+                     level_index=int(ds.preprocessing.layout_data.get("level_index", -1)))
     options = TrainOptions(lr=5e-3, batch_size=32, max_epochs=2, patience=10, min_steps=30, max_steps=30)
     plans = foldbatch.schedules(options, folds)
     assert len({p.batch_size for p in plans}) > 1 and foldbatch.can_train_together(options, folds)

@@ -35,7 +35,7 @@ def panel_bundle(tmp_path_factory):
     csv = _panel(tmp / "panel.csv")
     space = tmp / "s.yaml"
     space.write_text("layers: {depth: 1, cell: gru, hidden: 8}\nlr: 0.01\nmax_epochs: 4\nmin_steps: 40\n"
-                     "seasonal_base: true\n")
+                     "base: theta\n")
     result = tune(csv, space=str(space), trials=1, horizon=2, window=6, season=4, run_dir=tmp / "runs",
                   track=False, progress=False)
     bundle = export(out=tmp / "model", run_dir=tmp / "runs", formats=["onnx"])
@@ -44,7 +44,7 @@ def panel_bundle(tmp_path_factory):
 
 def test_every_series_is_trained_and_forecast_in_its_own_units(panel_bundle):
     csv, bundle, result = panel_bundle
-    assert result.metric == "mase" and result.direction == "minimize" and result.chosen["arch"] == "gru8/sn4"
+    assert result.metric == "mase" and result.direction == "minimize" and result.chosen["arch"] == "gru8/theta4"
     assert {r["name"] for r in result.references} == {"naive", "seasonal_naive", "theta", "damped"}
     ds = read_dataset(csv, horizon=2, window=6, season=4)
     assert ds.info["series_trained"] == 3 and set(ds.splits["train"].keys) == {"s0", "s1", "s2"}
@@ -377,6 +377,50 @@ def test_the_forecasts_fitted_on_each_window_as_written_out_by_hand(kind, length
     onnx_out = ort.InferenceSession(reference_onnx(member).SerializeToString()).run(
         ["output"], {"x": x, "lengths": lengths})[0]
     np.testing.assert_allclose(onnx_out, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("season,with_level", [(4, True), (4, False), (1, False)], ids=["ratio", "difference", "none"])
+def test_a_network_corrects_thetas_forecast_in_torch_and_onnx(season, with_level):
+    """``base: theta``: the model's output is its head's plus theta fitted on each window as the
+    member fits it (reading the level channel where the spec names one), the ONNX graph computes the
+    same on ragged windows (one step included), the spec survives its JSON, its cost counts theta's
+    multiply-adds, and a spec written before ``base`` (season alone) still means the seasonal naive
+    base."""
+    import onnxruntime as ort
+    import torch
+
+    from cellsearch.model import ModelSpec, build
+    from cellsearch.onnx_export import build_onnx
+    from cellsearch.stack import LayerSpec
+    from cellsearch.tasks import forecasting
+
+    rng = np.random.default_rng(season)
+    x, lengths, levels = _ragged_windows(rng, 24, 20, max(season, 4))
+    spec = ModelSpec(3, (LayerSpec("gru", 8),), 5, "forecasting", season=season, target_index=1, base="theta",
+                     level_index=2 if with_level else -1)
+    assert ModelSpec.from_dict(spec.to_dict()) == spec and spec.arch == ("gru8/theta4" if season > 1 else "gru8/theta")
+    torch.manual_seed(0)
+    model = build(spec).eval()
+    xt, n = torch.from_numpy(x), torch.from_numpy(lengths)
+    with torch.no_grad():
+        out = model(xt, n)
+        head = model.head(model.features(xt, n))
+    theta = forecasting.theta_forecast(xt[:, :, 1].double(), n, season, 5,
+                                       level=torch.from_numpy(levels) if with_level else None)
+    np.testing.assert_allclose((out - head).numpy(), theta.numpy(), rtol=1e-5, atol=1e-5)
+    assert forecasting.multiplicative(xt[:, :, 1], n, torch.from_numpy(levels)).any()  # ratios matter here
+    onnx_out = ort.InferenceSession(build_onnx(model).SerializeToString()).run(
+        ["output"], {"x": x, "lengths": lengths})[0]
+    np.testing.assert_allclose(onnx_out, out.numpy(), atol=1e-5)
+    bare = build(ModelSpec(3, (LayerSpec("gru", 8),), 5, "forecasting"))
+    assert model.macs_per_sequence(20) - bare.macs_per_sequence(20) == forecasting.theta_macs(20, season, 5)
+    old = {k: v for k, v in spec.to_dict().items() if k not in ("base", "level_index")}
+    legacy = build(ModelSpec.from_dict({**old, "season": 4}))
+    assert legacy.spec.base_forecast == "seasonal_naive" and legacy.spec.arch == "gru8/sn4"
+    with torch.no_grad():
+        legacy.load_state_dict(model.state_dict())
+        np.testing.assert_allclose((legacy(xt, n) - head).numpy(),
+                                   forecasting.seasonal_naive(xt[:, :, 1], n, 4, 5).numpy(), atol=1e-6)
 
 
 def test_a_season_that_grows_with_the_series_is_adjusted_by_ratios_through_the_level_channel(tmp_path):

@@ -27,7 +27,7 @@ def test_shipped_spaces_load_and_suggest_fixed_slots():
     space = load_space("default")
     trial = optuna.trial.FixedTrial({"n_layers": 2, "l0_cell": "peephole", "l0_hidden": 64, "l1_cell": "gru",
                                      "l1_hidden": 32, "dropout": 0.1, "lr": 1e-3, "batch_size": 64, "patch": 4,
-                                     "pooling": "mean", "normalize": True, "crop": 0.1, "seasonal_base": False})
+                                     "pooling": "mean", "normalize": True, "crop": 0.1, "base": "none"})
     cfg = space.suggest(trial)
     assert cfg["layers"] == [("peephole", 64, False), ("gru", 32, False)]
     assert (cfg["patch"], cfg["pooling"], cfg["normalize"], cfg["crop"]) == (4, "mean", True, 0.1)
@@ -63,13 +63,39 @@ def test_starts_are_projected_onto_what_the_space_and_data_offer():
     assert [p.get("patch") for p in short] == [2, 2, 2]
     assert short[2]["l0_cell"] == "lstm" and short[2]["l1_cell"] == "gru" and short[2]["n_layers"] == 2
     forecast = default.starts(DataShape(length=40, task="forecasting", season=12))
-    assert "normalize" not in forecast[0] and "crop" not in forecast[0] and forecast[0]["seasonal_base"] is True
+    assert "normalize" not in forecast[0] and "crop" not in forecast[0]
+    assert [p["base"] for p in forecast] == ["seasonal_naive", "none", "theta"]
+    assert all("base" not in p for p in short)  # whole sequences have nothing to correct
+    # without a season the seasonal naive base is not offered: that start moves to the first offered
+    assert [p["base"] for p in default.starts(DataShape(length=40, task="forecasting"))] == ["none", "none", "theta"]
     assert [p["crop"] for p in short] == [0.1, 0.0, 0.1]  # 10% of 29 steps can cut 2
     for params in short + forecast:  # each start is a configuration the sampler could draw
         cfg = default.suggest(optuna.trial.FixedTrial(params),
                               DataShape(length=29, task="classification") if params in short
                               else DataShape(length=40, task="forecasting", season=12))
         assert cfg["layers"][0][0] == params["l0_cell"]
+
+
+def test_the_older_seasonal_base_key_reads_as_base(tmp_path):
+    """A space written before ``base`` (``seasonal_base: true/false``, a distribution of them, or in a
+    start) means the same: the seasonal naive base or none; ``base`` given beside it wins; a base
+    the tool does not know is refused in one line."""
+    from cellsearch.space import DataShape
+
+    def space(text: str):
+        p = tmp_path / "s.yaml"
+        p.write_text(text)
+        return load_space(p)
+
+    assert space("seasonal_base: true\n").config["base"] == "seasonal_naive"
+    assert space("seasonal_base: false\n").config["base"] == "none"
+    old = space("seasonal_base: {type: categorical, choices: [false, true]}\n"
+                "starts: [{cell: gru, seasonal_base: true}]\n")
+    assert old.config["base"]["choices"] == ["none", "seasonal_naive"]
+    assert old.starts(DataShape(length=40, task="forecasting", season=4))[0]["base"] == "seasonal_naive"
+    assert space("seasonal_base: true\nbase: theta\n").config["base"] == "theta"
+    with pytest.raises(UserError, match="unknown choice"):
+        space("base: {type: categorical, choices: [none, arima]}\n")
 
 
 def test_starts_clamp_numbers_and_leave_the_rest_to_the_sampler(tmp_path):

@@ -171,10 +171,12 @@ def _indices(y: Any, lengths: Any, season: int, mult: Any, lv: Any) -> Any:
     ok = (pos[None, :] + off) < n[:, None]
     okf = ok.to(y.dtype)
     detrended = torch.where(ok, y[:, off:off + avg.shape[1]] - avg, torch.zeros_like(avg))
-    if mult.any():  # the ratio less 1: the difference over the average in the series' own units (> 0)
-        base = avg + lv[:, None]
-        ratio = detrended / torch.where(ok & mult[:, None], base, torch.ones_like(base))
-        detrended = torch.where(mult[:, None], ratio, detrended)
+    # the ratio less 1 where multiplicative: the difference over the average in the series' own units
+    # (> 0); computed for every window, with no branch on the data, so that a model using it as its
+    # base runs under ``vmap`` (the folds trained together, ``cellsearch.foldbatch``)
+    base = avg + lv[:, None]
+    ratio = detrended / torch.where(ok & mult[:, None], base, torch.ones_like(base))
+    detrended = torch.where(mult[:, None], ratio, detrended)
     phase = torch.nn.functional.one_hot(pos % season, season).to(y.dtype)
     idx = (detrended @ phase) / (okf @ phase).clamp(min=1)
     idx = idx - idx.mean(1, keepdim=True)
