@@ -101,10 +101,10 @@ class StackedModels(nn.Module):
         return self
 
     def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
-             lengths: torch.Tensor) -> torch.Tensor:
+             lengths: torch.Tensor, *base: torch.Tensor) -> torch.Tensor:
         from torch.func import functional_call
 
-        return functional_call(self._base[0], (params, buffers), (x, lengths))
+        return functional_call(self._base[0], (params, buffers), (x, lengths, *base))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """Outputs (M, B, O) of the models ``members`` (all K by default; M of them) on ``x`` (M, B, T,
@@ -116,7 +116,18 @@ class StackedModels(nn.Module):
 
         params = {n: pick(getattr(self, self._names[n])) for n in self._params}
         buffers = {n: pick(getattr(self, self._names[n])) for n in self._buffers_of}
-        return vmap(self._one, randomness="different")(params, buffers, x, lengths)
+        return vmap(self._one, randomness="different")(params, buffers, x, lengths, *self._bases(x, lengths))
+
+    def _bases(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The forecast a forecasting model's outputs correct (``SequenceModel.forecast_base``), for
+        every model's windows in one call outside ``vmap``: it reads only the windows, and batched
+        by ``vmap`` each small step of theta's smoothing loop costs many times its arithmetic. Empty
+        where the architecture has no base."""
+        model = self._base[0]
+        if not getattr(getattr(model, "spec", None), "season", 0):
+            return ()
+        m, b = x.shape[:2]
+        return (model.forecast_base(x.flatten(0, 1), lengths.flatten(0, 1)).unflatten(0, (m, b)),)
 
     @torch.no_grad()
     def member_state(self, k: int) -> dict[str, torch.Tensor]:

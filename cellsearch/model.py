@@ -178,10 +178,16 @@ class SequenceModel(nn.Module):
         y, _ = self.stack(x, lengths)
         return self.pool(y, lengths)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (classification) or scaled values (regression: (B, 1); forecasting: (B, H))."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                base: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (classification) or scaled values (regression: (B, 1); forecasting: (B, H)).
+        ``base``: the forecast the outputs correct, where the caller computed it already
+        (``forecast_base`` of these windows; the folds trained together compute it once, outside
+        ``vmap``, which would otherwise batch every step of theta's smoothing loop)."""
         out = self.head(self.drop(self.features(x, lengths)))
-        return out + self.forecast_base(x, lengths) if self.spec.season else out
+        if not self.spec.season:
+            return out
+        return out + (self.forecast_base(x, lengths) if base is None else base)
 
     def forecast_base(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """(B, H) the statistical forecast the outputs correct (``ModelSpec.base``) from each window's
