@@ -64,10 +64,8 @@ def test_starts_are_projected_onto_what_the_space_and_data_offer():
     assert short[2]["l0_cell"] == "lstm" and short[2]["l1_cell"] == "gru" and short[2]["n_layers"] == 2
     forecast = default.starts(DataShape(length=40, task="forecasting", season=12))
     assert "normalize" not in forecast[0] and "crop" not in forecast[0]
-    assert [p["base"] for p in forecast] == ["seasonal_naive", "none", "theta"]
+    assert [p["base"] for p in forecast] == ["seasonal_naive", "none", "seasonal_naive"]
     assert all("base" not in p for p in short)  # whole sequences have nothing to correct
-    # without a season the seasonal naive base is not offered: that start moves to the first offered
-    assert [p["base"] for p in default.starts(DataShape(length=40, task="forecasting"))] == ["none", "none", "theta"]
     assert [p["crop"] for p in short] == [0.1, 0.0, 0.1]  # 10% of 29 steps can cut 2
     for params in short + forecast:  # each start is a configuration the sampler could draw
         cfg = default.suggest(optuna.trial.FixedTrial(params),
@@ -94,6 +92,13 @@ def test_the_older_seasonal_base_key_reads_as_base(tmp_path):
     assert old.config["base"]["choices"] == ["none", "seasonal_naive"]
     assert old.starts(DataShape(length=40, task="forecasting", season=4))[0]["base"] == "seasonal_naive"
     assert space("seasonal_base: true\nbase: theta\n").config["base"] == "theta"
+    # what the data offers: no seasonal naive base without a season, no base for whole sequences
+    three = space("base: {type: categorical, choices: [none, seasonal_naive, theta]}\n"
+                  "starts: [{base: seasonal_naive}, {base: theta}]\n")
+    assert [p["base"] for p in three.starts(DataShape(length=40, task="forecasting", season=12))] == [
+        "seasonal_naive", "theta"]
+    assert [p["base"] for p in three.starts(DataShape(length=40, task="forecasting"))] == ["none", "theta"]
+    assert all("base" not in p for p in three.starts(DataShape(length=40, task="classification")))
     with pytest.raises(UserError, match="unknown choice"):
         space("base: {type: categorical, choices: [none, arima]}\n")
 
