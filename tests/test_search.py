@@ -318,6 +318,17 @@ def test_killed_process_trial_ends_failed_and_resume_reaches_count(tiny_csv, tin
     assert len(finished) == 2
 
 
+@pytest.fixture
+def python_sigint():
+    """SIGINT as Python sets it in a foreground process (``default_int_handler``) for the test: a
+    test run started as a background job of a non-interactive shell inherits an ignored SIGINT, and
+    ``deferred_interrupts`` then leaves Ctrl-C alone by design."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_ctrl_c_in_the_trial_loop_waits_for_a_safe_point():
     from cellsearch.interrupts import check, deferred_interrupts, interruptible, protected
 
@@ -342,6 +353,7 @@ def test_ctrl_c_in_the_trial_loop_waits_for_a_safe_point():
         assert reached == ["the end of the writes"]
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_a_third_ctrl_c_raises_wherever_it_lands_and_leaving_raises_a_pending_one():
     from cellsearch.interrupts import INSISTENT, deferred_interrupts
 
@@ -356,6 +368,7 @@ def test_a_third_ctrl_c_raises_wherever_it_lands_and_leaving_raises_a_pending_on
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_ctrl_c_inside_the_write_that_ends_a_trial_leaves_no_trial_running(tiny_csv, tiny_space, tmp_path,
                                                                           monkeypatch):
     """The CI failure this guards against: a Ctrl-C that fell inside Optuna's bookkeeping left the
