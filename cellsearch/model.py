@@ -17,7 +17,6 @@ from torch import nn
 
 from cellsearch.pooling import POOLINGS, real_steps
 from cellsearch.stack import CellStack, LayerSpec
-from cellsearch.tasks.forecasting import seasonal_naive
 
 
 @dataclass(frozen=True)
@@ -36,13 +35,9 @@ class InputSpec:
     params: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
-#: The forecasts a forecasting model's outputs may correct (``ModelSpec.base``): the architecture tag
-#: it adds, its function in ``cellsearch.tasks.forecasting`` and that function's cost (empty: one copy
-#: per output).
-BASES: dict[str, tuple[str, str, str]] = {
-    "seasonal_naive": ("/sn{season}", "seasonal_naive", ""),
-    "theta": ("/theta{season}", "theta_forecast", "theta_macs"),
-}
+#: The forecasts a forecasting model's outputs may correct (``ModelSpec.base``), each the reference
+#: member of that name (``cellsearch.refmembers.MEMBERS``), and the architecture tag it adds.
+BASES: dict[str, str] = {"seasonal_naive": "/sn{season}", "theta": "/theta{season}"}
 
 
 @dataclass(frozen=True)
@@ -107,7 +102,7 @@ class ModelSpec:
             get_encoder(g.encoder).arch_tag(g.params) for g in self.inputs)
         return tag + (f"/p{self.patch}" if self.patch > 1 else "") + (
             f"/{self.pooling}" if self.pooling != "last" else "") + ("/zn" if self.normalize else "") + (
-            BASES[self.base_forecast][0].format(season=self.season if self.season > 1 else "") if self.season else "")
+            BASES[self.base_forecast].format(season=self.season if self.season > 1 else "") if self.season else "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,6 +139,13 @@ class SequenceModel(nn.Module):
         self.pool = POOLINGS[spec.pooling](self.stack.output_size, top.hidden, top.bidirectional)
         self.drop = nn.Dropout(spec.dropout)
         self.head = nn.Linear(self.stack.output_size, spec.n_outputs)
+        # in a list: no weights, and kept out of the module tree (state dict, stacking, ``.to``)
+        self._base_member: list[nn.Module] = []
+        if spec.season:
+            from cellsearch.refmembers import MEMBERS
+
+            self._base_member.append(MEMBERS[spec.base_forecast](spec.season, spec.target_index, spec.n_outputs,
+                                                                 spec.task, spec.input_size, spec.level_index))
 
     def prepare(self, x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """What the stack reads: steps after each sequence's end zeroed, each sequence z-normalised
@@ -189,33 +191,19 @@ class SequenceModel(nn.Module):
             return out
         return out + (self.forecast_base(x, lengths) if base is None else base)
 
-    def forecast_base(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-        """(B, H) the statistical forecast the outputs correct (``ModelSpec.base``) from each window's
-        target channel, in its window-scaled units."""
-        from cellsearch.tasks import forecasting
+    @property
+    def base_member(self) -> nn.Module | None:
+        """The reference member whose forecast the outputs correct (``ModelSpec.base_forecast``: the
+        seasonal naive or theta member, with the spec's season and channels; nothing fitted), or None."""
+        return self._base_member[0] if self._base_member else None
 
-        spec = self.spec
-        n = lengths if lengths is not None else torch.full((x.shape[0],), x.shape[1])
-        target = x[:, :, spec.target_index]
-        if spec.base_forecast == "seasonal_naive":
-            return seasonal_naive(target, n, spec.season, spec.n_outputs)
-        level = x[:, 0, spec.level_index].double() if spec.level_index >= 0 else None
-        return getattr(forecasting, BASES[spec.base_forecast][1])(target, n, spec.season, spec.n_outputs,
-                                                                   level=level)
+    def forecast_base(self, x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """(B, H) the statistical forecast the outputs correct (``base_member``) from each window's
+        target channel, in its window-scaled units."""
+        return self._base_member[0](x, lengths)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def base_macs(self, length: int) -> int:
-        """The base forecast's multiply-adds per window of ``length`` steps (a copy per output for the
-        seasonal naive forecast; 0 without a base)."""
-        from cellsearch.tasks import forecasting
-
-        spec = self.spec
-        if not spec.season:
-            return 0
-        macs = BASES[spec.base_forecast][2]
-        return spec.n_outputs if not macs else int(getattr(forecasting, macs)(length, spec.season, spec.n_outputs))
 
     def macs_per_step(self) -> int:
         """Analytic multiply-accumulates per step the stack reads (one patch): the recurrent stack
@@ -228,7 +216,7 @@ class SequenceModel(nn.Module):
         length = self.inputs.steps(length)
         steps = -(-length // self.spec.patch)
         norm = 2 * self.inputs.size * length if self.spec.normalize else 0
-        base = self.base_macs(length)
+        base = self.base_member.macs_per_sequence(length) if self.base_member is not None else 0
         return self.macs_per_step() * steps + norm + self.head.in_features * self.head.out_features + base
 
 

@@ -530,12 +530,8 @@ def reference_onnx(member: Any) -> Any:
     g = Graph()
     length, feats = member.length, member.input_size
     task = get_task(member.task)
-    if kind in ("naive", "seasonal_naive"):
-        out = _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
-    elif kind == "theta":
-        out = _theta_onnx(g, member)
-    elif kind == "damped":
-        out = _damped_onnx(g, member)
+    if kind in ("naive", "seasonal_naive", "theta", "damped"):
+        out = _forecast_onnx(g, member)
     elif kind == "rocket":
         out = g.node("Gemm", [_rocket_onnx(g, member),
                               g.const("rocket_W", member.linear.weight.detach().cpu().numpy(), "float32"),
@@ -678,13 +674,12 @@ def _tfidf_onnx(g: Graph, member: Any) -> str:
     return g.node("Add", [summed, g.const("tf_b", member.bias.detach().cpu().numpy().astype(np.float32), "float32")])
 
 
-def _base_onnx(g: Graph, spec: Any) -> str:
-    """The forecast a model's outputs correct (``ModelSpec.base_forecast``), read from ``x``: the
-    seasonal naive forecast, or theta's graph as its member has it (the spec names the same season,
-    channels and horizon a member does)."""
-    if spec.base_forecast == "seasonal_naive":
-        return _seasonal_onnx(g, spec.season, spec.n_outputs, spec.target_index)
-    return {"theta": _theta_onnx}[spec.base_forecast](g, spec)
+def _forecast_onnx(g: Graph, member: Any) -> str:
+    """The forecast of a forecasting reference member (naive, seasonal naive, theta, damped) read
+    from ``x``: as the member's own graph and as a model's base (``SequenceModel.base_member``)."""
+    if member.kind in ("naive", "seasonal_naive"):
+        return _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
+    return {"theta": _theta_onnx, "damped": _damped_onnx}[member.kind](g, member)
 
 
 def _model_onnx(model: Any) -> Any:
@@ -723,8 +718,8 @@ def _model_onnx(model: Any) -> Any:
     b = model.head.bias.detach().cpu().numpy().astype(np.float32)
     head = "output" if not spec.season else "head_out"
     nodes.append(helper.make_node("Gemm", [features, const("head_W", w), const("head_b", b)], [head], transB=1))
-    if spec.season:  # the forecast the outputs correct, as SequenceModel.forecast_base
-        nodes.append(helper.make_node("Add", [head, _base_onnx(g, spec)], ["output"]))
+    if spec.season:  # the forecast the outputs correct, as SequenceModel.forecast_base computes it
+        nodes.append(helper.make_node("Add", [head, _forecast_onnx(g, model.base_member)], ["output"]))
     outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", spec.n_outputs])]
     for node_out, name in get_task(spec.task).onnx_head(g, "output"):
         nodes.append(helper.make_node("Identity", [node_out], [name]))
