@@ -124,7 +124,7 @@ class StackedModels(nn.Module):
         by ``vmap`` each small step of theta's smoothing loop costs many times its arithmetic. Empty
         where the architecture has no base."""
         model = self._base[0]
-        if not getattr(getattr(model, "spec", None), "season", 0):
+        if getattr(model, "base_member", None) is None:
             return ()
         m, b = x.shape[:2]
         return (model.forecast_base(x.flatten(0, 1), lengths.flatten(0, 1)).unflatten(0, (m, b)),)
