@@ -120,8 +120,8 @@ def tune(
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow tracking URI."),
     track: bool = typer.Option(True, "--track/--no-track", help="Record in MLflow (default) or not."),
     references: bool = typer.Option(True, "--references/--no-references", help="Also score reference models "
-                                    "(1-NN, ridge, ROCKET; forecasts: naive, seasonal naive, theta, damped trend; "
-                                    "text: TF-IDF) on the same splits (default) or not."),
+                                    "(1-NN, ridge, ROCKET; forecasts: naive, seasonal naive, theta, damped trend, "
+                                    "drift; text: TF-IDF) on the same splits (default) or not."),
     max_epochs: int | None = typer.Option(None, "--max-epochs", help="Override the space's max_epochs "
                                             "(validation checks; epochs on large data); training then ends at "
                                             "max_epochs, or at min_steps on small data (the space's max_steps "

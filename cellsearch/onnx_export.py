@@ -515,6 +515,18 @@ def _damped_onnx(g: Graph, member: Any) -> str:
                                    g.node("Mul", [damping, trend])]))
 
 
+def _drift_onnx(g: Graph, member: Any) -> str:
+    """``cellsearch.tasks.forecasting.drift_forecast`` in ONNX (``_Local``): the last real adjusted
+    value and the mean step from the first to it."""
+    w = _Local(g, member, "drift")
+    c = w.c
+    last = g.node("GatherElements", [w.d, g.node("Sub", [w.n1, c("one_i", 1, "int64")])], axis=1)
+    steps = g.node("Max", [g.node("Sub", [w.nf, c("one", [1.0])]), c("one", [1.0])])
+    slope = g.node("Div", [g.node("Sub", [last, w.sl(w.d, 0, 1)]), steps])
+    h = c("h", np.arange(1, w.horizon + 1, dtype=np.float64)[None, :])
+    return w.output(g.node("Add", [last, g.node("Mul", [slope, h])]))
+
+
 def reference_onnx(member: Any) -> Any:
     """The ONNX ``ModelProto`` of a reference member (``cellsearch.refmembers``): ridge (resample,
     one ``Gemm``) or 1-NN (z-normalise, resample, the distances to the stored sequences by one
@@ -525,12 +537,12 @@ def reference_onnx(member: Any) -> Any:
     from cellsearch.errors import UnsupportedFormatError
 
     kind = getattr(member, "kind", None)
-    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive", "rocket", "theta", "damped"):
+    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive", "rocket", "theta", "damped", "drift"):
         raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
     g = Graph()
     length, feats = member.length, member.input_size
     task = get_task(member.task)
-    if kind in ("naive", "seasonal_naive", "theta", "damped"):
+    if kind in ("naive", "seasonal_naive", "theta", "damped", "drift"):
         out = _forecast_onnx(g, member)
     elif kind == "rocket":
         out = g.node("Gemm", [_rocket_onnx(g, member),
@@ -675,11 +687,11 @@ def _tfidf_onnx(g: Graph, member: Any) -> str:
 
 
 def _forecast_onnx(g: Graph, member: Any) -> str:
-    """The forecast of a forecasting reference member (naive, seasonal naive, theta, damped) read
+    """The forecast of a forecasting reference member (naive, seasonal naive, theta, damped, drift) read
     from ``x``: as the member's own graph and as a model's base (``SequenceModel.base_member``)."""
     if member.kind in ("naive", "seasonal_naive"):
         return _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
-    return {"theta": _theta_onnx, "damped": _damped_onnx}[member.kind](g, member)
+    return {"theta": _theta_onnx, "damped": _damped_onnx, "drift": _drift_onnx}[member.kind](g, member)
 
 
 def _model_onnx(model: Any) -> Any:

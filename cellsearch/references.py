@@ -13,9 +13,10 @@ that apply to it (``Task.references``).
 * ``ridge``: ridge regression (``RidgeClassifierCV``/``RidgeCV``, the penalty chosen by leave-one-out)
   on the flattened sequences (the loader's scaling, resampled to the common length).
 * forecasting: ``naive`` (repeat the last value), ``seasonal_naive`` (repeat the value one
-  season earlier), ``theta`` (the theta method: exponential smoothing with drift) and ``damped``
-  (exponential smoothing with a damped trend), both seasonally adjusted where the window's season is
-  strong and fitted on each window, on the same windows, scored by MASE.
+  season earlier), ``theta`` (the theta method: exponential smoothing with drift), ``damped``
+  (exponential smoothing with a damped trend) and ``drift`` (the random walk with drift), each
+  seasonally adjusted where the window's season is strong and fitted on each window, on the same
+  windows, scored by MASE.
 
 Cost is counted as for the networks, per prediction: 1-NN compares with every stored training
 sequence (one multiply-accumulate per stored number), ridge is one dot product per output; its
@@ -226,6 +227,7 @@ REFERENCES: dict[str, Reference] = {
     "theta": Reference(_local_label("theta"), _member("theta"), macs=_local_macs("theta"), params=lambda c: 0),
     "damped": Reference(_local_label("damped trend"), _member("damped"), macs=_local_macs("damped"),
                         params=lambda c: 0),
+    "drift": Reference(_local_label("drift"), _member("drift"), macs=_local_macs("drift"), params=lambda c: 0),
 }
 
 

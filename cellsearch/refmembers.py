@@ -35,7 +35,7 @@ ALPHAS = np.logspace(-3, 3, 13)
 TEMPERATURES = np.logspace(-1, 3, 41)
 #: The key a reference member takes among trial numbers (members of an ensemble are keyed by trial).
 MEMBER_KEYS = {"ridge": -1, "1nn": -2, "tfidf": -3, "naive": -4, "seasonal_naive": -5, "rocket": -6, "theta": -7,
-               "damped": -8}
+               "damped": -8, "drift": -9}
 #: A 1-NN member stores its training sequences: none above this many stored numbers.
 MAX_BANK = 10_000_000
 #: The TF-IDF member keeps the pairs of neighbouring word pieces of its training documents in a table
@@ -725,6 +725,16 @@ class DampedMember(LocalMember):
     macs_of = "damped_macs"
 
 
+class DriftMember(LocalMember):
+    """The random walk with drift (``drift_forecast``: the last value plus the window's mean step, on
+    the seasonally adjusted window, as theta's): the trend at the series' own pace, where theta's half
+    slope and the damped trend fall short (series that keep growing)."""
+
+    kind = "drift"
+    forecaster = "drift_forecast"
+    macs_of = "drift_macs"
+
+
 def pair_buckets(distinct: int, vocab: int, n_outputs: int) -> int:
     """How many slots the TF-IDF member's table of pairs has for ``distinct`` training pairs: a power
     of two at least ``PAIR_ROOM`` times as many, within ``PAIR_BUCKETS`` and the weights' bound."""
@@ -816,7 +826,7 @@ def _outputs(model: nn.Module, split: Any, method: str = "forward") -> np.ndarra
 #: The reference members by kind: what ``describe`` names and the search fits.
 MEMBERS: dict[str, Any] = {"ridge": RidgeMember, "1nn": NeighbourMember, "tfidf": TfidfMember,
                            "naive": NaiveMember, "seasonal_naive": SeasonalNaiveMember, "rocket": RocketMember,
-                           "theta": ThetaMember, "damped": DampedMember}
+                           "theta": ThetaMember, "damped": DampedMember, "drift": DriftMember}
 
 
 def member_from_description(d: dict[str, Any]) -> nn.Module:

@@ -46,7 +46,7 @@ def test_every_series_is_trained_and_forecast_in_its_own_units(panel_bundle):
     csv, bundle, result = panel_bundle
     assert result.metric == "mase" and result.direction == "minimize" and result.front[0]["arch"] == "gru8/theta4"
     assert result.chosen["arch"] in ("gru8/theta4", "ensemble of 2: #0+seasonal_naive")  # the network, alone or not
-    assert {r["name"] for r in result.references} == {"naive", "seasonal_naive", "theta", "damped"}
+    assert {r["name"] for r in result.references} == {"naive", "seasonal_naive", "theta", "damped", "drift"}
     ds = read_dataset(csv, horizon=2, window=6, season=4)
     assert ds.info["series_trained"] == 3 and set(ds.splits["train"].keys) == {"s0", "s1", "s2"}
     frame = pd.read_csv(csv)
@@ -149,39 +149,41 @@ def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_
 
     from cellsearch.export import export
     from cellsearch.predict import transform
-    from cellsearch.refmembers import DampedMember, NaiveMember, SeasonalNaiveMember, ThetaMember
+    from cellsearch.refmembers import DampedMember, DriftMember, NaiveMember, SeasonalNaiveMember, ThetaMember
 
     csv, bundle, result = panel_bundle
     st = result.study
     refs = {r["name"]: r for r in st.user_attrs["reference_members"]}
-    assert set(refs) == {"naive", "seasonal_naive", "theta", "damped"} and all(r["trial"] < 0 for r in refs.values())
+    assert set(refs) == {"naive", "seasonal_naive", "theta", "damped", "drift"}
+    assert all(r["trial"] < 0 for r in refs.values())
     shown = {r["name"]: r["score"] for r in result.references}
     for name, r in refs.items():  # the member is the reference: the same folds, the same score
         assert r["score"] == pytest.approx(shown[name], rel=1e-5), name
     net = next(t.number for t in st.get_trials() if t.user_attrs.get("val_score") is not None)
-    weights = {str(net): 0.4, str(refs["seasonal_naive"]["trial"]): 0.3, str(refs["naive"]["trial"]): 0.1,
-               str(refs["theta"]["trial"]): 0.1, str(refs["damped"]["trial"]): 0.1}
+    weights = {str(net): 0.4, str(refs["seasonal_naive"]["trial"]): 0.2, str(refs["naive"]["trial"]): 0.1,
+               str(refs["theta"]["trial"]): 0.1, str(refs["damped"]["trial"]): 0.1, str(refs["drift"]["trial"]): 0.1}
     st.set_user_attr("ensembles", [{"name": "E9", "members": weights, "score": 1.0, "arch": "mix",
                                     "macs": 1.0, "params": 1.0, "latency_ms": 1.0}])
     out = export(out=tmp_path / "m", run_dir=result.run_dir, ensemble="E9", formats=["onnx"])
     card = (out / "README.md").read_text()
     assert "naive (reference)" in card and "seasonal_naive (reference)" in card and "theta (reference)" in card
-    assert "damped (reference)" in card
+    assert "damped (reference)" in card and "drift (reference)" in card
     model = cellsearch.load(out)
     kinds = {type(m) for m in model.model.members}
-    assert {NaiveMember, SeasonalNaiveMember, ThetaMember, DampedMember} <= kinds
+    assert {NaiveMember, SeasonalNaiveMember, ThetaMember, DampedMember, DriftMember} <= kinds
     # nothing fitted: one copy of each, not one per fold (run and counted once)
     assert sorted(type(m).__name__ for m in model.model.members if not hasattr(m, "spec")) == [
-        "DampedMember", "NaiveMember", "SeasonalNaiveMember", "ThetaMember"]
+        "DampedMember", "DriftMember", "NaiveMember", "SeasonalNaiveMember", "ThetaMember"]
     frame = pd.read_csv(csv)
     got = model.predict(frame)
     alone = cellsearch.load(export(out=tmp_path / "n", run_dir=result.run_dir, trial=net)).predict(frame)
     for key in ("s0", "s1", "s2"):
         v = frame[frame.series == key].value.to_numpy()
         season = v[len(v) - 4 + np.arange(2)] if len(v) >= 4 else np.full(2, v[-1])  # s0: shorter than a season
-        theta, damped = _theta_by_hand(v[-6:], 2, 4), _damped_by_hand(v[-6:], 2, 4)  # the window: its last 6 values
-        want = (0.4 * alone[alone.series == key].prediction.to_numpy() + 0.3 * season + 0.1 * v[-1] + 0.1 * theta
-                + 0.1 * damped)
+        w = v[-6:]  # the window: its last 6 values
+        theta, damped, drift = _theta_by_hand(w, 2, 4), _damped_by_hand(w, 2, 4), _drift_by_hand(w, 2, 4)
+        want = (0.4 * alone[alone.series == key].prediction.to_numpy() + 0.2 * season + 0.1 * v[-1] + 0.1 * theta
+                + 0.1 * damped + 0.1 * drift)
         np.testing.assert_allclose(got[got.series == key].prediction.to_numpy(), want, rtol=1e-4)
     served = mlflow.pyfunc.load_model(str(out)).predict(frame)["prediction"].to_numpy()
     np.testing.assert_allclose(served, got.prediction.to_numpy(), rtol=1e-6)
@@ -195,7 +197,8 @@ def test_the_naive_forecasts_are_members_an_ensemble_can_hold(panel_bundle, tmp_
         if not hasattr(m, "spec"):
             assert type(m).from_description(m.describe()).describe() == m.describe()
     refit = export(out=tmp_path / "r", run_dir=result.run_dir, ensemble="E9", weights="refit")
-    assert {NaiveMember, DampedMember, ThetaMember} <= {type(m) for m in cellsearch.load(refit).model.members}
+    refit_kinds = {type(m) for m in cellsearch.load(refit).model.members}
+    assert {NaiveMember, DampedMember, ThetaMember, DriftMember} <= refit_kinds
 
 
 
@@ -308,6 +311,15 @@ def _damped_by_hand(y: np.ndarray, horizon: int, season: int, level: float | Non
                      for h in range(1, horizon + 1)])
 
 
+def _drift_by_hand(y: np.ndarray, horizon: int, season: int, level: float | None = None) -> np.ndarray:
+    """The random walk with drift written out on one series: the seasonal adjustment, the last value
+    plus ``h`` times the mean step from the first value to the last."""
+    n = len(y)
+    d, put_back = _adjusted_by_hand(y, season, level)
+    step = (d[-1] - d[0]) / (n - 1) if n > 1 else 0.0
+    return np.array([put_back(d[-1] + h * step, n - 1 + h) for h in range(1, horizon + 1)])
+
+
 def _ragged_windows(rng: np.random.Generator, count: int, length: int, season: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Left-aligned windows (count, length, 3) of random real lengths, the target in channel 1: a
@@ -334,10 +346,10 @@ def _ragged_windows(rng: np.random.Generator, count: int, length: int, season: i
 
 
 @pytest.mark.parametrize("with_level", [False, True], ids=["no level", "level"])
-@pytest.mark.parametrize("kind", ["theta", "damped"])
+@pytest.mark.parametrize("kind", ["theta", "damped", "drift"])
 @pytest.mark.parametrize("length,season,horizon", [(30, 4, 8), (36, 12, 12), (10, 12, 3), (24, 1, 6), (1, 1, 3)])
 def test_the_forecasts_fitted_on_each_window_as_written_out_by_hand(kind, length, season, horizon, with_level):
-    """Theta and the damped trend on a batch of ragged windows equal the methods written out per
+    """Theta, the damped trend and the drift on a batch of ragged windows equal the methods written out per
     window; some windows are seasonally adjusted, some not, and with a level channel some by ratio;
     they commute with the windows' scaling (shift and scale); and each member's ONNX graph computes
     the same forecasts (a window of one step included: a Scan over no steps stopped onnxruntime)."""
@@ -349,7 +361,7 @@ def test_the_forecasts_fitted_on_each_window_as_written_out_by_hand(kind, length
     from cellsearch.tasks import forecasting
 
     forecast = getattr(forecasting, f"{kind}_forecast")
-    by_hand = {"theta": _theta_by_hand, "damped": _damped_by_hand}[kind]
+    by_hand = {"theta": _theta_by_hand, "damped": _damped_by_hand, "drift": _drift_by_hand}[kind]
     rng = np.random.default_rng(length + season)
     x, lengths, levels = _ragged_windows(rng, 12 if kind == "damped" else 40, length, season)
     target, n = torch.from_numpy(x[:, :, 1]).double(), torch.from_numpy(lengths)
@@ -453,7 +465,7 @@ def test_a_season_that_grows_with_the_series_is_adjusted_by_ratios_through_the_l
     inputs = transform(pd.read_csv(csv), prep)
     last, scale = inputs.scale
     errors = {}
-    for kind in ("theta", "damped"):
+    for kind in ("theta", "damped", "drift"):
         member = MEMBERS[kind].fit(ds.splits["train"], "forecasting", 24, 4, prep)
         with torch.no_grad():
             scaled = member(torch.from_numpy(inputs.x), torch.from_numpy(inputs.lengths)).double().numpy()
@@ -472,11 +484,11 @@ def test_a_season_that_grows_with_the_series_is_adjusted_by_ratios_through_the_l
 
 
 def test_theta_and_the_damped_trend_forecast_a_trend_the_naive_forecasts_miss():
-    """On trending seasonal windows the error of theta and of the damped trend is well below both
+    """On trending seasonal windows the error of theta, the damped trend and the drift is well below both
     naive forecasts' (what they are in the library for)."""
     import torch
 
-    from cellsearch.tasks.forecasting import damped_forecast, seasonal_naive, theta_forecast
+    from cellsearch.tasks.forecasting import damped_forecast, drift_forecast, seasonal_naive, theta_forecast
 
     rng = np.random.default_rng(0)
     t = np.arange(44)
@@ -485,8 +497,9 @@ def test_theta_and_the_damped_trend_forecast_a_trend_the_naive_forecasts_miss():
     lengths = torch.full((3,), 36)
     err = {name: np.abs(f.numpy() - future).mean() for name, f in (
         ("theta", theta_forecast(x, lengths, 4, 8)), ("damped", damped_forecast(x, lengths, 4, 8)),
+        ("drift", drift_forecast(x, lengths, 4, 8)),
         ("seasonal", seasonal_naive(x, lengths, 4, 8)), ("naive", x[:, -1:].expand(3, 8)))}
-    assert max(err["theta"], err["damped"]) < 0.5 * min(err["seasonal"], err["naive"]), err
+    assert max(err["theta"], err["damped"], err["drift"]) < 0.5 * min(err["seasonal"], err["naive"]), err
 
 
 @pytest.mark.parametrize("cv,refits", [(1, True), (3, False)])

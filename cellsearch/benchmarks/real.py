@@ -82,7 +82,7 @@ def suite(folder: Path) -> list[tuple[Any, Path, dict[str, Any]]]:
     return jobs
 
 
-def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[str],
+def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[str], variants: bool = True,
             keep: Path | None = None) -> dict[str, Any]:
     """Tune on the training rows, export, predict the test rows; score network and references.
     Besides the exported (chosen) model, the best single trial, the best-scoring front member
@@ -122,7 +122,7 @@ def run_one(path: Path, *, space: str, timeout: float, seed: int, extra: list[st
         model, result, tune_s, export_s = _tune_export(csv, tmp, space, timeout, seed, extra)
         spent = search_time(Path(tmp) / "runs", tune_s)
         score = test_score(model)
-        variants = {name: test_score(m) for name, m in _variants(tmp, result).items()}
+        variants = {name: test_score(m) for name, m in _variants(tmp, result).items()} if variants else {}
         _keep(tmp, keep, path.stem)
     chosen = result.get("chosen") or {}
     return {"file": path.name, "task": task, "metric": get_task(task).metric,
@@ -181,8 +181,8 @@ def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int,
 
 def _local_forecasts(kind: str, train: Any, key: str, tcol: str, vcol: str, window: int, season: int,
                      horizon: int) -> dict[str, Any]:
-    """Each series' forecast by ``kind`` (``theta`` or ``damped``: ``cellsearch.tasks.forecasting``'s
-    ``theta_forecast`` / ``damped_forecast``, the members') from its last ``window`` values, by ratio
+    """Each series' forecast by ``kind`` (``theta``, ``damped`` or ``drift``: the members' forecasts,
+    ``cellsearch.tasks.forecasting``'s ``KIND_forecast``) from its last ``window`` values, by ratio
     where they are positive as the members adjust a season (level 0: the values are the series')."""
     import numpy as np
     import torch
@@ -199,7 +199,7 @@ def _local_forecasts(kind: str, train: Any, key: str, tcol: str, vcol: str, wind
 
 
 def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int, space: str, timeout: float,
-                 seed: int, extra: list[str], keep: Path | None = None) -> dict[str, Any]:
+                 seed: int, extra: list[str], keep: Path | None = None, variants: bool = True) -> dict[str, Any]:
     """Tune on the training panel, forecast each series' next ``horizon`` values, score MASE."""
     import numpy as np
     import pandas as pd
@@ -240,10 +240,11 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
             p = m.predict(train) if p is None else p
             return mase({s: g.sort_values("step")["prediction"].to_numpy() for s, g in p.groupby(key)})
 
-        variants = {name: score_of(m) for name, m in _variants(tmp, result).items()}
+        variants = {name: score_of(m) for name, m in _variants(tmp, result).items()} if variants else {}
         network = score_of(model, preds)
         window = int(model.prep.layout_data.get("window", 0) or 0)
-        for kind in ("theta", "damped") if window else ():  # on each series' last window, as the members forecast
+        # on each series' last window, as the members forecast
+        for kind in ("theta", "damped", "drift") if window else ():
             row["references_test"][kind] = mase(_local_forecasts(kind, train, key, tcol, vcol, window, season, horizon))
         _keep(tmp, keep, train_path.stem)
     chosen = result.get("chosen") or {}
@@ -266,6 +267,8 @@ def main() -> None:
     ap.add_argument("--suite", type=Path, help="run every set of this folder (sequence sets and forecasting pairs)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", type=Path, help="copy each run directory here (DIR/FILE-STEM)")
+    ap.add_argument("--no-variants", dest="variants", action="store_false",
+                    help="score the default export only (the other exports of a large panel refit for minutes)")
     args, extra = ap.parse_known_args()
     rows = []
     jobs = [(run_one, f, {}) for f in args.files] + [
@@ -275,7 +278,8 @@ def main() -> None:
         jobs += suite(args.suite)
     for fn, f, kw in jobs:
         try:
-            row = fn(f, **kw, space=args.space, timeout=args.timeout, seed=args.seed, extra=extra, keep=args.keep)
+            row = fn(f, **kw, space=args.space, timeout=args.timeout, seed=args.seed, extra=extra, keep=args.keep,
+                     variants=args.variants)
         except Exception as exc:  # one set that fails (e.g. a layout this version refuses) is reported
             row = {"file": f.name, "metric": "", "network_test": None, "references_test": {},
                    "error": str(exc).strip().splitlines()[-1][:300]}

@@ -23,7 +23,7 @@ class Forecasting(Task):
     metric = "mase"
     whole_sequences = False
     unit = "windows"
-    references = ("naive", "seasonal_naive", "theta", "damped")
+    references = ("naive", "seasonal_naive", "theta", "damped", "drift")
     metric_note = "(MASE: mean absolute error over the series' in-sample mean absolute seasonal difference)"
 
     def loss(self, out: Any, y: Any, forecast_loss: str = "l1") -> Any:
@@ -267,6 +267,31 @@ def theta_forecast(target: Any, lengths: Any, season: int, horizon: int, level: 
     h = torch.arange(1, horizon + 1, device=d.device, dtype=d.dtype)[None, :]
     drift = slope / 2 * (h - 1 + 1 / alpha - (1 - alpha) ** nf / alpha)
     return seasons.put_back(level + drift).to(target.dtype)
+
+
+def drift_forecast(target: Any, lengths: Any, season: int, horizon: int, level: Any = None) -> Any:
+    """(B, horizon) forecasts of the random walk with drift (the naive forecast plus the window's mean
+    step: ``last + h (last - first) / (n - 1)``, Hyndman & Athanasopoulos' ``rwf(drift=TRUE)``) from
+    left-aligned windows ``target`` (B, T), after the same seasonal adjustment as theta
+    (``deseasonalised``, given ``level``). It has nothing to fit: where a series keeps growing at
+    its own pace (employment, yearly totals) it extrapolates that pace, which theta halves and the
+    damped trend flattens; an ARIMA search on short yearly series often lands on it. A window of one
+    step forecasts its value. Affine in the values, as theta."""
+    import torch
+
+    d, seasons = deseasonalised(target, lengths, season, level)
+    n = seasons.n
+    last = torch.gather(d, 1, (n - 1)[:, None])
+    slope = (last - d[:, :1]) / (n[:, None] - 1).clamp(min=1).to(d.dtype)
+    h = torch.arange(1, horizon + 1, device=d.device, dtype=d.dtype)[None, :]
+    return seasons.put_back(last + slope * h).to(target.dtype)
+
+
+def drift_macs(length: int, season: int, horizon: int) -> int:
+    """The drift forecast's multiply-adds for one window: the seasonal adjustment as theta's (a
+    season's moving average and the phases' sums per step), the slope; per output the drift and the
+    seasonal index."""
+    return (2 * season + 2) * int(length) + 3 * horizon
 
 
 def damped_grid() -> tuple[tuple[float, float, float], ...]:

@@ -43,11 +43,16 @@ SERIES_TARGET_NAMES = ("value", "y", "target", "sales", "demand", "load")
 
 
 def default_window(lengths: np.ndarray, horizon: int, season: int = 1) -> int:
-    """Three horizons (at least 8 steps, and at least one season plus a step so that a window sees
-    the value a season back; at most 96 or the season plus a step), bounded by the typical (median)
-    series less its horizon: short series simply use the shorter windows they have."""
+    """Three horizons, at least 8 steps and, where the data has a season, at least three seasons:
+    what the classical decomposition of theta and the damped trend needs to take the season out
+    (``cellsearch.tasks.forecasting.seasonal_indices``), and enough for a network to see it repeat.
+    At most 96 steps, or a season plus a step where a season is longer (a window then still sees the
+    value a season back); bounded by the typical (median) series less its horizon: short series
+    simply use the shorter windows they have. A short horizon on monthly data (6: 18 steps) used to
+    leave the statistical members no season to adjust: on the monthly panel at horizon 6, theta's
+    MASE 1.253 on 18 steps against 0.741 on 36 (docs/benchmarks.md)."""
     med = float(np.median(lengths))
-    want = max(3 * horizon, 8, season + 1 if season > 1 else 0)
+    want = max(3 * horizon, 8, 3 * season if season > 1 else 0)
     return int(max(1, min(want, max(96, season + 1), med - horizon)))
 
 
