@@ -537,12 +537,12 @@ def reference_onnx(member: Any) -> Any:
     from cellsearch.errors import UnsupportedFormatError
 
     kind = getattr(member, "kind", None)
-    if kind not in ("ridge", "1nn", "tfidf", "naive", "seasonal_naive", "rocket", "theta", "damped", "drift"):
+    if kind not in ("ridge", "1nn", "tfidf", "rocket", *FORECASTS):
         raise UnsupportedFormatError(f"member {getattr(member, 'arch', type(member).__name__)} has no ONNX form")
     g = Graph()
     length, feats = member.length, member.input_size
     task = get_task(member.task)
-    if kind in ("naive", "seasonal_naive", "theta", "damped", "drift"):
+    if kind in FORECASTS:
         out = _forecast_onnx(g, member)
     elif kind == "rocket":
         out = g.node("Gemm", [_rocket_onnx(g, member),
@@ -687,11 +687,19 @@ def _tfidf_onnx(g: Graph, member: Any) -> str:
 
 
 def _forecast_onnx(g: Graph, member: Any) -> str:
-    """The forecast of a forecasting reference member (naive, seasonal naive, theta, damped, drift) read
-    from ``x``: as the member's own graph and as a model's base (``SequenceModel.base_member``)."""
-    if member.kind in ("naive", "seasonal_naive"):
-        return _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
-    return {"theta": _theta_onnx, "damped": _damped_onnx, "drift": _drift_onnx}[member.kind](g, member)
+    """The forecast of a forecasting reference member (``FORECASTS``) read from ``x``: as the
+    member's own graph and as a model's base (``SequenceModel.base_member``)."""
+    return FORECASTS[member.kind](g, member)
+
+
+def _repeat_onnx(g: Graph, member: Any) -> str:
+    """The naive and seasonal naive members: the value a season back (``_seasonal_onnx``)."""
+    return _seasonal_onnx(g, member.season, member.n_outputs, member.target_index)
+
+
+#: The forecasting members' ONNX forms by kind (``cellsearch.refmembers``).
+FORECASTS = {"naive": _repeat_onnx, "seasonal_naive": _repeat_onnx, "theta": _theta_onnx, "damped": _damped_onnx,
+             "drift": _drift_onnx}
 
 
 def _model_onnx(model: Any) -> Any:
