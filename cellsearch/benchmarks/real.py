@@ -181,21 +181,30 @@ def _tune_export(csv: Path, tmp: str, space: str, timeout: float, seed: int,
 
 def _local_forecasts(kind: str, train: Any, key: str, tcol: str, vcol: str, window: int, season: int,
                      horizon: int) -> dict[str, Any]:
-    """Each series' forecast by ``kind`` (``theta``, ``damped`` or ``drift``: the members' forecasts,
-    ``cellsearch.tasks.forecasting``'s ``KIND_forecast``) from its last ``window`` values, by ratio
+    """Each series' forecast by the member ``kind`` fitted on each window (``local_kinds``: its
+    ``forecaster`` in ``cellsearch.tasks.forecasting``) from its last ``window`` values, by ratio
     where they are positive as the members adjust a season (level 0: the values are the series')."""
     import numpy as np
     import torch
 
+    from cellsearch.refmembers import MEMBERS
     from cellsearch.tasks import forecasting
 
+    forecast = getattr(forecasting, MEMBERS[kind].forecaster)
     out = {}
     for s, g in train.groupby(key, sort=False):
         v = g.sort_values(tcol)[vcol].to_numpy(dtype=float)[-window:]
         x = torch.from_numpy(np.pad(v, (0, window - len(v))))[None, :]
-        out[s] = getattr(forecasting, f"{kind}_forecast")(x, torch.tensor([len(v)]), season, horizon,
-                                                          level=torch.zeros(1))[0].numpy()
+        out[s] = forecast(x, torch.tensor([len(v)]), season, horizon, level=torch.zeros(1))[0].numpy()
     return out
+
+
+def local_kinds() -> list[str]:
+    """The forecasting members fitted on each window (``refmembers.LocalMember``: theta, the damped
+    trend, the drift), whose test scores the benchmark reports beside the naive forecasts'."""
+    from cellsearch.refmembers import MEMBERS, LocalMember
+
+    return [k for k, m in MEMBERS.items() if issubclass(m, LocalMember)]
 
 
 def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int, space: str, timeout: float,
@@ -244,7 +253,7 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
         network = score_of(model, preds)
         window = int(model.prep.layout_data.get("window", 0) or 0)
         # on each series' last window, as the members forecast
-        for kind in ("theta", "damped", "drift") if window else ():
+        for kind in local_kinds() if window else ():
             row["references_test"][kind] = mase(_local_forecasts(kind, train, key, tcol, vcol, window, season, horizon))
         _keep(tmp, keep, train_path.stem)
     chosen = result.get("chosen") or {}
