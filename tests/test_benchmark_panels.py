@@ -43,3 +43,16 @@ def test_written_panels_run_in_the_suite_as_forecasting_pairs_without_a_season(t
         (real.run_forecast, tmp_path / "toy_yearly_train.csv", 3, 1)]
     ds = read_dataset(tmp_path / "toy_yearly_train.csv", horizon=3)
     assert ds.task == "forecasting" and ds.preprocessing.layout_data["season"] == 1
+
+
+def test_a_tune_option_value_given_apart_is_refused_before_any_search(monkeypatch, capsys):
+    from cellsearch.benchmarks import real
+
+    monkeypatch.setattr(real, "run_forecast", lambda *a, **k: pytest.fail("a search started"))
+    monkeypatch.setattr("sys.argv", ["real", "--forecast", "tr.csv", "te.csv", "--horizon", "6", "--season", "1",
+                                     "--window", "30"])
+    with pytest.raises(SystemExit) as exc:
+        real.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no such file: 30" in err and "--option=value" in err

@@ -265,7 +265,9 @@ def run_forecast(train_path: Path, test_path: Path, *, horizon: int, season: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Other options go to every `cellsearch tune`; give them a value with "
+                                        "'=' (--window=30): a separate value would be read as a file.")
     ap.add_argument("files", nargs="*", type=Path)
     ap.add_argument("--forecast", nargs=2, type=Path, action="append", default=[], metavar=("TRAIN", "TEST"))
     ap.add_argument("--horizon", type=int, action="append", default=[])
@@ -279,6 +281,9 @@ def main() -> None:
     ap.add_argument("--no-variants", dest="variants", action="store_false",
                     help="score the default export only (the other exports of a large panel refit for minutes)")
     args, extra = ap.parse_known_args()
+    missing = [str(f) for f in args.files if not f.exists()]
+    if missing:
+        ap.error(f"no such file: {', '.join(missing)} (a tune option's value? write it as --option=value)")
     rows = []
     jobs = [(run_one, f, {}) for f in args.files] + [
         (run_forecast, pair[0], {"test_path": pair[1], "horizon": h, "season": m})
