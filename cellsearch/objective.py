@@ -135,12 +135,13 @@ class Objective:
     def _train_folds(self, trial: Any, run: Any, cfg: dict[str, Any], options: Any, model: Any, seed: int,
                      curve: list[float], results: list[Any]) -> None:
         """Train one model per fold (``cellsearch.folds``); after each fold but the last, the trial
-        goes on only if its mean smoothed validation loss so far ranks in the best 1/``FOLD_ETA``
-        of the trials that finished as many folds (``cellsearch.pruning``)."""
+        goes on only if it can finish its folds before the deadline at its pace so far, and its mean
+        smoothed validation loss so far ranks in the best 1/``FOLD_ETA`` of the trials that finished
+        as many folds (``cellsearch.pruning``)."""
         import numpy as np
         import optuna
 
-        from cellsearch.pruning import FOLD_ETA, fold_value, promoted
+        from cellsearch.pruning import FOLD_ETA, cannot_finish, fold_value, promoted
         from cellsearch.train import fit
 
         ctx, config = self.ctx, self.ctx.config
@@ -164,6 +165,11 @@ class Objective:
             if config.objective == "score":
                 trial.report(float(np.mean([r.best_score for r in results])), k)
             last = k + 1 == ctx.folds.k
+            if not last and config.deadline is not None and cannot_finish(
+                    time.time() - self._started, k + 1, ctx.folds.k, config.deadline - time.time()):
+                raise optuna.TrialPruned(f"stopped after fold {k + 1} of {ctx.folds.k}: at its pace "
+                                         f"({(time.time() - self._started) / (k + 1):.0f} s a fold) the folds left "
+                                         f"would not finish before --timeout")
             if not last and config.prune and not promoted(race[-1], peer_values(trial.study, trial.number, "race", k),
                                                           FOLD_ETA):
                 raise optuna.TrialPruned(f"pruned after fold {k + 1} of {ctx.folds.k}: its mean validation loss "

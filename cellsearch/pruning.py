@@ -18,6 +18,13 @@ before they had trained. Here:
   against the trials that finished j folds, with ``FOLD_ETA`` (a trial that trained a whole fold has
   paid most of what pruning could save, and every complete trial is one more ensemble member).
 
+* **Time is evidence too**: after fold j of K, a trial whose pace (its mean seconds per fold so far)
+  cannot train the folds it has left before the search's deadline stops there (``cannot_finish``).
+  Its folds would be cut at the deadline anyway, and a trial short of its last fold gives the
+  ensemble nothing; the worker starts a trial that can finish instead. On a yearly panel of 148
+  series (5 folds, 300 s) one 3-layer trial took 4 folds' 230 s, 42% of the search's worker time,
+  and was then cut at the deadline.
+
 Every trial records what it reached (``TrialRecord.rungs`` and ``race``) as it reaches it, so the
 workers of a study, on one machine or many, decide against the same evidence.
 """
@@ -100,3 +107,11 @@ def fold_value(fold_losses: Sequence[Sequence[float]]) -> float:
     """A trial's value after some folds: the mean of each fold's best smoothed validation loss."""
     values = [smoothed_best(f) for f in fold_losses]
     return float(sum(values) / len(values)) if values else math.inf
+
+
+def cannot_finish(elapsed: float, done: int, total: int, left: float) -> bool:
+    """Whether a trial that took ``elapsed`` seconds for its first ``done`` folds of ``total`` would,
+    at that pace, still be training its last when the ``left`` seconds before the deadline run out."""
+    if done <= 0 or done >= total:
+        return False
+    return (total - done) * elapsed / done > left

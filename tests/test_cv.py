@@ -619,3 +619,38 @@ def test_cli_refuses_a_bad_cv(tiny_csv, tmp_path):
                           "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--cv" in res.stderr and "Traceback" not in res.stderr
     assert not Path(tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("pace", [100.0, 10.0])
+def test_a_trial_that_cannot_finish_its_folds_before_the_timeout_stops_after_the_fold_it_is_on(
+        tiny_csv, cv_space, tmp_path, monkeypatch, pace):
+    """Each fold takes ``pace`` seconds on the objective's clock; the timeout leaves 225 s for trials.
+    At 100 s a fold the two folds left (200 s) do not fit in what is left after the first: the trial
+    stops there instead of training a second fold that the deadline would make worthless. At 10 s a
+    fold it trains all three."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    import cellsearch.objective
+    import cellsearch.train
+    from cellsearch.search import tune
+
+    offset = [0.0]
+    monkeypatch.setattr(cellsearch.objective, "time", SimpleNamespace(time=lambda: real_time.time() + offset[0]))
+    real_fit = cellsearch.train.fit
+
+    def slow_fit(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        offset[0] += pace
+        return result
+
+    monkeypatch.setattr(cellsearch.train, "fit", slow_fit)
+    r = tune(tiny_csv, space=str(cv_space), trials=1, timeout=250, run_dir=tmp_path, progress=False, track=False,
+             cv=3, prune=False, fold_batching="off", workers=1, ensemble=False)
+    (t,) = r.study.trials
+    if pace == 100.0:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.user_attrs["reason"].startswith("stopped after fold 1 of 3: at its pace (100 s a fold)")
+        assert len(t.user_attrs["fold_scores"]) == 1  # no second fold trained
+    else:
+        assert t.state == optuna.trial.TrialState.COMPLETE and len(t.user_attrs["fold_scores"]) == 3
