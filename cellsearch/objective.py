@@ -165,10 +165,11 @@ class Objective:
             if config.objective == "score":
                 trial.report(float(np.mean([r.best_score for r in results])), k)
             last = k + 1 == ctx.folds.k
+            now = time.time()
             if not last and config.deadline is not None and cannot_finish(
-                    time.time() - self._started, k + 1, ctx.folds.k, config.deadline - time.time()):
+                    now - self._started, k + 1, ctx.folds.k, config.deadline - now):
                 raise optuna.TrialPruned(f"stopped after fold {k + 1} of {ctx.folds.k}: at its pace "
-                                         f"({(time.time() - self._started) / (k + 1):.0f} s a fold) the folds left "
+                                         f"({(now - self._started) / (k + 1):.0f} s a fold) the folds left "
                                          f"would not finish before --timeout")
             if not last and config.prune and not promoted(race[-1], peer_values(trial.study, trial.number, "race", k),
                                                           FOLD_ETA):

@@ -28,18 +28,17 @@ from typing import Any
 HORIZON = 6
 
 
-def cut(df: Any, horizon: int, min_train: int | None = None) -> tuple[Any, Any]:
+def cut(df: Any, horizon: int) -> tuple[Any, Any]:
     """(train, test) of a panel with columns ``series, t, value``: each series sorted by ``t``,
     renumbered 0.. so that its time steps are consecutive, its last ``horizon`` rows the test part.
-    Series with fewer than ``min_train`` training rows (default ``horizon + 1``, what the series
-    layout trains on) or with a missing value are left out of both."""
+    Series with fewer than ``horizon + 1`` training rows (what the series layout trains on) or with
+    a missing value are left out of both."""
     import numpy as np
     import pandas as pd
 
-    need = horizon + 1 if min_train is None else min_train
     train, test = [], []
     for _, g in df.sort_values(["series", "t"]).groupby("series", sort=True):
-        if g["value"].isna().any() or len(g) - horizon < need:
+        if g["value"].isna().any() or len(g) - horizon < horizon + 1:
             continue
         g = g.assign(t=np.arange(len(g)))[["series", "t", "value"]]
         train.append(g.iloc[:-horizon])
